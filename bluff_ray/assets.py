@@ -1,0 +1,290 @@
+"""Neuron assets on a results store: feature visualisations, dataset-example patches, index.
+
+Layout (docs/FORMAT.md):
+    neurons/feature_vis/<layer>/<channel>.png
+    neurons/patches/<layer>/<channel>-<rank>.png
+    neurons/index.parquet
+
+Every PNG is written whole with one ``store.write_bytes`` (one PUT). Files that already exist are
+not rendered again, so an interrupted reduce resumes where it stopped; ``neurons/index.parquet``
+is written last (``write_index``), once every shard has returned its rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from bluff_ray.featurevis import FeatureVisConfig, channel_activations, render_channels
+from bluff_ray.models.base import ModelAdapter
+from bluff_ray.patches import TOPK_SCHEMA, crop, crop_box, from_png, receptive_fields, to_png
+
+INDEX_PATH = "neurons/index.parquet"
+INDEX_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("kind", pa.string()),
+        ("rank", pa.int32()),
+        ("path", pa.string()),
+        ("class_id", pa.int32()),
+        ("image_index", pa.int32()),
+        ("activation", pa.float32()),
+    ]
+)
+# Default feature-vis side for models whose input is larger (224-px ImageNet models): lucid's
+# renders are 128 px, large enough to read and 3x cheaper than 224 px per step.
+DEFAULT_MAX_FV_SIZE = 128
+# A mismatch larger than this between the benign stage's activation and the one recomputed on the
+# reloaded image means the image source changed (other files/order): refuse to write wrong patches.
+_RTOL, _ATOL = 5e-2, 1e-3
+
+
+@dataclass(frozen=True)
+class AssetConfig:
+    """What neuron assets the reduce renders.
+
+    enabled: render anything at all. all_neurons: every channel of every layer instead of only
+    the neurons shown in some pair's graph. n_patches: dataset examples per neuron.
+    fv_steps: feature-vis Adam steps. fv_size: side of the rendered image; None = the model's
+    input side, capped at 128 (8 px for digits, 128 px for GoogLeNet). seed: feature-vis seed.
+    png_min_px / png_max_px: PNGs smaller than min_px are upscaled by an integer factor with
+    nearest neighbour (8x8 digits -> 64x64, pixels stay crisp); larger than max_px are downscaled.
+    fv_batch_size: neurons optimised together.
+    """
+
+    enabled: bool = True
+    all_neurons: bool = False
+    n_patches: int = 8
+    fv_steps: int = 256
+    fv_size: int | None = None
+    seed: int = 0
+    png_min_px: int = 64
+    png_max_px: int = 128
+    fv_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.n_patches < 0:
+            raise ValueError(f"n_patches must be >= 0, got {self.n_patches}")
+        if self.fv_steps < 0:
+            raise ValueError(f"fv_steps must be >= 0, got {self.fv_steps}")
+        if self.fv_size is not None and self.fv_size < 2:
+            raise ValueError(f"fv_size must be >= 2 or None, got {self.fv_size}")
+        if not 1 <= self.png_min_px <= self.png_max_px:
+            raise ValueError("need 1 <= png_min_px <= png_max_px")
+
+    def featurevis_config(self, adapter: ModelAdapter) -> FeatureVisConfig:
+        size = self.fv_size or min(adapter.input_shape[1], DEFAULT_MAX_FV_SIZE)
+        return FeatureVisConfig(size=size, steps=self.fv_steps, seed=self.seed, batch_size=self.fv_batch_size)
+
+
+class AssetStore(Protocol):
+    """The part of ``bluff_ray.store.Store`` the assets need."""
+
+    def exists(self, rel: str) -> bool: ...
+    def write_bytes(self, rel: str, data: bytes) -> None: ...
+    def read_bytes(self, rel: str) -> bytes: ...
+    def write_table(self, rel: str, table: pa.Table) -> None: ...
+
+
+class ImageSourceLike(Protocol):
+    def class_images(self, class_id: int, max_images: int | None) -> tuple[torch.Tensor, int]: ...
+
+
+def feature_vis_path(layer: str, channel: int) -> str:
+    return f"neurons/feature_vis/{layer}/{int(channel)}.png"
+
+
+def patch_path(layer: str, channel: int, rank: int) -> str:
+    return f"neurons/patches/{layer}/{int(channel)}-{int(rank)}.png"
+
+
+def select_neurons(adapter: ModelAdapter, shown: Iterable[tuple[str, int]], cfg: AssetConfig) -> list[tuple[str, int]]:
+    """The neurons to render: all channels (cfg.all_neurons) or the shown ones, in model order."""
+    order = {name: i for i, name in enumerate(adapter.layer_names)}
+    if cfg.all_neurons:
+        return [(l.name, c) for l in adapter.layers for c in range(l.channels)]
+    uniq = {(str(l), int(c)) for l, c in shown}
+    unknown = sorted({l for l, _ in uniq if l not in order})
+    if unknown:
+        raise ValueError(f"unknown layers {unknown}; {adapter.name} has {adapter.layer_names}")
+    return sorted(uniq, key=lambda n: (order[n[0]], n[1]))
+
+
+def _index_rows(rows: list[dict]) -> pa.Table:
+    if not rows:
+        return INDEX_SCHEMA.empty_table()
+    return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+
+
+def _image_at_size(png: bytes, size: int) -> torch.Tensor:
+    """Decode a feature-vis PNG back to the size the model saw (exact for integer upscales)."""
+    img = from_png(png)
+    h = img.shape[1]
+    if h == size:
+        return img
+    if h % size == 0:
+        f = h // size
+        return img[:, ::f, ::f]
+    return F.interpolate(img[None], size=(size, size), mode="area")[0]
+
+
+def render_feature_vis(
+    adapter: ModelAdapter, store: AssetStore, neurons: Sequence[tuple[str, int]], cfg: AssetConfig
+) -> pa.Table:
+    """Render and write the missing feature visualisations; index rows for all of ``neurons``.
+
+    ``activation`` is the channel's spatial max on the stored PNG (decoded, at render size), so
+    it describes exactly the picture people see, also for files written by an earlier run.
+    """
+    fv_cfg = cfg.featurevis_config(adapter)
+    if adapter.input_shape[1:] != (fv_cfg.size, fv_cfg.size) and not _accepts_size(adapter, fv_cfg.size):
+        raise ValueError(f"{adapter.name} does not accept {fv_cfg.size}px input; set fv_size to its input size")
+    missing = [n for n in neurons if not store.exists(feature_vis_path(*n))]
+    pngs: dict[tuple[str, int], bytes] = {}
+    if missing:
+        images, _ = render_channels(adapter, missing, fv_cfg)
+        for n, img in zip(missing, images):
+            png = to_png(img, cfg.png_min_px, cfg.png_max_px)
+            store.write_bytes(feature_vis_path(*n), png)
+            pngs[n] = png
+    for n in neurons:
+        if n not in pngs:
+            pngs[n] = store.read_bytes(feature_vis_path(*n))
+    rows = []
+    if neurons:
+        device = adapter.device
+        imgs = torch.stack([_image_at_size(pngs[n], fv_cfg.size) for n in neurons])
+        with torch.no_grad():
+            acts = []
+            for s in range(0, len(neurons), fv_cfg.batch_size):
+                _, mx = channel_activations(adapter, imgs[s : s + fv_cfg.batch_size].to(device), neurons[s : s + fv_cfg.batch_size])
+                acts.append(mx.float().cpu())
+        act = torch.cat(acts).tolist()
+        for (layer, channel), a in zip(neurons, act):
+            rows.append(
+                dict(layer=layer, channel=int(channel), kind="feature_vis", rank=0,
+                     path=feature_vis_path(layer, channel), class_id=-1, image_index=-1, activation=a)
+            )
+    return _index_rows(rows)
+
+
+def _accepts_size(adapter: ModelAdapter, size: int) -> bool:
+    try:
+        with torch.no_grad():
+            adapter.model(torch.full((1, adapter.input_shape[0], size, size), 0.5, device=adapter.device))
+        return True
+    except RuntimeError:
+        return False
+
+
+def render_patches(
+    adapter: ModelAdapter,
+    store: AssetStore,
+    neurons: Sequence[tuple[str, int]],
+    topk: pa.Table,
+    source: ImageSourceLike,
+    cfg: AssetConfig,
+) -> pa.Table:
+    """Write the missing dataset-example patches of ``neurons``; index rows for all of them.
+
+    Uses the ``merge_topk`` rows with rank < n_patches and a positive activation (a channel that
+    never fires has no examples worth showing). Each image is reloaded from ``source`` by
+    (class_id, image_index), checked against the recorded activation, and cropped to the layer's
+    receptive field around the recorded argmax.
+    """
+    want = {(l, int(c)) for l, c in neurons}
+    t = topk.select(TOPK_SCHEMA.names).to_pylist()
+    rows = [r for r in t if (r["layer"], r["channel"]) in want and r["rank"] < cfg.n_patches and r["activation"] > 0]
+    todo = [r for r in rows if not store.exists(patch_path(r["layer"], r["channel"], r["rank"]))]
+    if todo:
+        rfs = receptive_fields(adapter)
+        by_class: dict[int, list[dict]] = {}
+        for r in todo:
+            by_class.setdefault(r["class_id"], []).append(r)
+        for class_id in sorted(by_class):
+            _write_class_patches(adapter, store, source, class_id, by_class[class_id], rfs, cfg)
+    out = [
+        dict(layer=r["layer"], channel=r["channel"], kind="patch", rank=r["rank"],
+             path=patch_path(r["layer"], r["channel"], r["rank"]), class_id=r["class_id"],
+             image_index=r["image_index"], activation=r["activation"])
+        for r in rows
+    ]
+    return _index_rows(out)
+
+
+def _write_class_patches(adapter, store, source, class_id, rows, rfs, cfg) -> None:
+    need = sorted({r["image_index"] for r in rows})
+    images, _ = source.class_images(class_id, need[-1] + 1)
+    if len(images) <= need[-1]:
+        raise RuntimeError(
+            f"image source returned {len(images)} images for class {class_id}, but the benign stage "
+            f"recorded image_index {need[-1]}: the source changed since the run started"
+        )
+    pos = {idx: i for i, idx in enumerate(need)}
+    sub = images[need]
+    layers = sorted({r["layer"] for r in rows})
+    with torch.no_grad():
+        acts: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
+        for s in range(0, len(sub), 64):
+            _, a = adapter.forward_with_activations(sub[s : s + 64].to(adapter.device), layers)
+            for l in layers:
+                acts[l].append(a[l].float().cpu())
+        maps = {l: torch.cat(v) for l, v in acts.items()}
+    for r in rows:
+        i = pos[r["image_index"]]
+        fmap = maps[r["layer"]][i, r["channel"]]
+        got, want = float(fmap.amax()), float(r["activation"])
+        if abs(got - want) > _ATOL + _RTOL * abs(want):
+            raise RuntimeError(
+                f"{r['layer']}-{r['channel']}: class {class_id} image {r['image_index']} now gives max "
+                f"activation {got:.4g}, the benign stage recorded {want:.4g}; the image source or model "
+                "changed since the run started (refusing to write mismatched patches)"
+            )
+        img = sub[i]
+        box = crop_box(rfs[r["layer"]], r["y"], r["x"], img.shape[1], img.shape[2])
+        png = to_png(crop(img, box), cfg.png_min_px, cfg.png_max_px)
+        store.write_bytes(patch_path(r["layer"], r["channel"], r["rank"]), png)
+
+
+def render_neuron_assets(
+    adapter: ModelAdapter,
+    store: AssetStore,
+    neurons: list[tuple[str, int]],
+    topk: pa.Table,
+    source: ImageSourceLike,
+    cfg: AssetConfig,
+) -> pa.Table:
+    """Feature visualisation and example patches for each (layer, channel); index rows.
+
+    ``topk`` is the global ``merge_topk`` table (it may hold more neurons than ``neurons``, so
+    the reduce can shard ``neurons`` over actors and pass the same table to each). Existing
+    files are skipped. Returns rows in the ``neurons/index.parquet`` schema.
+    """
+    if not cfg.enabled:
+        return INDEX_SCHEMA.empty_table()
+    neurons = list(dict.fromkeys((str(l), int(c)) for l, c in neurons))
+    sizes = {l.name: l.channels for l in adapter.layers}
+    for layer, channel in neurons:
+        if layer not in sizes or not 0 <= channel < sizes[layer]:
+            raise ValueError(f"unknown neuron {layer}-{channel} for model {adapter.name}")
+    fv = render_feature_vis(adapter, store, neurons, cfg)
+    pt = render_patches(adapter, store, neurons, topk, source, cfg) if cfg.n_patches else INDEX_SCHEMA.empty_table()
+    return pa.concat_tables([fv, pt])
+
+
+def write_index(store: AssetStore, tables: list[pa.Table]) -> None:
+    """Write neurons/index.parquet from the shards' rows (sorted; duplicate paths refused)."""
+    tables = [t.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA) for t in tables if t.num_rows]
+    table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+    paths = table.column("path").to_numpy(zero_copy_only=False)
+    uniq, counts = np.unique(paths, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"duplicate asset rows for {list(uniq[counts > 1][:5])}: a neuron was rendered by two shards")
+    table = table.sort_by([("layer", "ascending"), ("channel", "ascending"), ("kind", "ascending"), ("rank", "ascending")])
+    store.write_table(INDEX_PATH, table)

@@ -1,0 +1,39 @@
+"""Model adapters: every model bluff_ray explains, behind one ``ModelAdapter`` interface."""
+
+from __future__ import annotations
+
+import os
+
+from .base import BRANCHES, LayerInfo, ModelAdapter
+
+MODEL_NAMES = ("digits", "googlenet")
+
+
+def load_model(
+    name: str,
+    weights: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    storage_options: dict | None = None,
+) -> ModelAdapter:
+    """Load a model by name, in eval mode, on ``device``.
+
+    - ``"digits"``: ``weights=None`` reads (or trains and caches) the demo net in ``cache_dir``
+      (default ``$BLUFF_CACHE`` or ``~/.cache/bluff_ray``); else a state_dict path / fsspec URL.
+    - ``"googlenet"``: ``weights`` is ``"torchvision"`` (default; the torch hub cache), a local
+      state_dict file, or an fsspec URL such as ``s3://bucket/googlenet.pth``.
+    """
+    if name == "digits":
+        from .digits import load_digits_model
+
+        adapter = load_digits_model(weights, cache_dir=cache_dir, storage_options=storage_options)
+    elif name == "googlenet":
+        from .googlenet import load_googlenet
+
+        adapter = load_googlenet(weights or "torchvision", storage_options=storage_options)
+    else:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return adapter.to(device)
+
+
+__all__ = ["BRANCHES", "LayerInfo", "ModelAdapter", "MODEL_NAMES", "load_model"]

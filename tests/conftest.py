@@ -1,0 +1,142 @@
+"""Shared fixtures: one local Ray instance, a moto S3 server on 127.0.0.1, and a real results root.
+
+Fixture names other test modules rely on:
+- ``ray_session``  (session): ``ray.init(num_cpus=2, ...)`` once; yields the ``ray`` module.
+- ``s3_endpoint``  (session): a moto S3 server; yields its endpoint URL ("http://127.0.0.1:PORT").
+- ``make_bucket``  (function): ``make_bucket(name, public=False, cors=False) -> name`` on that server.
+- ``s3_options``   (function): s3fs storage_options for the moto endpoint.
+- ``demo_results`` (session): a local results root written by the real pipeline
+  (digits classes 0,1,2: 6 ordered pairs, default strengths, assets enabled); yields its path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+# Fake credentials for moto, set before anything (Ray workers, s3fs) reads them; never real ones.
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "bluff-test-key-id",
+    "AWS_SECRET_ACCESS_KEY": "bluff-test-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "BOTO_CONFIG": "/dev/null",
+}
+for _k, _v in FAKE_AWS.items():
+    os.environ[_k] = _v
+for _k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_k, None)
+# Local tests need no Ray token auth (Ray >= 2.5x enables it by default and writes a token file).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# The demo results' run configuration (digits, 3 classes -> 6 ordered pairs).
+DEMO_CLASSES = [0, 1, 2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole session (start/stop costs ~5 s each)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=200 * 2**20,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server bound to 127.0.0.1 (as s3fs's own tests do); yields the endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_options(s3_endpoint):
+    """storage_options for s3fs against the moto endpoint (credentials come from the env)."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    return {"endpoint_url": s3_endpoint}
+
+
+@pytest.fixture
+def make_bucket(s3_endpoint):
+    """``make_bucket(name, public=False, cors=False)`` creates a bucket on the moto server.
+
+    public: a bucket policy allowing anonymous GetObject; cors: the GET/HEAD + Range rule a browser
+    needs (DESIGN §8). Bucket names need >= 3 characters.
+    """
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+    def make(name: str, public: bool = False, cors: bool = False) -> str:
+        client.create_bucket(Bucket=name)
+        if public:
+            import json
+
+            policy = {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{name}/*"}
+                ],
+            }
+            client.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
+        if cors:
+            client.put_bucket_cors(
+                Bucket=name,
+                CORSConfiguration={
+                    "CORSRules": [
+                        {
+                            "AllowedMethods": ["GET", "HEAD"],
+                            "AllowedOrigins": ["*"],
+                            "AllowedHeaders": ["*"],
+                            "ExposeHeaders": ["Content-Range", "Content-Length", "ETag"],
+                        }
+                    ]
+                },
+            )
+        return name
+
+    return make
+
+
+def demo_config(out: str, **overrides):
+    """The run configuration of ``demo_results`` (tests reuse it to compare against)."""
+    from bluff_ray.config import RunConfig
+
+    values = dict(model="digits", data="digits", out=out, classes=list(DEMO_CLASSES), progress=False)
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def demo_results(ray_session, tmp_path_factory):
+    """A results root written by the real pipeline: digits classes 0,1,2 (6 ordered pairs), default
+    strengths, assets enabled; returns its local path (str)."""
+    from bluff_ray.pipeline import run
+
+    out = str(tmp_path_factory.mktemp("demo-results") / "root")
+    summary = run(demo_config(out))
+    assert not summary.failed, summary.failed
+    return out
