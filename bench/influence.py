@@ -60,7 +60,7 @@ def bench_composition(n_images: int, j: int, m: int, i: int, repeats: int, gen: 
     r_in = torch.randn(n_images, m, i, generator=gen)
     t_vec, got = _time(lambda: widest_path(r_out, r_in), repeats)
     lists = [(r_out[n].tolist(), r_in[n].tolist()) for n in range(n_images)]
-    t_py, want = _time(lambda: [python_widest_path(a, b) for a, b in lists], 1)
+    t_py, want = _time(lambda: [python_widest_path(a, b) for a, b in lists], repeats)
     assert torch.equal(got, torch.tensor(want)), "vectorised and per-edge compositions disagree"
     return {"t_vec": t_vec, "t_py": t_py}
 
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     p.add_argument("--images", type=int, default=8, help="images per condition for composition and throughput")
     p.add_argument("--displayed", type=int, default=30, help="displayed neurons per layer")
     p.add_argument("--full-images", type=int, default=1, help="images for the full-layer composition case")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of the vectorised timings (best kept)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of every timing, both sides (best kept)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = p.parse_args(argv)
     if args.threads:

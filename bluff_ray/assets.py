@@ -12,6 +12,7 @@ is written last (``write_index``), once every shard has returned its rows.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Iterable, Protocol, Sequence
 
@@ -76,7 +77,9 @@ class AssetConfig:
         if self.fv_size is not None and self.fv_size < 2:
             raise ValueError(f"fv_size must be >= 2 or None, got {self.fv_size}")
         if not 1 <= self.png_min_px <= self.png_max_px:
-            raise ValueError("need 1 <= png_min_px <= png_max_px")
+            raise ValueError(f"need 1 <= png_min_px <= png_max_px, got {self.png_min_px} and {self.png_max_px}")
+        if self.fv_batch_size < 1:
+            raise ValueError(f"fv_batch_size must be >= 1, got {self.fv_batch_size}")
 
     def featurevis_config(self, adapter: ModelAdapter) -> FeatureVisConfig:
         size = self.fv_size or min(adapter.input_shape[1], DEFAULT_MAX_FV_SIZE)
@@ -114,6 +117,17 @@ def select_neurons(adapter: ModelAdapter, shown: Iterable[tuple[str, int]], cfg:
     if unknown:
         raise ValueError(f"unknown layers {unknown}; {adapter.name} has {adapter.layer_names}")
     return sorted(uniq, key=lambda n: (order[n[0]], n[1]))
+
+
+# Receptive fields per model (a pass over the model; the reduce calls us once per shard).
+_RF_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _receptive_fields(adapter: ModelAdapter) -> dict:
+    rf = _RF_CACHE.get(adapter.model)
+    if rf is None:
+        rf = _RF_CACHE[adapter.model] = receptive_fields(adapter)
+    return rf
 
 
 def _index_rows(rows: list[dict]) -> pa.Table:
@@ -203,7 +217,7 @@ def render_patches(
     rows = [r for r in t if (r["layer"], r["channel"]) in want and r["rank"] < cfg.n_patches and r["activation"] > 0]
     todo = [r for r in rows if not store.exists(patch_path(r["layer"], r["channel"], r["rank"]))]
     if todo:
-        rfs = receptive_fields(adapter)
+        rfs = _receptive_fields(adapter)
         by_class: dict[int, list[dict]] = {}
         for r in todo:
             by_class.setdefault(r["class_id"], []).append(r)

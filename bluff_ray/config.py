@@ -35,8 +35,9 @@ class ConfigError(ValueError):
 
 
 # Fields that never change the numbers written (where, how fast, how verbose): left out of the hash.
+# Batch sizes stay in: the attack draws its random starts chunk by chunk, so they change results.
 NON_RESULT_FIELDS = frozenset(
-    {"out", "storage_options", "num_workers", "progress", "model_cache", "device", "benign_batch_size"}
+    {"out", "storage_options", "num_workers", "progress", "model_cache", "device"}
 )
 
 
@@ -97,6 +98,7 @@ FIELD_HELP: dict[str, str] = {
     "attack.steps": "PGD iterations",
     "attack.step_ratio": "PGD step size as a fraction of eps",
     "attack.random_start": "start PGD from a random point in the eps ball",
+    "attack.bf16": "on CUDA, run the attack under bfloat16 autocast with channels_last (faster; ignored on CPU)",
     "pathways.k": "top-k neurons per layer and condition for the roles (exploited takes k//2 per strength)",
     "pathways.batch_size": "images per forward pass / influence chunk when summarising a pair",
     "pathways.min_edge_influence": "store an edge when its influence exceeds this in some condition",
@@ -333,7 +335,9 @@ class ResolvedRun:
         out["data"] = redact_url(c.data)
         out["weights"] = redact_url(c.weights) if c.weights else None
         out["classes"] = list(self.classes)
-        out["pairs"] = [list(p) for p in self.pairs]
+        # Explicit pairs only: the default (every ordered pair of ``classes``) is implied, and
+        # listing 999,000 pairs would make manifest.json megabytes for the viewer.
+        out["pairs"] = [list(p) for p in self.pairs] if c.pairs is not None else "all"
         out["strengths"] = list(self.strengths)
         out["target_chunk"] = self.target_chunk
         out["model_identity"] = dict(self.model_identity)

@@ -204,7 +204,6 @@ def render_channels(
     adapter: ModelAdapter,
     neurons: Sequence[tuple[str, int]],
     cfg: FeatureVisConfig,
-    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature visualisations of ``neurons`` ((layer, channel) pairs).
 
@@ -213,7 +212,7 @@ def render_channels(
     modified (only the image spectrum is optimised); the model should be in eval mode.
     """
     _check_neurons(adapter, neurons)
-    device = torch.device(device) if device is not None else adapter.device
+    device = adapter.device  # the image lives where the model does (CPU demo or a GPU actor)
     c = adapter.input_shape[0]
     h = w = cfg.size
     scale = spectrum_scale(h, w, cfg.decay_power).to(device)

@@ -153,6 +153,16 @@ def _split_branch(branch: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     return pre, unit
 
 
+def _slice(fc: FoldedConv, rows: torch.Tensor | None, cols: torch.Tensor | None) -> FoldedConv:
+    """The folded conv restricted to output channels ``rows`` and input channels ``cols``."""
+    w = fc.weight
+    if rows is not None:
+        w = w[rows.to(w.device)]
+    if cols is not None:
+        w = w[:, cols.to(w.device)]
+    return FoldedConv(w, fc.stride, fc.padding, fc.dilation)
+
+
 def _check_indices(idx: torch.Tensor, size: int, what: str) -> torch.Tensor:
     idx = torch.as_tensor(idx, dtype=torch.long).flatten()
     if idx.numel() and (idx.min() < 0 or idx.max() >= size):
@@ -190,6 +200,8 @@ def layer_influence(
     device = adapter.device
     n = prev_out.shape[0]
     out = torch.empty(n, dst.numel(), src.numel(), dtype=prev_out.dtype, device=prev_out.device)
+    if out.numel() == 0:  # nothing displayed on one side (or no images): nothing to compute
+        return out
 
     # Destination channels grouped by branch: (positions in dst, local indices in the branch).
     branch_of = torch.tensor([info.branch_of(int(c)) for c in dst], dtype=torch.long)
@@ -199,18 +211,14 @@ def layer_influence(
         if pos.numel():
             groups.append((b, pos, dst[pos] - info.branch_offset(b)))
     branches = [block.branch1, block.branch2, block.branch3, block.branch4]
-    folded = {}
+    folded = {}  # per branch: (ops applied to A before the sliced conv(s), folded conv slices)
     for b, _, local in groups:
-        if b in (1, 2):
+        if b in (1, 2):  # 1x1 reduce -> kxk: both stages, only the rows/columns needed
             reduce_unit, kxk_unit = branches[b][0], branches[b][1]
-            red = fold_bn(reduce_unit)
-            kxk = fold_bn(kxk_unit)
-            folded[b] = (reduce_unit, FoldedConv(red.weight[:, src.to(red.weight.device)], red.stride, red.padding, red.dilation),
-                         FoldedConv(kxk.weight[local.to(kxk.weight.device)], kxk.stride, kxk.padding, kxk.dilation))
-        else:
+            folded[b] = (reduce_unit, _slice(fold_bn(reduce_unit), None, src), _slice(fold_bn(kxk_unit), local, None))
+        else:  # 1x1 or pool projection: a single conv after channel-wise ops
             pre, unit = _split_branch(branches[b])
-            fc = fold_bn(unit)
-            folded[b] = (pre, FoldedConv(fc.weight[local.to(fc.weight.device)][:, src.to(fc.weight.device)], fc.stride, fc.padding, fc.dilation))
+            folded[b] = (pre, _slice(fold_bn(unit), local, src))
 
     src_dev = src.to(device)
     for n0 in range(0, n, batch_size):

@@ -136,8 +136,9 @@ class ReceptiveField:
     """Where a layer's map position (y, x) looks in the input, in input pixels.
 
     The field of position (y, x) is centred at (offset_y + jump_y * y, offset_x + jump_x * x)
-    (pixel centres at integer coordinates) and spans size_y x size_x pixels, clipped to the
-    input (a field larger than the input is reported as the input size).
+    (pixel centres at integer coordinates) and spans size_y x size_x pixels. Sizes are exact when
+    the field fits in the input; for a field larger than the input they are a lower bound that is
+    itself at least about the input side, so a crop is then the whole image either way.
     """
 
     size_y: int
@@ -148,50 +149,60 @@ class ReceptiveField:
     offset_x: float
 
 
+def _rf_axis(first_hi: int, last_lo: int, n: int, jump: float) -> tuple[int, float]:
+    """Field size and offset on one axis from the far edges of the first and last positions.
+
+    The first position's field ends at offset + h, the last one's starts at
+    offset + jump*(n-1) - h (h = half the size); the input border clips neither of those edges
+    while the field fits, so both unknowns follow exactly.
+    """
+    h = (first_hi - last_lo + jump * (n - 1)) / 2
+    offset = first_hi - h
+    return int(round(2 * h + 1)), offset
+
+
 def receptive_fields(
-    adapter: ModelAdapter, n_probe: int = 8, seed: int = 0
+    adapter: ModelAdapter, n_probe: int = 4, seed: int = 0
 ) -> dict[str, ReceptiveField]:
     """Measure every mixed layer's receptive field by gradient support (model-agnostic).
 
-    For the centre position of each layer's map, the input pixels with a non-zero gradient of the
-    sum over channels, united over ``n_probe`` random inputs (varying which ReLUs and max-pool
-    winners are active), give the field's extent; jump = input size / map size. This needs no
-    knowledge of the model's stem and handles the Inception branches (the largest branch wins).
-    It measures the field as seen at the model's input size (clipped there), which is what a
-    crop can use anyway.
+    For the first (0, 0) and the last (h-1, w-1) position of each layer's map, the input pixels
+    with a non-zero gradient of the sum over channels, united over ``n_probe`` random inputs
+    (varying which ReLUs and max-pool winners are active), give the field's far edges; the
+    jump (stride) is input size / map size. This needs no knowledge of the model's stem and
+    handles the Inception branches (the largest branch wins). One forward and one backward pass.
     """
     c, h, w = adapter.input_shape
     names = adapter.layer_names
     gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(len(names) * n_probe, c, h, w, generator=gen).to(adapter.device).requires_grad_(True)
+    x = torch.rand(len(names) * 2 * n_probe, c, h, w, generator=gen).to(adapter.device).requires_grad_(True)
     _, acts = adapter.forward_with_activations(x)
     loss = x.new_zeros(())
-    centres = {}
+    maps = {}
     for i, name in enumerate(names):
-        a = acts[name][i * n_probe : (i + 1) * n_probe].float()
-        yc, xc = a.shape[2] // 2, a.shape[3] // 2
-        centres[name] = (yc, xc, a.shape[2], a.shape[3])
-        loss = loss + a[:, :, yc, xc].sum()
+        a = acts[name].float()
+        first = a[2 * i * n_probe : (2 * i + 1) * n_probe]
+        last = a[(2 * i + 1) * n_probe : (2 * i + 2) * n_probe]
+        maps[name] = a.shape[2:]
+        loss = loss + first[:, :, 0, 0].sum() + last[:, :, -1, -1].sum()
     (grad,) = torch.autograd.grad(loss, [x])
+    support = grad.abs().sum(dim=1).cpu() > 0  # [B, H, W]
     out = {}
     for i, name in enumerate(names):
-        yc, xc, mh, mw = centres[name]
-        support = grad[i * n_probe : (i + 1) * n_probe].abs().sum(dim=(0, 1)).cpu() > 0
+        mh, mw = maps[name]
         jy, jx = h / mh, w / mw
-        rows = torch.nonzero(support.any(dim=1)).flatten()
-        cols = torch.nonzero(support.any(dim=0)).flatten()
-        if len(rows) == 0:  # dead at the centre for every probe: fall back to the whole input
-            y0, y1, x0, x1 = 0, h - 1, 0, w - 1
-        else:
-            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-        out[name] = ReceptiveField(
-            size_y=y1 - y0 + 1,
-            size_x=x1 - x0 + 1,
-            jump_y=jy,
-            jump_x=jx,
-            offset_y=(y0 + y1) / 2 - jy * yc,
-            offset_x=(x0 + x1) / 2 - jx * xc,
-        )
+        s_first = support[2 * i * n_probe : (2 * i + 1) * n_probe].any(dim=0)
+        s_last = support[(2 * i + 1) * n_probe : (2 * i + 2) * n_probe].any(dim=0)
+        if not s_first.any() or not s_last.any():  # dead for every probe: assume the whole input
+            out[name] = ReceptiveField(h, w, jy, jx, (h - 1) / 2 - jy * (mh - 1) / 2, (w - 1) / 2 - jx * (mw - 1) / 2)
+            continue
+        first_rows = torch.nonzero(s_first.any(dim=1)).flatten()
+        first_cols = torch.nonzero(s_first.any(dim=0)).flatten()
+        last_rows = torch.nonzero(s_last.any(dim=1)).flatten()
+        last_cols = torch.nonzero(s_last.any(dim=0)).flatten()
+        sy, oy = _rf_axis(int(first_rows[-1]), int(last_rows[0]), mh, jy)
+        sx, ox = _rf_axis(int(first_cols[-1]), int(last_cols[0]), mw, jx)
+        out[name] = ReceptiveField(size_y=sy, size_x=sx, jump_y=jy, jump_x=jx, offset_y=oy, offset_x=ox)
     return out
 
 

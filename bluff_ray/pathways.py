@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .attack import AttackConfig, attack_grid
 from .importance import median, roles, spatial_max_activations
 from .influence import layer_influence
 from .models.base import ModelAdapter
@@ -295,14 +296,17 @@ def compute_pair(
     target: int,
     original_images: torch.Tensor,
     target_images: torch.Tensor,
-    attack_cfg,
+    attack_cfg: AttackConfig,
     pathway_cfg: PathwayConfig = PathwayConfig(),
     generator: torch.Generator | None = None,
+    attack_batch_size: int = 512,
 ) -> PairSummary:
-    """Attack ``original_images`` toward ``target`` at every strength, then :func:`summarize_pair`."""
-    from .attack import attack_grid
+    """Attack ``original_images`` toward ``target`` at every strength, then :func:`summarize_pair`.
 
-    grid = attack_grid(adapter.model, original_images, [target], attack_cfg, pathway_cfg.batch_size, generator)
+    Only the successfully attacked images of each strength form its ``attacked@eps`` condition.
+    """
+    grid = attack_grid(adapter.model, original_images.to(adapter.device), [target], attack_cfg,
+                       batch_size=attack_batch_size, generator=generator)
     adv, success = grid.adv[0], grid.success[0]  # [S,N,C,H,W], [S,N]
     attacked = [adv[s][success[s].to(adv.device)] for s in range(adv.shape[0])]
     return summarize_pair(
@@ -313,7 +317,7 @@ def compute_pair(
         target_images,
         attacked,
         n_images=original_images.shape[0],
-        n_success=success.sum(dim=1).tolist(),
+        n_success=[int(v) for v in success.sum(dim=1).tolist()],
         strengths=attack_cfg.strengths,
         cfg=pathway_cfg,
     )

@@ -194,7 +194,8 @@ class BluffWorker:
         original, n_skipped = self.source.class_images(unit.original, s.images_per_class)
         if len(original) == 0:
             raise ValueError(f"class {unit.original} has no readable images (skipped {n_skipped})")
-        gen = torch.Generator(device=self.device).manual_seed(unit_seed(seed, unit.original, unit.chunk))
+        # A CPU generator: the random starts are the same numbers on a laptop and on a GPU node.
+        gen = torch.Generator().manual_seed(unit_seed(seed, unit.original, unit.chunk))
         grid = attack_grid(a.model, original.to(self.device), list(unit.targets), attack_cfg,
                            batch_size=s.attack_batch_size, generator=gen)
         pairs_t, nodes_t, edges_t = [], [], []
@@ -350,10 +351,14 @@ def _actor_class(ray):
     return ray.remote(BluffWorker)
 
 
-def start_workers(ray, spec_for: Callable[[bool], WorkerSpec], num_workers: int | None) -> tuple[list, bool]:
-    """One actor per GPU (``num_gpus=1``) when the cluster has GPUs, else ``num_workers`` CPU actors."""
+def start_workers(ray, spec_for: Callable[[bool], WorkerSpec], num_workers: int | None, max_useful: int | None = None
+                  ) -> tuple[list, bool]:
+    """One actor per GPU (``num_gpus=1``) when the cluster has GPUs, else ``num_workers`` CPU actors
+    (never more than ``max_useful``: an actor costs a model load)."""
     n_default, use_gpu = _default_workers(ray.cluster_resources())
     n = num_workers or n_default
+    if max_useful is not None:
+        n = max(1, min(n, max_useful))
     if use_gpu:
         # num_cpus=0: a GPU actor must not also hold a CPU slot, or GPU actors can take every CPU
         # and starve other work (ray#44687); the GPU is the scheduling limit.
@@ -467,9 +472,18 @@ def run(
     return summary
 
 
+def _absolute(path: str | None) -> str | None:
+    """Local relative paths made absolute: actors need not share the driver's working directory."""
+    if path is None or "://" in path or path == "digits":
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def _worker_spec(cfg: RunConfig, use_gpu: bool) -> WorkerSpec:
     device = cfg.device or ("cuda" if use_gpu else "cpu")
-    return WorkerSpec(model=cfg.model, weights=cfg.weights, model_cache=cfg.model_cache, data=cfg.data, out=cfg.out,
+    weights = cfg.weights if cfg.weights in (None, "torchvision") else _absolute(cfg.weights)
+    return WorkerSpec(model=cfg.model, weights=weights, model_cache=_absolute(cfg.model_cache),
+                      data=_absolute(cfg.data), out=_absolute(cfg.out),
                       storage_options=dict(cfg.storage_options), device=device, threads=None if use_gpu else 1,
                       images_per_class=cfg.images_per_class, benign_batch_size=cfg.benign_batch_size,
                       attack_batch_size=cfg.attack_batch_size)
@@ -481,7 +495,9 @@ def _execute(ray, cfg, resolved: ResolvedRun, adapter, store: Store, todo: list[
 
     n_examples = cfg.assets.n_patches if cfg.assets.enabled else 0
     need_workers = bool(todo or benign_todo or cfg.assets.enabled)
-    actors, _ = start_workers(ray, lambda gpu: _worker_spec(cfg, gpu), cfg.num_workers) if need_workers else ([], False)
+    useful = None if cfg.assets.enabled else len(todo) + len(benign_todo)
+    actors, _ = (start_workers(ray, lambda gpu: _worker_spec(cfg, gpu), cfg.num_workers, useful)
+                 if need_workers else ([], False))
     summary.workers = len(actors)
     bar = tqdm(total=summary.pairs_total, initial=summary.pairs_skipped, unit="pair", desc="pairs",
                disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
@@ -509,10 +525,16 @@ def _execute(ray, cfg, resolved: ResolvedRun, adapter, store: Store, todo: list[
     tasks = [_Task("benign", c, f"benign class {c}") for c in benign_todo]
     tasks += [_Task("pairs", u, f"unit original={u.original} part={u.chunk} (targets {list(u.targets)})") for u in todo]
     try:
-        _dispatch(ray, actors, tasks, submit, on_done, on_fail)
+        try:
+            _dispatch(ray, actors, tasks, submit, on_done, on_fail)
+        finally:
+            bar.close()
+        reduce(ray, actors, cfg, resolved, adapter, store, benign_results, summary)
     finally:
-        bar.close()
-    reduce(ray, actors, cfg, resolved, adapter, store, benign_results, summary)
+        # Stop the actors now (also on Ctrl-C / errors): nothing keeps computing or writing after
+        # the driver has returned, so what a rerun finds is exactly what this run committed.
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
 
 
 # ---------------------------------------------------------------------------------------------

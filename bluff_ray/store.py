@@ -27,6 +27,11 @@ from fsspec.implementations.local import LocalFileSystem
 from .config import redact_url
 
 PARQUET_OPTIONS = dict(compression="snappy", write_statistics=True)
+# mkstemp creates 0600 files; results should get the usual permissions (0666 minus the umask) so
+# that a web server running as another user can serve a local results folder.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 class StorageError(RuntimeError):
@@ -100,6 +105,7 @@ class Store:
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
+                os.chmod(tmp, FILE_MODE)
                 os.replace(tmp, path)
             except BaseException:
                 if os.path.exists(tmp):

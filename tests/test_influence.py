@@ -24,6 +24,15 @@ from bluff_ray.models.googlenet import googlenet_adapter
 # bluff_ray's own adapters with random weights and random BatchNorm statistics.
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a small shared CI machine more threads only oversubscribe the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
     """Random eval-mode BN statistics and affine parameters, so folding is really exercised."""
     for m in model.modules():
@@ -201,5 +210,7 @@ def test_bad_inputs_are_refused():
         layer_influence(adapter, 1, prev, torch.tensor([40]), torch.tensor([0]))
     with pytest.raises(ValueError, match="channels"):
         layer_influence(adapter, 1, torch.rand(1, 5, 4, 4), torch.tensor([0]), torch.tensor([0]))
-    empty = layer_influence(adapter, 1, prev, torch.tensor([], dtype=torch.long), torch.tensor([1, 2]))
-    assert empty.shape == (1, 2, 0)
+    none = torch.tensor([], dtype=torch.long)
+    every_branch = torch.tensor([1, 20, 40, 50])  # mixed3b: 1x1, 3x3, 5x5, pool projection
+    assert layer_influence(adapter, 1, prev, none, every_branch).shape == (1, 4, 0)
+    assert layer_influence(adapter, 1, prev, torch.tensor([3]), none).shape == (1, 0, 1)

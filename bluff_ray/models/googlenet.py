@@ -154,7 +154,7 @@ def load_googlenet(
     options = WEIGHT_OPTIONS.format(cache=cache)
     if weights is None or weights == "torchvision":
         if not os.path.isfile(cache):
-            raise FileNotFoundError(f"GoogLeNet IMAGENET1K_V1 weights are not in the torchvision cache ({cache}). {options}")
+            raise FileNotFoundError(f"GoogLeNet IMAGENET1K_V1 weights are not in the torchvision cache. {options}")
         state = read_state_dict(cache)
         source = f"torchvision:IMAGENET1K_V1 ({os.path.basename(cache)})"
     else:

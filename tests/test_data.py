@@ -1,0 +1,96 @@
+"""Image sources: digits split, ImageFolder on local disk and on an fsspec memory filesystem,
+corrupt files skipped and counted."""
+
+from __future__ import annotations
+
+import io
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bluff_ray.data import CachedSource, DigitsSource, ImageFolderSource, make_source
+from bluff_ray.models.digits import digits_adapter, DigitsNet, digits_split
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return digits_adapter(DigitsNet())  # untrained: only class ids and load_image are used
+
+
+def png_bytes(img: torch.Tensor, fmt: str = "PNG") -> bytes:
+    arr = (img[0].numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="L").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_folder(fs, root: str, per_class: dict[int, list[torch.Tensor]], extra: dict[str, bytes]) -> None:
+    for c, imgs in per_class.items():
+        for i, img in enumerate(imgs):
+            fs.pipe_file(f"{root}/{c}/img{i:03d}.png", png_bytes(img))
+    for rel, data in extra.items():
+        fs.pipe_file(f"{root}/{rel}", data)
+
+
+def test_digits_source_is_the_test_split(adapter):
+    x, y = digits_split("test")
+    src = make_source("digits", adapter)
+    imgs, skipped = src.class_images(3)
+    assert skipped == 0 and torch.equal(imgs, x[y == 3])
+    imgs5, _ = src.class_images(3, 5)
+    assert torch.equal(imgs5, x[y == 3][:5])
+
+
+@pytest.mark.parametrize("protocol", ["file", "memory"])
+def test_image_folder_reads_sorted_files_and_skips_corrupt_ones(adapter, tmp_path, protocol, caplog):
+    x, y = digits_split("test")
+    per_class = {1: list(x[y == 1][:4]), 7: list(x[y == 7][:3])}
+    good_jpeg = png_bytes(x[y == 1][5], "JPEG")
+    extra = {
+        "1/img001b.jpg": good_jpeg[: len(good_jpeg) // 2],  # truncated JPEG
+        "1/img002b.jpg": b"\xff\xd8\xff\xe0 not really a jpeg",  # corrupt header
+        "1/notes.txt": b"ignored: not an image extension",
+        "unknown-class/img.png": png_bytes(x[0]),
+    }
+    if protocol == "file":
+        fs, root = fsspec.filesystem("file", auto_mkdir=True), str(tmp_path / "folder")
+        url = root
+    else:
+        fs, root = fsspec.filesystem("memory"), f"/bluff-test-{tmp_path.name}"
+        url = f"memory://{root}"
+    write_folder(fs, root, per_class, extra)
+
+    src = ImageFolderSource(url, adapter)
+    imgs, skipped = src.class_images(1)
+    assert skipped == 2
+    assert sorted(src.skipped_files[1]) == ["img001b.jpg", "img002b.jpg"]
+    assert "skipping unreadable image img001b.jpg" in caplog.text
+    expected = torch.stack(per_class[1])
+    assert imgs.shape == (4, 1, 8, 8)
+    assert torch.allclose(imgs, expected, atol=0.5 / 255 + 1e-6)  # PNG keeps 8 bits
+
+    # sorted: img000, img001, img001b (bad), img002, img002b (bad), img003
+    capped, skipped_capped = src.class_images(1, max_images=3)
+    assert capped.shape[0] == 3 and skipped_capped == 1  # stops reading once it has 3 good images
+    assert torch.allclose(capped, expected[:3], atol=0.5 / 255 + 1e-6)
+    imgs7, s7 = src.class_images(7)
+    assert imgs7.shape[0] == 3 and s7 == 0
+    empty, s0 = src.class_images(2)  # no folder: no images, not an error
+    assert empty.shape == (0, 1, 8, 8) and s0 == 0
+
+
+def test_cached_source_reads_each_class_once():
+    calls = []
+
+    class Counting:
+        def class_images(self, c, m=None):
+            calls.append(c)
+            return torch.zeros(2, 1, 8, 8), 0
+
+    src = CachedSource(Counting(), max_bytes=2 * 2 * 64 * 4)  # room for two classes
+    for c in (0, 1, 0, 1, 2, 0):
+        src.class_images(c)
+    assert calls == [0, 1, 2, 0]  # 0 was evicted by 2 (least recently used)

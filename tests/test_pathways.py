@@ -1,0 +1,249 @@
+"""PairSummary: assembled correctly from importance/roles/influence, and in the FORMAT.md schema."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bluff_ray.influence import layer_influence
+from bluff_ray.models.digits import DigitsNet, digits_adapter
+from bluff_ray.pathways import (
+    EDGES_SCHEMA,
+    NODES_SCHEMA,
+    PAIRS_SCHEMA,
+    ROW_GROUP_UNSET,
+    PathwayConfig,
+    compute_pair,
+    summarize_pair,
+)
+
+FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a small shared CI machine more threads only oversubscribe the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _format_columns(heading_prefix: str) -> dict[str, str]:
+    """Column name -> type string of the first table under the FORMAT.md heading with that prefix."""
+    text = FORMAT_MD.read_text()
+    section = text[text.index(f"## {heading_prefix}") :]
+    section = section[: section.index("\n## ", 3)] if "\n## " in section[3:] else section
+    return dict(re.findall(r"^\| `(\w+)` \| ([\w<>]+) \|", section, flags=re.M))
+
+
+def _arrow_type(spec: str) -> pa.DataType:
+    m = re.fullmatch(r"list<(\w+)>", spec)
+    if m:
+        return pa.list_(_arrow_type(m.group(1)))
+    return {"int32": pa.int32(), "float32": pa.float32(), "string": pa.string()}[spec]
+
+
+@pytest.mark.parametrize("heading,schema", [("pairs/", PAIRS_SCHEMA), ("nodes/", NODES_SCHEMA), ("edges/", EDGES_SCHEMA)])
+def test_schemas_are_the_ones_in_format_md(heading, schema):
+    cols = _format_columns(heading)
+    assert cols, f"no column table found under '## {heading}' in FORMAT.md"
+    if heading == "pairs/":  # the pipeline may add its own bookkeeping columns after ours
+        assert [f.name for f in schema] == [c for c in cols if c in schema.names]
+    else:
+        assert [f.name for f in schema] == list(cols)
+    for f in schema:
+        assert f.type == _arrow_type(cols[f.name]), f.name
+
+
+def test_pathway_config_validation():
+    assert PathwayConfig() == PathwayConfig(k=10, batch_size=64, min_edge_influence=0.0)
+    for bad in (dict(k=1), dict(k=0), dict(batch_size=0), dict(min_edge_influence=float("nan"))):
+        with pytest.raises(ValueError):
+            PathwayConfig(**bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# summarize_pair against an independent, unbatched computation (random net, fast).
+
+
+@pytest.fixture(scope="module")
+def random_pair():
+    torch.manual_seed(0)
+    adapter = digits_adapter(DigitsNet())
+    gen = torch.Generator().manual_seed(1)
+    orig, targ = torch.rand(7, 1, 8, 8, generator=gen), torch.rand(6, 1, 8, 8, generator=gen)
+    attacked = [orig[:0], (orig[:3] + 0.3 * torch.rand(3, 1, 8, 8, generator=gen)).clamp(0, 1),
+                torch.rand(4, 1, 8, 8, generator=gen)]
+    strengths = (0.5, 1.0, 1.5)
+    cfg = PathwayConfig(k=6, batch_size=4)
+    summary = summarize_pair(adapter, 3, 8, orig, targ, attacked, n_images=7, n_success=[0, 3, 4],
+                             strengths=strengths, cfg=cfg)
+    return adapter, [orig, targ, *attacked], cfg, summary
+
+
+def _np_importance(adapter, images):
+    with torch.no_grad():
+        _, acts = adapter.forward_with_activations(images)
+    return {k: np.median(v.amax(dim=(2, 3)).numpy(), axis=0) for k, v in acts.items()}, acts
+
+
+def _np_topk(values: np.ndarray, k: int) -> set[int]:
+    order = np.lexsort((np.arange(len(values)), -values))  # descending value, then ascending channel
+    return set(order[:k].tolist())
+
+
+def test_nodes_importance_and_roles_match_independent_computation(random_pair):
+    adapter, conds, cfg, s = random_pair
+    imps = [_np_importance(adapter, c)[0] if len(c) else None for c in conds]
+    k = cfg.k
+    roles_order = ("original", "both", "target", "exploited")
+    node_key = [(adapter.layer_names.index(n.layer), roles_order.index(n.role), n.channel) for n in s.nodes]
+    assert node_key == sorted(node_key) and len(set(node_key)) == len(node_key)  # FORMAT.md node order
+    for layer in adapter.layer_names:
+        nodes = [n for n in s.nodes if n.layer == layer]
+        got = {n.channel: n.role for n in nodes}
+        o, t = _np_topk(imps[0][layer], k), _np_topk(imps[1][layer], k)
+        assert {c for c, r in got.items() if r == "both"} == o & t
+        assert {c for c, r in got.items() if r == "original"} == o - t
+        assert {c for c, r in got.items() if r == "target"} == t - o
+        exploited = set()
+        for imp in imps[2:]:
+            if imp is None:
+                continue
+            ranked = [c for c in np.lexsort((np.arange(len(imp[layer])), -imp[layer]))[:k] if c not in o | t]
+            exploited |= set(int(c) for c in ranked[: k // 2])
+        assert {c for c, r in got.items() if r == "exploited"} == exploited
+        for n in nodes:
+            np.testing.assert_allclose(n.importance_original, imps[0][layer][n.channel], rtol=1e-6)
+            np.testing.assert_allclose(n.importance_target, imps[1][layer][n.channel], rtol=1e-6)
+            assert np.isnan(n.importance_attacked[0])  # no successful image at the first strength
+            for si in (1, 2):
+                np.testing.assert_allclose(n.importance_attacked[si], imps[2 + si][layer][n.channel], rtol=1e-6)
+            np.testing.assert_allclose(
+                n.excitation[1:], np.array(n.importance_attacked[1:]) - n.importance_original, rtol=1e-6
+            )
+    assert s.n_exploited > 0  # random attacked images do reach other neurons
+    assert s.excitation.shape == (len(s.nodes), 3)
+
+
+def test_edges_match_unbatched_influence_medians(random_pair):
+    adapter, conds, cfg, s = random_pair
+    names = adapter.layer_names
+    displayed = {l: [n.channel for n in s.nodes if n.layer == l] for l in names}
+    acts = [_np_importance(adapter, c)[1] if len(c) else None for c in conds]
+    got = {(e.src_layer, e.src_channel, e.dst_layer, e.dst_channel): e for e in s.edges}
+    expected_keys = set()
+    for q in range(1, len(names)):
+        src, dst = displayed[names[q - 1]], displayed[names[q]]
+        meds = []
+        for a in acts:
+            if a is None:
+                meds.append(np.full((len(dst), len(src)), np.nan))
+            else:
+                r = layer_influence(adapter, q, a[names[q - 1]], torch.tensor(src), torch.tensor(dst), batch_size=1000)
+                meds.append(np.median(r.numpy(), axis=0))
+        meds = np.stack(meds, axis=-1)  # [dst, src, conditions]
+        for d, j in enumerate(dst):
+            for i_, i in enumerate(src):
+                key = (names[q - 1], i, names[q], j)
+                vals = meds[d, i_]
+                if np.nanmax(vals) > cfg.min_edge_influence:
+                    expected_keys.add(key)
+                    e = got[key]
+                    np.testing.assert_allclose(
+                        [e.influence_original, e.influence_target, *e.influence_attacked], vals, rtol=1e-5, atol=1e-7
+                    )
+    assert set(got) == expected_keys  # exactly the edges positive in some condition
+    pos = {(n.layer, n.channel): i for i, n in enumerate(s.nodes)}
+    edge_key = [(names.index(e.dst_layer), pos[(e.dst_layer, e.dst_channel)], pos[(e.src_layer, e.src_channel)])
+                for e in s.edges]
+    assert edge_key == sorted(edge_key)  # FORMAT.md edge order
+    assert len(s.edges) > 0
+
+
+def _nan_safe(value):
+    if isinstance(value, float) and np.isnan(value):
+        return "NaN"
+    if isinstance(value, list):
+        return [_nan_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _nan_safe(v) for k, v in value.items()}
+    return value
+
+
+def test_to_arrow_tables_and_parquet_round_trip(random_pair, tmp_path):
+    _, _, _, s = random_pair
+    t = s.to_arrow()
+    assert t["pairs"].schema == PAIRS_SCHEMA and t["nodes"].schema == NODES_SCHEMA and t["edges"].schema == EDGES_SCHEMA
+    assert t["pairs"].num_rows == 1 and t["nodes"].num_rows == len(s.nodes) and t["edges"].num_rows == len(s.edges)
+    row = t["pairs"].to_pylist()[0]
+    assert row["target"] == 8 and row["n_images"] == 7 and row["n_success"] == [0, 3, 4]
+    np.testing.assert_allclose(row["success_rate"], [0, 3 / 7, 4 / 7], rtol=1e-6)
+    assert row["n_nodes"] == len(s.nodes) and row["n_edges"] == len(s.edges)
+    assert row["n_exploited"] == sum(r == "exploited" for r in t["nodes"].column("role").to_pylist())
+    assert row["row_group"] == ROW_GROUP_UNSET
+    assert set(t["nodes"].column("target").to_pylist()) == {8} == set(t["edges"].column("target").to_pylist())
+    for name, table in t.items():
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+        back = pq.read_table(tmp_path / f"{name}.parquet")
+        assert back.schema == table.schema
+        assert _nan_safe(back.to_pylist()) == _nan_safe(table.to_pylist())  # NaN != NaN in .equals
+
+
+def test_summarize_pair_refuses_inconsistent_inputs(random_pair):
+    adapter, conds, cfg, _ = random_pair
+    orig, targ = conds[0], conds[1]
+    with pytest.raises(ValueError, match="per strength"):
+        summarize_pair(adapter, 3, 8, orig, targ, [orig[:1]], n_images=7, n_success=[1, 2], strengths=[0.5], cfg=cfg)
+    with pytest.raises(ValueError, match="n_success"):
+        summarize_pair(adapter, 3, 8, orig, targ, [orig[:2]], n_images=7, n_success=[1], strengths=[0.5], cfg=cfg)
+    with pytest.raises(ValueError, match="target_images"):
+        summarize_pair(adapter, 3, 8, orig, targ[:0], [], n_images=7, n_success=[], strengths=[], cfg=cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real pair: the trained digits model, the real attack, default strengths.
+
+
+def test_digit_pair_end_to_end():
+    from bluff_ray.attack import AttackConfig
+    from bluff_ray.models import load_model
+    from bluff_ray.models.digits import digits_split
+
+    adapter = load_model("digits")
+    strengths = tuple(adapter.metadata["default_strengths"])
+    x, y = digits_split("test")
+    original, target = 3, 8
+    orig, targ = x[y == original][:12], x[y == target][:12]
+    cfg = AttackConfig(method="pgd_l2", strengths=strengths, steps=20)
+    s = compute_pair(adapter, original, target, orig, targ, cfg, PathwayConfig(k=10, batch_size=64),
+                     generator=torch.Generator().manual_seed(0))
+    assert s.strengths == strengths and s.n_images == 12 and len(s.n_success) == len(strengths)
+    rates = s.success_rate
+    assert rates[-1] > rates[0] and rates[-1] >= 0.5, rates
+    assert all(b >= a - 0.2 for a, b in zip(rates, rates[1:])), rates  # rises with eps (PGD noise aside)
+    exploited = [n for n in s.nodes if n.role == "exploited"]
+    assert exploited, "no exploited neuron at any strength"
+    # Every exploited neuron is in the top-k of some successful attacked condition and beats its
+    # original importance there: the attack really switched it on.
+    assert any(max(np.nan_to_num(n.excitation, nan=-np.inf)) > 0 for n in exploited)
+    layer_idx = {l: i for i, l in enumerate(adapter.layer_names)}
+    shown = {(n.layer, n.channel) for n in s.nodes}
+    for e in s.edges:
+        assert (e.src_layer, e.src_channel) in shown and (e.dst_layer, e.dst_channel) in shown
+        assert layer_idx[e.dst_layer] == layer_idx[e.src_layer] + 1
+        assert max(np.nan_to_num([e.influence_original, e.influence_target, *e.influence_attacked], nan=-1)) > 0
+    t = s.to_arrow()
+    assert t["nodes"].num_rows == len(s.nodes) and t["edges"].num_rows == len(s.edges) > 0
+    assert t["pairs"].column("n_exploited").to_pylist() == [len(exploited)]
+    # Nodes per layer: the union of the roles, at least k (O) and at most 2k + k/2 per strength.
+    for layer in adapter.layer_names:
+        n_layer = sum(n.layer == layer for n in s.nodes)
+        assert 10 <= n_layer <= 20 + 5 * len(strengths)

@@ -1,0 +1,108 @@
+"""Store: whole-object writes, row groups per target, listings, preflight, S3 through moto."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bluff_ray.store import Store, StorageError, table_to_parquet
+
+
+def test_one_row_group_per_target_including_empty_ones(tmp_path):
+    t = pa.table({"target": pa.array([1, 1, 4], pa.int32()), "v": [0.5, 1.5, 2.5]})
+    s = Store(str(tmp_path / "root"))
+    s.write_table("nodes/original=0/part-0.parquet", t, group_by="target", groups=[1, 3, 4])
+    f = s.read_parquet_file("nodes/original=0/part-0.parquet")
+    assert [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)] == [2, 0, 1]
+    assert f.read_row_group(2).column("v").to_pylist() == [2.5]
+    col = f.metadata.row_group(0).column(0)
+    assert col.compression == "SNAPPY" and col.statistics.has_min_max
+    with pytest.raises(ValueError, match="sorted"):
+        table_to_parquet(t.take([2, 0, 1]), group_by="target", groups=[1, 4])
+    with pytest.raises(ValueError, match="not in groups"):
+        table_to_parquet(t, group_by="target", groups=[1])
+
+
+def test_local_writes_leave_no_temporary_files_and_list_relative_paths(tmp_path):
+    s = Store(str(tmp_path))
+    s.write_bytes("a/b/c.bin", b"x" * 10)
+    s.write_json("m.json", {"k": [1, 2]})
+    assert s.list() == ["a/b/c.bin", "m.json"]
+    assert s.list("a") == ["a/b/c.bin"] and s.list("missing") == []
+    assert sorted(os.listdir(tmp_path / "a" / "b")) == ["c.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert s.read_json("m.json") == {"k": [1, 2]}
+    s.delete("a")
+    assert not s.exists("a/b/c.bin")
+
+
+def test_failed_local_write_keeps_the_old_object(tmp_path, monkeypatch):
+    """A write that fails before it is committed leaves the previous object and no debris."""
+    s = Store(str(tmp_path))
+    s.write_bytes("f.bin", b"old")
+
+    def fail(*_a, **_k):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr("bluff_ray.store.os.replace", fail)
+    with pytest.raises(OSError, match="disk gone"):
+        s.write_bytes("f.bin", b"new")
+    assert s.read_bytes("f.bin") == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_preflight_ok_and_leaves_nothing(tmp_path):
+    s = Store(str(tmp_path / "new-root"))
+    s.preflight()
+    assert s.list() == []
+
+
+def test_preflight_refuses_unwritable_local_root(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match="not writable"):
+        Store(str(blocker / "root")).preflight()
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        with pytest.raises(StorageError, match="not writable"):
+            Store(str(ro)).preflight()
+
+
+@pytest.mark.s3
+def test_preflight_refuses_unreachable_endpoint_quickly():
+    t0 = time.perf_counter()
+    with pytest.raises(StorageError, match="not writable.*(Connect|connect)"):
+        Store("s3://some-bucket/x", {"endpoint_url": "http://127.0.0.1:1"}).preflight()
+    assert time.perf_counter() - t0 < 60
+
+
+@pytest.mark.s3
+def test_s3_roundtrip_and_missing_bucket(s3_options, make_bucket):
+    make_bucket("store-test")
+    s = Store("s3://store-test/root", s3_options)
+    s.preflight()
+    t = pa.table({"target": pa.array([2, 2], pa.int32()), "x": [1.0, 2.0]})
+    s.write_table("pairs/original=1/part-0.parquet", t)
+    s.write_json("manifest.json", {"a": 1})
+    s.refresh()
+    assert s.list() == ["manifest.json", "pairs/original=1/part-0.parquet"]
+    assert s.read_table("pairs/original=1/part-0.parquet").equals(t)
+    with pytest.raises(StorageError, match="bucket does not exist"):
+        Store("s3://no-such-bucket/root", s3_options).preflight()
+
+
+def test_store_pickles_by_url_and_never_shows_options(tmp_path):
+    s = Store(str(tmp_path), {"auto_mkdir": True})
+    s2 = pickle.loads(pickle.dumps(s))
+    assert s2.url == s.url and s2.storage_options == {"auto_mkdir": True}
+    secret = Store("s3://b/x", {"key": "AKIA-SECRET", "secret": "s3cr3t"})
+    assert "SECRET" not in repr(secret) and "s3cr3t" not in repr(secret)

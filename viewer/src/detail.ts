@@ -1,0 +1,189 @@
+// The detail view of one neuron: id, feature visualisation, dataset examples, and its median
+// activation over attack strengths with the original (green) and target (blue) reference lines.
+import * as d3 from "d3";
+import type { NeuronAssets, NodeRow } from "./data";
+import { ROLE_COLOR } from "./graph";
+
+const CW = 230;
+const CH = 120;
+const M = { top: 10, right: 10, bottom: 28, left: 38 };
+
+export class DetailView {
+  constructor(private el: HTMLDivElement) {}
+
+  hide(): void {
+    this.el.hidden = true;
+    this.el.dataset.id = "";
+  }
+
+  /**
+   * Show neuron n next to `anchor` (its screen box). strengths: [0, eps1, ...]; s: current index;
+   * layerMax: the y-scale top shared by the neuron's layer.
+   */
+  show(
+    n: NodeRow,
+    anchor: DOMRect,
+    strengths: number[],
+    s: number,
+    layerMax: number,
+    assets: NeuronAssets | undefined | null,
+  ): void {
+    const el = this.el;
+    el.textContent = "";
+    el.dataset.id = n.id;
+    const head = document.createElement("div");
+    head.className = "detail-id";
+    head.textContent = n.id;
+    const role = document.createElement("span");
+    role.className = `role-chip ${n.role}`;
+    role.textContent = n.role;
+    head.append(" ", role);
+    el.append(head);
+
+    const imgs = document.createElement("div");
+    imgs.className = "detail-imgs";
+    const fv = document.createElement("figure");
+    const fvCap = document.createElement("figcaption");
+    fvCap.textContent = "Feature vis";
+    if (assets?.featureVis) {
+      const img = document.createElement("img");
+      img.className = "feature-vis";
+      img.alt = `feature visualisation of ${n.id}`;
+      img.addEventListener("load", () => img.classList.toggle("pixelated", img.naturalWidth < 64));
+      img.src = assets.featureVis;
+      fv.append(img);
+    } else {
+      const na = document.createElement("div");
+      na.className = "no-img";
+      na.textContent = assets === null ? "loading…" : "none";
+      fv.append(na);
+    }
+    fv.append(fvCap);
+    const ex = document.createElement("figure");
+    const grid = document.createElement("div");
+    grid.className = "patch-grid";
+    for (const src of (assets?.patches ?? []).slice(0, 4)) {
+      const img = document.createElement("img");
+      img.className = "patch";
+      img.alt = `dataset example for ${n.id}`;
+      img.src = src;
+      grid.append(img);
+    }
+    if (!grid.childElementCount) {
+      const na = document.createElement("div");
+      na.className = "no-img";
+      na.textContent = assets === null ? "loading…" : "none";
+      grid.append(na);
+    }
+    const exCap = document.createElement("figcaption");
+    exCap.textContent = "Examples from data";
+    ex.append(grid, exCap);
+    imgs.append(fv, ex);
+    el.append(imgs);
+
+    // activation vs strength
+    const svg = d3
+      .select(el)
+      .append("svg")
+      .attr("class", "act-chart")
+      .attr("width", CW)
+      .attr("height", CH)
+      .attr("role", "img")
+      .attr("aria-label", `median activation of ${n.id} over attack strength`);
+    const x = d3
+      .scaleLinear()
+      .domain([0, d3.max(strengths) ?? 1])
+      .range([M.left, CW - M.right]);
+    const y = d3
+      .scaleLinear()
+      .domain([0, layerMax > 0 ? layerMax : 1])
+      .nice()
+      .range([CH - M.bottom, M.top]);
+    svg
+      .append("g")
+      .attr("transform", `translate(0,${CH - M.bottom})`)
+      .call(d3.axisBottom(x).ticks(5).tickSizeOuter(0));
+    svg.append("g").attr("transform", `translate(${M.left},0)`).call(d3.axisLeft(y).ticks(4).tickSizeOuter(0));
+    svg
+      .append("text")
+      .attr("class", "axis-title")
+      .attr("x", (M.left + CW - M.right) / 2)
+      .attr("y", CH - 2)
+      .attr("text-anchor", "middle")
+      .text("attack strength");
+    svg
+      .append("text")
+      .attr("class", "axis-title")
+      .attr("transform", `translate(10,${(CH - M.bottom + M.top) / 2}) rotate(-90)`)
+      .attr("text-anchor", "middle")
+      .text("Med. Activ.");
+    const ref = (v: number, color: string, cls: string, label: string) => {
+      if (!Number.isFinite(v)) return;
+      svg
+        .append("line")
+        .attr("class", cls)
+        .attr("x1", M.left)
+        .attr("x2", CW - M.right)
+        .attr("y1", y(v))
+        .attr("y2", y(v))
+        .attr("stroke", color)
+        .attr("stroke-width", 1.5)
+        .attr("stroke-dasharray", "4 2");
+      svg
+        .append("text")
+        .attr("class", "ref-label")
+        .attr("x", CW - M.right)
+        .attr("y", y(v) - 3)
+        .attr("text-anchor", "end")
+        .attr("fill", color)
+        .text(label);
+    };
+    ref(n.act[0], "#4daf4a", "ref-original", "original");
+    ref(n.target, ROLE_COLOR.target, "ref-target", "target");
+    const pts = strengths.map((e, i) => ({ e, v: n.act[i], i })).filter((p) => Number.isFinite(p.v));
+    svg
+      .append("path")
+      .attr("class", "act-line")
+      .attr("fill", "none")
+      .attr("stroke", "#888")
+      .attr("stroke-width", 1.5)
+      .attr(
+        "d",
+        d3
+          .line<{ e: number; v: number }>()
+          .x((p) => x(p.e))
+          .y((p) => y(p.v))(pts),
+      );
+    svg
+      .selectAll("circle.act-dot")
+      .data(pts)
+      .join("circle")
+      .attr("class", (p) => (p.i === s ? "act-dot current" : "act-dot"))
+      .attr("cx", (p) => x(p.e))
+      .attr("cy", (p) => y(p.v))
+      .attr("r", (p) => (p.i === s ? 5 : 2.5))
+      .attr("fill", (p) => (p.i === s ? ROLE_COLOR[n.role] : "#888"))
+      .attr("stroke", (p) => (p.i === s ? "#222" : "none"));
+    if (!Number.isFinite(n.act[s])) {
+      svg
+        .append("text")
+        .attr("class", "no-success")
+        .attr("x", x(strengths[s]))
+        .attr("y", M.top + 10)
+        .attr("text-anchor", "middle")
+        .text("no successful attack");
+    }
+
+    // place it right of the neuron, inside the graph panel
+    el.hidden = false;
+    const host = el.parentElement!.getBoundingClientRect();
+    const w = el.offsetWidth;
+    const h = el.offsetHeight;
+    let left = anchor.right - host.left + 12;
+    if (left + w > host.width) left = anchor.left - host.left - w - 12;
+    let top = anchor.top - host.top - h / 2;
+    top = Math.max(4, Math.min(host.height - h - 4, top));
+    el.style.left = `${Math.max(4, left)}px`;
+    el.style.top = `${top}px`;
+  }
+}

@@ -1,0 +1,420 @@
+// The graph summary view: layers as rows (output layer on top), four role groups left to right,
+// Bézier connections whose width follows the influence at the current strength.
+import * as d3 from "d3";
+import type { EdgeRow, NodeRow, PairData, Role } from "./data";
+import { ROLES } from "./data";
+import type { Criterion, Glyph } from "./highlight";
+import { edgeWidth, edgesAmong, glyph, highlightedNodes, selectedEdges, widthScales } from "./highlight";
+
+export const ROLE_COLOR: Record<Role, string> = {
+  original: "#abdda4",
+  both: "#fdae61",
+  target: "#2b83ba",
+  exploited: "#d7191c",
+};
+
+export type FilterMode = "full" | "pinned" | "highlighted";
+
+export interface ViewState {
+  s: number; // strength index: 0 benign, i -> manifest.strengths[i-1]
+  criterion: Criterion;
+  neuronPct: number;
+  edgePct: number;
+  filter: FilterMode;
+  pins: Set<string>;
+  compare: boolean;
+  weaker: number;
+  stronger: number;
+  compareEdges: "weaker" | "stronger";
+}
+
+interface Pos {
+  x: number;
+  y: number;
+}
+
+const W = 1000;
+const LEFT = 96;
+const RIGHT = 24;
+const TOP = 64;
+const GROUP_GAP = 26;
+const NODE_GAP = 4;
+
+export interface GraphSummary {
+  shownNodes: number;
+  highlighted: number;
+  edges: number;
+  glyphs: Record<Glyph, number>;
+}
+
+export class GraphView {
+  private svg: d3.Selection<SVGSVGElement, unknown, null, undefined>;
+  private root: d3.Selection<SVGGElement, unknown, null, undefined>;
+  private defs: d3.Selection<SVGDefsElement, unknown, null, undefined>;
+  private gTitles: d3.Selection<SVGGElement, unknown, null, undefined>;
+  private gLayers: d3.Selection<SVGGElement, unknown, null, undefined>;
+  private gEdges: d3.Selection<SVGGElement, unknown, null, undefined>;
+  private gNodes: d3.Selection<SVGGElement, unknown, null, undefined>;
+  private data: PairData | null = null;
+  private layers: string[] = [];
+  private size = 20;
+  private rowH = 70;
+  private pos = new Map<string, Pos>();
+  private nodeById = new Map<string, NodeRow>();
+  private scales = new Map<number, number>();
+  private hovered: string | null = null;
+  private lastLayoutKey = "";
+  private zoom: d3.ZoomBehavior<SVGSVGElement, unknown>;
+
+  constructor(
+    el: SVGSVGElement,
+    private handlers: {
+      hover: (n: NodeRow | null, anchor: DOMRect | null) => void;
+      click: (n: NodeRow) => void;
+    },
+  ) {
+    this.svg = d3.select(el);
+    this.defs = this.svg.append("defs");
+    this.root = this.svg.append("g").attr("class", "zoom-root");
+    this.gTitles = this.root.append("g").attr("class", "titles");
+    this.gLayers = this.root.append("g").attr("class", "layer-labels");
+    this.gEdges = this.root.append("g").attr("class", "edges");
+    this.gNodes = this.root.append("g").attr("class", "nodes");
+    this.zoom = d3
+      .zoom<SVGSVGElement, unknown>()
+      .scaleExtent([0.3, 8])
+      .on("zoom", (ev: d3.D3ZoomEvent<SVGSVGElement, unknown>) => {
+        this.root.attr("transform", ev.transform.toString());
+        if (this.hovered) this.handlers.hover(null, null);
+      });
+    this.svg.call(this.zoom).on("dblclick.zoom", null);
+  }
+
+  resetZoom(): void {
+    this.svg.call(this.zoom.transform, d3.zoomIdentity);
+  }
+
+  setPair(data: PairData, layers: string[], names: { original: string; target: string }): void {
+    this.data = data;
+    this.layers = layers;
+    this.nodeById = new Map(data.nodes.map((n) => [n.id, n]));
+    this.scales = widthScales(data.edges);
+    this.hovered = null;
+    this.lastLayoutKey = "";
+    this.gNodes.selectAll("*").remove();
+    this.gEdges.selectAll("*").remove();
+    this.gTitles.selectAll("*").remove();
+    this.gLayers.selectAll("*").remove();
+    this.defs.selectAll("*").remove();
+    this.titles = names;
+  }
+
+  private titles = { original: "", target: "" };
+
+  clear(): void {
+    this.data = null;
+    for (const g of [this.gNodes, this.gEdges, this.gTitles, this.gLayers]) g.selectAll("*").remove();
+    this.svg.attr("data-pair", null).attr("data-state", "empty");
+  }
+
+  /** Full layout: per layer, role groups in fixed columns (column width = the widest layer's group). */
+  private fullLayout(): { pos: Map<string, Pos>; groupX: Record<Role, [number, number]> } {
+    const nodes = this.data!.nodes;
+    const L = this.layers.length;
+    const cap: Record<Role, number> = { original: 0, both: 0, target: 0, exploited: 0 };
+    const per = new Map<string, NodeRow[]>();
+    for (const n of nodes) {
+      const key = `${n.layerIndex}|${n.role}`;
+      let l = per.get(key);
+      if (!l) per.set(key, (l = []));
+      l.push(n);
+    }
+    for (const [key, l] of per) {
+      const role = key.split("|")[1] as Role;
+      cap[role] = Math.max(cap[role], l.length);
+    }
+    for (const r of ROLES) cap[r] = Math.max(cap[r], 1);
+    const slots = ROLES.reduce((a, r) => a + cap[r], 0);
+    const avail = W - LEFT - RIGHT - GROUP_GAP * 3 - NODE_GAP * (slots - 4);
+    this.size = Math.max(5, Math.min(26, avail / slots));
+    // rows fill the panel's height (in viewBox units), within readable bounds
+    const el = this.svg.node()!;
+    const aspect = el.clientWidth > 0 && el.clientHeight > 0 ? el.clientHeight / el.clientWidth : 0.6;
+    const fit = (W * aspect - TOP - 24) / Math.max(1, L);
+    this.rowH = Math.max(this.size * 2.6, 56, Math.min(120, fit));
+    const step = this.size + NODE_GAP;
+    const groupX = {} as Record<Role, [number, number]>;
+    let x = LEFT;
+    for (const r of ROLES) {
+      const w = cap[r] * step - NODE_GAP;
+      groupX[r] = [x, x + w];
+      x += w + GROUP_GAP;
+    }
+    const pos = new Map<string, Pos>();
+    for (const [key, l] of per) {
+      const [li, role] = [Number(key.split("|")[0]), key.split("|")[1] as Role];
+      const [x0, x1] = groupX[role];
+      const w = l.length * step - NODE_GAP;
+      const start = x0 + (x1 - x0 - w) / 2;
+      const y = TOP + (L - 1 - li) * this.rowH;
+      l.sort((a, b) => a.channel - b.channel).forEach((n, i) => pos.set(n.id, { x: start + i * step, y }));
+    }
+    return { pos, groupX };
+  }
+
+  /** Compact layout (pinned / highlighted only): the shown neurons of a row, grouped by role, centred. */
+  private compactLayout(shown: Set<string>): Map<string, Pos> {
+    const L = this.layers.length;
+    const pos = new Map<string, Pos>();
+    const step = this.size + NODE_GAP;
+    for (let li = 0; li < L; li++) {
+      const row = this.data!.nodes.filter((n) => n.layerIndex === li && shown.has(n.id));
+      const order = (r: Role) => ROLES.indexOf(r);
+      row.sort((a, b) => order(a.role) - order(b.role) || a.channel - b.channel);
+      const groups = new Set(row.map((n) => n.role)).size;
+      const w = row.length * step - NODE_GAP + Math.max(0, groups - 1) * (GROUP_GAP / 2);
+      let x = LEFT + (W - LEFT - RIGHT - w) / 2;
+      let prev: Role | null = null;
+      for (const n of row) {
+        if (prev && prev !== n.role) x += GROUP_GAP / 2;
+        pos.set(n.id, { x, y: TOP + (L - 1 - li) * this.rowH });
+        x += step;
+        prev = n.role;
+      }
+    }
+    return pos;
+  }
+
+  update(v: ViewState, animate = false): GraphSummary {
+    const data = this.data;
+    const summary: GraphSummary = { shownNodes: 0, highlighted: 0, edges: 0, glyphs: { both: 0, weaker: 0, stronger: 0, none: 0 } };
+    if (!data) return summary;
+    const L = this.layers.length;
+
+    // what is highlighted, at which strength
+    const weakSet = v.compare ? highlightedNodes(data.nodes, v.weaker, v.criterion, v.neuronPct) : null;
+    const strongSet = v.compare ? highlightedNodes(data.nodes, v.stronger, v.criterion, v.neuronPct) : null;
+    const edgeS = v.compare ? (v.compareEdges === "weaker" ? v.weaker : v.stronger) : v.s;
+    const hl = v.compare ? (v.compareEdges === "weaker" ? weakSet! : strongSet!) : highlightedNodes(data.nodes, v.s, v.criterion, v.neuronPct);
+    const isHl = (id: string) => (v.compare ? weakSet!.has(id) || strongSet!.has(id) : hl.has(id));
+
+    let shown: Set<string>;
+    if (v.filter === "pinned") shown = new Set(data.nodes.filter((n) => v.pins.has(n.id)).map((n) => n.id));
+    else if (v.filter === "highlighted") shown = new Set(data.nodes.filter((n) => isHl(n.id)).map((n) => n.id));
+    else shown = new Set(data.nodes.map((n) => n.id));
+
+    const full = this.fullLayout();
+    const layoutKey = v.filter + ":" + [...shown].sort().join(",");
+    const relayout = layoutKey !== this.lastLayoutKey;
+    const first = this.lastLayoutKey === "";
+    this.lastLayoutKey = layoutKey;
+    this.pos = v.filter === "full" ? full.pos : this.compactLayout(shown);
+    const dur = animate && relayout && !first ? 1500 : 0;
+
+    // titles and layer labels
+    const titleData =
+      v.filter === "full"
+        ? ROLES.map((r) => ({
+            role: r,
+            text: r === "original" ? this.titles.original : r === "target" ? this.titles.target : r === "both" ? "BOTH" : "EXPLOITED BY ATTACK",
+            x: (full.groupX[r][0] + full.groupX[r][1]) / 2,
+          }))
+        : [];
+    this.gTitles
+      .selectAll<SVGTextElement, (typeof titleData)[number]>("text.group-title")
+      .data(titleData, (d) => d.role)
+      .join("text")
+      .attr("class", (d) => `group-title ${d.role}`)
+      .attr("x", (d) => d.x)
+      .attr("y", TOP - 30)
+      .attr("text-anchor", "middle")
+      .attr("fill", (d) => (d.role === "both" ? "#d9822b" : ROLE_COLOR[d.role]))
+      .text((d) => d.text)
+      .each(function (d) {
+        // keep long titles (class names, "EXPLOITED BY ATTACK") inside the drawing
+        const w = (this as SVGTextElement).getComputedTextLength();
+        const x = Math.min(Math.max(d.x, LEFT + w / 2), W - 4 - w / 2);
+        d3.select(this).attr("x", x);
+      });
+    this.gLayers
+      .selectAll<SVGTextElement, string>("text.layer-label")
+      .data(this.layers, (d) => d)
+      .join("text")
+      .attr("class", "layer-label")
+      .attr("x", 8)
+      .attr("y", (_d, i) => TOP + (L - 1 - i) * this.rowH + this.size / 2 + 4)
+      .text((d) => d);
+
+    // nodes
+    const shownNodes = data.nodes.filter((n) => shown.has(n.id));
+    summary.shownNodes = shownNodes.length;
+    const sz = this.size;
+    const self = this;
+    const nodeSel = this.gNodes
+      .selectAll<SVGGElement, NodeRow>("g.node")
+      .data(shownNodes, (d) => d.id)
+      .join(
+        (enter) => {
+          const g = enter
+            .append("g")
+            .attr("class", (d) => `node ${d.role}`)
+            .attr("data-id", (d) => d.id)
+            .attr("data-role", (d) => d.role)
+            .attr("tabindex", 0)
+            .attr("role", "button")
+            .attr("aria-label", (d) => `neuron ${d.id}, ${d.role}`)
+            .attr("transform", (d) => {
+              const p = full.pos.get(d.id)!;
+              return `translate(${p.x},${p.y})`;
+            });
+          g.append("rect").attr("class", "outer").attr("rx", 3).attr("ry", 3);
+          g.append("rect").attr("class", "inner");
+          g.append("text").attr("class", "node-label").attr("text-anchor", "middle");
+          g.on("mouseenter", function (_ev, d) {
+            self.setHover(d, this as SVGGElement);
+          })
+            .on("mouseleave", () => self.setHover(null, null))
+            .on("focus", function (_ev, d) {
+              self.setHover(d, this as SVGGElement);
+            })
+            .on("blur", () => self.setHover(null, null))
+            .on("click", (_ev, d) => self.handlers.click(d))
+            .on("keydown", (ev: KeyboardEvent, d) => {
+              if (ev.key === "Enter" || ev.key === " ") {
+                ev.preventDefault();
+                self.handlers.click(d);
+              }
+            });
+          return g;
+        },
+        // a node leaving and coming back within the fade must not be removed by the old transition
+        (update) => update.interrupt().style("opacity", null),
+        (exit) => exit.interrupt().transition().duration(dur ? 400 : 0).style("opacity", 0).remove(),
+      );
+    (dur ? nodeSel.transition().duration(dur) : nodeSel).attr("transform", (d) => {
+      const p = this.pos.get(d.id)!;
+      return `translate(${p.x},${p.y})`;
+    });
+
+    nodeSel
+      .select<SVGRectElement>("rect.outer")
+      .attr("width", sz)
+      .attr("height", sz)
+      .attr("fill", (d) => ROLE_COLOR[d.role]);
+    const isPinned = (id: string) => v.pins.has(id);
+    nodeSel.classed("pinned", (d) => isPinned(d.id));
+    nodeSel
+      .select<SVGTextElement>("text.node-label")
+      .attr("x", sz / 2)
+      .attr("y", -4)
+      .style("font-size", () => (v.filter === "full" ? null : "9px"))
+      .text((d) => String(d.channel));
+
+    if (v.compare) {
+      nodeSel.each(function (d) {
+        const gl = glyph(weakSet!.has(d.id), strongSet!.has(d.id));
+        summary.glyphs[gl] += 1;
+        const g = d3.select(this).attr("data-glyph", gl).attr("data-highlighted", gl === "none" ? "0" : "1");
+        g.select("rect.outer").attr("fill-opacity", strongSet!.has(d.id) ? 1 : 0.12);
+        const inner = g.select("rect.inner");
+        if (gl === "weaker" || gl === "stronger") {
+          inner
+            .attr("display", null)
+            .attr("x", sz / 4)
+            .attr("y", sz / 4)
+            .attr("width", sz / 2)
+            .attr("height", sz / 2)
+            .attr("fill", gl === "weaker" ? ROLE_COLOR[d.role] : "#ffffff")
+            .attr("data-fill", gl === "weaker" ? "role" : "white");
+        } else inner.attr("display", "none").attr("data-fill", null);
+      });
+      summary.highlighted = summary.glyphs.both + summary.glyphs.weaker + summary.glyphs.stronger;
+    } else {
+      nodeSel.attr("data-glyph", null).attr("data-highlighted", (d) => (hl.has(d.id) ? "1" : "0"));
+      nodeSel.select("rect.outer").attr("fill-opacity", (d) => (hl.has(d.id) ? 1 : 0.1));
+      nodeSel.select("rect.inner").attr("display", "none").attr("data-fill", null);
+      summary.highlighted = shownNodes.filter((n) => hl.has(n.id)).length;
+    }
+
+    // edges
+    const drawn: EdgeRow[] =
+      v.filter === "pinned"
+        ? edgesAmong(data.edges, shown, edgeS)
+        : selectedEdges(data.edges, hl, edgeS, v.criterion, v.edgePct).filter((e) => shown.has(e.src) && shown.has(e.dst));
+    summary.edges = drawn.length;
+    this.ensureGradients();
+    const path = (e: EdgeRow) => {
+      const a = this.pos.get(e.src)!; // lower (source layer)
+      const b = this.pos.get(e.dst)!; // upper
+      const x0 = a.x + sz / 2,
+        y0 = a.y,
+        x1 = b.x + sz / 2,
+        y1 = b.y + sz;
+      const dy = y0 - y1;
+      return `M${x0},${y0}C${x0},${y0 - 0.6 * dy} ${x1},${y1 + 0.6 * dy} ${x1},${y1}`;
+    };
+    const edgeSel = this.gEdges
+      .selectAll<SVGPathElement, EdgeRow>("path.edge")
+      .data(drawn, (e) => `${e.src}>${e.dst}`)
+      .join((enter) =>
+        enter
+          .append("path")
+          .attr("class", "edge")
+          .attr("data-src", (e) => e.src)
+          .attr("data-dst", (e) => e.dst)
+          .attr("d", path),
+      );
+    edgeSel
+      .attr("stroke", (e) => {
+        const lo = this.nodeById.get(e.src)!.role;
+        const hi = this.nodeById.get(e.dst)!.role;
+        return `url(#grad-${e.srcLayerIndex}-${hi}-${lo})`;
+      })
+      .attr("data-influence", (e) => e.inf[edgeS])
+      .attr("stroke-width", (e) => edgeWidth(e.inf[edgeS], this.scales.get(e.srcLayerIndex) ?? 0))
+      .classed("flow", (e) => this.hovered !== null && (e.src === this.hovered || e.dst === this.hovered));
+    edgeSel.interrupt();
+    (dur ? edgeSel.transition().duration(dur) : edgeSel).attr("d", path);
+
+    this.svg
+      .attr("viewBox", `0 0 ${W} ${TOP + L * this.rowH + 10}`)
+      .attr("data-pair", `${data.original}-${data.target}`)
+      .attr("data-state", "ready")
+      .attr("data-edges", summary.edges)
+      .attr("data-highlighted", summary.highlighted);
+    return summary;
+  }
+
+  private ensureGradients(): void {
+    const L = this.layers.length;
+    const want: { id: string; y1: number; y2: number; hi: Role; lo: Role }[] = [];
+    for (let li = 0; li < L - 1; li++)
+      for (const hi of ROLES)
+        for (const lo of ROLES) {
+          const yUpper = TOP + (L - 2 - li) * this.rowH + this.size;
+          const yLower = TOP + (L - 1 - li) * this.rowH;
+          want.push({ id: `grad-${li}-${hi}-${lo}`, y1: yUpper, y2: yLower, hi, lo });
+        }
+    const g = this.defs
+      .selectAll<SVGLinearGradientElement, (typeof want)[number]>("linearGradient")
+      .data(want, (d) => d.id)
+      .join((enter) => {
+        const lg = enter.append("linearGradient").attr("id", (d) => d.id).attr("gradientUnits", "userSpaceOnUse");
+        lg.append("stop").attr("offset", "0%");
+        lg.append("stop").attr("offset", "100%");
+        return lg;
+      });
+    g.attr("x1", 0).attr("x2", 0).attr("y1", (d) => d.y1).attr("y2", (d) => d.y2);
+    g.select("stop:nth-child(1)").attr("stop-color", (d) => ROLE_COLOR[d.hi]);
+    g.select("stop:nth-child(2)").attr("stop-color", (d) => ROLE_COLOR[d.lo]);
+  }
+
+  private setHover(n: NodeRow | null, el: SVGGElement | null): void {
+    this.hovered = n ? n.id : null;
+    this.gNodes.selectAll<SVGGElement, NodeRow>("g.node").classed("hover", (d) => d.id === this.hovered);
+    this.gEdges
+      .selectAll<SVGPathElement, EdgeRow>("path.edge")
+      .classed("flow", (e) => this.hovered !== null && (e.src === this.hovered || e.dst === this.hovered));
+    this.handlers.hover(n, el ? el.getBoundingClientRect() : null);
+  }
+}

@@ -1,0 +1,542 @@
+// The viewer's controller: loads a results root, keeps the view state (mirrored in the URL so a
+// link reopens the same view), and wires the header, sidebar, graph, detail view and explorer.
+import * as d3 from "d3";
+import "./style.css";
+import type { ClassInfo, Manifest, NeuronAssets, NodeRow, PairData, PairRow } from "./data";
+import { DataError, loadAssets, loadClasses, loadManifest, loadPair, loadPairIndex, resolveRoot, traffic } from "./data";
+import { PairExplorer } from "./explorer";
+import { GraphView, ROLE_COLOR } from "./graph";
+import type { FilterMode, GraphSummary, ViewState } from "./graph";
+import type { Criterion } from "./highlight";
+import { CRITERIA } from "./highlight";
+import { DetailView } from "./detail";
+import { Picker } from "./picker";
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+
+interface Debug {
+  traffic: typeof traffic;
+  state: string;
+  root?: string;
+  summary?: GraphSummary;
+  pairLoadMs?: number;
+  firstGraphMs?: number;
+  error?: string;
+}
+const debug: Debug = { traffic, state: "loading" };
+(window as unknown as { __bluff: Debug }).__bluff = debug;
+
+let root = "";
+let manifest: Manifest;
+let classes: ClassInfo[] = [];
+let names = new Map<number, string>();
+let pairs: PairRow[] = [];
+let pairData: PairData | null = null;
+let original: number | null = null;
+let target: number | null = null;
+let assets: Map<string, NeuronAssets> | null = null;
+let hoveredNode: NodeRow | null = null;
+let hoverAnchor: DOMRect | null = null;
+let loadToken = 0;
+const rootParam = new URLSearchParams(window.location.search).get("root");
+
+const view: ViewState = {
+  s: 2,
+  criterion: "activated",
+  neuronPct: 20,
+  edgePct: 30,
+  filter: "full",
+  pins: new Set(),
+  compare: false,
+  weaker: 1,
+  stronger: 9,
+  compareEdges: "stronger",
+};
+
+// --- messages ---------------------------------------------------------------------------------
+
+function showError(what: string, err: unknown): void {
+  const el = $("error");
+  const detail =
+    err instanceof DataError ? `${err.file}: ${err.message}` : err instanceof Error ? err.message : String(err);
+  el.textContent = "";
+  const strong = document.createElement("strong");
+  strong.textContent = what;
+  el.append(strong, document.createTextNode(` ${detail}`));
+  if (root) {
+    const r = document.createElement("div");
+    r.className = "error-root";
+    r.textContent = `Results root: ${root}`;
+    el.append(r);
+  }
+  el.hidden = false;
+  debug.state = "error";
+  debug.error = `${what} ${detail}`;
+  setStatus("");
+}
+
+function clearError(): void {
+  $("error").hidden = true;
+  debug.error = undefined;
+}
+
+function setStatus(text: string): void {
+  $("status").textContent = text;
+  $("status").hidden = !text;
+}
+
+// --- strengths ------------------------------------------------------------------------------------
+
+const strengthValues = () => [0, ...manifest.strengths];
+const fmt = (e: number) => (e === 0 ? "0 (benign)" : e.toFixed(2));
+function nearestIndex(v: number, from = 0): number {
+  const vals = strengthValues();
+  let best = from;
+  for (let i = from; i < vals.length; i++) if (Math.abs(vals[i] - v) < Math.abs(vals[best] - v)) best = i;
+  return best;
+}
+
+// --- URL state ------------------------------------------------------------------------------------
+
+function readUrl(): void {
+  const q = new URLSearchParams(window.location.search);
+  const S = manifest.strengths.length;
+  const int = (k: string) => (q.has(k) && /^\d+$/.test(q.get(k)!) ? Number(q.get(k)) : null);
+  original = int("original");
+  target = int("target");
+  if (q.has("eps")) {
+    const e = Number(q.get("eps"));
+    if (Number.isFinite(e)) view.s = nearestIndex(e);
+  }
+  const hl = q.get("highlight");
+  if (hl && (CRITERIA as string[]).includes(hl)) view.criterion = hl as Criterion;
+  const pct = (k: string, d: number) => {
+    const v = Number(q.get(k));
+    return q.has(k) && Number.isFinite(v) ? Math.max(5, Math.min(100, Math.round(v / 5) * 5)) : d;
+  };
+  view.neuronPct = pct("neurons", view.neuronPct);
+  view.edgePct = pct("edges", view.edgePct);
+  const f = q.get("filter");
+  if (f === "full" || f === "pinned" || f === "highlighted") view.filter = f;
+  view.pins = new Set((q.get("pins") ?? "").split(",").filter((x) => /^[\w.]+-\d+$/.test(x)));
+  const cmp = q.get("compare");
+  if (cmp) {
+    const [w, s] = cmp.split(",").map(Number);
+    if (Number.isFinite(w) && Number.isFinite(s)) {
+      view.compare = true;
+      view.weaker = Math.min(nearestIndex(w, 1), S - 1 || 1);
+      view.stronger = Math.max(nearestIndex(s, 1), Math.min(view.weaker + 1, S));
+    }
+  }
+  const ce = q.get("compare_edges");
+  if (ce === "weaker" || ce === "stronger") view.compareEdges = ce;
+}
+
+function writeUrl(): void {
+  const q = new URLSearchParams();
+  if (rootParam) q.set("root", rootParam);
+  if (original !== null) q.set("original", String(original));
+  if (target !== null) q.set("target", String(target));
+  const vals = strengthValues();
+  q.set("eps", String(vals[view.s]));
+  q.set("highlight", view.criterion);
+  q.set("neurons", String(view.neuronPct));
+  q.set("edges", String(view.edgePct));
+  if (view.filter !== "full") q.set("filter", view.filter);
+  if (view.pins.size) q.set("pins", [...view.pins].sort().join(","));
+  if (view.compare) {
+    q.set("compare", `${vals[view.weaker]},${vals[view.stronger]}`);
+    q.set("compare_edges", view.compareEdges);
+  }
+  history.replaceState(null, "", `${window.location.pathname}?${q.toString()}`);
+}
+
+// --- widgets ----------------------------------------------------------------------------------------
+
+const graph = new GraphView($("graph") as unknown as SVGSVGElement, {
+  hover: (n, anchor) => {
+    hoveredNode = n;
+    hoverAnchor = anchor;
+    renderDetail();
+  },
+  click: (n) => {
+    if (view.pins.has(n.id)) view.pins.delete(n.id);
+    else view.pins.add(n.id);
+    refresh(view.filter === "pinned");
+  },
+});
+const detail = new DetailView($("detail"));
+const explorer = new PairExplorer($("explorer"), (p) => openPair(p.original, p.target));
+const origPicker = new Picker($("pick-original"), "- - - Select - - -", (v) => {
+  original = v;
+  target = null;
+  targetPicker.setOptions(targetOptions(), null);
+  pairData = null;
+  graph.clear();
+  detail.hide();
+  setStatus("Pick a target class.");
+  writeUrl();
+  renderSidebar();
+});
+const targetPicker = new Picker($("pick-target"), "- - - Select - - -", (v) => openPair(original!, v));
+
+function targetOptions() {
+  return pairs
+    .filter((p) => p.original === original)
+    .map((p) => ({ value: p.target, label: names.get(p.target) ?? String(p.target) }))
+    .sort((a, b) => a.value - b.value);
+}
+
+function renderDetail(): void {
+  const n = hoveredNode;
+  if (!n || !hoverAnchor || !pairData) {
+    detail.hide();
+    return;
+  }
+  const layerNodes = pairData.nodes.filter((m) => m.layerIndex === n.layerIndex);
+  const layerMax = d3.max(layerNodes.flatMap((m) => [...m.act, m.target]).filter(Number.isFinite)) ?? 1;
+  const s = view.compare ? view.stronger : view.s;
+  detail.show(n, hoverAnchor, strengthValues(), s, layerMax, assets ? assets.get(n.id) : null);
+  if (!assets) {
+    loadAssets(root).then((a) => {
+      assets = a;
+      if (hoveredNode === n) renderDetail();
+    });
+  }
+}
+
+function renderSuccess(): void {
+  const host = d3.select($("success"));
+  host.selectAll("*").remove();
+  const p = pairs.find((x) => x.original === original && x.target === target);
+  if (!p) return;
+  host.append("div").attr("class", "success-title").text(`Attack success (${p.nImages} images)`);
+  const w = 240,
+    h = 64,
+    m = { l: 34, r: 4, t: 6, b: 16 };
+  const svg = host.append("svg").attr("width", w).attr("height", h).attr("class", "success-chart");
+  const S = manifest.strengths.length;
+  const x = d3
+    .scaleBand<number>()
+    .domain(d3.range(1, S + 1))
+    .range([m.l, w - m.r])
+    .padding(0.15);
+  const y = d3.scaleLinear().domain([0, 1]).range([h - m.b, m.t]);
+  svg
+    .selectAll("rect")
+    .data(p.successRate.map((r, i) => ({ r, i: i + 1, n: p.nSuccess[i] })))
+    .join("rect")
+    .attr("class", (d) => (d.i === (view.compare ? -1 : view.s) ? "bar current" : "bar"))
+    .attr("data-strength", (d) => manifest.strengths[d.i - 1])
+    .attr("x", (d) => x(d.i)!)
+    .attr("width", x.bandwidth())
+    .attr("y", (d) => y(Number.isFinite(d.r) ? d.r : 0))
+    .attr("height", (d) => y(0) - y(Number.isFinite(d.r) ? d.r : 0))
+    .append("title")
+    .text((d) => `eps ${manifest.strengths[d.i - 1].toFixed(2)}: ${d.n}/${p.nImages} succeeded`);
+  svg.append("g").attr("transform", `translate(${m.l},0)`).call(d3.axisLeft(y).ticks(2, "%").tickSizeOuter(0));
+  svg
+    .append("text")
+    .attr("x", m.l)
+    .attr("y", h - 3)
+    .attr("class", "tick-note")
+    .text(`eps ${manifest.strengths[0]} … ${manifest.strengths[S - 1]}`);
+  const cur = view.s >= 1 ? view.s : 0;
+  const txt =
+    cur >= 1
+      ? `At ${fmt(manifest.strengths[cur - 1])}: ${p.nSuccess[cur - 1]}/${p.nImages} (${(100 * p.successRate[cur - 1]).toFixed(0)}%)`
+      : "Strength 0: benign images, no attack";
+  host.append("div").attr("id", "success-text").attr("class", "hint").text(txt);
+}
+
+function renderSidebar(): void {
+  const vals = strengthValues();
+  const slider = $("strength") as HTMLInputElement;
+  slider.value = String(view.s);
+  slider.disabled = view.compare;
+  $("strength-value").textContent = fmt(vals[view.s]);
+  ($("criterion") as HTMLSelectElement).value = view.criterion;
+  ($("neuron-pct") as HTMLInputElement).value = String(view.neuronPct);
+  $("neuron-pct-value").textContent = String(view.neuronPct);
+  ($("edge-pct") as HTMLInputElement).value = String(view.edgePct);
+  $("edge-pct-value").textContent = String(view.edgePct);
+  document.querySelectorAll<HTMLInputElement>("#filter input").forEach((r) => (r.checked = r.value === view.filter));
+  ($("compare") as HTMLInputElement).checked = view.compare;
+  ($("weaker") as HTMLInputElement).value = String(view.weaker);
+  ($("stronger") as HTMLInputElement).value = String(view.stronger);
+  for (const id of ["weaker", "stronger", "compare-edges"]) ($(id) as HTMLInputElement).disabled = !view.compare;
+  $("weaker-value").textContent = vals[view.weaker].toFixed(2);
+  $("stronger-value").textContent = vals[view.stronger].toFixed(2);
+  ($("compare-edges") as HTMLSelectElement).value = view.compareEdges;
+  $("criterion-echo").textContent = view.criterion;
+  $("compare-panel").classList.toggle("off", !view.compare);
+  renderSuccess();
+  explorer.setStrength(view.s);
+}
+
+function renderCounts(sum: GraphSummary): void {
+  const el = $("counts");
+  el.textContent = "";
+  if (!pairData) return;
+  const shown = pairData.nodes.length;
+  const byRole = d3.rollup(
+    pairData.nodes,
+    (v) => v.length,
+    (n) => n.role,
+  );
+  const lines = [
+    `${sum.shownNodes} of ${shown} neurons shown, ${sum.highlighted} highlighted`,
+    `${sum.edges} of ${pairData.edges.length} connections drawn`,
+    `original ${byRole.get("original") ?? 0} · both ${byRole.get("both") ?? 0} · target ${byRole.get("target") ?? 0} · exploited ${byRole.get("exploited") ?? 0}`,
+    view.pins.size ? `${view.pins.size} pinned` : "nothing pinned",
+  ];
+  for (const l of lines) {
+    const d = document.createElement("div");
+    d.textContent = l;
+    el.append(d);
+  }
+  if (pairData.nodes.length === 0) setStatus("No neurons are stored for this pair.");
+  else if (view.filter === "pinned" && view.pins.size === 0) setStatus("No pinned neurons: click neurons in the full graph to pin them.");
+  else if (view.filter === "highlighted" && sum.shownNodes === 0) setStatus("Nothing is highlighted at this strength.");
+  else setStatus("");
+}
+
+function refresh(animate = false): void {
+  writeUrl();
+  renderSidebar();
+  if (!pairData) return;
+  const sum = graph.update(view, animate);
+  debug.summary = sum;
+  renderCounts(sum);
+  if (hoveredNode) renderDetail();
+}
+
+async function openPair(o: number, t: number): Promise<void> {
+  const token = ++loadToken;
+  original = o;
+  target = t;
+  origPicker.setValue(o);
+  targetPicker.setOptions(targetOptions(), t);
+  const p = pairs.find((x) => x.original === o && x.target === t);
+  clearError();
+  writeUrl();
+  if (!p) {
+    graph.clear();
+    pairData = null;
+    renderSidebar();
+    const oName = names.get(o) ?? `class ${o}`;
+    const tName = names.get(t) ?? `class ${t}`;
+    showError("Pair not found.", new DataError("pair_index.parquet", `has no pair ${oName} (${o}) → ${tName} (${t}); pick another target.`));
+    return;
+  }
+  setStatus(`Loading ${names.get(o) ?? o} → ${names.get(t) ?? t}…`);
+  debug.state = "loading";
+  const t0 = performance.now();
+  try {
+    const data = await loadPair(root, manifest, p);
+    if (token !== loadToken) return;
+    pairData = data;
+    hoveredNode = null;
+    detail.hide();
+    const known = new Set(data.nodes.map((n) => n.id));
+    view.pins = new Set([...view.pins].filter((id) => known.has(id)));
+    graph.setPair(data, manifest.layers.map((l) => l.name), {
+      original: names.get(o) ?? String(o),
+      target: names.get(t) ?? String(t),
+    });
+    setStatus(data.nodes.length ? "" : "No neurons are stored for this pair.");
+    refresh(false);
+    debug.pairLoadMs = performance.now() - t0;
+    if (debug.firstGraphMs === undefined) debug.firstGraphMs = performance.now();
+    debug.state = "ready";
+  } catch (e) {
+    if (token !== loadToken) return;
+    pairData = null;
+    graph.clear();
+    renderSidebar();
+    showError(`Could not load the pair ${names.get(o) ?? o} → ${names.get(t) ?? t}.`, e);
+  }
+}
+
+// --- controls -------------------------------------------------------------------------------------
+
+function wireControls(): void {
+  const S = manifest.strengths.length;
+  const slider = $("strength") as HTMLInputElement;
+  slider.max = String(S);
+  slider.addEventListener("input", () => {
+    view.s = Number(slider.value);
+    refresh();
+  });
+  $("criterion").addEventListener("change", (e) => {
+    view.criterion = (e.target as HTMLSelectElement).value as Criterion;
+    refresh(view.filter === "highlighted");
+  });
+  $("neuron-pct").addEventListener("input", (e) => {
+    view.neuronPct = Number((e.target as HTMLInputElement).value);
+    refresh(view.filter === "highlighted");
+  });
+  $("edge-pct").addEventListener("input", (e) => {
+    view.edgePct = Number((e.target as HTMLInputElement).value);
+    refresh();
+  });
+  document.querySelectorAll<HTMLInputElement>("#filter input").forEach((r) =>
+    r.addEventListener("change", () => {
+      if (r.checked) {
+        view.filter = r.value as FilterMode;
+        refresh(true);
+      }
+    }),
+  );
+  const weaker = $("weaker") as HTMLInputElement;
+  const stronger = $("stronger") as HTMLInputElement;
+  for (const el of [weaker, stronger]) {
+    el.min = "1";
+    el.max = String(S);
+  }
+  // the two pointers cannot cross: each is clamped strictly inside the other
+  weaker.addEventListener("input", () => {
+    view.weaker = Math.min(Number(weaker.value), view.stronger - 1);
+    if (view.weaker < 1) view.weaker = 1;
+    refresh();
+  });
+  stronger.addEventListener("input", () => {
+    view.stronger = Math.max(Number(stronger.value), view.weaker + 1);
+    if (view.stronger > S) view.stronger = S;
+    refresh();
+  });
+  $("compare").addEventListener("change", (e) => {
+    view.compare = (e.target as HTMLInputElement).checked && S >= 2;
+    refresh();
+  });
+  $("compare-edges").addEventListener("change", (e) => {
+    view.compareEdges = (e.target as HTMLSelectElement).value as "weaker" | "stronger";
+    refresh();
+  });
+  $("open-explorer").addEventListener("click", () => explorer.open());
+  let resizeTimer = 0;
+  window.addEventListener("resize", () => {
+    window.clearTimeout(resizeTimer);
+    resizeTimer = window.setTimeout(() => refresh(), 150);
+  });
+
+  document.addEventListener("keydown", (e) => {
+    const t = e.target as HTMLElement;
+    const typing = t instanceof HTMLInputElement && (t.type === "search" || t.type === "text");
+    if (e.key === "Escape") {
+      if (explorer.isOpen) explorer.close();
+      else if (origPicker.isOpen || targetPicker.isOpen) {
+        origPicker.close();
+        targetPicker.close();
+      } else {
+        hoveredNode = null;
+        detail.hide();
+        if (view.pins.size) {
+          view.pins.clear();
+          refresh(view.filter === "pinned");
+        }
+      }
+      return;
+    }
+    if (typing || t instanceof HTMLSelectElement || (t instanceof HTMLInputElement && t.type === "range")) return;
+    if ((e.key === "ArrowLeft" || e.key === "ArrowRight") && !view.compare && !explorer.isOpen) {
+      e.preventDefault();
+      view.s = Math.max(0, Math.min(S, view.s + (e.key === "ArrowRight" ? 1 : -1)));
+      refresh();
+    } else if (e.key === "p" && !explorer.isOpen) {
+      explorer.open();
+    } else if (e.key === "0") {
+      graph.resetZoom();
+    }
+  });
+
+  // legend for compare mode
+  const legend = d3.select($("legend"));
+  const items = [
+    { k: "N/A", outer: 0.12, inner: null },
+    { k: "Weaker", outer: 0.12, inner: ROLE_COLOR.exploited },
+    { k: "Stronger", outer: 1, inner: "#ffffff" },
+    { k: "Both", outer: 1, inner: null },
+  ];
+  const it = legend
+    .selectAll("span.legend-item")
+    .data(items)
+    .join("span")
+    .attr("class", "legend-item");
+  const sv = it.append("svg").attr("width", 16).attr("height", 16);
+  sv.append("rect")
+    .attr("x", 1)
+    .attr("y", 1)
+    .attr("width", 14)
+    .attr("height", 14)
+    .attr("rx", 2)
+    .attr("fill", ROLE_COLOR.exploited)
+    .attr("fill-opacity", (d) => d.outer);
+  sv.filter((d) => d.inner !== null)
+    .append("rect")
+    .attr("x", 4.5)
+    .attr("y", 4.5)
+    .attr("width", 7)
+    .attr("height", 7)
+    .attr("fill", (d) => d.inner!);
+  it.append("span").text((d) => d.k);
+}
+
+// --- start ------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  setStatus("Loading results…");
+  root = await resolveRoot(rootParam);
+  debug.root = root;
+  try {
+    manifest = await loadManifest(root);
+  } catch (e) {
+    showError("No results found.", e);
+    return;
+  }
+  $("attack-method").textContent = `${manifest.attack.method.toUpperCase().replace("_", " ")}`;
+  $("attack-method").title = manifest.input_space ?? manifest.model.input_space ?? "";
+  $("model-name").textContent = manifest.model.name;
+  const S = manifest.strengths.length;
+  // Bluff's defaults on its 0.05..0.50 grid, by position: strength = the 2nd strength (0.10),
+  // compare weaker = the 1st (0.05), stronger = the next-to-last (0.45); any grid of strengths works.
+  view.s = Math.min(2, S);
+  view.weaker = 1;
+  view.stronger = Math.min(S, Math.max(2, S - 1));
+  try {
+    [classes, pairs] = await Promise.all([loadClasses(root), loadPairIndex(root)]);
+  } catch (e) {
+    showError("The results root is incomplete.", e);
+    return;
+  }
+  names = new Map(classes.map((c) => [c.id, c.name]));
+  pairs.sort((a, b) => a.original - b.original || a.target - b.target);
+  readUrl();
+  wireControls();
+  explorer.setData(pairs, names, manifest.strengths);
+  const withPairs = new Set(pairs.map((p) => p.original));
+  origPicker.setOptions(
+    classes
+      .slice()
+      .sort((a, b) => a.id - b.id)
+      .map((c) => ({
+        value: c.id,
+        label: c.name,
+        disabled: !withPairs.has(c.id),
+        note: withPairs.has(c.id) ? undefined : "not computed",
+      })),
+    original,
+  );
+  if (!pairs.length) {
+    showError("No pairs yet.", new DataError("pair_index.parquet", "is empty: the run has not finished any pair"));
+    return;
+  }
+  if (original === null || target === null) {
+    const first = pairs.find((p) => p.original === (original ?? pairs[0].original)) ?? pairs[0];
+    original = first.original;
+    target = first.target;
+  }
+  await openPair(original, target);
+}
+
+main().catch((e) => showError("Unexpected error.", e));
