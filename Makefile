@@ -5,7 +5,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.bluff-installed
 VIEWER  := bluff_ray/_viewer/index.html
-VIEWER_SRC := $(shell find viewer/src viewer/index.html viewer/package.json viewer/vite.config.ts -type f 2>/dev/null)
+VIEWER_SRC := $(shell find viewer/src viewer/index.html viewer/package.json viewer/vite.config.ts viewer/tsconfig.json -type f 2>/dev/null)
 
 .PHONY: install viewer browser demo test bench clean
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	# chosen by pip); pyproject only asks for ranges.
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[test]'
+	# torchattacks (the reference PGD in tests and bench) pins requests~=2.25 in its metadata but never
+	# imports it; installing it without deps keeps the resolver from failing on that stale pin.
+	$(BIN)/pip install -q --no-deps 'torchattacks>=3.5'
 	touch $(STAMP)
 
 install: $(STAMP)
