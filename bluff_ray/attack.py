@@ -38,8 +38,9 @@ DEFAULT_STRENGTHS = tuple(round(0.05 * i, 2) for i in range(1, 11))
 class AttackConfig:
     """How to attack. ``strengths`` are eps values in [0,1] pixel space, ascending.
 
-    ``bf16``: on CUDA, run forward/backward under ``torch.autocast(bfloat16)`` with channels_last
-    inputs (speed; results differ slightly from fp32). Ignored on the CPU, which stays fp32 exact.
+    ``bf16``: on CUDA, run forward/backward under ``torch.autocast(bfloat16)`` (speed; results
+    differ slightly from fp32). Ignored on the CPU, which stays fp32. Inputs are channels_last
+    on every device.
     """
 
     method: str = "pgd_l2"
@@ -141,7 +142,7 @@ def attack(
     if bool((eps_t < 0).any()):
         raise ValueError("eps must be >= 0")
     amp = cfg.bf16 and device.type == "cuda"
-    if amp and x.dim() == 4:
+    if x.dim() == 4:  # the layout convs want on CPUs and GPUs alike (see ModelAdapter.attack_model)
         x = x.contiguous(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()

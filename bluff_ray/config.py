@@ -98,7 +98,7 @@ FIELD_HELP: dict[str, str] = {
     "attack.steps": "PGD iterations",
     "attack.step_ratio": "PGD step size as a fraction of eps",
     "attack.random_start": "start PGD from a random point in the eps ball",
-    "attack.bf16": "on CUDA, run the attack under bfloat16 autocast with channels_last (faster; ignored on CPU)",
+    "attack.bf16": "on CUDA, run the attack under bfloat16 autocast (faster, slightly different numbers; ignored on CPU)",
     "pathways.k": "top-k neurons per layer and condition for the roles (exploited takes k//2 per strength)",
     "pathways.batch_size": "images per forward pass / influence chunk when summarising a pair",
     "pathways.min_edge_influence": "store an edge when its influence exceeds this in some condition",

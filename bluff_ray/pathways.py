@@ -305,7 +305,7 @@ def compute_pair(
 
     Only the successfully attacked images of each strength form its ``attacked@eps`` condition.
     """
-    grid = attack_grid(adapter.model, original_images.to(adapter.device), [target], attack_cfg,
+    grid = attack_grid(adapter.attack_model(), original_images.to(adapter.device), [target], attack_cfg,
                        batch_size=attack_batch_size, generator=generator)
     adv, success = grid.adv[0], grid.success[0]  # [S,N,C,H,W], [S,N]
     attacked = [adv[s][success[s].to(adv.device)] for s in range(adv.shape[0])]

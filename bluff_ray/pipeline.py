@@ -25,13 +25,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import pyarrow as pa
 import torch
 
 from . import __version__
-from .config import ConfigError, ResolvedRun, RunConfig, diff_fields, model_identity, redact_url, resolve
-from .store import Store, StorageError
+from .config import ResolvedRun, RunConfig, diff_fields, model_identity, redact_url, resolve
+from .store import Store
 
 log = logging.getLogger("bluff_ray.pipeline")
 
@@ -196,7 +195,7 @@ class BluffWorker:
             raise ValueError(f"class {unit.original} has no readable images (skipped {n_skipped})")
         # A CPU generator: the random starts are the same numbers on a laptop and on a GPU node.
         gen = torch.Generator().manual_seed(unit_seed(seed, unit.original, unit.chunk))
-        grid = attack_grid(a.model, original.to(self.device), list(unit.targets), attack_cfg,
+        grid = attack_grid(a.attack_model(), original.to(self.device), list(unit.targets), attack_cfg,
                            batch_size=s.attack_batch_size, generator=gen)
         pairs_t, nodes_t, edges_t = [], [], []
         for ti, target in enumerate(unit.targets):

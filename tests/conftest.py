@@ -1,6 +1,8 @@
 """Shared fixtures: one local Ray instance, a moto S3 server on 127.0.0.1, and a real results root.
 
 Fixture names other test modules rely on:
+- ``digits``       (session): the demo digits adapter (``load_model("digits")``); every test runs
+  with one torch thread (an autouse session fixture).
 - ``ray_session``  (session): ``ray.init(num_cpus=2, ...)`` once; yields the ``ray`` module.
 - ``s3_endpoint``  (session): a moto S3 server; yields its endpoint URL ("http://127.0.0.1:PORT").
 - ``make_bucket``  (function): ``make_bucket(name, public=False, cors=False) -> name`` on that server.
@@ -16,6 +18,7 @@ import os
 import socket
 
 import pytest
+import torch
 
 # Fake credentials for moto, set before anything (Ray workers, s3fs) reads them; never real ones.
 FAKE_AWS = {
@@ -34,6 +37,24 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # The demo results' run configuration (digits, 3 classes -> 6 ordered pairs).
 DEMO_CLASSES = [0, 1, 2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread for the whole session: the engine's tensors here are tiny (8x8 digits),
+    and on a 2-core CI box extra threads only contend with each other and with Ray (10-40x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The demo digits adapter from the default checkpoint cache (trained on first use)."""
+    from bluff_ray.models import load_model
+
+    return load_model("digits")
 
 
 def _free_port() -> int:

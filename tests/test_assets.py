@@ -21,7 +21,6 @@ from bluff_ray.assets import (
     write_index,
 )
 from bluff_ray.data import DigitsSource
-from bluff_ray.models import load_model
 from bluff_ray.patches import class_topk, from_png, merge_topk
 from bluff_ray.store import Store
 
@@ -40,13 +39,6 @@ class CountingStore(Store):
         self.puts.append(rel)
         super().write_bytes(rel, data)
 
-
-@pytest.fixture(scope="module")
-def digits():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny 8x8 convs: extra threads only contend on a shared 2-core machine
-    yield load_model("digits")
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

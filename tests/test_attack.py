@@ -17,14 +17,6 @@ from bluff_ray.models.digits import DIGITS_STRENGTHS, digits_split, train_digits
 STEPS = 20  # fewer than the default 50 to keep CI fast; step eps/5 still travels 4 eps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny batches on a shared 2-core box: intra-op threads only add contention (10-40x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bluff_ray.data import CachedSource, DigitsSource, ImageFolderSource, make_source
+from bluff_ray.data import CachedSource, ImageFolderSource, make_source
 from bluff_ray.models.digits import digits_adapter, DigitsNet, digits_split
 
 

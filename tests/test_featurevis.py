@@ -21,19 +21,11 @@ from bluff_ray.featurevis import (
     to_valid_image,
     warp,
 )
-from bluff_ray.models import load_model
 
 # Two channels per layer of the digits net (one per branch kind where possible).
 NEURONS = [("mixed3a", 3), ("mixed3a", 30), ("mixed3b", 10), ("mixed3b", 45),
            ("mixed4a", 5), ("mixed4a", 50), ("mixed4b", 20), ("mixed4b", 60)]
 
-
-@pytest.fixture(scope="module")
-def digits():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny 8x8 convs: extra threads only contend on a shared 2-core machine
-    yield load_model("digits")
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

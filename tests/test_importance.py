@@ -16,14 +16,6 @@ from bluff_ray.importance import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small shared CI machine more threads only oversubscribe the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10])
 @pytest.mark.parametrize("dim", [0, 1, -1])

@@ -24,14 +24,6 @@ from bluff_ray.models.googlenet import googlenet_adapter
 # bluff_ray's own adapters with random weights and random BatchNorm statistics.
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small shared CI machine more threads only oversubscribe the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
     """Random eval-mode BN statistics and affine parameters, so folding is really exercised."""

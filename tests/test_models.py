@@ -36,14 +36,6 @@ GOOGLENET_TABLE = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small convs on a shared 2-core box: intra-op threads only add contention (10-40x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory):
@@ -185,6 +177,47 @@ def test_digits_load_image_roundtrip():
     torch.testing.assert_close(img, x[7], atol=1 / 255, rtol=0)
     big = Image.fromarray(np.kron(arr, np.ones((4, 4), np.uint8))).convert("RGB")  # 32x32 RGB
     torch.testing.assert_close(digits_mod.load_digit_image(big), x[7], atol=2 / 255, rtol=0)
+
+
+def _randomize_batchnorm_stats(net: torch.nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("which", ["digits", "googlenet"])
+def test_attack_model_folds_batchnorm_and_computes_the_same_function(which, digits, tv_googlenet):
+    """The attack runs on ``attack_model()``: no BatchNorm left, channels_last weights, frozen, and
+    the same logits and input gradients as the model itself (checked through autograd on both)."""
+    if which == "digits":
+        a, x = digits, torch.rand(16, 1, 8, 8)
+    else:
+        import copy
+
+        net = copy.deepcopy(tv_googlenet)
+        _randomize_batchnorm_stats(net)
+        a, x = googlenet_adapter(net), torch.rand(2, 3, 64, 64)
+    folded = a.attack_model()
+    assert folded is a.attack_model()  # built once
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in a.model.modules())
+    assert n_bn > 0  # the original keeps its BatchNorms (importance/influence read them)
+    assert all(not p.requires_grad for p in folded.parameters())
+    convs = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    la, lb = a.model(xa), folded(xb)
+    torch.testing.assert_close(lb, la, rtol=1e-4, atol=1e-4)
+    ga, = torch.autograd.grad(la[:, 3].sum(), xa)
+    gb, = torch.autograd.grad(lb[:, 3].sum(), xb)
+    torch.testing.assert_close(gb, ga, rtol=1e-3, atol=1e-5)
+    a.to("cpu")
+    assert a._attack_model is None  # moving the model invalidates the cached copy
 
 
 # ----------------------------------------------------------------------------- googlenet

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torchvision.models.googlenet import BasicConv2d, Inception
 
-from bluff_ray.models import load_model
 from bluff_ray.models.base import LayerInfo, ModelAdapter
 from bluff_ray.patches import (
     TOPK_SCHEMA,
@@ -26,13 +25,6 @@ from bluff_ray.patches import (
     to_png,
 )
 
-
-@pytest.fixture(scope="module")
-def digits():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny 8x8 convs: extra threads only contend on a shared 2-core machine
-    yield load_model("digits")
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,6 @@ from bluff_ray.pathways import (
 FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small shared CI machine more threads only oversubscribe the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _format_columns(heading_prefix: str) -> dict[str, str]:
     """Column name -> type string of the first table under the FORMAT.md heading with that prefix."""

@@ -5,7 +5,6 @@ fastparquet, DuckDB, pandas)."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import signal
@@ -136,7 +135,7 @@ def test_demo_results_equal_a_direct_summarize_pair(demo_results):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the CPU actors
     try:
-        grid = attack_grid(adapter.model, orig, list(unit.targets), resolved.attack, batch_size=cfg.attack_batch_size,
+        grid = attack_grid(adapter.attack_model(), orig, list(unit.targets), resolved.attack, batch_size=cfg.attack_batch_size,
                            generator=torch.Generator().manual_seed(unit_seed(cfg.seed, 0, 0)))
         attacked = [grid.adv[0, k][grid.success[0, k]] for k in range(len(resolved.strengths))]
         direct = summarize_pair(adapter, 0, 1, orig, tgt, attacked, len(orig), grid.success[0].sum(1).tolist(),

@@ -7,7 +7,6 @@ import pickle
 import time
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from bluff_ray.store import Store, StorageError, table_to_parquet

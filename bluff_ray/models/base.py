@@ -53,6 +53,25 @@ class LayerInfo:
         return sum(self.branch_sizes[:branch])
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode deep copy of ``model`` in which every ``conv -> bn`` unit (modules with a
+    ``conv`` Conv2d and a ``bn`` BatchNorm2d attribute, like torchvision's ``BasicConv2d``) has the
+    BatchNorm folded into the conv's weight and bias and replaced by ``nn.Identity``."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    for unit in folded.modules():
+        conv, bn = getattr(unit, "conv", None), getattr(unit, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            unit.conv = fuse_conv_bn_eval(conv, bn)
+            unit.bn = nn.Identity()
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    return folded
+
+
 @dataclass
 class ModelAdapter:
     """A classifier plus what bluff_ray needs to explain it.
@@ -84,6 +103,7 @@ class ModelAdapter:
     input_space: str
     load_image: Callable[..., torch.Tensor]
     metadata: dict = field(default_factory=dict)
+    _attack_model: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def layer_names(self) -> list[str]:
@@ -95,7 +115,21 @@ class ModelAdapter:
 
     def to(self, device: torch.device | str) -> "ModelAdapter":
         self.model.to(device)
+        self._attack_model = None
         return self
+
+    def attack_model(self) -> nn.Module:
+        """The classifier as the attack's hot loop wants it, built once: an eval-mode copy with each
+        conv unit's BatchNorm folded into its conv and channels_last weights.
+
+        Why: PGD runs 50 forward+backward passes per sample; folding removes BatchNorm's backward
+        and channels_last removes layout copies (measured ~1.5x on the digits net on one CPU
+        thread, and the layout GPUs want). The function is the same up to float rounding; the
+        explanation code (importance, influence) keeps using ``model`` with its BatchNorms.
+        """
+        if self._attack_model is None:
+            self._attack_model = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
+        return self._attack_model
 
     def forward_with_activations(
         self, x: torch.Tensor, layers: Sequence[str] | None = None

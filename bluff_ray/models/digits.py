@@ -76,12 +76,15 @@ STEM_CHANNELS = 32
 class MaxPool2dCL(nn.MaxPool2d):
     """``nn.MaxPool2d`` computed in channels_last memory: bitwise the same values, ~3x faster on
     CPUs for these small NCHW maps (the NCHW kernel is pathologically slow). Still a MaxPool2d,
-    so code that reads kernel_size/stride/padding keeps working; output is plain contiguous."""
+    so code that reads kernel_size/stride/padding keeps working; the output keeps the input's
+    memory format (plain contiguous for NCHW input, channels_last in the attack model)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             return super().forward(x)
-        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        cl = torch.channels_last
+        out = super().forward(x.contiguous(memory_format=cl))
+        return out if x.is_contiguous(memory_format=cl) and not x.is_contiguous() else out.contiguous()
 
 
 class Mixed(nn.Module):

@@ -84,7 +84,6 @@ def test_pick_pair_counts_and_edges_follow_strength(page, serve_root, results):
     pick(page, "target", names[t])
     wait_ready(page, f"{o}-{t}")
     row, nodes, edges = read_pair(results, o, t)
-    eps = strengths(results)
     s = int(page.input_value("#strength"))
     assert s == 2  # the original's default: the 2nd strength (0.10 of 0.05..0.50)
     st0, _, want0 = check_graph(page, nodes, edges, s)
