@@ -1,7 +1,7 @@
 """Pipeline throughput with 1 vs 2 Ray actors (side by side, one run), bytes per pair on disk, and
 the wall time of `bluff demo`.
 
-    .venv/bin/python bench/pipeline.py                  # 1 vs 2 actors on digits classes 0-2 + bytes/pair
+    .venv/bin/python bench/pipeline.py                  # 1 vs 2 actors on digits classes 0-2 (6 one-pair units) + bytes/pair
     .venv/bin/python bench/pipeline.py --demo           # also time `bluff demo --no-serve` (all 90 pairs)
     .venv/bin/python bench/pipeline.py --classes 0,1,2,3 --workers 1,2,4
 
@@ -39,6 +39,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classes", default="0,1,2", help="digit classes (default 0,1,2: 6 ordered pairs)")
     ap.add_argument("--workers", default="1,2", help="actor counts to compare (default 1,2)")
+    ap.add_argument("--target-chunk", type=int, default=1,
+                    help="targets per work unit (default 1: one pair per unit, so units split evenly over actors)")
     ap.add_argument("--demo", action="store_true", help="also time `bluff demo --no-serve` into a temp folder")
     args = ap.parse_args()
 
@@ -65,7 +67,7 @@ def main() -> int:
         load_model("digits")
         for n in workers:
             root = os.path.join(tmp, f"w{n}")
-            cfg = RunConfig(out=root, classes=classes, num_workers=n, progress=False,
+            cfg = RunConfig(out=root, classes=classes, num_workers=n, progress=False, target_chunk=args.target_chunk,
                             assets=__import__("dataclasses").replace(base.assets, enabled=False))
             t0 = time.perf_counter()
             summary = run(cfg)
@@ -94,6 +96,10 @@ def main() -> int:
         if proc.returncode != 0:
             print(proc.stderr[-4000:], file=sys.stderr)
         print(f"`bluff demo --no-serve` (90 pairs, assets on): {wall:.0f} s wall, exit {proc.returncode}")
+        if proc.returncode == 0:
+            b = bytes_per_pair(out, 90)
+            print(f"demo bytes per pair on disk (3 pairs per partition file): pairs {b['pairs']:.0f} + nodes "
+                  f"{b['nodes']:.0f} + edges {b['edges']:.0f} = {b['total']:.0f} B")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

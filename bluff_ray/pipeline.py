@@ -649,6 +649,15 @@ def _render_assets(ray, actors, cfg, resolved, adapter, store: Store, units, sum
         log.error("%s failed: %s", task.label, reason)
         summary.failed.append((task.label, reason))
 
-    _dispatch(ray, actors, tasks, submit, lambda t, r: tables.append(r), on_fail)
+    from tqdm.auto import tqdm
+
+    log.info("rendering assets of %d neurons (feature visualizations, example patches)", len(neurons))
+    with tqdm(total=len(neurons), unit="neuron", desc="assets", disable=not cfg.progress, dynamic_ncols=True,
+              file=sys.stderr) as bar:
+        def on_done(task, table):
+            tables.append(table)
+            bar.update(len(task.payload))
+
+        _dispatch(ray, actors, tasks, submit, on_done, on_fail)
     if len(tables) == len(chunks):
         write_index(store, tables)

@@ -179,5 +179,9 @@ def test_demo_config_is_every_digit_pair_at_the_default_strengths():
     r = resolve(cli.demo_config("./bluff-results"), adapter)
     assert len(r.pairs) == 90 and r.classes == tuple(range(10))
     assert r.strengths == tuple(adapter.metadata["default_strengths"]) and len(r.strengths) == 10
-    assert r.attack.steps == 50 and r.config.assets.enabled
-    assert r.target_chunk == 9  # one unit (one attack batch) per original digit
+    assert r.attack.steps == 50 and r.config.assets.enabled  # the paper's attack, not a cheaper one
+    assert r.config.images_per_class == cli.DEMO_IMAGES_PER_CLASS == 32
+    assert r.target_chunk == 3  # 30 units of 3 targets: the progress bar moves often
+    # ... and each unit's whole attack grid (3 targets x 10 strengths x 32 images) is one batch
+    assert 3 * 10 * 32 <= r.config.attack_batch_size
+    assert cli.build_parser().parse_args(["demo"]).images_per_class == 32

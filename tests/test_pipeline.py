@@ -378,3 +378,30 @@ def test_cli_run_reports_written_skipped_and_failed_units(ray_session, tmp_path,
     assert cli.main(argv) == 1
     out, _ = capsys.readouterr()
     assert "pairs written: 0, skipped (already done): 2, failed: 4 unit(s)" in out
+
+
+def test_cli_demo_runs_the_demo_configuration_end_to_end(ray_session, tmp_path, capsys):
+    """`bluff demo --no-serve` (the README's first command), cut to 2 digits and 4 images: the demo
+    configuration itself (50-step PGD-L2, assets on) runs through the CLI and finishes the root,
+    with progress bars for the pairs and the assets; a rerun computes nothing."""
+    from bluff_ray import cli
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--no-serve", "--out", str(out), "--classes", "0,1", "--images-per-class", "4"]
+    assert cli.main(argv) == 0
+    stdout, err = capsys.readouterr()
+    assert "pairs written: 2, skipped (already done): 0, failed: 0 unit(s); total requested 2" in stdout
+    assert "pairs:" in err and "assets:" in err and "neuron" in err
+    store = Store(str(out))
+    manifest = store.read_json("manifest.json")
+    assert manifest["finished"] and manifest["pairs_done"] == 2
+    assert manifest["attack"]["steps"] == 50 and manifest["attack"]["method"] == "pgd_l2"
+    assert manifest["images_per_class"] == 4
+    pairs = store.read_table("pair_index.parquet").to_pandas()
+    assert sorted(zip(pairs["original"], pairs["target"])) == [(0, 1), (1, 0)]
+    assert (pairs["n_images"] == 4).all()
+    assets = store.read_table("neurons/index.parquet")
+    assert assets.num_rows > 0
+    assert cli.main(argv) == 0
+    stdout, _ = capsys.readouterr()
+    assert "pairs written: 0, skipped (already done): 2" in stdout

@@ -36,8 +36,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,8 @@ from torchvision.models.googlenet import BasicConv2d
 from torchvision.transforms import functional as TF
 
 from .base import LayerInfo, ModelAdapter
+
+log = logging.getLogger("bluff_ray.models")
 from .weights import read_state_dict
 
 #: 10 evenly spaced L2 strengths in [0,1] pixel space on 64-d inputs (see module docstring).
@@ -283,6 +287,8 @@ def train_digits(
         net.load_state_dict(ckpt["state_dict"])
         accuracy, trained = float(ckpt["test_accuracy"]), False
     else:
+        log.info("training the digits model (once; cached as %s)", path)
+        t0 = time.perf_counter()
         net = DigitsNet.empty()
         net.load_state_dict(_fit(cfg, seed))
         accuracy, trained = eval_accuracy(net.eval(), cfg.split_seed), True
@@ -291,6 +297,7 @@ def train_digits(
         torch.save(ckpt, buf)
         data = buf.getvalue()
         _atomic_write(path, data)
+        log.info("digits model trained in %.0f s: test accuracy %.3f", time.perf_counter() - t0, accuracy)
     net.eval()
     meta = {
         "weights": str(path),
