@@ -104,7 +104,7 @@ def test_publish_refuses_bad_input(tmp_path, s3_options, make_bucket):
 
 
 def test_publish_cli(tmp_path, s3_endpoint, make_bucket, capsys):
-    from bluff_ray.publish import main
+    from bluff_ray.cli import main
 
     bucket = make_bucket("bluff-cli")
     root = make_results(tmp_path / "r", classes=2, assets=False)

@@ -161,7 +161,7 @@ def test_parse_range_unit():
 
 def test_cli_help():
     out = subprocess.run(
-        [sys.executable, "-m", "bluff_ray.serve", "serve", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "bluff_ray.cli", "serve", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for word in ("RESULTS", "--port", "--host", "--open", "127.0.0.1"):
         assert word in out
