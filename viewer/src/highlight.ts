@@ -19,26 +19,24 @@ export const CRITERIA: Criterion[] = ["activated", "changed", "excited", "inhibi
 
 const ROLE_ORDER: Record<Role, number> = { original: 0, both: 1, target: 2, exploited: 3 };
 
-export function nodeScore(n: NodeRow, s: number, c: Criterion): number {
-  const a = n.act[s];
+/** A condition series' score at strength index s: [0] is the benign original, [s] the attacked. */
+function seriesScore(xs: number[], s: number, c: Criterion): number {
+  const a = xs[s];
   if (!Number.isFinite(a)) return NaN;
   if (c === "activated") return a;
   if (s === 0) return NaN;
-  const d = a - n.act[0];
+  const d = a - xs[0];
   if (c === "excited") return d;
   if (c === "inhibited") return -d;
   return Math.abs(d);
 }
 
+export function nodeScore(n: NodeRow, s: number, c: Criterion): number {
+  return seriesScore(n.act, s, c);
+}
+
 export function edgeScore(e: EdgeRow, s: number, c: Criterion): number {
-  const v = e.inf[s];
-  if (!Number.isFinite(v)) return NaN;
-  if (c === "activated") return v;
-  if (s === 0) return NaN;
-  const d = v - e.inf[0];
-  if (c === "excited") return d;
-  if (c === "inhibited") return -d;
-  return Math.abs(d);
+  return seriesScore(e.inf, s, c);
 }
 
 export function highlightedNodes(nodes: NodeRow[], s: number, c: Criterion, pct: number): Set<string> {
