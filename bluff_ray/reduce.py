@@ -1,0 +1,303 @@
+"""The reduce: everything written once per run from all finished units (docs/FORMAT.md).
+
+``Aggregate`` is fed one work unit at a time (``add_unit``: the unit's pair rows and the few node
+columns the atlas needs), either straight from a worker's return value or, on resume, from the
+unit's files, read in parallel rounds. It keeps only what the global files need: the pair rows
+(≈100 bytes per pair, ≈100 MB at 999,000 pairs) and per-neuron counters (neurons x classes), never
+the nodes or edges themselves. ``write_global`` then writes the per-original pair index, the
+rankings, the overview matrix, the atlas and classes.parquet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from . import layout
+
+ROLE_EXPLOITED = "exploited"
+TOP_CLASSES = 5
+#: Rows per data page of a ranking file: one page of the explorer costs about this many rows.
+RANKING_PAGE_BYTES = 4096
+
+
+@dataclass
+class LayerSpec:
+    name: str
+    channels: int
+
+
+def _list_matrix(col: pa.ChunkedArray | pa.Array, width: int, dtype) -> np.ndarray:
+    """A list<number> column of fixed length ``width`` as an [n, width] array (nulls -> NaN)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, width), dtype=dtype)
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(dtype)
+    if flat.size != n * width:
+        raise ValueError(f"expected lists of {width} values, got {flat.size} values for {n} rows")
+    return flat.reshape(n, width)
+
+
+@dataclass
+class Aggregate:
+    """Pair rows and per-neuron counters over every finished unit."""
+
+    class_names: Sequence[str]
+    layers: Sequence[LayerSpec]
+    n_strengths: int
+    _pairs: dict[int, list[pa.Table]] = field(default_factory=dict, repr=False)
+    _units: set = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        self.n_classes = len(self.class_names)
+        self.offsets = {}
+        total = 0
+        for l in self.layers:
+            self.offsets[l.name] = total
+            total += l.channels
+        self.n_neurons = total
+        s = self.n_strengths
+        self.displayed = np.zeros(total, np.int64)
+        self.exploited_any = np.zeros(total, np.int64)
+        self.exploited = np.zeros((total, s), np.int64)
+        self.effect_sum = np.zeros((total, s), np.float64)
+        self.effect_n = np.zeros((total, s), np.int64)
+        self.by_original = np.zeros((total, self.n_classes), np.int32)
+        self.by_target = np.zeros((total, self.n_classes), np.int32)
+
+    # --- feeding ----------------------------------------------------------------------------------
+    def add_unit(self, original: int, part: int, pairs: pa.Table, nodes: pa.Table | None) -> None:
+        """One finished unit: its ``pairs/`` rows and (for the atlas) its nodes' columns
+        ``target, layer, channel, role, exploited_mask, effect``. A unit added twice counts once."""
+        key = (int(original), int(part))
+        if key in self._units:
+            return
+        self._units.add(key)
+        self._pairs.setdefault(int(original), []).append(pairs.select(layout.PAIRS_SCHEMA.names).cast(layout.PAIRS_SCHEMA))
+        if nodes is None or nodes.num_rows == 0:
+            return
+        idx = self._neuron_index(nodes.column("layer").to_pylist(), nodes.column("channel").to_numpy())
+        np.add.at(self.displayed, idx, 1)
+        roles = np.asarray(nodes.column("role").to_pylist(), dtype=object)
+        ex = roles == ROLE_EXPLOITED
+        if not ex.any():
+            return
+        ei = idx[ex]
+        targets = nodes.column("target").to_numpy()[ex]
+        np.add.at(self.exploited_any, ei, 1)
+        np.add.at(self.by_original, (ei, np.full(len(ei), int(original))), 1)
+        np.add.at(self.by_target, (ei, targets), 1)
+        mask = nodes.column("exploited_mask").to_numpy()[ex].astype(np.int64)
+        bits = (mask[:, None] >> np.arange(self.n_strengths)[None, :]) & 1
+        np.add.at(self.exploited, ei, bits)
+        effect = _list_matrix(nodes.column("effect"), self.n_strengths, np.float64)[ex]
+        ok = np.isfinite(effect)
+        np.add.at(self.effect_sum, ei, np.where(ok, effect, 0.0))
+        np.add.at(self.effect_n, ei, ok.astype(np.int64))
+
+    def _neuron_index(self, layers: list[str], channels: np.ndarray) -> np.ndarray:
+        try:
+            base = np.array([self.offsets[l] for l in layers], dtype=np.int64)
+        except KeyError as e:
+            raise ValueError(f"unknown layer {e.args[0]!r} in a nodes table") from None
+        return base + channels.astype(np.int64)
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(t.num_rows for ts in self._pairs.values() for t in ts)
+
+    def units(self) -> set:
+        return set(self._units)
+
+    # --- per-original pair index --------------------------------------------------------------------
+    def originals(self) -> list[int]:
+        return sorted(self._pairs)
+
+    def pair_index(self, original: int) -> pa.Table:
+        t = pa.concat_tables(self._pairs.get(int(original), [])) if self._pairs.get(int(original)) else \
+            layout.PAIR_INDEX_SCHEMA.empty_table()
+        return t.sort_by([("target", "ascending")])
+
+    def _all_pairs(self) -> dict[str, np.ndarray]:
+        originals, tables = [], []
+        for o in sorted(self._pairs):
+            t = pa.concat_tables(self._pairs[o])
+            originals.append(np.full(t.num_rows, o, np.int32))
+            tables.append(t)
+        s = self.n_strengths
+        if not tables:
+            z = np.zeros(0, np.int32)
+            return {"original": z, "target": z, "success": np.zeros((0, s), np.float32),
+                    "exploited": np.zeros(0, np.float32), "n_images": z}
+        t = pa.concat_tables(tables)
+        return {
+            "original": np.concatenate(originals),
+            "target": t.column("target").to_numpy().astype(np.int32),
+            "success": _list_matrix(t.column("success_rate"), s, np.float32),
+            "exploited": t.column("n_exploited").to_numpy().astype(np.float32),
+            "n_images": t.column("n_images").to_numpy().astype(np.int32),
+        }
+
+    # --- rankings -----------------------------------------------------------------------------------
+    def rankings(self) -> dict[str, tuple[pa.Table, int]]:
+        """{key: (sorted table, number of rows with a finite value)} for every ranking key."""
+        p = self._all_pairs()
+        out = {}
+        for key in layout.ranking_keys(self.n_strengths):
+            if key == "exploited":
+                value = p["exploited"]
+            else:
+                value = p["success"][:, int(key.split("-")[1])]
+            out[key] = ranking_table(p["original"], p["target"], value)
+        return out
+
+    # --- overview -----------------------------------------------------------------------------------
+    def overview(self) -> pa.Table:
+        p = self._all_pairs()
+        return overview_table(self.n_classes, self.n_strengths, p["original"], p["target"], p["success"])
+
+    # --- classes ------------------------------------------------------------------------------------
+    def classes(self, class_ids: Sequence[str], benign: dict[int, dict]) -> pa.Table:
+        """classes.parquet: the model's classes, the benign stage's counts, attack statistics."""
+        p = self._all_pairs()
+        n, s = self.n_classes, self.n_strengths
+        as_o = np.bincount(p["original"], minlength=n)
+        as_t = np.bincount(p["target"], minlength=n)
+        so = _group_nanmean(p["original"], p["success"], n)
+        st = _group_nanmean(p["target"], p["success"], n)
+        rec = [benign.get(c, {}) for c in range(n)]
+        n_images = [int(r.get("n_images", 0)) for r in rec]
+        n_correct = [int(r.get("n_correct", 0)) for r in rec]
+        acc = [n_correct[i] / n_images[i] if n_images[i] else math.nan for i in range(n)]
+        return pa.table({
+            "class_id": pa.array(range(n), pa.int32()),
+            "wnid": pa.array(list(class_ids), pa.string()),
+            "name": pa.array(list(self.class_names), pa.string()),
+            "n_images": pa.array(n_images, pa.int32()),
+            "n_correct": pa.array(n_correct, pa.int32()),
+            "n_skipped": pa.array([int(r.get("n_skipped", 0)) for r in rec], pa.int32()),
+            "accuracy": pa.array(acc, pa.float32()),
+            "n_as_original": pa.array(as_o, pa.int32()),
+            "n_as_target": pa.array(as_t, pa.int32()),
+            "success_as_original": pa.array(list(so), pa.list_(pa.float32())),
+            "success_as_target": pa.array(list(st), pa.list_(pa.float32())),
+        }, schema=layout.CLASSES_SCHEMA)
+
+    # --- atlas --------------------------------------------------------------------------------------
+    def atlas(self) -> pa.Table:
+        names, chans = [], []
+        for l in self.layers:
+            names += [l.name] * l.channels
+            chans += list(range(l.channels))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_effect = np.where(self.effect_n > 0, self.effect_sum / np.maximum(self.effect_n, 1), np.nan)
+        top_o, top_oc = _top_classes(self.by_original)
+        top_t, top_tc = _top_classes(self.by_target)
+        return pa.table({
+            "layer": names,
+            "channel": pa.array(chans, pa.int32()),
+            "n_displayed": pa.array(self.displayed, pa.int32()),
+            "n_exploited_any": pa.array(self.exploited_any, pa.int32()),
+            "n_exploited": pa.array(list(self.exploited.astype(np.int32)), pa.list_(pa.int32())),
+            "mean_effect": pa.array(list(mean_effect.astype(np.float32)), pa.list_(pa.float32())),
+            "top_originals": pa.array(top_o, pa.list_(pa.int32())),
+            "top_original_counts": pa.array(top_oc, pa.list_(pa.int32())),
+            "top_targets": pa.array(top_t, pa.list_(pa.int32())),
+            "top_target_counts": pa.array(top_tc, pa.list_(pa.int32())),
+        }, schema=layout.ATLAS_SCHEMA)
+
+    # --- landing view -------------------------------------------------------------------------------
+    def landing(self) -> dict | None:
+        p = self._all_pairs()
+        return landing_view(p["original"], p["target"], p["success"], p["exploited"])
+
+
+def _group_nanmean(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per key 0..n-1, the mean of the finite rows of ``values`` [m, s] (NaN where none)."""
+    s = values.shape[1]
+    ok = np.isfinite(values)
+    total = np.zeros((n, s))
+    count = np.zeros((n, s))
+    np.add.at(total, keys, np.where(ok, values, 0.0))
+    np.add.at(count, keys, ok)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+
+
+def _top_classes(counts: np.ndarray, k: int = TOP_CLASSES) -> tuple[list[list[int]], list[list[int]]]:
+    """Per row, up to k class ids with the highest nonzero counts (ties: lower class id)."""
+    if counts.shape[1] == 0:
+        return [[] for _ in range(counts.shape[0])], [[] for _ in range(counts.shape[0])]
+    order = np.argsort(-counts, axis=1, kind="stable")[:, :k]
+    vals = np.take_along_axis(counts, order, axis=1)
+    ids, cnts = [], []
+    for o, v in zip(order, vals):
+        keep = v > 0
+        ids.append(o[keep].astype(int).tolist())
+        cnts.append(v[keep].astype(int).tolist())
+    return ids, cnts
+
+
+def ranking_table(original: np.ndarray, target: np.ndarray, value: np.ndarray) -> tuple[pa.Table, int]:
+    """Pairs sorted by value descending (NaN last), then original and target ascending."""
+    value = np.asarray(value, np.float32)
+    nan = ~np.isfinite(value)
+    order = np.lexsort((target, original, -np.where(nan, 0, value), nan))
+    t = pa.table({"original": pa.array(original[order], pa.int32()), "target": pa.array(target[order], pa.int32()),
+                  "value": pa.array(value[order], pa.float32())}, schema=layout.RANKING_SCHEMA)
+    return t, int((~nan).sum())
+
+
+def overview_table(n_classes: int, n_strengths: int, original: np.ndarray, target: np.ndarray,
+                   success: np.ndarray) -> pa.Table:
+    """FORMAT's overview: per strength, one binary row of n_classes bytes per original."""
+    rows_s, rows_o, rows_b = [], [], []
+    for i in range(n_strengths):
+        m = np.full((n_classes, n_classes), layout.OVERVIEW_MISSING, np.uint8)
+        v = success[:, i] if len(success) else np.zeros(0, np.float32)
+        ok = np.isfinite(v)
+        m[original[ok], target[ok]] = np.rint(np.clip(v[ok], 0, 1) * layout.OVERVIEW_SCALE).astype(np.uint8)
+        rows_s += [i] * n_classes
+        rows_o += list(range(n_classes))
+        rows_b += [m[o].tobytes() for o in range(n_classes)]
+    return pa.table({"strength": pa.array(rows_s, pa.int32()), "original": pa.array(rows_o, pa.int32()),
+                     "success": pa.array(rows_b, pa.binary())}, schema=layout.OVERVIEW_SCHEMA)
+
+
+def landing_view(original: np.ndarray, target: np.ndarray, success: np.ndarray, exploited: np.ndarray) -> dict | None:
+    """The pair and strength the viewer opens without a URL (FORMAT: manifest ``landing``)."""
+    if len(original) == 0:
+        return None
+    filled = np.where(np.isfinite(success), success, -1.0)
+    good = filled >= 0.5
+    has = good.any(axis=1)
+    if has.any():
+        cand = np.flatnonzero(has)
+        best = cand[np.lexsort((target[cand], original[cand], -exploited[cand]))[0]]
+        s = int(np.argmax(good[best]))
+    else:
+        best_val = filled.max(axis=1)
+        cand = np.flatnonzero(best_val == best_val.max())
+        best = cand[np.lexsort((target[cand], original[cand], -exploited[cand]))[0]]
+        s = int(np.argmax(filled[best]))
+    return {"original": int(original[best]), "target": int(target[best]), "strength": s + 1}
+
+
+def write_global(store, agg: Aggregate, class_ids: Sequence[str], benign: dict[int, dict],
+                 originals: Iterable[int] | None = None) -> None:
+    """Write pair_index partitions, rankings, overview, atlas and classes.parquet through ``store``."""
+    for o in (agg.originals() if originals is None else originals):
+        store.write_bytes(layout.pair_index_path(o), layout.table_to_parquet(agg.pair_index(o)))
+    for key, (table, n_valid) in agg.rankings().items():
+        store.write_bytes(layout.ranking_path(key), layout.table_to_parquet(
+            table, page_index=True, data_page_size=RANKING_PAGE_BYTES,
+            metadata={b"bluff.n_valid": str(n_valid).encode()}))
+    ov = agg.overview()
+    store.write_bytes(layout.OVERVIEW_PATH, layout.table_to_parquet(ov, row_group_size=agg.n_classes))
+    store.write_bytes(layout.ATLAS_PATH, layout.table_to_parquet(agg.atlas()))
+    store.write_bytes(layout.CLASSES_PATH, layout.table_to_parquet(agg.classes(class_ids, benign)))
