@@ -197,24 +197,22 @@ def _accepts_size(adapter: ModelAdapter, size: int) -> bool:
         return False
 
 
-def render_patches(
-    adapter: ModelAdapter,
-    store: AssetStore,
-    neurons: Sequence[tuple[str, int]],
-    topk: pa.Table,
-    source: ImageSourceLike,
-    cfg: AssetConfig,
-) -> pa.Table:
-    """Write the missing dataset-example patches of ``neurons``; index rows for all of them.
-
-    Uses the ``merge_topk`` rows with rank < n_patches and a positive activation (a channel that
-    never fires has no examples worth showing). Each image is reloaded from ``source`` by
-    (class_id, image_index), checked against the recorded activation, and cropped to the layer's
-    receptive field around the recorded argmax.
-    """
+def patch_rows(topk: pa.Table, neurons: Sequence[tuple[str, int]], cfg: AssetConfig) -> list[dict]:
+    """The ``merge_topk`` rows that become patches: rank < n_patches and a positive activation (a
+    channel that never fires has no examples worth showing), for ``neurons`` only."""
     want = {(l, int(c)) for l, c in neurons}
     t = topk.select(TOPK_SCHEMA.names).to_pylist()
-    rows = [r for r in t if (r["layer"], r["channel"]) in want and r["rank"] < cfg.n_patches and r["activation"] > 0]
+    return [r for r in t if (r["layer"], r["channel"]) in want and r["rank"] < cfg.n_patches and r["activation"] > 0]
+
+
+def render_patch_rows(adapter: ModelAdapter, store: AssetStore, rows: Sequence[dict], source: ImageSourceLike,
+                      cfg: AssetConfig) -> pa.Table:
+    """Write the missing patches of ``rows`` (``patch_rows`` output, any classes); index rows for all.
+
+    Each image is loaded from ``source`` once per class (the pipeline sends one class's rows per
+    call, so a class's images are read once per run), checked against the recorded activation,
+    and cropped to the layer's receptive field around the recorded argmax.
+    """
     todo = [r for r in rows if not store.exists(patch_path(r["layer"], r["channel"], r["rank"]))]
     if todo:
         rfs = _receptive_fields(adapter)
@@ -230,6 +228,18 @@ def render_patches(
         for r in rows
     ]
     return _index_rows(out)
+
+
+def render_patches(
+    adapter: ModelAdapter,
+    store: AssetStore,
+    neurons: Sequence[tuple[str, int]],
+    topk: pa.Table,
+    source: ImageSourceLike,
+    cfg: AssetConfig,
+) -> pa.Table:
+    """Write the missing dataset-example patches of ``neurons``; index rows for all of them."""
+    return render_patch_rows(adapter, store, patch_rows(topk, neurons, cfg), source, cfg)
 
 
 def _write_class_patches(adapter, store, source, class_id, rows, rfs, cfg) -> None:

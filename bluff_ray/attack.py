@@ -21,14 +21,18 @@ The loss is the cross-entropy toward the target, minimised. Gradients are taken 
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger("bluff_ray.attack")
 
 METHODS = ("pgd_l2", "pgd_linf", "fgsm")
 DEFAULT_STRENGTHS = tuple(round(0.05 * i, 2) for i in range(1, 11))
@@ -40,7 +44,8 @@ class AttackConfig:
 
     ``bf16``: on CUDA, run forward/backward under ``torch.autocast(bfloat16)`` (speed; results
     differ slightly from fp32). Ignored on the CPU, which stays fp32. Inputs are channels_last
-    on every device.
+    on every device. ``compile``: on CUDA, the pipeline runs the attack through
+    ``torch.compile`` with one static batch shape (ignored on the CPU, where it was slower).
     """
 
     method: str = "pgd_l2"
@@ -50,6 +55,7 @@ class AttackConfig:
     random_start: bool = True
     seed: int = 0
     bf16: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -179,12 +185,70 @@ def attack(
         model.train(was_training)
 
 
+#: Random starts are drawn in blocks of this many samples, each from its own generator, so a
+#: sample's start does not depend on the attack batch size (an out-of-memory retry with half the
+#: batch, or another GPU's automatic batch size, gives the same numbers).
+START_BLOCK = 256
+
+
+def block_seed(seed: int, block: int) -> int:
+    """Seed of start block ``block``: block 0 uses ``seed`` itself, later blocks a hash of both."""
+    if block == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"bluff_ray/start/{int(seed)}/{int(block)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class StartNoise:
+    """Unit-scale random starts for samples ``[0, total)`` of one grid, on ``device``.
+
+    Block b holds samples ``[b*START_BLOCK, (b+1)*START_BLOCK)`` and is drawn (``random_start``)
+    from a generator on ``device`` seeded with ``block_seed(seed, b)``, so any batch boundaries
+    give every sample the same start. The last block is kept, so consecutive batches draw each
+    block once.
+    """
+
+    def __init__(self, seed: int, method: str, sample_shape: Sequence[int], total: int,
+                 device: torch.device | str = "cpu", block: int = START_BLOCK):
+        self.seed, self.method, self.shape = int(seed), method, tuple(sample_shape)
+        self.total, self.device, self.block = int(total), torch.device(device), int(block)
+        self._cached: tuple[int, torch.Tensor] | None = None
+
+    def _block(self, b: int) -> torch.Tensor:
+        if self._cached is None or self._cached[0] != b:
+            n = min(self.block, self.total - b * self.block)
+            gen = torch.Generator(device=self.device).manual_seed(block_seed(self.seed, b))
+            self._cached = (b, random_start((n, *self.shape), self.method, gen, self.device))
+        return self._cached[1]
+
+    def get(self, lo: int, hi: int) -> torch.Tensor:
+        parts = []
+        for b in range(lo // self.block, (hi - 1) // self.block + 1):
+            z = self._block(b)
+            start = max(lo, b * self.block) - b * self.block
+            stop = min(hi, (b + 1) * self.block) - b * self.block
+            parts.append(z[start:stop])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@dataclass
+class Batching:
+    """The attack batch size an actor uses; halved (and kept halved) after an out-of-memory error."""
+
+    size: int
+    halvings: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.size}")
+
+
 @dataclass
 class AttackGrid:
     """Every (target, strength, image) attack of one image set.
 
-    ``adv``: [T,S,N,C,H,W] adversarial images (on ``adv_device``, CPU by default so that large
-    grids do not hold GPU memory); ``success``: bool [T,S,N], argmax(model(adv)) == target.
+    ``adv``: [T,S,N,C,H,W] adversarial images; ``success``: bool [T,S,N], argmax(model(adv)) ==
+    target (fp32 forward). Both stay on the attack's device.
     """
 
     adv: torch.Tensor
@@ -204,72 +268,131 @@ class AttackGrid:
         return self.n_success.float() / n if n else torch.full(self.success.shape[:-1], float("nan"))
 
 
+def _check_grid_inputs(images: torch.Tensor, targets: Sequence[int]) -> tuple[int, ...]:
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    targets = tuple(int(t) for t in targets)
+    if any(t < 0 for t in targets):
+        raise ValueError(f"targets must be class indices >= 0, got {targets}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError("images must be in [0, 1] (the adapters' input space)")
+    return targets
+
+
+def attack_stream(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: Sequence[int],
+    cfg: AttackConfig,
+    batching: Batching | int = 512,
+    seed: int | None = None,
+    progress: Callable[[int], object] | None = None,
+    pad: bool = False,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Attack every image toward every target at every strength; yield each target as soon as done.
+
+    Samples are enumerated target-major, then strength, then image, and cut into batches of
+    ``batching.size``; a batch mixes strengths and targets (per-sample eps), so all strengths
+    share one loop. Yields ``(target index, adv [S,N,C,H,W], success bool [S,N])`` on the images'
+    device, so a caller can summarise a pair and free its images while the next ones are attacked
+    (memory: about one batch plus one target). Random starts come from :class:`StartNoise`
+    seeded with ``seed`` (default ``cfg.seed``), so results do not depend on the batch size up to
+    float rounding. On an out-of-memory error the batch is halved (``batching`` remembers it) and
+    the same samples are attacked again. ``pad`` pads the last batch to the full size (one static
+    shape for a compiled model).
+    """
+    targets = _check_grid_inputs(images, targets)
+    if not isinstance(batching, Batching):
+        batching = Batching(int(batching))
+    n, s_count, t_count = images.shape[0], len(cfg.strengths), len(targets)
+    total = t_count * s_count * n
+    if total == 0:
+        for ti in range(t_count):
+            yield ti, images.new_empty((s_count, 0, *images.shape[1:])), torch.zeros((s_count, 0), dtype=torch.bool,
+                                                                                    device=images.device)
+        return
+    device = images.device
+    per_target = s_count * n
+    noise = StartNoise(cfg.seed if seed is None else seed, cfg.method, images.shape[1:], total, device) \
+        if cfg.random_start and cfg.method != "fgsm" else None
+    tgt_all = torch.tensor(targets, dtype=torch.long, device=device)
+    str_all = torch.tensor(cfg.strengths, dtype=images.dtype, device=device)
+    pending_adv: list[torch.Tensor] = []  # attacked samples [done_to, lo), not yet yielded
+    pending_ok: list[torch.Tensor] = []
+    next_target, lo = 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        while lo < total:
+            hi = min(lo + batching.size, total)
+            try:
+                a, ok = _attack_batch(model, images, tgt_all, str_all, cfg, noise, lo, hi, n, s_count,
+                                      batching.size if pad else None)
+            except torch.OutOfMemoryError:
+                if batching.size == 1:
+                    raise
+                batching.size //= 2
+                batching.halvings += 1
+                log.warning("out of memory: attack batch halved to %d samples; retrying", batching.size)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            pending_adv.append(a)
+            pending_ok.append(ok)
+            lo = hi
+            if progress is not None:
+                progress(len(a))
+            while next_target < t_count and (next_target + 1) * per_target <= lo:
+                all_adv, all_ok = torch.cat(pending_adv), torch.cat(pending_ok)
+                yield (next_target, all_adv[:per_target].view(s_count, n, *images.shape[1:]),
+                       all_ok[:per_target].view(s_count, n))
+                pending_adv, pending_ok = [all_adv[per_target:]], [all_ok[per_target:]]
+                next_target += 1
+    finally:
+        model.train(was_training)
+
+
+def _attack_batch(model, images, tgt_all, str_all, cfg, noise, lo, hi, n, s_count, pad_to):
+    idx = torch.arange(lo, hi, device=images.device)
+    img_i, rest = idx % n, idx // n
+    s_i, t_i = rest % s_count, rest // s_count
+    x, tg, eps = images[img_i], tgt_all[t_i], str_all[s_i]
+    start = noise.get(lo, hi).to(images.dtype) if noise is not None else None
+    m = hi - lo
+    if pad_to is not None and m < pad_to:  # repeat the first sample: one shape for a compiled model
+        fill = pad_to - m
+        x = torch.cat([x, x[:1].expand(fill, *x.shape[1:])])
+        tg, eps = torch.cat([tg, tg[:1].expand(fill)]), torch.cat([eps, eps[:1].expand(fill)])
+        if start is not None:
+            start = torch.cat([start, start[:1].expand(fill, *start.shape[1:])])
+    a = attack(model, x, tg, eps, cfg, start=start)
+    with torch.no_grad():
+        pred = model(a).argmax(1)
+    return a[:m], (pred == tg)[:m]
+
+
 def attack_grid(
     model: nn.Module,
     images: torch.Tensor,
     targets: Sequence[int],
     cfg: AttackConfig,
     batch_size: int = 512,
-    generator: torch.Generator | None = None,
+    seed: int | None = None,
     progress: Callable[[int], object] | None = None,
-    adv_device: torch.device | str | None = "cpu",
 ) -> AttackGrid:
-    """Attack every image toward every target at every ``cfg.strengths``, ``batch_size`` samples at a time.
+    """Every (target, strength, image) attack of ``images`` at once (:func:`attack_stream`, collected).
 
-    Samples are enumerated target-major, then strength, then image, and cut into chunks of
-    ``batch_size``; a chunk mixes strengths and targets (per-sample eps), so all strengths share
-    one loop. The random start comes from ``generator`` (default: CPU, seeded with ``cfg.seed``),
-    drawn chunk by chunk: results are reproducible for the same seed and ``batch_size``.
-    ``progress(n)`` is called with the number of samples finished after each chunk (e.g.
-    ``tqdm.update``). ``adv_device=None`` keeps the adversarial images on the images' device.
+    Returns ``AttackGrid`` with ``adv`` [T,S,N,C,H,W] and ``success`` [T,S,N] on the images'
+    device. Reproducible for the same seed whatever ``batch_size`` (up to float rounding).
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    targets = tuple(int(t) for t in targets)
-    if any(t < 0 for t in targets):
-        raise ValueError(f"targets must be class indices >= 0, got {targets}")
-    if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ValueError("images must be in [0, 1] (the adapters' input space)")
-    n, s_count, t_count = images.shape[0], len(cfg.strengths), len(targets)
-    device = images.device
-    out_dev = device if adv_device is None else torch.device(adv_device)
-    if generator is None:
-        generator = torch.Generator().manual_seed(cfg.seed)
-    total = t_count * s_count * n
-    adv = torch.empty((total, *images.shape[1:]), dtype=images.dtype, device=out_dev)
-    success = torch.zeros(total, dtype=torch.bool)
-    tgt_all = torch.tensor(targets, dtype=torch.long)
-    str_all = torch.tensor(cfg.strengths, dtype=images.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        _run_chunks(model, images, tgt_all, str_all, cfg, batch_size, generator, progress, adv, success)
-    finally:
-        model.train(was_training)
-    shape = (t_count, s_count, n)
-    return AttackGrid(
-        adv=adv.view(*shape, *images.shape[1:]),
-        success=success.view(shape),
-        targets=targets,
-        strengths=cfg.strengths,
-    )
-
-
-def _run_chunks(model, images, tgt_all, str_all, cfg, batch_size, generator, progress, adv, success) -> None:
-    n, s_count = images.shape[0], len(str_all)
-    device, out_dev, total = images.device, adv.device, adv.shape[0]
-    for lo in range(0, total, batch_size):
-        idx = torch.arange(lo, min(lo + batch_size, total))
-        img_i, rest = idx % n, idx // n
-        s_i, t_i = rest % s_count, rest // s_count
-        x = images[img_i.to(device)]
-        tg = tgt_all[t_i].to(device)
-        a = attack(model, x, tg, str_all[s_i].to(device), cfg, generator=generator)
-        with torch.no_grad():
-            pred = model(a).argmax(1)
-        success[idx] = (pred == tg).cpu()
-        adv[idx.to(out_dev)] = a.to(out_dev)
-        if progress is not None:
-            progress(len(idx))
+    targets = _check_grid_inputs(images, targets)
+    advs, oks = [], []
+    for _, a, ok in attack_stream(model, images, targets, cfg, Batching(batch_size), seed, progress):
+        advs.append(a)
+        oks.append(ok)
+    s_count, n = len(cfg.strengths), images.shape[0]
+    adv = torch.stack(advs) if advs else images.new_empty((0, s_count, n, *images.shape[1:]))
+    success = torch.stack(oks) if oks else torch.zeros((0, s_count, n), dtype=torch.bool, device=images.device)
+    return AttackGrid(adv=adv, success=success, targets=targets, strengths=cfg.strengths)

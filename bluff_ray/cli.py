@@ -142,7 +142,7 @@ def _run_and_report(cfg, overwrite: bool, ray_address: str | None) -> int:
         print("bluff: interrupted; finished units are kept - rerun the same command to resume", file=sys.stderr)
         return 130
     print(summary.report())
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.stopped else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

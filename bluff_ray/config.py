@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from . import layout
 from .assets import AssetConfig
 from .pathways import PathwayConfig
 
@@ -35,10 +36,14 @@ class ConfigError(ValueError):
 
 
 # Fields that never change the numbers written (where, how fast, how verbose): left out of the hash.
-# Batch sizes stay in: the attack draws its random starts chunk by chunk, so they change results.
+# Batch sizes are out too: random starts are drawn per fixed block of samples (attack.StartNoise),
+# so a sample's attack does not depend on the batch it ran in (up to float rounding).
 NON_RESULT_FIELDS = frozenset(
-    {"out", "storage_options", "num_workers", "progress", "model_cache", "device"}
+    {"out", "storage_options", "num_workers", "progress", "model_cache", "device", "attack_batch_size",
+     "benign_batch_size", "worker_timeout_s", "node_cache"}
 )
+# Speed knobs inside the nested configs, also left out of the hash.
+NON_RESULT_NESTED = {"attack": {"compile"}, "pathways": {"batch_size"}}
 
 
 @dataclass
@@ -58,9 +63,11 @@ class RunConfig:
     seed: int = 0
     target_chunk: int | None = None
     num_workers: int | None = None
-    attack_batch_size: int = 512
+    worker_timeout_s: float = 600.0
+    attack_batch_size: int | None = None
     benign_batch_size: int = 256
     device: str | None = None
+    node_cache: str | None = None
     progress: bool = True
     attack: Any = field(default_factory=_default_attack)
     pathways: PathwayConfig = field(default_factory=PathwayConfig)
@@ -71,12 +78,15 @@ class RunConfig:
 
 
 FIELD_HELP: dict[str, str] = {
-    "model": "model to explain: 'digits' (the offline demo net) or 'googlenet' (torchvision InceptionV1)",
-    "weights": "model weights: for googlenet 'torchvision' (the torch hub cache), a local .pth state_dict or an "
-    "fsspec URL (s3://...); for digits a state_dict path/URL (default: the cached or freshly trained demo net)",
+    "model": "model to explain: 'digits' (the offline demo net), 'googlenet' (torchvision InceptionV1) or "
+    "'rehearsal' (GoogLeNet's layers and 1,000 classes at 8x8 with seeded random weights: rehearse a full-scale run)",
+    "weights": "model weights: for googlenet 'torchvision' (the torch hub cache), a local .pth state_dict, an "
+    "fsspec URL (s3://...) or 'random' (benchmarks); for digits a state_dict path/URL (default: the cached or "
+    "freshly trained demo net); for rehearsal 'seed:<n>'",
     "model_cache": "folder for the digits checkpoint cache (default $BLUFF_CACHE or ~/.cache/bluff_ray)",
-    "data": "image source: 'digits' (scikit-learn digits, test split) or an ImageFolder URL (local path, "
-    "s3://bucket/prefix, ...) holding one folder per class named by its wnid/class id",
+    "data": "image source: 'digits' (scikit-learn digits, test split), 'synthetic' (deterministic generated "
+    "images for any model; 8 per class unless images_per_class says otherwise) or an ImageFolder URL (local "
+    "path, s3://bucket/prefix, ...) holding one folder per class named by its wnid/class id",
     "out": "results root: a local folder or an fsspec URL such as s3://bucket/prefix",
     "storage_options": "fsspec options for the results root and an s3:// image source, KEY=VALUE "
     "(repeatable; e.g. endpoint_url=http://127.0.0.1:9000, anon=false); never written to results or logs",
@@ -87,21 +97,30 @@ FIELD_HELP: dict[str, str] = {
     "strengths": "attack strengths (eps in the model's [0,1] input space), comma separated, ascending "
     "(default: the model's default_strengths)",
     "seed": "base random seed; every work unit derives its own seed from it, the class and the target chunk",
-    "target_chunk": "targets per work unit (default: all targets of an original class while the attacked "
-    "images fit in 2 GiB)",
-    "num_workers": "Ray actors (default: one per GPU, or one per CPU without GPUs)",
-    "attack_batch_size": "attacked images per PGD batch (per actor); larger is faster on a GPU",
+    "target_chunk": "targets per work unit and per nodes/edges/causal file (default and maximum: as many as keep "
+    "a file's Parquet footer within the viewer's first 16 KiB read, 20 at 10 strengths)",
+    "num_workers": "Ray actors to run, one per GPU (or per CPU without GPUs); the run waits for them "
+    "(default: every GPU the cluster can have, from the autoscaler's node types where available, else those "
+    "present; without GPUs one per CPU)",
+    "worker_timeout_s": "seconds to wait for the requested workers to start (the autoscaler may need to launch "
+    "nodes); after that the run goes on with those ready, or stops if none is",
+    "attack_batch_size": "attacked samples per PGD batch per actor (default: chosen from the device's free memory "
+    "and the model's measured per-sample footprint; halved automatically on out-of-memory)",
     "benign_batch_size": "images per forward pass in the benign stage",
     "device": "torch device in the actors: 'cuda' or 'cpu' (default: cuda when the actor got a GPU)",
+    "node_cache": "folder on each node's local disk for decoded images shared by the actors there "
+    "(default $BLUFF_NODE_CACHE or <tmp>/bluff-node-cache)",
     "progress": "show a progress bar",
     "attack.method": "attack: pgd_l2 (the paper's), pgd_linf or fgsm",
     "attack.steps": "PGD iterations",
     "attack.step_ratio": "PGD step size as a fraction of eps",
     "attack.random_start": "start PGD from a random point in the eps ball",
     "attack.bf16": "on CUDA, run the attack under bfloat16 autocast (faster, slightly different numbers; ignored on CPU)",
+    "attack.compile": "on CUDA, run the attack through torch.compile with one static batch shape (ignored on CPU)",
     "pathways.k": "top-k neurons per layer and condition for the roles (exploited takes k//2 per strength)",
     "pathways.batch_size": "images per forward pass / influence chunk when summarising a pair",
     "pathways.min_edge_influence": "store an edge when its influence exceeds this in some condition",
+    "pathways.causal": "run the activation-patching experiments (causal/ files, node effect, pair defused)",
     "assets.enabled": "render neuron assets (feature visualisations and dataset-example patches)",
     "assets.all_neurons": "render assets for every neuron instead of only the displayed ones",
     "assets.n_patches": "dataset-example patches per neuron",
@@ -128,6 +147,8 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.model:
         raise ConfigError("model must be set")
     if cfg.strengths is not None:
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in cfg.strengths):
+            raise ConfigError(f"strengths must be numbers, got {cfg.strengths!r}")
         s = [float(x) for x in cfg.strengths]
         if not s:
             raise ConfigError("strengths must not be empty")
@@ -141,10 +162,23 @@ def validate(cfg: RunConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ConfigError(f"{name} must be a positive integer or unset, got {v!r}")
-    for name in ("attack_batch_size", "benign_batch_size"):
+    for name in ("attack_batch_size",):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"{name} must be a positive integer or unset, got {v!r}")
+    for name in ("benign_batch_size",):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(cfg.worker_timeout_s, bool) or not isinstance(cfg.worker_timeout_s, (int, float)) \
+            or not math.isfinite(cfg.worker_timeout_s) or cfg.worker_timeout_s < 0:
+        raise ConfigError(f"worker_timeout_s must be a number of seconds >= 0, got {cfg.worker_timeout_s!r}")
+    from .models import MODEL_NAMES
+
+    if cfg.model not in MODEL_NAMES:
+        close = difflib.get_close_matches(str(cfg.model), MODEL_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown model {cfg.model!r}{hint}; valid: {', '.join(MODEL_NAMES)}")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
     if cfg.device not in (None, "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
@@ -232,6 +266,8 @@ def from_dict(values: Mapping[str, Any], base: RunConfig | None = None) -> RunCo
             changes[k] = items
         elif k == "strengths":
             items = _listify(v)
+            if items is not None and any(isinstance(x, bool) for x in items):
+                raise ConfigError(f"strengths must be numbers, got {v!r}")
             try:
                 changes[k] = None if items is None else [float(x) for x in items]
             except (TypeError, ValueError):
@@ -240,8 +276,9 @@ def from_dict(values: Mapping[str, Any], base: RunConfig | None = None) -> RunCo
             if not isinstance(v, Mapping):
                 raise ConfigError("storage_options must be a table of KEY = VALUE")
             changes[k] = {**getattr(base, k), **dict(v)}
-        elif k in ("weights", "model_cache", "device", "images_per_class", "target_chunk", "num_workers"):
-            if k in ("images_per_class", "target_chunk", "num_workers") and v is not None:
+        elif k in ("weights", "model_cache", "device", "images_per_class", "target_chunk", "num_workers",
+                   "attack_batch_size", "node_cache"):
+            if k in ("images_per_class", "target_chunk", "num_workers", "attack_batch_size") and v is not None:
                 v = _coerce(v, 0, k)
             changes[k] = v
         else:
@@ -331,6 +368,8 @@ class ResolvedRun:
                 v = _plain(dataclasses.asdict(self.attack))
             elif dataclasses.is_dataclass(v):
                 v = _plain(dataclasses.asdict(v))
+            if f.name in NON_RESULT_NESTED:
+                v = {key: x for key, x in v.items() if key not in NON_RESULT_NESTED[f.name]}
             out[f.name] = v
         out["data"] = redact_url(c.data)
         out["weights"] = redact_url(c.weights) if c.weights else None
@@ -447,22 +486,14 @@ def resolve(cfg: RunConfig, adapter, model_identity: Mapping[str, Any] | None = 
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid attack config: {e}") from e
     n_targets = max(sum(1 for p in pairs if p[0] == o) for o in {p[0] for p in pairs})
-    chunk = cfg.target_chunk or auto_target_chunk(adapter.input_shape, len(attack.strengths), cfg.images_per_class, n_targets)
+    limit = layout.max_targets_per_file(len(attack.strengths))
+    if cfg.target_chunk is not None and cfg.target_chunk > limit:
+        raise ConfigError(f"target_chunk {cfg.target_chunk} is too large: a nodes/edges file with more than {limit} "
+                          f"targets at {len(attack.strengths)} strengths has a Parquet footer larger than the "
+                          "viewer's first 16 KiB read")
+    chunk = cfg.target_chunk or limit
     identity = dict(model_identity or {})
     return ResolvedRun(cfg, attack, tuple(classes), tuple(pairs), int(min(chunk, n_targets)), identity)
-
-
-ATTACK_MEMORY_BUDGET = 2 * 2**30  # bytes of attacked images held per work unit
-
-
-def auto_target_chunk(input_shape: Sequence[int], n_strengths: int, images_per_class: int | None, n_targets: int) -> int:
-    """Targets per unit so that the unit's attacked images (float32) stay within 2 GiB.
-
-    Without ``images_per_class`` a class is assumed to have 1,300 images (ImageNet's train maximum).
-    """
-    per_image = 4 * math.prod(input_shape)
-    per_target = per_image * n_strengths * (images_per_class or 1300)
-    return max(1, min(n_targets, ATTACK_MEMORY_BUDGET // per_target))
 
 
 def model_identity(adapter, cfg: RunConfig) -> dict[str, Any]:

@@ -92,19 +92,98 @@ def top_k(values: torch.Tensor, k: int) -> list[int]:
     return ranked_channels(values)[:k]
 
 
+def segment_median(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Exact medians of consecutive row segments: ``values`` [sum(sizes), ...] -> [len(sizes), ...].
+
+    One sort for all segments (rows padded with NaN, which sorts last), then the two middle rows of
+    each segment are averaged, as :func:`median` does. An empty segment gives NaN. ``sizes`` are
+    host integers, so nothing here waits for the device.
+    """
+    sizes = [int(n) for n in sizes]
+    if sum(sizes) != values.shape[0]:
+        raise ValueError(f"segment sizes {sizes} do not add up to {values.shape[0]} rows")
+    if not values.is_floating_point():
+        values = values.to(torch.get_default_dtype())
+    rest = values.shape[1:]
+    n_seg, width = len(sizes), max(sizes, default=0)
+    if width == 0:
+        return values.new_full((n_seg, *rest), float("nan"))
+    padded = values.new_full((n_seg, width, *rest), float("nan"))
+    start = 0
+    for i, n in enumerate(sizes):
+        if n:
+            padded[i, :n] = values[start:start + n]
+        start += n
+    srt = padded.sort(dim=1).values
+    sz = torch.tensor(sizes, device=values.device)
+    lo_i = ((sz - 1).clamp_min(0) // 2).view(n_seg, 1, *([1] * len(rest))).expand(n_seg, 1, *rest)
+    hi_i = (sz // 2).clamp_max(width - 1).view(n_seg, 1, *([1] * len(rest))).expand(n_seg, 1, *rest)
+    lo = srt.gather(1, lo_i).squeeze(1)
+    hi = srt.gather(1, hi_i).squeeze(1)
+    med = (lo + hi) / 2
+    empty = (sz == 0).view(n_seg, *([1] * len(rest)))
+    return torch.where(empty, torch.full_like(med, float("nan")), med)
+
+
+#: Role codes of :func:`role_codes` (index into ROLES); NOT_SHOWN for channels outside every role.
+NOT_SHOWN = len(ROLES)
+
+
+def role_codes(
+    imp_original: torch.Tensor, imp_target: torch.Tensor, imp_attacked: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Roles of one layer's channels, computed on the device without a host sync.
+
+    ``imp_original``, ``imp_target``: [C]; ``imp_attacked``: [S, C], a row of NaN for a strength
+    without a successful image. Returns (codes int64 [C]: index into ``ROLES`` or ``NOT_SHOWN``,
+    exploited_mask int64 [C]: bit s set when the channel is among the first k//2 fresh channels
+    at strength s). Ranking is descending importance, ties to the lower channel.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    c = imp_original.shape[0]
+    if imp_target.shape != (c,) or imp_attacked.dim() != 2 or imp_attacked.shape[1] != c:
+        raise ValueError(f"importance shapes differ: {tuple(imp_original.shape)}, {tuple(imp_target.shape)}, "
+                         f"{tuple(imp_attacked.shape)}")
+    device = imp_original.device
+    kk = min(k, c)
+
+    def top_mask(v: torch.Tensor) -> torch.Tensor:
+        order = torch.sort(v, descending=True, stable=True).indices[..., :kk]
+        return torch.zeros(v.shape, dtype=torch.bool, device=device).scatter_(-1, order, True)
+
+    o, t = top_mask(imp_original), top_mask(imp_target)
+    ot = o | t
+    s = imp_attacked.shape[0]
+    valid = ~torch.isnan(imp_attacked).all(dim=1)  # [S]
+    order = torch.sort(torch.nan_to_num(imp_attacked, nan=float("-inf")), dim=1, descending=True,
+                       stable=True).indices[:, :kk]  # [S, kk]
+    fresh = ~ot[order]  # [S, kk]
+    keep = fresh & (torch.cumsum(fresh.to(torch.int64), dim=1) <= k // 2) & valid[:, None]
+    per_s = torch.zeros((s, c), dtype=torch.bool, device=device).scatter_(1, order, keep)
+    weights = (2 ** torch.arange(s, device=device, dtype=torch.int64))[:, None]
+    mask = (per_s.to(torch.int64) * weights).sum(dim=0)
+    codes = torch.full((c,), NOT_SHOWN, dtype=torch.int64, device=device)
+    codes = torch.where(per_s.any(dim=0), torch.full_like(codes, ROLES.index("exploited")), codes)
+    codes = torch.where(t & ~o, torch.full_like(codes, ROLES.index("target")), codes)
+    codes = torch.where(o & t, torch.full_like(codes, ROLES.index("both")), codes)
+    codes = torch.where(o & ~t, torch.full_like(codes, ROLES.index("original")), codes)
+    return codes, mask
+
+
 def roles(
     imp_original: Mapping[str, torch.Tensor],
     imp_target: Mapping[str, torch.Tensor],
     imp_attacked: Sequence[Mapping[str, torch.Tensor] | None],
     k: int,
 ) -> dict[str, dict[int, str]]:
-    """Role of every displayed channel, per layer (DESIGN §1); the four groups are disjoint.
+    """Role of every displayed channel, per layer (docs/FORMAT.md, Roles); the groups are disjoint.
 
     O = top-k original, T = top-k target; ``both`` = O∩T, ``original`` = O∖T, ``target`` = T∖O;
     ``exploited`` = union over strengths of the first k//2 channels (by attacked importance,
     descending) of top-k attacked ∖ O ∖ T. A strength given as ``None`` or with all-NaN
     importances (no successful image) contributes nothing. Ranking is deterministic: descending
-    importance, ties broken by ascending channel index.
+    importance, ties broken by ascending channel index. (A dict view of :func:`role_codes`.)
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -115,26 +194,16 @@ def roles(
         it = imp_target[layer]
         if io.shape != it.shape:
             raise ValueError(f"{layer}: original/target importance shapes differ: {io.shape} vs {it.shape}")
-        o, t = set(top_k(io, k)), set(top_k(it, k))
-        layer_roles: dict[int, str] = {}
-        for c in o & t:
-            layer_roles[c] = "both"
-        for c in o - t:
-            layer_roles[c] = "original"
-        for c in t - o:
-            layer_roles[c] = "target"
+        rows = []
         for att in imp_attacked:
             if att is None:
                 continue
             if layer not in att:
                 raise ValueError(f"attacked importances lack layer {layer}")
-            ia = att[layer]
-            if ia.shape != io.shape:
-                raise ValueError(f"{layer}: attacked importance shape {ia.shape} != {io.shape}")
-            if torch.isnan(ia).all():
-                continue  # no successful image at this strength
-            fresh = [c for c in top_k(ia, k) if c not in o and c not in t]
-            for c in fresh[: k // 2]:
-                layer_roles[c] = "exploited"
-        out[layer] = dict(sorted(layer_roles.items(), key=lambda kv: (ROLES.index(kv[1]), kv[0])))
+            if att[layer].shape != io.shape:
+                raise ValueError(f"{layer}: attacked importance shape {att[layer].shape} != {io.shape}")
+            rows.append(att[layer])
+        att_m = torch.stack(rows) if rows else io.new_zeros((0, io.shape[0]))
+        codes, _ = role_codes(io, it, att_m, k)
+        out[layer] = {c: ROLES[r] for r, c in sorted((int(r), c) for c, r in enumerate(codes.tolist()) if r < NOT_SHOWN)}
     return out

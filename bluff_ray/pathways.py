@@ -2,9 +2,14 @@
 
 ``summarize_pair`` turns the images of the pair's conditions (benign original, benign target,
 successfully attacked at each strength) into a :class:`PairSummary`: importance of every neuron
-per condition, roles (DESIGN §1), the displayed neurons (union of roles per layer) and the median
-exact influence of every edge between displayed neurons of consecutive layers. ``to_arrow`` gives
-the pair's rows of the ``pairs``, ``nodes`` and ``edges`` tables of docs/FORMAT.md.
+per condition, roles (docs/FORMAT.md), the displayed neurons (union of roles per layer) and the
+median exact influence of every edge between displayed neurons of consecutive layers.
+
+Why it is written the way it is: on a GPU the attack of a pair takes well under a second, so the
+summary must not make the device wait on the host. Everything stays on the device (medians of
+all conditions in one sort per layer, roles as masks), and the host reads back twice per pair:
+the displayed channels (to size the influence computation) and the final numbers.
+``PairSummary`` keeps columns (numpy), not one Python object per edge.
 """
 
 from __future__ import annotations
@@ -17,50 +22,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .attack import AttackConfig, attack_grid
-from .importance import median, roles, spatial_max_activations
+from . import layout
+from .importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max
 from .influence import layer_influence
 from .models.base import ModelAdapter
-
-PAIRS_SCHEMA = pa.schema(
-    [
-        ("target", pa.int32()),
-        ("n_images", pa.int32()),
-        ("n_success", pa.list_(pa.int32())),
-        ("success_rate", pa.list_(pa.float32())),
-        ("n_nodes", pa.int32()),
-        ("n_edges", pa.int32()),
-        ("n_exploited", pa.int32()),
-        ("row_group", pa.int32()),
-    ]
-)
-NODES_SCHEMA = pa.schema(
-    [
-        ("target", pa.int32()),
-        ("layer", pa.string()),
-        ("channel", pa.int32()),
-        ("role", pa.string()),
-        ("importance_original", pa.float32()),
-        ("importance_target", pa.float32()),
-        ("importance_attacked", pa.list_(pa.float32())),
-    ]
-)
-EDGES_SCHEMA = pa.schema(
-    [
-        ("target", pa.int32()),
-        ("src_layer", pa.string()),
-        ("src_channel", pa.int32()),
-        ("dst_layer", pa.string()),
-        ("dst_channel", pa.int32()),
-        ("influence_original", pa.float32()),
-        ("influence_target", pa.float32()),
-        ("influence_attacked", pa.list_(pa.float32())),
-    ]
-)
 
 #: ``row_group`` in a single pair's ``pairs`` row: unknown until the pipeline writes the
 #: partition and knows the pair's row-group index in the nodes/edges files.
 ROW_GROUP_UNSET = -1
+PAIRS_SCHEMA, NODES_SCHEMA, EDGES_SCHEMA, CAUSAL_SCHEMA = (layout.PAIRS_SCHEMA, layout.NODES_SCHEMA,
+                                                         layout.EDGES_SCHEMA, layout.CAUSAL_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -68,19 +39,21 @@ class PathwayConfig:
     """How a pair is summarised.
 
     k: top-k per layer and condition for roles (exploited takes the first k//2 per strength).
-    batch_size: images per forward pass / influence chunk on the device.
+    batch_size: images per forward pass / influence chunk on the device (speed only).
     min_edge_influence: an edge is kept if its influence exceeds this in at least one condition
         (FORMAT.md: 0.0, i.e. it transmits something through the ReLU somewhere).
+    causal: run the activation-patching experiments (causal/ files, ``effect``, ``defused``).
     """
 
     k: int = 10
     batch_size: int = 64
     min_edge_influence: float = 0.0
+    causal: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or self.k < 2:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
             raise ValueError(f"k must be an integer >= 2 (exploited takes k//2 per strength), got {self.k!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if not math.isfinite(self.min_edge_influence):
             raise ValueError(f"min_edge_influence must be finite, got {self.min_edge_influence!r}")
@@ -96,6 +69,8 @@ class NodeRecord:
     importance_original: float
     importance_target: float
     importance_attacked: tuple[float, ...]
+    exploited_mask: int = 0
+    effect: tuple[float, ...] = ()
 
     @property
     def excitation(self) -> tuple[float, ...]:
@@ -118,11 +93,11 @@ class EdgeRecord:
 
 @dataclass
 class PairSummary:
-    """Everything stored for one (original -> target) pair.
+    """One pair's displayed neurons and connections, as columns (FORMAT.md ``nodes``/``edges``).
 
-    ``nodes`` are in layer order (input to output), within a layer by role (original, both,
-    target, exploited) then channel; ``edges`` by destination layer, then destination neuron, then
-    source neuron, both in node order.
+    ``node_values``: [n_nodes, 2 + S] (original, target, attacked per strength);
+    ``edge_values``: [n_edges, 2 + S]; ``effect``: [n_nodes, S] single-neuron defused fractions;
+    ``causal``: the pair's ``causal`` rows (None without the patching experiments).
     """
 
     original: int
@@ -130,99 +105,147 @@ class PairSummary:
     strengths: tuple[float, ...]
     n_images: int
     n_success: tuple[int, ...]
-    nodes: list[NodeRecord] = field(default_factory=list)
-    edges: list[EdgeRecord] = field(default_factory=list)
+    node_layer: list[str]
+    node_channel: np.ndarray
+    node_role: list[str]
+    node_values: np.ndarray
+    exploited_mask: np.ndarray
+    edge_src_layer: list[str]
+    edge_src_channel: np.ndarray
+    edge_dst_layer: list[str]
+    edge_dst_channel: np.ndarray
+    edge_values: np.ndarray
+    effect: np.ndarray | None = None
+    causal: pa.Table | None = None
+    defused: tuple[float, ...] = field(default=())
 
     @property
     def success_rate(self) -> tuple[float, ...]:
         return tuple(s / self.n_images if self.n_images else math.nan for s in self.n_success)
 
     @property
+    def nodes(self) -> list[NodeRecord]:
+        eff = self._effect()
+        return [NodeRecord(l, int(c), r, float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]), int(m),
+                           tuple(float(x) for x in e))
+                for l, c, r, v, m, e in zip(self.node_layer, self.node_channel, self.node_role, self.node_values,
+                                            self.exploited_mask, eff)]
+
+    @property
+    def edges(self) -> list[EdgeRecord]:
+        return [EdgeRecord(sl, int(sc), dl, int(dc), float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]))
+                for sl, sc, dl, dc, v in zip(self.edge_src_layer, self.edge_src_channel, self.edge_dst_layer,
+                                             self.edge_dst_channel, self.edge_values)]
+
+    def _effect(self) -> np.ndarray:
+        if self.effect is not None:
+            return self.effect
+        return np.full((len(self.node_layer), len(self.strengths)), np.nan, np.float32)
+
+    @property
     def excitation(self) -> np.ndarray:
         """[n_nodes, n_strengths] importance@eps - importance(original), aligned with ``nodes``."""
-        if not self.nodes:
-            return np.zeros((0, len(self.strengths)), dtype=np.float32)
-        return np.array([n.excitation for n in self.nodes], dtype=np.float32).reshape(len(self.nodes), -1)
+        return (self.node_values[:, 2:] - self.node_values[:, :1]).astype(np.float32)
 
     @property
     def n_exploited(self) -> int:
-        return sum(n.role == "exploited" for n in self.nodes)
+        return sum(r == "exploited" for r in self.node_role)
 
     def to_arrow(self) -> dict[str, pa.Table]:
-        """This pair's rows of the ``pairs``, ``nodes`` and ``edges`` tables (docs/FORMAT.md).
+        """This pair's rows of the ``pairs``, ``nodes``, ``edges`` and ``causal`` tables (FORMAT.md).
 
-        Partition columns (``original``) are not included, and ``row_group`` is
-        ``ROW_GROUP_UNSET``: the pipeline sets both when it writes the partition.
+        Partition columns (``original``) are not included, and ``row_group``/``part`` are
+        ``ROW_GROUP_UNSET``: the pipeline sets them when it writes the partition.
         """
         t = self.target
-        pairs = pa.table(
-            {
-                "target": [t],
-                "n_images": [self.n_images],
-                "n_success": [list(self.n_success)],
-                "success_rate": [list(self.success_rate)],
-                "n_nodes": [len(self.nodes)],
-                "n_edges": [len(self.edges)],
-                "n_exploited": [self.n_exploited],
-                "row_group": [ROW_GROUP_UNSET],
-            },
-            schema=PAIRS_SCHEMA,
-        )
-        nodes = pa.table(
-            {
-                "target": [t] * len(self.nodes),
-                "layer": [n.layer for n in self.nodes],
-                "channel": [n.channel for n in self.nodes],
-                "role": [n.role for n in self.nodes],
-                "importance_original": [n.importance_original for n in self.nodes],
-                "importance_target": [n.importance_target for n in self.nodes],
-                "importance_attacked": [list(n.importance_attacked) for n in self.nodes],
-            },
-            schema=NODES_SCHEMA,
-        )
-        edges = pa.table(
-            {
-                "target": [t] * len(self.edges),
-                "src_layer": [e.src_layer for e in self.edges],
-                "src_channel": [e.src_channel for e in self.edges],
-                "dst_layer": [e.dst_layer for e in self.edges],
-                "dst_channel": [e.dst_channel for e in self.edges],
-                "influence_original": [e.influence_original for e in self.edges],
-                "influence_target": [e.influence_target for e in self.edges],
-                "influence_attacked": [list(e.influence_attacked) for e in self.edges],
-            },
-            schema=EDGES_SCHEMA,
-        )
-        return {"pairs": pairs, "nodes": nodes, "edges": edges}
+        s = len(self.strengths)
+        defused = list(self.defused) if self.defused else [math.nan] * s
+        pairs = pa.table({
+            "target": [t], "n_images": [self.n_images], "n_success": [list(self.n_success)],
+            "success_rate": [list(self.success_rate)], "n_nodes": [len(self.node_layer)],
+            "n_edges": [len(self.edge_src_layer)], "n_exploited": [self.n_exploited], "defused": [defused],
+            "row_group": [ROW_GROUP_UNSET], "part": [ROW_GROUP_UNSET],
+        }, schema=PAIRS_SCHEMA)
+        nv, ev = self.node_values.astype(np.float32), self.edge_values.astype(np.float32)
+        n, e = len(self.node_layer), len(self.edge_src_layer)
+        nodes = pa.table({
+            "target": pa.array(np.full(n, t, np.int32)),
+            "layer": pa.array(self.node_layer, pa.string()),
+            "channel": pa.array(self.node_channel.astype(np.int32)),
+            "role": pa.array(self.node_role, pa.string()),
+            "importance_original": pa.array(nv[:, 0] if n else np.zeros(0, np.float32)),
+            "importance_target": pa.array(nv[:, 1] if n else np.zeros(0, np.float32)),
+            "importance_attacked": _list_column(nv[:, 2:] if n else np.zeros((0, s), np.float32)),
+            "exploited_mask": pa.array(self.exploited_mask.astype(np.int32)),
+            "effect": _list_column(self._effect().astype(np.float32)),
+        }, schema=NODES_SCHEMA)
+        edges = pa.table({
+            "target": pa.array(np.full(e, t, np.int32)),
+            "src_layer": pa.array(self.edge_src_layer, pa.string()),
+            "src_channel": pa.array(self.edge_src_channel.astype(np.int32)),
+            "dst_layer": pa.array(self.edge_dst_layer, pa.string()),
+            "dst_channel": pa.array(self.edge_dst_channel.astype(np.int32)),
+            "influence_original": pa.array(ev[:, 0] if e else np.zeros(0, np.float32)),
+            "influence_target": pa.array(ev[:, 1] if e else np.zeros(0, np.float32)),
+            "influence_attacked": _list_column(ev[:, 2:] if e else np.zeros((0, s), np.float32)),
+        }, schema=EDGES_SCHEMA)
+        causal = self.causal if self.causal is not None else CAUSAL_SCHEMA.empty_table()
+        return {"pairs": pairs, "nodes": nodes, "edges": edges, "causal": causal}
+
+
+def _list_column(m: np.ndarray) -> pa.Array:
+    """[n, s] float32 -> list<float32> with n lists of s values (one buffer, no Python loop)."""
+    m = np.ascontiguousarray(m, dtype=np.float32)
+    n, s = m.shape
+    offsets = pa.array(np.arange(0, (n + 1) * s, s, dtype=np.int32) if n else np.zeros(1, np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(m.reshape(-1)))
 
 
 @torch.no_grad()
-def condition_influence(
-    adapter: ModelAdapter,
-    images: torch.Tensor,
-    displayed: dict[str, torch.Tensor],
-    batch_size: int,
-) -> list[torch.Tensor]:
-    """Median over ``images`` of the influence between displayed neurons, per layer transition.
-
-    Entry q-1 is [len(displayed[layer q]), len(displayed[layer q-1])] for q = 1..L-1, on the CPU;
-    all NaN when there are no images (a strength without a successful attack).
-    """
-    names = adapter.layer_names
-    per_image: list[list[torch.Tensor]] = [[] for _ in names[1:]]
+def layer_maxima(adapter: ModelAdapter, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """Per-image spatial max of every mixed layer, {layer: [N, C]} on the adapter's device."""
     device = adapter.device
+    parts: dict[str, list[torch.Tensor]] = {l.name: [] for l in adapter.layers}
     for start in range(0, images.shape[0], batch_size):
-        _, acts = adapter.forward_with_activations(images[start : start + batch_size].to(device))
+        _, acts = adapter.forward_with_activations(images[start: start + batch_size].to(device))
+        for name in parts:
+            parts[name].append(spatial_max(acts[name]))
+    dtype = next(adapter.model.parameters()).dtype
+    return {l.name: torch.cat(parts[l.name]) if parts[l.name] else torch.empty(0, l.channels, device=device, dtype=dtype)
+            for l in adapter.layers}
+
+
+def importance_of(adapter: ModelAdapter, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """Median over ``images`` of the per-image spatial max, {layer: [C]} (NaN without images)."""
+    return {k: segment_median(v, [v.shape[0]])[0] for k, v in layer_maxima(adapter, images, batch_size).items()}
+
+
+@torch.no_grad()
+def _influence_medians(adapter: ModelAdapter, images: torch.Tensor, sizes: Sequence[int],
+                       displayed: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
+    """Per transition q (1..L-1): the median over each condition's images of the per-image influence
+    between displayed channels, [n_conditions, len(dst), len(src)] on the device."""
+    names = adapter.layer_names
+    device = adapter.device
+    per_image: list[list[torch.Tensor]] = [[] for _ in names[1:]]
+    for start in range(0, images.shape[0], batch_size):
+        _, acts = adapter.forward_with_activations(images[start: start + batch_size].to(device))
         for q in range(1, len(names)):
-            src, dst = displayed[names[q - 1]], displayed[names[q]]
-            r = layer_influence(adapter, q, acts[names[q - 1]], src, dst, batch_size=batch_size)
-            per_image[q - 1].append(r.float().cpu())
+            per_image[q - 1].append(layer_influence(adapter, q, acts[names[q - 1]], displayed[q - 1], displayed[q],
+                                                    batch_size=batch_size))
     out = []
     for q in range(1, len(names)):
-        shape = (len(displayed[names[q]]), len(displayed[names[q - 1]]))
-        stacked = torch.cat(per_image[q - 1]) if per_image[q - 1] else torch.empty(0, *shape)
-        out.append(median(stacked, dim=0))
+        shape = (len(displayed[q]), len(displayed[q - 1]))
+        stacked = torch.cat(per_image[q - 1]) if per_image[q - 1] else images.new_empty((0, *shape))
+        out.append(segment_median(stacked, sizes))
     return out
+
+
+def _as_batch(attacked: torch.Tensor | Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    if isinstance(attacked, torch.Tensor):
+        return attacked
+    parts = [a for a in attacked if a.shape[0]]
+    return torch.cat(parts) if parts else like.new_empty((0, *like.shape[1:]))
 
 
 def summarize_pair(
@@ -231,93 +254,113 @@ def summarize_pair(
     target: int,
     original_images: torch.Tensor,
     target_images: torch.Tensor,
-    attacked_images: Sequence[torch.Tensor],
+    attacked_images: torch.Tensor | Sequence[torch.Tensor],
     n_images: int,
     n_success: Sequence[int],
     strengths: Sequence[float],
     cfg: PathwayConfig = PathwayConfig(),
+    importance_original: dict[str, torch.Tensor] | None = None,
+    importance_target: dict[str, torch.Tensor] | None = None,
+    patching=None,
 ) -> PairSummary:
     """Importance -> roles -> displayed neurons -> median influence of their edges, per condition.
 
-    ``attacked_images[s]`` are the images of ``original`` successfully attacked into ``target``
-    at ``strengths[s]`` (possibly none: that condition's values are NaN). ``n_images`` is how
-    many images were attacked and ``n_success[s]`` how many succeeded (= len(attacked_images[s])).
-    Activations are computed twice per condition (once for importance, once for influence) so
-    that only one batch of activation maps is held at a time.
+    ``attacked_images`` are the images of ``original`` successfully attacked into ``target``: a
+    list with one tensor per strength, or one tensor holding them strength by strength
+    (``n_success[s]`` rows for strength s). ``n_images`` is how many images were attacked.
+    ``importance_original``/``importance_target`` ({layer: [C]}, e.g. from the benign stage) skip
+    recomputing those conditions' importance. ``patching`` (a :class:`bluff_ray.causal.Patching`)
+    adds the activation-patching experiments of the pair.
     """
     strengths = tuple(float(s) for s in strengths)
     n_success = tuple(int(s) for s in n_success)
-    if not (len(attacked_images) == len(strengths) == len(n_success)):
+    if isinstance(attacked_images, torch.Tensor):
+        n_sets = len(n_success)
+    else:
+        n_sets = len(attacked_images)
+        for s, (imgs, ns) in enumerate(zip(attacked_images, n_success)):
+            if imgs.shape[0] != ns:
+                raise ValueError(f"strength {s}: {imgs.shape[0]} attacked images but n_success={ns}")
+    if not (n_sets == len(strengths) == len(n_success)):
         raise ValueError(
-            f"need one attacked image set and one success count per strength: got {len(attacked_images)} "
-            f"image sets, {len(n_success)} counts, {len(strengths)} strengths"
-        )
+            f"need one attacked image set and one success count per strength: got {n_sets} "
+            f"image sets, {len(n_success)} counts, {len(strengths)} strengths")
     for name, imgs in (("original", original_images), ("target", target_images)):
         if imgs.dim() != 4 or imgs.shape[0] == 0:
             raise ValueError(f"{name}_images must be a non-empty [N,C,H,W] tensor, got shape {tuple(imgs.shape)}")
-    for s, (imgs, ns) in enumerate(zip(attacked_images, n_success)):
-        if imgs.shape[0] != ns:
-            raise ValueError(f"strength {strengths[s]}: {imgs.shape[0]} attacked images but n_success={ns}")
+    for s, ns in enumerate(n_success):
         if ns > n_images:
             raise ValueError(f"strength {strengths[s]}: n_success={ns} exceeds n_images={n_images}")
+    attacked = _as_batch(attacked_images, original_images)
+    if attacked.shape[0] != sum(n_success):
+        raise ValueError(f"{attacked.shape[0]} attacked images but n_success adds up to {sum(n_success)}")
 
-    conditions = [original_images, target_images, *attacked_images]
-    bs = cfg.batch_size
-    imps = []
-    for imgs in conditions:
-        maxes = spatial_max_activations(adapter, imgs, bs)
-        imps.append({layer: median(m, dim=0) for layer, m in maxes.items()})
-    attacked_imps = [imp if imgs.shape[0] else None for imp, imgs in zip(imps[2:], attacked_images)]
-    role_map = roles(imps[0], imps[1], attacked_imps, cfg.k)
-    displayed = {layer: torch.tensor(list(r), dtype=torch.long) for layer, r in role_map.items()}
+    device, bs, names = adapter.device, cfg.batch_size, adapter.layer_names
+    imp_o = importance_original or importance_of(adapter, original_images, bs)
+    imp_t = importance_target or importance_of(adapter, target_images, bs)
+    att_max = layer_maxima(adapter, attacked, bs)
+    codes, masks, values = [], [], []
+    for layer in names:
+        io, it = imp_o[layer].to(device), imp_t[layer].to(device)
+        ia = segment_median(att_max[layer], n_success).to(io.dtype)  # [S, C]
+        c, m = role_codes(io, it, ia, cfg.k)
+        codes.append(c)
+        masks.append(m)
+        values.append(torch.cat([io[:, None], it[:, None], ia.T], dim=1))  # [C, 2 + S]
+    codes_h = torch.cat(codes).cpu().numpy()  # host read 1: who is displayed
+    displayed, node_layer, node_role, sel = [], [], [], []
+    offset = 0
+    for layer, info in zip(names, adapter.layers):
+        lc = codes_h[offset: offset + info.channels]
+        ch = np.flatnonzero(lc < NOT_SHOWN)
+        ch = ch[np.lexsort((ch, lc[ch]))]  # role order, then channel
+        displayed.append(torch.as_tensor(ch, dtype=torch.long))
+        node_layer += [layer] * len(ch)
+        node_role += [ROLES[r] for r in lc[ch]]
+        sel.append(torch.as_tensor(ch + offset, dtype=torch.long, device=device))
+        offset += info.channels
+    all_sel = torch.cat(sel)
+    node_vals = torch.cat(values)[all_sel]
+    node_mask = torch.cat(masks)[all_sel]
 
-    nodes = []
-    for layer in adapter.layer_names:
-        ch = displayed[layer]
-        vals = torch.stack([imp[layer][ch] for imp in imps], dim=1).tolist()  # [n_nodes, n_conditions]
-        for c, v in zip(ch.tolist(), vals):
-            nodes.append(NodeRecord(layer, c, role_map[layer][c], v[0], v[1], tuple(v[2:])))
-
-    infl = [condition_influence(adapter, imgs, displayed, bs) for imgs in conditions]
-    names = adapter.layer_names
-    edges = []
+    sizes = [original_images.shape[0], target_images.shape[0], *n_success]
+    conds = torch.cat([original_images.to(device), target_images.to(device), attacked.to(device)])
+    meds = _influence_medians(adapter, conds, sizes, displayed, bs)
+    keeps, edge_vals = [], []
     for q in range(1, len(names)):
-        stacked = torch.stack([cond[q - 1] for cond in infl], dim=-1)  # [dst, src, n_conditions]
-        keep = (stacked > cfg.min_edge_influence).any(dim=-1)  # NaN compares False: empty conditions never keep
-        src_ch, dst_ch = displayed[names[q - 1]].tolist(), displayed[names[q]].tolist()
-        for (d, s), v in zip(keep.nonzero().tolist(), stacked[keep].tolist()):
-            edges.append(EdgeRecord(names[q - 1], src_ch[s], names[q], dst_ch[d], v[0], v[1], tuple(v[2:])))
-    return PairSummary(original, target, strengths, int(n_images), n_success, nodes, edges)
+        stacked = meds[q - 1].permute(1, 2, 0)  # [dst, src, conditions]
+        keep = (stacked > cfg.min_edge_influence).any(dim=-1)  # NaN compares False
+        keeps.append(keep.flatten())
+        edge_vals.append(stacked.reshape(-1, len(sizes)))
+    keep_h = torch.cat(keeps).cpu().numpy() if keeps else np.zeros(0, bool)
+    kept_vals = torch.cat(edge_vals)[torch.as_tensor(keep_h, device=device)] if keeps else None
 
+    effect = causal = None
+    defused: tuple[float, ...] = ()
+    if patching is not None:
+        res = patching.run(target, displayed, node_role, node_mask, node_vals, n_success)
+        effect, causal, defused = res.effect, res.table, res.defused
+    # host read 2: the numbers
+    node_vals_h = node_vals.double().cpu().numpy()
+    mask_h = node_mask.cpu().numpy()
+    kept_h = kept_vals.double().cpu().numpy() if kept_vals is not None else np.zeros((0, len(sizes)))
 
-def compute_pair(
-    adapter: ModelAdapter,
-    original: int,
-    target: int,
-    original_images: torch.Tensor,
-    target_images: torch.Tensor,
-    attack_cfg: AttackConfig,
-    pathway_cfg: PathwayConfig = PathwayConfig(),
-    generator: torch.Generator | None = None,
-    attack_batch_size: int = 512,
-) -> PairSummary:
-    """Attack ``original_images`` toward ``target`` at every strength, then :func:`summarize_pair`.
-
-    Only the successfully attacked images of each strength form its ``attacked@eps`` condition.
-    """
-    grid = attack_grid(adapter.attack_model(), original_images.to(adapter.device), [target], attack_cfg,
-                       batch_size=attack_batch_size, generator=generator)
-    adv, success = grid.adv[0], grid.success[0]  # [S,N,C,H,W], [S,N]
-    attacked = [adv[s][success[s].to(adv.device)] for s in range(adv.shape[0])]
-    return summarize_pair(
-        adapter,
-        original,
-        target,
-        original_images,
-        target_images,
-        attacked,
-        n_images=original_images.shape[0],
-        n_success=[int(v) for v in success.sum(dim=1).tolist()],
-        strengths=attack_cfg.strengths,
-        cfg=pathway_cfg,
+    src_l, src_c, dst_l, dst_c = [], [], [], []
+    pos = 0
+    for q in range(1, len(names)):
+        src, dst = displayed[q - 1].numpy(), displayed[q].numpy()
+        k = keep_h[pos: pos + len(src) * len(dst)].reshape(len(dst), len(src))
+        pos += len(src) * len(dst)
+        d_idx, s_idx = np.nonzero(k)  # row-major: destination, then source, in node order
+        src_l += [names[q - 1]] * len(d_idx)
+        dst_l += [names[q]] * len(d_idx)
+        src_c.append(src[s_idx])
+        dst_c.append(dst[d_idx])
+    return PairSummary(
+        original=int(original), target=int(target), strengths=strengths, n_images=int(n_images), n_success=n_success,
+        node_layer=node_layer, node_channel=np.concatenate([d.numpy() for d in displayed]).astype(np.int32),
+        node_role=node_role, node_values=node_vals_h, exploited_mask=mask_h.astype(np.int64),
+        edge_src_layer=src_l, edge_src_channel=np.concatenate(src_c).astype(np.int32) if src_c else np.zeros(0, np.int32),
+        edge_dst_layer=dst_l, edge_dst_channel=np.concatenate(dst_c).astype(np.int32) if dst_c else np.zeros(0, np.int32),
+        edge_values=kept_h, effect=effect, causal=causal, defused=defused,
     )

