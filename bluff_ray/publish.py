@@ -2,7 +2,7 @@
 
 Layout written under ``dest`` (e.g. ``s3://bucket/prefix``)::
 
-    <dest>/manifest.json, classes.parquet, pair_index.parquet, nodes/, edges/, neurons/, ...
+    <dest>/manifest.json, classes.parquet, pair_index/, nodes/, edges/, neurons/, ... (docs/FORMAT.md)
     <dest>/viewer/index.html, assets/..., config.json  ({"root": "../"})
 
 Why each setting (research §6, DESIGN §8):
@@ -13,6 +13,11 @@ Why each setting (research §6, DESIGN §8):
 - a CORS rule allowing GET/HEAD from any origin with any request header (``Range``), exposing
   ``Content-Range``, ``Content-Length`` and ``ETag`` (``Content-Range`` is not CORS-safelisted, and
   the viewer reads file sizes from it).
+
+Only the results are uploaded: dot-files and dot-folders (``.bluff-lock.json``, ``.tmp-*`` partial
+writes, ``.git/``...) are skipped, and so are symbolic links whose target resolves outside the
+results root (a link must not make a file elsewhere on the machine public); the command says how
+many entries it skipped and names each skipped link.
 
 Credentials come from the standard AWS settings or ``storage_options`` (``key``, ``secret``,
 ``token``, ``endpoint_url``, ``client_kwargs``); they are used for the upload and never printed.
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from .config import redact_url
 from .serve import VIEWER_DIR, content_type
@@ -42,14 +48,24 @@ CORS_RULE = {
     "ExposeHeaders": ["Content-Range", "Content-Length", "ETag"],
     "MaxAgeSeconds": 3600,
 }
-# Objects a rerun or a new publish may replace: browsers must revalidate them.
+# Objects a rerun or a new publish may replace: browsers must revalidate them. The reduce rewrites
+# the global files (docs/FORMAT.md) at the end of every run.
 _MUTABLE = {"manifest.json", "classes.parquet", "pair_index.parquet", "neurons/index.parquet", "viewer/index.html",
             "viewer/config.json"}
+_MUTABLE_PREFIXES = ("pair_index/", "rankings/", "overview/", "atlas/")
 _SINGLE_PUT = 4 * 2**30  # s3fs uses one PutObject below 2 * chunksize
 
 
 class PublishError(RuntimeError):
     """The results or the destination cannot be used; the message says why."""
+
+
+@dataclass
+class Skipped:
+    """A file under the results root that was not published, and why."""
+
+    rel: str
+    reason: str
 
 
 @dataclass
@@ -60,25 +76,113 @@ class PublishReport:
     acl: str = "none"  # "public-read", "bucket-policy" or "none"
     cors: bool = False
     notes: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)  # files under the results root not uploaded
+
+    def skipped_summary(self) -> str:
+        """What was skipped, by kind: e.g. "2 dot-files/folders, 1 temporary file, 1 link leaving the root"."""
+        kinds: dict[str, int] = {}
+        for sk in self.skipped:
+            kinds[_kind(sk.reason)] = kinds.get(_kind(sk.reason), 0) + 1
+        return ", ".join(f"{n} {_KINDS[k][n != 1]}" for k, n in kinds.items())
+
+
+_KINDS = {
+    "dot": ("dot-file/folder", "dot-files/folders"),
+    "tmp": ("temporary file", "temporary files"),
+    "outside": ("symbolic link leaving the root", "symbolic links leaving the root"),
+    "broken": ("broken symbolic link", "broken symbolic links"),
+    "other": ("other entry", "other entries"),
+}
+
+
+def _kind(reason: str) -> str:
+    if reason == "temporary file":
+        return "tmp"
+    if reason == "dot-file or dot-folder":
+        return "dot"
+    if "outside the results root" in reason:
+        return "outside"
+    if reason.startswith("broken"):
+        return "broken"
+    return "other"
 
 
 def cache_control(rel: str) -> str:
-    if rel in _MUTABLE or rel.endswith(".json"):
+    if rel in _MUTABLE or rel.endswith(".json") or rel.startswith(_MUTABLE_PREFIXES):
         return "no-cache"
     if rel.startswith("viewer/assets/"):
         return "public, max-age=31536000, immutable"  # content-hashed file names
     return "public, max-age=300"
 
 
-def _walk(fs, root: str) -> list[str]:
-    """Relative paths of every file under ``root`` (skipping a stale viewer/ copy)."""
-    out = []
+def _hidden(rel: str) -> bool:
+    """A dot-file or a file inside a dot-folder (``.bluff-lock.json``, ``.tmp-*`` partial writes,
+    ``.git/``, ``.DS_Store``...): never part of the results."""
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def _walk_local(root: str) -> tuple[list[tuple[str, str]], list[Skipped]]:
+    """(rel, real path) of every file to publish under a local ``root``, and what was skipped.
+
+    Symbolic links (to files or folders) are followed only when their target resolves inside the
+    root: a link to a file elsewhere on the machine must not become public. A folder link back to
+    one of its own ancestors (a loop) is not followed.
+    """
+    root_real = os.path.realpath(root)
+    files: list[tuple[str, str]] = []
+    skipped: list[Skipped] = []
+
+    def inside(real: str) -> bool:
+        return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+    def visit(folder: str, rel_folder: str, ancestors: tuple[str, ...]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append(Skipped(rel_folder or ".", f"unreadable folder ({e.strerror})"))
+            return
+        for entry in entries:
+            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
+            if entry.name.startswith("."):
+                kind = "temporary file" if entry.name.startswith(".tmp-") else "dot-file or dot-folder"
+                skipped.append(Skipped(rel + ("/" if entry.is_dir(follow_symlinks=False) else ""), kind))
+                continue
+            if rel == "viewer":
+                continue  # a stale viewer copy: the current one is uploaded instead
+            real = os.path.realpath(entry.path)
+            if entry.is_symlink():
+                if not os.path.exists(real):
+                    skipped.append(Skipped(rel, f"broken symbolic link (to {os.readlink(entry.path)})"))
+                    continue
+                if not inside(real):
+                    skipped.append(Skipped(rel, f"symbolic link to {real}, outside the results root"))
+                    continue
+            if os.path.isdir(real):
+                if real not in ancestors:
+                    visit(real, rel, ancestors + (real,))
+            elif os.path.isfile(real):
+                files.append((rel, real))
+            else:
+                skipped.append(Skipped(rel, "not a regular file"))
+
+    visit(root_real, "", (root_real,))
+    return sorted(files), skipped
+
+
+def _walk(fs, root: str) -> tuple[list[str], list[Skipped]]:
+    """Relative paths of every file under ``root`` of a remote filesystem (no symbolic links there),
+    skipping dot-files/folders and a stale viewer/ copy; and what was skipped."""
+    out, skipped = [], []
     for path in fs.find(root):
         rel = posixpath.relpath(path, root)
-        if rel.startswith("viewer/") or rel.startswith("."):
+        if rel.startswith("viewer/"):
+            continue
+        if _hidden(rel):
+            name = rel.rsplit("/", 1)[-1]
+            skipped.append(Skipped(rel, "temporary file" if name.startswith(".tmp-") else "dot-file or dot-folder"))
             continue
         out.append(rel)
-    return sorted(out)
+    return sorted(out), skipped
 
 
 def _viewer_files(viewer_dir: Path) -> list[tuple[str, Path]]:
@@ -227,11 +331,20 @@ def publish(
         report.objects += 1
         report.bytes += len(data)
 
-    rels = _walk(src_fs, src_root)
-    for i, rel in enumerate(rels):
-        put(rel, src_fs.cat_file(posixpath.join(src_root, rel)))
+    if isinstance(src_fs, LocalFileSystem):  # symbolic links are checked here (_walk_local)
+        local, report.skipped = _walk_local(src_root)
+        sources = [(rel, lambda p=real: Path(p).read_bytes()) for rel, real in local]
+    else:
+        rels, report.skipped = _walk(src_fs, src_root)
+        sources = [(rel, lambda p=posixpath.join(src_root, rel): src_fs.cat_file(p)) for rel in rels]
+    if not quiet:
+        for sk in report.skipped:
+            if _kind(sk.reason) in ("outside", "broken"):
+                print(f"warning: not publishing {sk.rel}: {sk.reason}", file=sys.stderr)
+    for i, (rel, read) in enumerate(sources):
+        put(rel, read())
         if not quiet and (i + 1) % 200 == 0:
-            print(f"  {i + 1}/{len(rels)} result files uploaded", file=sys.stderr)
+            print(f"  {i + 1}/{len(sources)} result files uploaded", file=sys.stderr)
     for rel, path in vfiles:
         put(f"viewer/{rel}", path.read_bytes())
     put("viewer/config.json", json.dumps({"root": "../"}).encode())
@@ -243,6 +356,8 @@ def publish(
             report.notes.append("objects are private: a browser can read them only with a bucket policy or a CDN in front")
     if not quiet:
         print(f"published {report.objects} objects ({report.bytes / 1e6:.1f} MB) to {redact_url(dest)}")
+        if report.skipped:
+            print(f"skipped {len(report.skipped)} entries of the results root: {report.skipped_summary()}")
         print(f"viewer: {report.viewer_url}")
         for n in report.notes:
             print(f"note: {n}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import boto3
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from bluff_ray import layout
 from bluff_ray.publish import CORS_RULE, PublishError, publish
 from viewer_helpers import expected_highlight, shot, wait_ready
 from viewer_synth import make_results, read_pair
@@ -47,7 +49,7 @@ def test_publish_then_view_with_range_requests(page, big_results, s3_endpoint, m
     assert {f"run1/{r}" for r in local} <= keys
     assert "run1/viewer/index.html" in keys and "run1/viewer/config.json" in keys
     assert report.objects == len(keys)
-    head = client.head_object(Bucket=bucket, Key="run1/nodes/original=3/part-0.parquet")  # one part per original
+    head = client.head_object(Bucket=bucket, Key=f"run1/{layout.part_path('nodes', 3, 0)}")
     assert head["ContentType"] == "application/vnd.apache.parquet"
     assert "ContentEncoding" not in head
     assert client.head_object(Bucket=bucket, Key="run1/viewer/index.html")["ContentType"].startswith("text/html")
@@ -58,7 +60,7 @@ def test_publish_then_view_with_range_requests(page, big_results, s3_endpoint, m
     # anonymous (unsigned) reads work, byte ranges included
     anon = requests.get(f"{s3_endpoint}/{bucket}/run1/manifest.json", timeout=10)
     assert anon.status_code == 200 and json.loads(anon.content) == json.loads((big_results / "manifest.json").read_text())
-    rng = requests.get(f"{s3_endpoint}/{bucket}/run1/pair_index.parquet", headers={"Range": "bytes=0-3"}, timeout=10)
+    rng = requests.get(f"{s3_endpoint}/{bucket}/run1/{layout.CLASSES_PATH}", headers={"Range": "bytes=0-3"}, timeout=10)
     assert rng.status_code == 206 and rng.content == b"PAR1"
     # publishing again is idempotent for the CORS configuration (one rule of ours)
     publish(str(big_results), f"s3://{bucket}/run1", storage_options=s3_options, quiet=True)
@@ -77,7 +79,8 @@ def test_publish_then_view_with_range_requests(page, big_results, s3_endpoint, m
     assert page.locator("g.node[data-highlighted='1']").count() == len(expected_highlight(nodes, s, "activated", 20))
     shot(page, "published-s3")
 
-    pair_files = {f"nodes/original={o}/part-0.parquet", f"edges/original={o}/part-0.parquet"}
+    row = read_pair(big_results, o, t)[0]
+    pair_files = {layout.part_path("nodes", o, row["part"]), layout.part_path("edges", o, row["part"])}
     fetched = {}
     for r in responses:
         rel = r.url.split("/run1/", 1)[-1]
@@ -86,8 +89,7 @@ def test_publish_then_view_with_range_requests(page, big_results, s3_endpoint, m
             assert r.request.headers.get("range", "").startswith("bytes=")
             fetched[rel] = fetched.get(rel, 0) + len(r.body())
     assert set(fetched) == pair_files
-    row_group = next(r for r in pq.read_table(big_results / "pair_index.parquet").to_pylist()
-                     if r["original"] == o and r["target"] == t)["row_group"]
+    row_group = row["row_group"]
     for rel, n in fetched.items():
         size = (big_results / rel).stat().st_size
         # exactly: one suffix read for the footer (16 KiB) plus the pair's row group, nothing else
@@ -118,3 +120,106 @@ def test_publish_cli(tmp_path, s3_endpoint, make_bucket, capsys):
     assert requests.get(f"{s3_endpoint}/{bucket}/p/manifest.json", timeout=10).status_code == 403
     assert main(["publish", str(tmp_path), f"s3://{bucket}/y", "-S", f"endpoint_url={s3_endpoint}"]) == 2
     assert "not a results root" in capsys.readouterr().err
+
+
+SECRET = b"TOP SECRET: a file elsewhere on the machine, never public"
+
+
+def all_objects(client, bucket: str, prefix: str) -> dict[str, bytes]:
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])]
+    return {k[len(prefix):]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+def test_publish_skips_links_leaving_the_root_and_hidden_files(tmp_path, s3_endpoint, make_bucket, s3_options, capsys):
+    root = make_results(tmp_path / "r", classes=3, assets=False)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET)
+    (outside / "part-9.parquet").write_bytes(SECRET)
+    nodes0 = root / "nodes" / "original=0"
+    # what must not be published
+    os.symlink(outside / "secret.txt", root / "secret.txt")                    # file link leaving the root
+    os.symlink(outside / "part-9.parquet", nodes0 / "part-9.parquet")          # ... deeper down
+    os.symlink(outside, root / "shared")                                       # folder link leaving the root
+    os.symlink("../../../elsewhere/secret.txt", nodes0 / "rel.parquet")        # relative link leaving it
+    os.symlink(tmp_path / "missing", root / "dangling.json")                   # broken link
+    (root / ".bluff-lock.json").write_text('{"run_id": "x", "host": "build-7"}')  # a run's lock (format v2)
+    (nodes0 / ".tmp-part-0.parquet.abc123").write_bytes(b"half a file")        # a partial write
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[remote]")                          # a dot-folder
+    (root / "edges" / ".DS_Store").write_bytes(b"\0")
+    # what must be: links that stay inside the root (under the link's own name)
+    os.symlink("manifest.json", root / "manifest-link.json")
+    os.symlink(root / "nodes", root / "nodes-alias")
+    os.symlink("..", nodes0 / "loop")                                          # a loop is not followed
+    expected = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.is_file() and not p.is_symlink() and not any(q.startswith(".") for q in p.relative_to(root).parts)
+                      and "nodes-alias" not in p.parts)
+    bucket = make_bucket("bluff-skip")
+    report = publish(str(root), f"s3://{bucket}/run", storage_options=s3_options)
+    out = capsys.readouterr()
+
+    objects = all_objects(boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1"), bucket, "run/")
+    results = {k: v for k, v in objects.items() if not k.startswith("viewer/")}
+    aliases = {k for k in results if k.startswith("nodes-alias/")}
+    assert sorted(set(results) - aliases - {"manifest-link.json"}) == expected
+    assert all(SECRET not in v for v in objects.values())
+    assert results["manifest-link.json"] == (root / "manifest.json").read_bytes()
+    assert aliases == {f"nodes-alias/{p.relative_to(root / 'nodes').as_posix()}" for p in (root / "nodes").rglob("*")
+                       if p.is_file() and not p.is_symlink() and not p.name.startswith(".")}
+    for k in results:
+        assert not any(part.startswith(".") for part in k.split("/")), k
+        assert "loop/" not in k and "shared" not in k and not k.startswith("secret")
+
+    skipped = {s.rel: s.reason for s in report.skipped}
+    assert set(skipped) == {"secret.txt", "nodes/original=0/part-9.parquet", "shared", "nodes/original=0/rel.parquet",
+                            "dangling.json", ".bluff-lock.json", "nodes/original=0/.tmp-part-0.parquet.abc123",
+                            ".git/", "edges/.DS_Store",
+                            # the same entries again through the nodes-alias/ folder link
+                            "nodes-alias/original=0/part-9.parquet", "nodes-alias/original=0/rel.parquet",
+                            "nodes-alias/original=0/.tmp-part-0.parquet.abc123"}
+    assert "outside the results root" in skipped["shared"] and str(outside) in skipped["shared"]
+    assert skipped["nodes/original=0/.tmp-part-0.parquet.abc123"] == "temporary file"
+    # said: one warning per link, naming the path; the count and the kinds
+    for rel in ("secret.txt", "nodes/original=0/part-9.parquet", "shared", "dangling.json"):
+        assert f"warning: not publishing {rel}: " in out.err
+    assert "skipped 12 entries of the results root: " in out.out
+    assert "3 dot-files/folders" in out.out and "2 temporary files" in out.out
+    assert "6 symbolic links leaving the root" in out.out and "1 broken symbolic link" in out.out
+
+
+def test_publish_cli_reports_skipped(tmp_path, s3_endpoint, make_bucket, capsys):
+    from bluff_ray.cli import main
+
+    root = make_results(tmp_path / "r", classes=2, assets=False)
+    (tmp_path / "key.pem").write_bytes(SECRET)
+    os.symlink(tmp_path / "key.pem", root / "key.pem")
+    (root / ".bluff-lock.json").write_text("{}")
+    bucket = make_bucket("bluff-cli-skip")
+    assert main(["publish", str(root), f"s3://{bucket}/x", "-S", f"endpoint_url={s3_endpoint}"]) == 0
+    out = capsys.readouterr()
+    assert "warning: not publishing key.pem: symbolic link to" in out.err
+    assert "skipped 2 entries of the results root: 1 dot-file/folder, 1 symbolic link leaving the root" in out.out
+    assert requests.get(f"{s3_endpoint}/{bucket}/x/key.pem", timeout=10).status_code in (403, 404)
+    assert requests.get(f"{s3_endpoint}/{bucket}/x/.bluff-lock.json", timeout=10).status_code in (403, 404)
+    assert requests.get(f"{s3_endpoint}/{bucket}/x/manifest.json", timeout=10).status_code == 200
+
+
+def test_publish_from_s3_skips_hidden_objects(tmp_path, s3_endpoint, make_bucket, s3_options):
+    """A results root on S3 (no links there): its lock and partial writes stay behind too."""
+    import s3fs
+
+    root = make_results(tmp_path / "r", classes=2, assets=False)
+    src = make_bucket("bluff-src")
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.put(str(root) + "/", f"{src}/root/", recursive=True)
+    fs.pipe(f"{src}/root/.bluff-lock.json", b"{}")
+    fs.pipe(f"{src}/root/nodes/original=0/.tmp-part-0.parquet.x", b"half")
+    dst = make_bucket("bluff-dst")
+    report = publish(f"s3://{src}/root", f"s3://{dst}/p", storage_options=s3_options, quiet=True)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    keys = set(all_objects(client, dst, "p/"))
+    assert ".bluff-lock.json" not in keys and "nodes/original=0/.tmp-part-0.parquet.x" not in keys
+    assert "manifest.json" in keys
+    assert sorted(s.rel for s in report.skipped) == [".bluff-lock.json", "nodes/original=0/.tmp-part-0.parquet.x"]
