@@ -1,12 +1,25 @@
-// Reading a results root (docs/FORMAT.md) over HTTP: JSON with fetch, Parquet with hyparquet over
-// range requests. Every byte fetched is counted (window.__bluff.bytes) so tests and the benchmark
-// can check that one pair costs tens of KB, not whole files.
+// Reading a results root (docs/FORMAT.md, schema version 2) over HTTP: JSON with fetch, Parquet with
+// hyparquet over range requests. Nothing here reads a file whose size grows with the number of
+// pairs: startup reads manifest.json and a few columns of classes.parquet; picking an original reads
+// its pair_index partition; a pair reads the footers and its own row groups of its nodes/edges files;
+// the pair explorer reads pages of rankings/ rows; the class overview reads one row group of
+// overview/success.parquet. Every byte fetched is counted (window.__bluff.traffic) so tests and the
+// benchmark can check those costs.
 import { parquetMetadataAsync, parquetReadObjects } from "hyparquet";
 import type { AsyncBuffer, FileMetaData } from "hyparquet";
+
+export const SCHEMA_VERSION = 2;
 
 export interface LayerInfo {
   name: string;
   channels: number;
+}
+
+export interface Landing {
+  original: number;
+  target: number;
+  /** 1-based index into strengths (the viewer's strength index) */
+  strength: number;
 }
 
 export interface Manifest {
@@ -19,15 +32,18 @@ export interface Manifest {
   k: number;
   classes?: number;
   pairs_total?: number;
+  targets_per_file?: number;
+  causal?: boolean;
   finished?: string | null;
+  landing?: Landing;
 }
 
 export interface ClassInfo {
   id: number;
   wnid: string;
   name: string;
-  nImages: number;
-  accuracy: number;
+  /** computed pairs with this class as the original (0: the original picker marks it "not computed") */
+  nAsOriginal: number;
 }
 
 export interface PairRow {
@@ -39,8 +55,9 @@ export interface PairRow {
   nNodes: number;
   nEdges: number;
   nExploited: number;
+  /** index of the pair's row group in its nodes/edges/causal files */
   rowGroup: number;
-  /** j of nodes/edges `original=<o>/part-<j>.parquet` holding this pair */
+  /** j of the `original=<o>/part-<j>.parquet` files holding this pair */
   part: number;
 }
 
@@ -56,6 +73,10 @@ export interface NodeRow {
   /** activation per strength index: [original (benign, strength 0), attacked@eps1, ...] */
   act: number[];
   target: number; // importance on benign target images
+  /** exploited_mask: bit i set when exploited at strength i+1 */
+  exploitedMask: number;
+  /** per strength (no benign entry): fraction of successful attacks undone by patching this neuron alone */
+  effect: number[];
 }
 
 export interface EdgeRow {
@@ -74,9 +95,25 @@ export interface PairData {
   edges: EdgeRow[];
 }
 
+export interface CausalRow {
+  layer: string; // a layer name, or "all"
+  nExploited: number;
+  nRandom: number;
+  nBoth: number;
+  defusedExploited: number[];
+  defusedRandom: number[];
+  defusedBoth: number[];
+}
+
 export interface NeuronAssets {
   featureVis?: string;
   patches: string[];
+}
+
+export interface RankingRow {
+  original: number;
+  target: number;
+  value: number;
 }
 
 /** An error that names the file (relative to the root) that could not be used. */
@@ -89,106 +126,195 @@ export class DataError extends Error {
   }
 }
 
+/** The root was written by another schema version of bluff_ray. */
+export class VersionError extends DataError {}
+
 export interface Traffic {
   requests: number;
   bytes: number;
   /** bytes received per file, relative to the results root */
   byFile: Record<string, number>;
+  /** every request: file, Range header sent, HTTP status, bytes received, cache mode */
+  log: { file: string; range: string; status: number; bytes: number; cache: string }[];
 }
 
-export const traffic: Traffic = { requests: 0, bytes: 0, byFile: {} };
+export const traffic: Traffic = { requests: 0, bytes: 0, byFile: {}, log: [] };
 
 function joinUrl(root: string, rel: string): string {
   return root.endsWith("/") ? root + rel : root + "/" + rel;
 }
 
-async function countedFetch(url: string, init?: RequestInit): Promise<Response> {
+async function countedFetch(url: string, rel: string, init: RequestInit): Promise<Response> {
   traffic.requests += 1;
-  const res = await fetch(url, init);
-  return res;
+  try {
+    return await fetch(url, init);
+  } catch (e) {
+    throw new DataError(rel, `network error (${(e as Error).message}) at ${url}`);
+  }
 }
 
-async function bodyBytes(res: Response, rel: string): Promise<ArrayBuffer> {
+async function bodyBytes(res: Response, rel: string, range = "", cache = "default"): Promise<ArrayBuffer> {
   const buf = await res.arrayBuffer();
   traffic.bytes += buf.byteLength;
   traffic.byFile[rel] = (traffic.byFile[rel] ?? 0) + buf.byteLength;
+  if (traffic.log.length < 5000) traffic.log.push({ file: rel, range, status: res.status, bytes: buf.byteLength, cache });
   return buf;
 }
 
-const TAIL = 16 * 1024;
+/**
+ * Bytes of the suffix request that reads a Parquet footer: 16 KiB for the nodes/edges/causal
+ * partition files (layout.VIEWER_TAIL_BYTES: their writer keeps footers under it), 8 KiB for the
+ * single-row-group global files (classes, pair_index, overview, neurons/index), whose
+ * footers are a few KB whatever the number of classes; 16 KiB for rankings/, whose page indexes
+ * (about 8 KB at 999,000 rows) sit just before the footer. A larger footer costs one more request.
+ */
+export const TAIL = 16 * 1024;
+export const SMALL_TAIL = 8 * 1024;
+const tailFor = (rel: string) => (/^(nodes|edges|causal|rankings)\//.test(rel) ? TAIL : SMALL_TAIL);
+/** Cached byte ranges kept per file (the tail is always kept). */
+const SEGMENT_CACHE_BYTES = 4 << 20;
+
+type Checked = { ok: true; body: ArrayBuffer; start: number; size: number; whole: boolean } | { ok: false; why: string };
 
 /**
- * A range-read file: one suffix request (`Range: bytes=-16384`) returns the footer and, in
- * Content-Range, the file size, so no HEAD is needed. Later slices are single range requests;
- * a server without range support (200) gets one whole download, reused for every slice.
+ * A range-read file. One suffix request (`Range: bytes=-16384`) returns the footer and, in
+ * Content-Range, the file size, so no HEAD is needed. Later slices are single range requests, and
+ * the byte ranges fetched are kept, so a footer or an offset index is transferred once per file.
+ *
+ * Every response is checked before it is used: a 206 must carry a Content-Range whose start and end
+ * are the bytes asked for (for the suffix: end = size - 1) and a body of that length; a 200 is the
+ * whole file (a server without range support) and is reused for every slice. An inconsistent
+ * response (e.g. a cached bounded range handed back for a suffix request) is retried once with
+ * `cache: "no-store"`, and otherwise fails with a message naming the file.
  */
-class RangeFile implements AsyncBuffer {
+export class RangeFile implements AsyncBuffer {
   byteLength = 0;
-  private tailStart = 0;
-  private tail: ArrayBuffer = new ArrayBuffer(0);
+  private segments: { start: number; buf: ArrayBuffer }[] = [];
+  private cached = 0;
   private whole: ArrayBuffer | null = null;
 
   constructor(
     public readonly url: string,
     public readonly rel: string,
+    public readonly tail = TAIL,
   ) {}
 
-  async open(): Promise<void> {
-    let res: Response;
-    try {
-      res = await countedFetch(this.url, { headers: { Range: `bytes=-${TAIL}` } });
-    } catch (e) {
-      throw new DataError(this.rel, `network error (${(e as Error).message})`);
+  private async request(range: string, cache: RequestCache): Promise<{ res: Response; body: ArrayBuffer }> {
+    const res = await countedFetch(this.url, this.rel, { headers: { Range: range }, cache });
+    if (res.status === 404 || res.status === 403 || res.status === 410)
+      throw new DataError(this.rel, `not found (HTTP ${res.status})`);
+    if (res.status === 416 && range.startsWith("bytes=-")) throw new DataError(this.rel, "empty file (0 bytes), not Parquet");
+    if (res.status !== 200 && res.status !== 206) throw new DataError(this.rel, `HTTP ${res.status} for ${range}`);
+    return { res, body: await bodyBytes(res, this.rel, range, cache) };
+  }
+
+  private check(res: Response, body: ArrayBuffer, want: { suffix: number } | { start: number; end: number }): Checked {
+    if (res.status === 200) {
+      // the server ignored Range: this is the whole file (its length is the file size)
+      if ("start" in want && this.byteLength && body.byteLength !== this.byteLength)
+        return { ok: false, why: `a 200 response of ${body.byteLength} bytes to a range request on a ${this.byteLength}-byte file` };
+      return { ok: true, body, start: 0, size: body.byteLength, whole: true };
     }
-    if (res.status === 404 || res.status === 403) throw new DataError(this.rel, `not found (HTTP ${res.status})`);
-    if (res.status === 416) {
-      // an empty file: suffix ranges of 0-byte objects are unsatisfiable
-      throw new DataError(this.rel, "empty file (0 bytes), not Parquet");
-    }
-    if (!res.ok) throw new DataError(this.rel, `HTTP ${res.status}`);
-    const body = await bodyBytes(res, this.rel);
-    if (res.status === 206) {
-      const cr = res.headers.get("Content-Range") ?? "";
-      const m = /bytes (\d+)-(\d+)\/(\d+)/.exec(cr);
-      if (!m) throw new DataError(this.rel, "range response without a readable Content-Range header (check the CORS ExposeHeaders rule)");
-      this.byteLength = Number(m[3]);
-      this.tailStart = Number(m[1]);
-      this.tail = body;
+    const cr = res.headers.get("Content-Range");
+    if (cr === null)
+      throw new DataError(this.rel, "range response without a readable Content-Range header (check the CORS ExposeHeaders rule)");
+    const m = /^\s*bytes\s+(\d+)-(\d+)\/(\d+)\s*$/i.exec(cr);
+    if (!m) return { ok: false, why: `unreadable Content-Range "${cr}"` };
+    const [a, b, size] = [Number(m[1]), Number(m[2]), Number(m[3])];
+    if (body.byteLength !== b - a + 1)
+      return { ok: false, why: `Content-Range "${cr}" but ${body.byteLength} bytes received` };
+    if ("suffix" in want) {
+      if (b !== size - 1) return { ok: false, why: `Content-Range "${cr}" does not end at the file's last byte (a suffix range was asked for)` };
     } else {
-      this.whole = body;
-      this.byteLength = body.byteLength;
+      if (a !== want.start || b !== want.end - 1 || (this.byteLength && size !== this.byteLength))
+        return { ok: false, why: `Content-Range "${cr}" for a request of bytes ${want.start}-${want.end - 1}` };
     }
+    return { ok: true, body, start: a, size, whole: a === 0 && b === size - 1 };
+  }
+
+  /** Fetch `range`, check it, retry once with `cache: "no-store"` when inconsistent. */
+  private async checkedRequest(range: string, want: { suffix: number } | { start: number; end: number }): Promise<Checked & { ok: true }> {
+    let why = "";
+    for (const cache of ["default", "no-store"] as RequestCache[]) {
+      const { res, body } = await this.request(range, cache);
+      const c = this.check(res, body, want);
+      if (c.ok) return c;
+      why = c.why;
+      console.warn(`${this.rel}: inconsistent response to ${range} (${why})${cache === "default" ? ", retrying without the HTTP cache" : ""}`);
+    }
+    throw new DataError(this.rel, `inconsistent response to the byte range request ${range} (${why}), also without the HTTP cache`);
+  }
+
+  async open(): Promise<void> {
+    const c = await this.checkedRequest(`bytes=-${this.tail}`, { suffix: this.tail });
+    this.byteLength = c.size;
+    if (c.whole) this.whole = c.body;
+    else this.segments.push({ start: c.start, buf: c.body });
+  }
+
+  private fromCache(start: number, stop: number): ArrayBuffer | null {
+    for (const s of this.segments) if (s.start <= start && stop <= s.start + s.buf.byteLength) return s.buf.slice(start - s.start, stop - s.start);
+    return null;
   }
 
   async slice(start: number, end?: number): Promise<ArrayBuffer> {
-    const stop = end ?? this.byteLength;
+    const stop = Math.min(end ?? this.byteLength, this.byteLength);
     if (this.whole) return this.whole.slice(start, stop);
-    if (start >= this.tailStart) return this.tail.slice(start - this.tailStart, stop - this.tailStart);
-    const res = await countedFetch(this.url, { headers: { Range: `bytes=${start}-${stop - 1}` } });
-    if (res.status !== 206 && res.status !== 200) throw new DataError(this.rel, `HTTP ${res.status} for a byte range`);
-    const body = await bodyBytes(res, this.rel);
-    if (res.status === 200) {
-      this.whole = body;
-      return body.slice(start, stop);
+    if (stop <= start) return new ArrayBuffer(0);
+    const hit = this.fromCache(start, stop);
+    if (hit) return hit;
+    // the tail (first segment) is already here: fetch only the bytes before it
+    const tail = this.segments[0];
+    let fetchStop = stop;
+    let suffix: ArrayBuffer | null = null;
+    if (tail && start < tail.start && stop > tail.start) {
+      fetchStop = tail.start;
+      suffix = tail.buf.slice(0, stop - tail.start);
     }
-    return body;
+    const c = await this.checkedRequest(`bytes=${start}-${fetchStop - 1}`, { start, end: fetchStop });
+    if (c.whole) {
+      this.whole = c.body; // a 200 (the server ignored Range), or a range that happened to cover the file
+      return c.body.slice(start, stop);
+    }
+    this.remember(start, c.body);
+    if (!suffix) return c.body;
+    const out = new Uint8Array(c.body.byteLength + suffix.byteLength);
+    out.set(new Uint8Array(c.body), 0);
+    out.set(new Uint8Array(suffix), c.body.byteLength);
+    return out.buffer;
+  }
+
+  private remember(start: number, buf: ArrayBuffer): void {
+    this.segments.push({ start, buf });
+    this.cached += buf.byteLength;
+    while (this.cached > SEGMENT_CACHE_BYTES && this.segments.length > 2) {
+      const [old] = this.segments.splice(1, 1); // keep the tail (index 0)
+      this.cached -= old.buf.byteLength;
+    }
   }
 }
 
-/** Parquet files opened so far (footers are read once per file and reused for every pair). */
-const files = new Map<string, Promise<{ file: RangeFile; meta: FileMetaData }>>();
+interface OpenFile {
+  file: RangeFile;
+  meta: FileMetaData;
+}
 
-function openParquet(root: string, rel: string): Promise<{ file: RangeFile; meta: FileMetaData }> {
+/** Parquet files opened so far (footers are read once per file and reused). */
+const files = new Map<string, Promise<OpenFile>>();
+
+function openParquet(root: string, rel: string): Promise<OpenFile> {
   const key = joinUrl(root, rel);
   let p = files.get(key);
   if (!p) {
     p = (async () => {
-      const file = new RangeFile(key, rel);
+      const tail = tailFor(rel);
+      const file = new RangeFile(key, rel, tail);
       await file.open();
       let meta: FileMetaData;
       try {
-        meta = await parquetMetadataAsync(file, { initialFetchSize: TAIL });
+        meta = await parquetMetadataAsync(file, { initialFetchSize: tail });
       } catch (e) {
+        if (e instanceof DataError) throw e;
         throw new DataError(rel, `not a readable Parquet file (${(e as Error).message})`);
       }
       return { file, meta };
@@ -205,26 +331,42 @@ function checkColumns(rel: string, meta: FileMetaData, needed: string[]): void {
   if (missing.length) throw new DataError(rel, `missing column(s) ${missing.join(", ")} (docs/FORMAT.md)`);
 }
 
-async function readRows(
-  root: string,
-  rel: string,
-  columns: string[],
-  rowGroup?: number,
-): Promise<Record<string, unknown>[]> {
+export function kvMetadata(meta: FileMetaData, key: string): string | undefined {
+  return meta.key_value_metadata?.find((kv) => kv.key === key)?.value ?? undefined;
+}
+
+interface ReadOptions {
+  rowGroup?: number;
+  rowStart?: number;
+  rowEnd?: number;
+  useOffsetIndex?: boolean;
+  utf8?: boolean;
+}
+
+async function readRows(root: string, rel: string, columns: string[], opt: ReadOptions = {}): Promise<Record<string, unknown>[]> {
   const { file, meta } = await openParquet(root, rel);
   checkColumns(rel, meta, columns);
-  let rowStart = 0;
-  let rowEnd = Number(meta.num_rows);
-  if (rowGroup !== undefined) {
-    if (rowGroup < 0 || rowGroup >= meta.row_groups.length)
-      throw new DataError(rel, `row group ${rowGroup} does not exist (the file has ${meta.row_groups.length})`);
+  let rowStart = opt.rowStart ?? 0;
+  let rowEnd = opt.rowEnd ?? Number(meta.num_rows);
+  if (opt.rowGroup !== undefined) {
+    const rg = opt.rowGroup;
+    if (!(rg >= 0 && rg < meta.row_groups.length))
+      throw new DataError(rel, `row group ${rg} does not exist (the file has ${meta.row_groups.length})`);
     rowStart = 0;
-    for (let i = 0; i < rowGroup; i++) rowStart += Number(meta.row_groups[i].num_rows);
-    rowEnd = rowStart + Number(meta.row_groups[rowGroup].num_rows);
+    for (let i = 0; i < rg; i++) rowStart += Number(meta.row_groups[i].num_rows);
+    rowEnd = rowStart + Number(meta.row_groups[rg].num_rows);
   }
   if (rowEnd <= rowStart) return [];
   try {
-    return (await parquetReadObjects({ file, metadata: meta, columns, rowStart, rowEnd })) as Record<string, unknown>[];
+    return (await parquetReadObjects({
+      file,
+      metadata: meta,
+      columns,
+      rowStart,
+      rowEnd,
+      useOffsetIndex: opt.useOffsetIndex,
+      utf8: opt.utf8,
+    })) as Record<string, unknown>[];
   } catch (e) {
     if (e instanceof DataError) throw e;
     throw new DataError(rel, `cannot decode (${(e as Error).message})`);
@@ -233,12 +375,7 @@ async function readRows(
 
 async function fetchJson(root: string, rel: string): Promise<unknown> {
   const url = joinUrl(root, rel);
-  let res: Response;
-  try {
-    res = await countedFetch(url, { cache: "no-cache" });
-  } catch (e) {
-    throw new DataError(rel, `network error (${(e as Error).message}) at ${url}`);
-  }
+  const res = await countedFetch(url, rel, { cache: "no-cache" });
   if (!res.ok) throw new DataError(rel, `HTTP ${res.status} at ${url}`);
   const buf = await bodyBytes(res, rel);
   try {
@@ -251,75 +388,124 @@ async function fetchJson(root: string, rel: string): Promise<unknown> {
 const num = (v: unknown): number => (typeof v === "bigint" ? Number(v) : v === null || v === undefined ? NaN : Number(v));
 const numList = (v: unknown): number[] => (Array.isArray(v) ? v.map(num) : []);
 
+// --- paths (docs/FORMAT.md; bluff_ray/layout.py) ---------------------------------------------------
+
+export const paths = {
+  manifest: "manifest.json",
+  classes: "classes.parquet",
+  overview: "overview/success.parquet",
+  atlas: "atlas/neurons.parquet",
+  assetIndex: "neurons/index.parquet",
+  pairIndex: (o: number) => `pair_index/original=${o}/part-0.parquet`,
+  part: (kind: "nodes" | "edges" | "causal", o: number, j: number) => `${kind}/original=${o}/part-${j}.parquet`,
+  ranking: (key: string) => `rankings/${key}.parquet`,
+};
+
+/** The ranking key of a sort (docs/FORMAT.md rankings/): success at strength i (0-based), or exploited. */
+export const rankingKey = (by: "success" | "exploited", sIndex: number) => (by === "exploited" ? "exploited" : `success-${sIndex}`);
+
+// --- manifest and classes ---------------------------------------------------------------------------
+
 export async function loadManifest(root: string): Promise<Manifest> {
-  const m = (await fetchJson(root, "manifest.json")) as Manifest;
-  if (!m || typeof m !== "object") throw new DataError("manifest.json", "not a JSON object");
-  if (m.schema_version !== 1)
-    throw new DataError("manifest.json", `schema_version ${String(m.schema_version)} is not supported (this viewer reads 1)`);
-  if (!Array.isArray(m.layers) || m.layers.length === 0) throw new DataError("manifest.json", "no layers");
-  if (!Array.isArray(m.strengths) || m.strengths.length === 0) throw new DataError("manifest.json", "no strengths");
+  const m = (await fetchJson(root, paths.manifest)) as Manifest;
+  if (!m || typeof m !== "object" || Array.isArray(m)) throw new DataError(paths.manifest, "not a JSON object");
+  const v = m.schema_version;
+  if (v !== SCHEMA_VERSION) {
+    if (typeof v === "number" && v > SCHEMA_VERSION)
+      throw new VersionError(
+        paths.manifest,
+        `schema_version ${v}: written by a newer bluff_ray than this viewer (it reads schema version ${SCHEMA_VERSION}). Open it with the viewer of the bluff_ray that wrote it.`,
+      );
+    throw new VersionError(
+      paths.manifest,
+      `this results root was written by an older bluff_ray (results schema version ${typeof v === "number" ? v : "1, or none"}); ` +
+        `this viewer reads schema version ${SCHEMA_VERSION}. Re-run it with this version of bluff_ray: \`bluff run\` into a new root, ` +
+        "or the same command with `--overwrite` to replace these results.",
+    );
+  }
+  if (!Array.isArray(m.layers) || m.layers.length === 0) throw new DataError(paths.manifest, "no layers");
+  if (!Array.isArray(m.strengths) || m.strengths.length === 0) throw new DataError(paths.manifest, "no strengths");
   return m;
 }
 
-export async function loadClasses(root: string): Promise<ClassInfo[]> {
-  const rows = await readRows(root, "classes.parquet", ["class_id", "wnid", "name", "n_images", "accuracy"]);
-  return rows.map((r) => ({
-    id: num(r.class_id),
+/** classes.parquet: only the columns the viewer needs (rows are in class-id order, FORMAT). */
+export async function loadClasses(root: string, manifest: Manifest): Promise<ClassInfo[]> {
+  const rows = await readRows(root, paths.classes, ["wnid", "name", "n_as_original"]);
+  if (manifest.classes !== undefined && rows.length !== manifest.classes)
+    throw new DataError(paths.classes, `has ${rows.length} rows, manifest.json says ${manifest.classes} classes`);
+  return rows.map((r, i) => ({
+    id: i,
     wnid: String(r.wnid ?? ""),
-    name: String(r.name ?? r.class_id),
-    nImages: num(r.n_images),
-    accuracy: num(r.accuracy),
+    name: String(r.name ?? i),
+    nAsOriginal: num(r.n_as_original),
   }));
 }
 
-export async function loadPairIndex(root: string): Promise<PairRow[]> {
-  const { meta } = await openParquet(root, "pair_index.parquet");
-  const hasPart = meta.schema.some((c) => c.name === "part");
-  const rows = await readRows(root, "pair_index.parquet", [
-    ...(hasPart ? ["part"] : []),
-    "original",
-    "target",
-    "n_images",
-    "n_success",
-    "success_rate",
-    "n_nodes",
-    "n_edges",
-    "n_exploited",
-    "row_group",
-  ]);
-  return rows.map((r) => ({
-    original: num(r.original),
-    target: num(r.target),
-    nImages: num(r.n_images),
-    nSuccess: numList(r.n_success),
-    successRate: numList(r.success_rate),
-    nNodes: num(r.n_nodes),
-    nEdges: num(r.n_edges),
-    nExploited: num(r.n_exploited),
-    rowGroup: num(r.row_group),
-    part: hasPart ? num(r.part) : 0, // roots written before target chunking had only part-0
-  }));
+// --- pair index partitions ----------------------------------------------------------------------------
+
+const PAIR_INDEX_COLUMNS = ["target", "n_images", "n_success", "success_rate", "n_nodes", "n_edges", "n_exploited", "row_group", "part"];
+const partitions = new Map<number, Promise<PairRow[]>>();
+const partitionsLoaded = new Map<number, PairRow[]>();
+
+/** Every computed pair of original o (its pair_index partition, sorted by target), read once. */
+export function loadPartition(root: string, original: number): Promise<PairRow[]> {
+  let p = partitions.get(original);
+  if (!p) {
+    const rel = paths.pairIndex(original);
+    p = readRows(root, rel, PAIR_INDEX_COLUMNS).then((rows) => {
+      const out = rows.map((r) => ({
+        original,
+        target: num(r.target),
+        nImages: num(r.n_images),
+        nSuccess: numList(r.n_success),
+        successRate: numList(r.success_rate),
+        nNodes: num(r.n_nodes),
+        nEdges: num(r.n_edges),
+        nExploited: num(r.n_exploited),
+        rowGroup: num(r.row_group),
+        part: num(r.part),
+      }));
+      out.sort((a, b) => a.target - b.target);
+      partitionsLoaded.set(original, out);
+      return out;
+    });
+    p.catch(() => partitions.delete(original));
+    partitions.set(original, p);
+  }
+  return p;
 }
+
+/** The partition of o if it has been read already (no request). */
+export function loadedPartition(original: number): PairRow[] | undefined {
+  return partitionsLoaded.get(original);
+}
+
+export async function findPair(root: string, original: number, target: number): Promise<PairRow | undefined> {
+  const rows = await loadPartition(root, original);
+  return rows.find((p) => p.target === target);
+}
+
+// --- one pair -------------------------------------------------------------------------------------------
 
 const ROLE_SET = new Set<string>(ROLES);
 
 /** The nodes and edges of one pair: only its row group of each partition file is fetched. */
 export async function loadPair(root: string, manifest: Manifest, pair: PairRow): Promise<PairData> {
   const layerIndex = new Map(manifest.layers.map((l, i) => [l.name, i]));
-  const nodesRel = `nodes/original=${pair.original}/part-${pair.part}.parquet`;
-  const edgesRel = `edges/original=${pair.original}/part-${pair.part}.parquet`;
+  const nodesRel = paths.part("nodes", pair.original, pair.part);
+  const edgesRel = paths.part("edges", pair.original, pair.part);
   const [nodeRows, edgeRows] = await Promise.all([
     readRows(
       root,
       nodesRel,
-      ["target", "layer", "channel", "role", "importance_original", "importance_target", "importance_attacked"],
-      pair.rowGroup,
+      ["target", "layer", "channel", "role", "importance_original", "importance_target", "importance_attacked", "exploited_mask", "effect"],
+      { rowGroup: pair.rowGroup },
     ),
     readRows(
       root,
       edgesRel,
       ["target", "src_layer", "src_channel", "dst_layer", "dst_channel", "influence_original", "influence_target", "influence_attacked"],
-      pair.rowGroup,
+      { rowGroup: pair.rowGroup },
     ),
   ]);
   const S = manifest.strengths.length;
@@ -341,6 +527,8 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow):
       role: role as Role,
       act: [num(r.importance_original), ...att],
       target: num(r.importance_target),
+      exploitedMask: num(r.exploited_mask),
+      effect: numList(r.effect),
     };
   });
   const edges: EdgeRow[] = edgeRows.map((r) => {
@@ -361,20 +549,118 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow):
   return { original: pair.original, target: pair.target, nodes, edges };
 }
 
+/**
+ * The pair's activation-patching rows (causal/, one per layer then "all"). Not shown yet (a later
+ * panel); it costs one more footer request and the pair's row group, like nodes and edges.
+ */
+export async function loadCausal(root: string, pair: PairRow): Promise<CausalRow[]> {
+  const rel = paths.part("causal", pair.original, pair.part);
+  const rows = await readRows(
+    root,
+    rel,
+    ["target", "layer", "n_exploited", "n_random", "n_both", "defused_exploited", "defused_random", "defused_both"],
+    { rowGroup: pair.rowGroup },
+  );
+  return rows.map((r) => {
+    if (num(r.target) !== pair.target) throw new DataError(rel, `row group ${pair.rowGroup} holds target ${num(r.target)}, not ${pair.target}`);
+    return {
+      layer: String(r.layer),
+      nExploited: num(r.n_exploited),
+      nRandom: num(r.n_random),
+      nBoth: num(r.n_both),
+      defusedExploited: numList(r.defused_exploited),
+      defusedRandom: numList(r.defused_random),
+      defusedBoth: numList(r.defused_both),
+    };
+  });
+}
+
+// --- rankings ----------------------------------------------------------------------------------------------
+
+export interface RankingInfo {
+  key: string;
+  rows: number;
+  /** rows with a finite value (they come first; NaN rows last) */
+  nValid: number;
+}
+
+export async function rankingInfo(root: string, key: string): Promise<RankingInfo> {
+  const rel = paths.ranking(key);
+  const { meta } = await openParquet(root, rel);
+  checkColumns(rel, meta, ["original", "target", "value"]);
+  const rows = Number(meta.num_rows);
+  const nv = kvMetadata(meta, "bluff.n_valid");
+  const nValid = nv === undefined ? NaN : Number(nv);
+  if (!(Number.isInteger(nValid) && nValid >= 0 && nValid <= rows))
+    throw new DataError(rel, `key-value metadata bluff.n_valid is ${nv === undefined ? "missing" : `"${nv}"`} (docs/FORMAT.md rankings/)`);
+  return { key, rows, nValid };
+}
+
+/** Rows [start, end) of a ranking file, in file order (only the pages holding them are fetched). */
+export async function readRanking(root: string, key: string, start: number, end: number): Promise<RankingRow[]> {
+  if (end <= start) return [];
+  const rows = await readRows(root, paths.ranking(key), ["original", "target", "value"], {
+    rowStart: start,
+    rowEnd: end,
+    useOffsetIndex: true,
+  });
+  return rows.map((r) => ({ original: num(r.original), target: num(r.target), value: num(r.value) }));
+}
+
+// --- class-by-class overview ------------------------------------------------------------------------------
+
+export const OVERVIEW_MISSING = 255;
+export const OVERVIEW_SCALE = 254;
+
+export interface Overview {
+  n: number;
+  sIndex: number;
+  /** n x n bytes, row = original, column = target: round(254 x rate), 255 = not computed */
+  cells: Uint8Array;
+}
+
+const overviews = new Map<number, Promise<Overview>>();
+
+/** The success matrix at strength index sIndex (0-based): one row group of overview/success.parquet. */
+export function loadOverview(root: string, n: number, sIndex: number): Promise<Overview> {
+  let p = overviews.get(sIndex);
+  if (!p) {
+    const rel = paths.overview;
+    p = (async () => {
+      const { meta } = await openParquet(root, rel);
+      if (meta.row_groups.length <= sIndex)
+        throw new DataError(rel, `has ${meta.row_groups.length} row groups, expected one per strength (docs/FORMAT.md overview/)`);
+      if (Number(meta.row_groups[sIndex].num_rows) !== n)
+        throw new DataError(rel, `row group ${sIndex} has ${Number(meta.row_groups[sIndex].num_rows)} rows, expected one per class (${n})`);
+      const rows = await readRows(root, rel, ["success"], { rowGroup: sIndex, utf8: false });
+      const cells = new Uint8Array(n * n);
+      rows.forEach((r, o) => {
+        const b = r.success;
+        const bytes = b instanceof Uint8Array ? b : typeof b === "string" ? new TextEncoder().encode(b) : null;
+        if (!bytes || bytes.length !== n) throw new DataError(rel, `row ${o} of row group ${sIndex}: success is not ${n} bytes`);
+        cells.set(bytes, o * n);
+      });
+      return { n, sIndex, cells };
+    })();
+    p.catch(() => overviews.delete(sIndex));
+    overviews.set(sIndex, p);
+  }
+  return p;
+}
+
+// --- neuron assets --------------------------------------------------------------------------------------------
+
 let assetsPromise: Promise<Map<string, NeuronAssets>> | null = null;
 
-/** neurons/index.parquet, read once on the first hover; a missing index means "no images". */
+/**
+ * neurons/index.parquet, read on the first hover. A failed read is not remembered: the next call
+ * (the next hover) tries again.
+ */
 export function loadAssets(root: string): Promise<Map<string, NeuronAssets>> {
   if (!assetsPromise) {
-    assetsPromise = (async () => {
+    const p = (async () => {
       const out = new Map<string, NeuronAssets>();
-      let rows: Record<string, unknown>[];
-      try {
-        rows = await readRows(root, "neurons/index.parquet", ["layer", "channel", "kind", "rank", "path"]);
-      } catch (e) {
-        console.warn("no neuron assets:", (e as Error).message);
-        return out;
-      }
+      const rows = await readRows(root, paths.assetIndex, ["layer", "channel", "kind", "rank", "path"]);
       const sorted = rows.slice().sort((a, b) => num(a.rank) - num(b.rank));
       for (const r of sorted) {
         const id = `${String(r.layer)}-${num(r.channel)}`;
@@ -386,6 +672,10 @@ export function loadAssets(root: string): Promise<Map<string, NeuronAssets>> {
       }
       return out;
     })();
+    p.catch(() => {
+      if (assetsPromise === p) assetsPromise = null;
+    });
+    assetsPromise = p;
   }
   return assetsPromise;
 }

@@ -18,7 +18,8 @@ export class DetailView {
 
   /**
    * Show neuron n next to `anchor` (its screen box). strengths: [0, eps1, ...]; s: current index;
-   * layerMax: the y-scale top shared by the neuron's layer.
+   * layerMax: the y-scale top shared by the neuron's layer. assets: the neuron's pictures, undefined
+   * (none), null (the index is being read) or "error" (it could not be read).
    */
   show(
     n: NodeRow,
@@ -26,8 +27,10 @@ export class DetailView {
     strengths: number[],
     s: number,
     layerMax: number,
-    assets: NeuronAssets | undefined | null,
+    assets: NeuronAssets | undefined | null | "error",
   ): void {
+    const empty = assets === null ? "loading…" : assets === "error" ? "unavailable" : "none";
+    if (assets === "error") assets = undefined;
     const el = this.el;
     el.textContent = "";
     el.dataset.id = n.id;
@@ -55,7 +58,7 @@ export class DetailView {
     } else {
       const na = document.createElement("div");
       na.className = "no-img";
-      na.textContent = assets === null ? "loading…" : "none";
+      na.textContent = empty;
       fv.append(na);
     }
     fv.append(fvCap);
@@ -72,7 +75,7 @@ export class DetailView {
     if (!grid.childElementCount) {
       const na = document.createElement("div");
       na.className = "no-img";
-      na.textContent = assets === null ? "loading…" : "none";
+      na.textContent = empty;
       grid.append(na);
     }
     const exCap = document.createElement("figcaption");

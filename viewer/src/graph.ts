@@ -220,22 +220,23 @@ export class GraphView {
             x: (full.groupX[r][0] + full.groupX[r][1]) / 2,
           }))
         : [];
-    this.gTitles
+    const titles = this.gTitles
       .selectAll<SVGTextElement, (typeof titleData)[number]>("text.group-title")
       .data(titleData, (d) => d.role)
-      .join("text")
+      .join((enter) => {
+        const t = enter.append("text");
+        t.append("tspan").attr("class", "label");
+        t.append("title");
+        return t;
+      })
       .attr("class", (d) => `group-title ${d.role}`)
       .attr("x", (d) => d.x)
       .attr("y", TOP - 30)
       .attr("text-anchor", "middle")
       .attr("fill", (d) => (d.role === "both" ? "#d9822b" : ROLE_COLOR[d.role]))
-      .text((d) => d.text)
-      .each(function (d) {
-        // keep long titles (class names, "EXPLOITED BY ATTACK") inside the drawing
-        const w = (this as SVGTextElement).getComputedTextLength();
-        const x = Math.min(Math.max(d.x, LEFT + w / 2), W - 4 - w / 2);
-        d3.select(this).attr("x", x);
-      });
+      .attr("data-full", (d) => d.text);
+    titles.select("title").text((d) => d.text);
+    fitTitles(titles.nodes(), titleData.map((d) => ({ ...d, fixed: d.role === "both" || d.role === "exploited" })));
     this.gLayers
       .selectAll<SVGTextElement, string>("text.layer-label")
       .data(this.layers, (d) => d)
@@ -417,4 +418,59 @@ export class GraphView {
       .classed("flow", (e) => this.hovered !== null && (e.src === this.hovered || e.dst === this.hovered));
     this.handlers.hover(n, el ? el.getBoundingClientRect() : null);
   }
+}
+
+const TITLE_GAP = 8;
+
+/** Set each label to `text` with exactly that width budget, cutting it with an ellipsis when longer. */
+function fitText(el: SVGTSpanElement, text: string, maxW: number): boolean {
+  el.textContent = text;
+  if (el.getComputedTextLength() <= maxW) return false;
+  let lo = 0;
+  let hi = text.length;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    el.textContent = text.slice(0, mid).trimEnd() + "…";
+    if (el.getComputedTextLength() <= maxW) lo = mid;
+    else hi = mid - 1;
+  }
+  el.textContent = text.slice(0, lo).trimEnd() + "…";
+  return true;
+}
+
+/**
+ * Group titles are centred over their columns and never overlap: the room between two neighbouring
+ * centres is shared so that a title that fits keeps its width (the other gets the rest); the fixed
+ * labels BOTH and EXPLOITED BY ATTACK keep theirs before a class name does; two long class names
+ * split it evenly. Titles longer than their room are truncated with an ellipsis (the full text is
+ * the <title> tooltip and data-full).
+ */
+function fitTitles(els: SVGTextElement[], data: { text: string; x: number; fixed: boolean }[]): void {
+  const n = data.length;
+  if (!n) return;
+  const labels = els.map((e) => e.querySelector("tspan.label") as SVGTSpanElement);
+  const half = labels.map((l, i) => {
+    l.textContent = data[i].text;
+    return l.getComputedTextLength() / 2;
+  });
+  const left = data.map(() => Infinity);
+  const right = data.map(() => Infinity);
+  left[0] = data[0].x - 4;
+  right[n - 1] = W - 4 - data[n - 1].x;
+  for (let i = 0; i + 1 < n; i++) {
+    const j = i + 1;
+    const d = Math.abs(data[j].x - data[i].x) - TITLE_GAP;
+    const [a, b] = [half[i], half[j]];
+    let ai: number;
+    if (a + b <= d) ai = d - b;
+    else if (data[i].fixed && !data[j].fixed) ai = Math.min(a, d - 3 * TITLE_GAP);
+    else if (!data[i].fixed && data[j].fixed) ai = d - Math.min(b, d - 3 * TITLE_GAP);
+    else ai = a <= d / 2 ? a : b <= d / 2 ? d - b : d / 2;
+    right[i] = Math.max(0, ai);
+    left[j] = Math.max(0, d - ai);
+  }
+  labels.forEach((l, i) => {
+    const cut = fitText(l, data[i].text, 2 * Math.min(left[i], right[i]));
+    els[i].setAttribute("data-truncated", cut ? "1" : "0");
+  });
 }

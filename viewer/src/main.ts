@@ -3,8 +3,22 @@
 import * as d3 from "d3";
 import "./style.css";
 import type { ClassInfo, Manifest, NeuronAssets, NodeRow, PairData, PairRow } from "./data";
-import { DataError, loadAssets, loadClasses, loadManifest, loadPair, loadPairIndex, resolveRoot, traffic } from "./data";
+import {
+  DataError,
+  VersionError,
+  loadAssets,
+  loadCausal,
+  loadClasses,
+  loadManifest,
+  loadPair,
+  loadPartition,
+  loadedPartition,
+  paths,
+  resolveRoot,
+  traffic,
+} from "./data";
 import { PairExplorer } from "./explorer";
+import { ClassOverview } from "./overview";
 import { GraphView, ROLE_COLOR } from "./graph";
 import type { FilterMode, GraphSummary, ViewState } from "./graph";
 import type { Criterion } from "./highlight";
@@ -21,7 +35,11 @@ interface Debug {
   summary?: GraphSummary;
   pairLoadMs?: number;
   firstGraphMs?: number;
+  /** bytes fetched when the first pair's graph was drawn, per file */
+  firstGraphBytes?: Record<string, number>;
   error?: string;
+  /** for tests and later panels: the data layer's causal reader (not shown yet) */
+  loadCausal?: (o: number, t: number) => Promise<unknown>;
 }
 const debug: Debug = { traffic, state: "loading" };
 (window as unknown as { __bluff: Debug }).__bluff = debug;
@@ -30,11 +48,13 @@ let root = "";
 let manifest: Manifest;
 let classes: ClassInfo[] = [];
 let names = new Map<number, string>();
-let pairs: PairRow[] = [];
+let pairRow: PairRow | null = null;
 let pairData: PairData | null = null;
 let original: number | null = null;
 let target: number | null = null;
 let assets: Map<string, NeuronAssets> | null = null;
+/** the hovered neuron whose asset index read failed (the next hover tries again) */
+let assetsFailedFor: NodeRow | null = null;
 let hoveredNode: NodeRow | null = null;
 let hoverAnchor: DOMRect | null = null;
 let loadToken = 0;
@@ -56,6 +76,7 @@ const view: ViewState = {
 // --- messages ---------------------------------------------------------------------------------
 
 function showError(what: string, err: unknown): void {
+  if (err instanceof VersionError) what = "Results from another version of bluff_ray.";
   const el = $("error");
   const detail =
     err instanceof DataError ? `${err.file}: ${err.message}` : err instanceof Error ? err.message : String(err);
@@ -155,6 +176,7 @@ function writeUrl(): void {
 
 const graph = new GraphView($("graph") as unknown as SVGSVGElement, {
   hover: (n, anchor) => {
+    if (n !== hoveredNode) assetsFailedFor = null;
     hoveredNode = n;
     hoverAnchor = anchor;
     renderDetail();
@@ -166,25 +188,48 @@ const graph = new GraphView($("graph") as unknown as SVGSVGElement, {
   },
 });
 const detail = new DetailView($("detail"));
-const explorer = new PairExplorer($("explorer"), (p) => openPair(p.original, p.target));
-const origPicker = new Picker($("pick-original"), "- - - Select - - -", (v) => {
+const explorer = new PairExplorer($("explorer"), (o, t) => openPair(o, t));
+const overview = new ClassOverview(
+  $("overview"),
+  (o, t) => openPair(o, t),
+  (i) => {
+    if (!view.compare && view.s !== i + 1) {
+      view.s = i + 1;
+      refresh();
+    }
+  },
+);
+const origPicker = new Picker($("pick-original"), "- - - Select - - -", (v) => pickOriginal(v), "original class");
+const targetPicker = new Picker($("pick-target"), "- - - Select - - -", (v) => openPair(original!, v), "target class");
+
+const nameOf = (c: number) => names.get(c) ?? `class ${c}`;
+
+function targetOptions(rows: PairRow[] | undefined) {
+  return (rows ?? []).map((p) => ({ value: p.target, label: nameOf(p.target), detail: classes[p.target]?.wnid }));
+}
+
+async function pickOriginal(v: number): Promise<void> {
+  const token = ++loadToken;
   original = v;
   target = null;
-  targetPicker.setOptions(targetOptions(), null);
+  pairRow = null;
   pairData = null;
+  targetPicker.setOptions([], null);
   graph.clear();
   detail.hide();
-  setStatus("Pick a target class.");
+  clearError();
+  setStatus(`Loading the pairs of ${nameOf(v)}…`);
   writeUrl();
   renderSidebar();
-});
-const targetPicker = new Picker($("pick-target"), "- - - Select - - -", (v) => openPair(original!, v));
-
-function targetOptions() {
-  return pairs
-    .filter((p) => p.original === original)
-    .map((p) => ({ value: p.target, label: names.get(p.target) ?? String(p.target) }))
-    .sort((a, b) => a.value - b.value);
+  try {
+    const rows = await loadPartition(root, v);
+    if (token !== loadToken) return;
+    targetPicker.setOptions(targetOptions(rows), null);
+    setStatus(rows.length ? "Pick a target class." : `${nameOf(v)} has no computed pairs.`);
+  } catch (e) {
+    if (token !== loadToken) return;
+    showError(`Could not read the pairs of ${nameOf(v)}.`, e);
+  }
 }
 
 function renderDetail(): void {
@@ -196,19 +241,29 @@ function renderDetail(): void {
   const layerNodes = pairData.nodes.filter((m) => m.layerIndex === n.layerIndex);
   const layerMax = d3.max(layerNodes.flatMap((m) => [...m.act, m.target]).filter(Number.isFinite)) ?? 1;
   const s = view.compare ? view.stronger : view.s;
-  detail.show(n, hoverAnchor, strengthValues(), s, layerMax, assets ? assets.get(n.id) : null);
-  if (!assets) {
-    loadAssets(root).then((a) => {
-      assets = a;
-      if (hoveredNode === n) renderDetail();
-    });
+  const failed = assetsFailedFor === n;
+  detail.show(n, hoverAnchor, strengthValues(), s, layerMax, assets ? assets.get(n.id) : failed ? "error" : null);
+  if (!assets && !failed) {
+    loadAssets(root).then(
+      (a) => {
+        assets = a;
+        if (hoveredNode === n) renderDetail();
+      },
+      (e) => {
+        // not remembered beyond this hover: the next hover asks again (data.ts forgets the failed read)
+        console.warn("neuron assets unavailable:", (e as Error).message);
+        if (hoveredNode !== n) return;
+        assetsFailedFor = n;
+        renderDetail();
+      },
+    );
   }
 }
 
 function renderSuccess(): void {
   const host = d3.select($("success"));
   host.selectAll("*").remove();
-  const p = pairs.find((x) => x.original === original && x.target === target);
+  const p = pairRow;
   if (!p) return;
   host.append("div").attr("class", "success-title").text(`Attack success (${p.nImages} images)`);
   const w = 240,
@@ -222,16 +277,19 @@ function renderSuccess(): void {
     .range([m.l, w - m.r])
     .padding(0.15);
   const y = d3.scaleLinear().domain([0, 1]).range([h - m.b, m.t]);
+  const cls = (i: number) =>
+    view.compare ? (i === view.weaker ? "bar current weaker" : i === view.stronger ? "bar current stronger" : "bar") : i === view.s ? "bar current" : "bar";
   svg
     .selectAll("rect")
     .data(p.successRate.map((r, i) => ({ r, i: i + 1, n: p.nSuccess[i] })))
     .join("rect")
-    .attr("class", (d) => (d.i === (view.compare ? -1 : view.s) ? "bar current" : "bar"))
+    .attr("class", (d) => cls(d.i))
     .attr("data-strength", (d) => manifest.strengths[d.i - 1])
     .attr("x", (d) => x(d.i)!)
     .attr("width", x.bandwidth())
-    .attr("y", (d) => y(Number.isFinite(d.r) ? d.r : 0))
-    .attr("height", (d) => y(0) - y(Number.isFinite(d.r) ? d.r : 0))
+    // the current strength's bar stays visible at 0% (2 px)
+    .attr("y", (d) => Math.min(y(Number.isFinite(d.r) ? d.r : 0), cls(d.i) === "bar" ? y(0) : y(0) - 2))
+    .attr("height", (d) => Math.max(y(0) - y(Number.isFinite(d.r) ? d.r : 0), cls(d.i) === "bar" ? 0 : 2))
     .append("title")
     .text((d) => `eps ${manifest.strengths[d.i - 1].toFixed(2)}: ${d.n}/${p.nImages} succeeded`);
   svg.append("g").attr("transform", `translate(${m.l},0)`).call(d3.axisLeft(y).ticks(2, "%").tickSizeOuter(0));
@@ -241,12 +299,49 @@ function renderSuccess(): void {
     .attr("y", h - 3)
     .attr("class", "tick-note")
     .text(`eps ${manifest.strengths[0]} … ${manifest.strengths[S - 1]}`);
-  const cur = view.s >= 1 ? view.s : 0;
-  const txt =
-    cur >= 1
-      ? `At ${fmt(manifest.strengths[cur - 1])}: ${p.nSuccess[cur - 1]}/${p.nImages} (${(100 * p.successRate[cur - 1]).toFixed(0)}%)`
-      : "Strength 0: benign images, no attack";
+  const at = (i: number) => {
+    const r = p.successRate[i - 1];
+    return `${p.nSuccess[i - 1]}/${p.nImages} (${Number.isFinite(r) ? (100 * r).toFixed(0) : "—"}%)`;
+  };
+  let txt: string;
+  if (view.compare)
+    txt = `Weaker, eps ${fmt(manifest.strengths[view.weaker - 1])}: ${at(view.weaker)} · stronger, eps ${fmt(manifest.strengths[view.stronger - 1])}: ${at(view.stronger)}`;
+  else if (view.s >= 1) txt = `At eps ${fmt(manifest.strengths[view.s - 1])}: ${at(view.s)}`;
+  else txt = "Strength 0: benign images, no attack";
   host.append("div").attr("id", "success-text").attr("class", "hint").text(txt);
+}
+
+/** Why the graph is faded: no attack of the pair succeeded at the strength(s) shown. */
+function explanation(): string | null {
+  const p = pairRow;
+  if (!p || !pairData) return null;
+  const st = manifest.strengths;
+  const e = (i: number) => `eps ${st[i - 1].toFixed(2)}`;
+  const o = nameOf(p.original);
+  const t = nameOf(p.target);
+  if (!(p.nImages > 0)) return `No image of ${o} is classified correctly by the model, so none was attacked.`;
+  const first = p.nSuccess.findIndex((n) => n > 0) + 1; // 0: never
+  const none = (i: number) => !(p.nSuccess[i - 1] > 0);
+  const never = `No attack from ${o} to ${t} succeeded at any strength (up to ${e(st.length)}).`;
+  if (!view.compare) {
+    if (view.s === 0 || !none(view.s)) return null;
+    if (!first) return never;
+    return `No attack from ${o} to ${t} succeeded at ${e(view.s)}: move the strength slider ${first > view.s ? "right" : "left"} (first success at ${e(first)}).`;
+  }
+  const [w, s] = [view.weaker, view.stronger];
+  if (!none(w) && !none(s)) return null;
+  if (!first) return never;
+  if (none(w) && none(s))
+    return `No attack from ${o} to ${t} succeeded at ${e(w)} or ${e(s)}: move the pointers (first success at ${e(first)}).`;
+  const which = none(w) ? w : s;
+  return `No attack from ${o} to ${t} succeeded at ${e(which)} (the ${which === w ? "weaker" : "stronger"} pointer): nothing is highlighted there (first success at ${e(first)}).`;
+}
+
+function renderExplain(): void {
+  const el = $("explain");
+  const txt = explanation();
+  el.textContent = txt ?? "";
+  el.hidden = !txt;
 }
 
 function renderSidebar(): void {
@@ -271,7 +366,9 @@ function renderSidebar(): void {
   $("criterion-echo").textContent = view.criterion;
   $("compare-panel").classList.toggle("off", !view.compare);
   renderSuccess();
+  renderExplain();
   explorer.setStrength(view.s);
+  if (view.s >= 1 && !view.compare) overview.setStrength(view.s - 1);
 }
 
 function renderCounts(sum: GraphSummary): void {
@@ -316,45 +413,53 @@ async function openPair(o: number, t: number): Promise<void> {
   original = o;
   target = t;
   origPicker.setValue(o);
-  targetPicker.setOptions(targetOptions(), t);
-  const p = pairs.find((x) => x.original === o && x.target === t);
+  targetPicker.setOptions(targetOptions(loadedPartition(o)), t);
   clearError();
   writeUrl();
-  if (!p) {
-    graph.clear();
-    pairData = null;
-    renderSidebar();
-    const oName = names.get(o) ?? `class ${o}`;
-    const tName = names.get(t) ?? `class ${t}`;
-    showError("Pair not found.", new DataError("pair_index.parquet", `has no pair ${oName} (${o}) → ${tName} (${t}); pick another target.`));
-    return;
-  }
-  setStatus(`Loading ${names.get(o) ?? o} → ${names.get(t) ?? t}…`);
+  setStatus(`Loading ${nameOf(o)} → ${nameOf(t)}…`);
   debug.state = "loading";
   const t0 = performance.now();
+  const fail = (what: string, e: unknown) => {
+    if (token !== loadToken) return;
+    pairData = null;
+    pairRow = null;
+    graph.clear();
+    renderSidebar();
+    showError(what, e);
+  };
+  let p: PairRow | undefined;
+  try {
+    if (classes[o] && classes[o].nAsOriginal === 0)
+      throw new DataError(paths.pairIndex(o), `${nameOf(o)} (${o}) was not computed as an original: pick another original.`);
+    const rows = await loadPartition(root, o);
+    if (token !== loadToken) return;
+    targetPicker.setOptions(targetOptions(rows), t);
+    p = rows.find((x) => x.target === t);
+    if (!p) throw new DataError(paths.pairIndex(o), `has no pair ${nameOf(o)} (${o}) → ${nameOf(t)} (${t}); pick another target.`);
+  } catch (e) {
+    fail("Pair not found.", e);
+    return;
+  }
   try {
     const data = await loadPair(root, manifest, p);
     if (token !== loadToken) return;
+    pairRow = p;
     pairData = data;
     hoveredNode = null;
     detail.hide();
     const known = new Set(data.nodes.map((n) => n.id));
     view.pins = new Set([...view.pins].filter((id) => known.has(id)));
-    graph.setPair(data, manifest.layers.map((l) => l.name), {
-      original: names.get(o) ?? String(o),
-      target: names.get(t) ?? String(t),
-    });
+    graph.setPair(data, manifest.layers.map((l) => l.name), { original: nameOf(o), target: nameOf(t) });
     setStatus(data.nodes.length ? "" : "No neurons are stored for this pair.");
     refresh(false);
     debug.pairLoadMs = performance.now() - t0;
-    if (debug.firstGraphMs === undefined) debug.firstGraphMs = performance.now();
+    if (debug.firstGraphMs === undefined) {
+      debug.firstGraphMs = performance.now();
+      debug.firstGraphBytes = { ...traffic.byFile };
+    }
     debug.state = "ready";
   } catch (e) {
-    if (token !== loadToken) return;
-    pairData = null;
-    graph.clear();
-    renderSidebar();
-    showError(`Could not load the pair ${names.get(o) ?? o} → ${names.get(t) ?? t}.`, e);
+    fail(`Could not load the pair ${nameOf(o)} → ${nameOf(t)}.`, e);
   }
 }
 
@@ -414,6 +519,7 @@ function wireControls(): void {
     refresh();
   });
   $("open-explorer").addEventListener("click", () => explorer.open());
+  $("open-overview").addEventListener("click", () => overview.open(overviewStrength()));
   let resizeTimer = 0;
   window.addEventListener("resize", () => {
     window.clearTimeout(resizeTimer);
@@ -424,7 +530,8 @@ function wireControls(): void {
     const t = e.target as HTMLElement;
     const typing = t instanceof HTMLInputElement && (t.type === "search" || t.type === "text");
     if (e.key === "Escape") {
-      if (explorer.isOpen) explorer.close();
+      if (overview.isOpen) overview.close();
+      else if (explorer.isOpen) explorer.close();
       else if (origPicker.isOpen || targetPicker.isOpen) {
         origPicker.close();
         targetPicker.close();
@@ -439,12 +546,15 @@ function wireControls(): void {
       return;
     }
     if (typing || t instanceof HTMLSelectElement || (t instanceof HTMLInputElement && t.type === "range")) return;
-    if ((e.key === "ArrowLeft" || e.key === "ArrowRight") && !view.compare && !explorer.isOpen) {
+    if (explorer.isOpen || overview.isOpen) return;
+    if ((e.key === "ArrowLeft" || e.key === "ArrowRight") && !view.compare) {
       e.preventDefault();
       view.s = Math.max(0, Math.min(S, view.s + (e.key === "ArrowRight" ? 1 : -1)));
       refresh();
-    } else if (e.key === "p" && !explorer.isOpen) {
+    } else if (e.key === "p") {
       explorer.open();
+    } else if (e.key === "o") {
+      overview.open(overviewStrength());
     } else if (e.key === "0") {
       graph.resetZoom();
     }
@@ -484,6 +594,11 @@ function wireControls(): void {
 
 // --- start ------------------------------------------------------------------------------------------
 
+/** The overview's strength: the slider's (the first strength at 0 = benign, or the stronger in compare mode). */
+function overviewStrength(): number {
+  return view.compare ? view.stronger - 1 : Math.max(1, view.s) - 1;
+}
+
 async function main(): Promise<void> {
   setStatus("Loading results…");
   root = await resolveRoot(rootParam);
@@ -503,38 +618,61 @@ async function main(): Promise<void> {
   view.s = Math.min(2, S);
   view.weaker = 1;
   view.stronger = Math.min(S, Math.max(2, S - 1));
+  const hadUrlPair = new URLSearchParams(window.location.search).has("original");
+  readUrl();
+  // no pair in the URL: the manifest's landing view (pair and strength)
+  const land = manifest.landing;
+  if (!hadUrlPair && land && Number.isInteger(land.original) && Number.isInteger(land.target)) {
+    original = land.original;
+    target = land.target;
+    if (Number.isInteger(land.strength) && land.strength >= 1 && land.strength <= S) view.s = land.strength;
+  }
+  // classes and the original's partition in parallel (both are needed for the first graph)
+  const partition = original !== null ? loadPartition(root, original) : null;
+  partition?.catch(() => undefined); // reported by openPair
   try {
-    [classes, pairs] = await Promise.all([loadClasses(root), loadPairIndex(root)]);
+    classes = await loadClasses(root, manifest);
   } catch (e) {
     showError("The results root is incomplete.", e);
     return;
   }
   names = new Map(classes.map((c) => [c.id, c.name]));
-  pairs.sort((a, b) => a.original - b.original || a.target - b.target);
-  readUrl();
   wireControls();
-  explorer.setData(pairs, names, manifest.strengths);
-  const withPairs = new Set(pairs.map((p) => p.original));
+  explorer.setData(root, classes, manifest.strengths);
+  overview.setData(root, classes, manifest.strengths);
+  debug.loadCausal = async (o, t) => {
+    const p = (await loadPartition(root, o)).find((x) => x.target === t);
+    if (!p) throw new Error(`no pair ${o} -> ${t}`);
+    return loadCausal(root, p);
+  };
   origPicker.setOptions(
-    classes
-      .slice()
-      .sort((a, b) => a.id - b.id)
-      .map((c) => ({
-        value: c.id,
-        label: c.name,
-        disabled: !withPairs.has(c.id),
-        note: withPairs.has(c.id) ? undefined : "not computed",
-      })),
+    classes.map((c) => ({
+      value: c.id,
+      label: c.name,
+      detail: c.wnid,
+      disabled: c.nAsOriginal === 0,
+      note: c.nAsOriginal === 0 ? "not computed" : undefined,
+    })),
     original,
   );
-  if (!pairs.length) {
-    showError("No pairs yet.", new DataError("pair_index.parquet", "is empty: the run has not finished any pair"));
+  if (!classes.some((c) => c.nAsOriginal > 0)) {
+    showError("No pairs yet.", new DataError(paths.classes, "lists no computed pair (n_as_original is 0 for every class): the run has not finished any pair"));
     return;
   }
-  if (original === null || target === null) {
-    const first = pairs.find((p) => p.original === (original ?? pairs[0].original)) ?? pairs[0];
-    original = first.original;
-    target = first.target;
+  if (original === null) original = classes.find((c) => c.nAsOriginal > 0)!.id;
+  if (target === null) {
+    let rows: PairRow[];
+    try {
+      rows = await loadPartition(root, original);
+    } catch (e) {
+      showError("The results root is incomplete.", e);
+      return;
+    }
+    if (!rows.length) {
+      void pickOriginal(original);
+      return;
+    }
+    target = rows[0].target;
   }
   await openPair(original, target);
 }
