@@ -1,7 +1,12 @@
 """Fixtures for the viewer tests: results roots, the built viewer, a served root, headless Chromium.
 
-- ``synth_results`` (session): a FORMAT-conformant root from ``viewer_synth.make_results`` (4 classes,
-  an HTML-looking class name, a strength with no successful attack, neuron images).
+- ``synth_results`` (session): a schema-version-2 root from ``viewer_synth.make_results`` (5 classes,
+  4 of them computed as originals; an HTML-looking class name, a long one, a strength with no
+  successful attack, neuron images).
+- ``scale_results`` (session): 1000 classes, all 999,000 ordered pairs in the global files
+  (classes, pair_index, rankings, overview, atlas); nodes/edges/causal only for the landing pair
+  and ``SCALE_PAIRS``.
+- ``mid_results`` (session): the same kind of root with 30 classes (870 pairs).
 - ``viewer_dist`` (session): the built viewer (``bluff_ray/_viewer``); fails with the command to run.
 - ``browser`` (session): Debian Chromium driven by Playwright; ``page`` (function): a fresh page that
   records page errors (a test fails if the page threw).
@@ -17,9 +22,13 @@ import pytest
 
 from bluff_ray.serve import VIEWER_DIR, start_server
 
-from viewer_synth import make_results
+from viewer_synth import SCALE_PAIRS, make_results
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "pipeline: uses the real pipeline's results (tests/conftest.py demo_results)")
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +41,18 @@ def viewer_dist() -> Path:
 @pytest.fixture(scope="session")
 def synth_results(tmp_path_factory) -> str:
     return str(make_results(tmp_path_factory.mktemp("viewer-synth") / "root", seed=0))
+
+
+@pytest.fixture(scope="session")
+def scale_results(tmp_path_factory) -> str:
+    return str(make_results(tmp_path_factory.mktemp("viewer-scale") / "root", seed=3, classes=1000, assets=False,
+                            with_files=SCALE_PAIRS))
+
+
+@pytest.fixture(scope="session")
+def mid_results(tmp_path_factory) -> str:
+    return str(make_results(tmp_path_factory.mktemp("viewer-mid") / "root", seed=4, classes=30, assets=False,
+                            with_files="landing"))
 
 
 @pytest.fixture
