@@ -6,6 +6,17 @@ dependencies come from the cluster image (deploy/Dockerfile), not from a runtime
 (slow and fragile at scale). The config file must lie inside the working dir so it travels with it.
 Credentials are never put in the entrypoint: give the workers an IAM role/instance profile, or
 set the standard AWS variables on the cluster.
+
+Authentication (Ray >= 2.52 token authentication, on by default for new clusters from Ray 2.59/2.61
+on): Ray's ``JobSubmissionClient`` sends ``Authorization: Bearer <token>`` to the dashboard when
+``RAY_AUTH_MODE=token`` is set in the client's environment, with the token read, in this order,
+from ``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``.
+``bluff submit`` uses exactly that mechanism; ``--auth-token-path FILE`` sets ``RAY_AUTH_MODE=token``
+and ``RAY_AUTH_TOKEN_PATH=FILE`` for this client process only. The token goes into that HTTP header
+and nowhere else: never into the job's entrypoint, runtime env, metadata or any output (a job
+request that would carry it is refused). The job's driver authenticates with the cluster's own
+token (its nodes run with ``RAY_AUTH_MODE=token``). A missing or wrong token ends with one
+paragraph saying what to do and exit code 2.
 """
 
 from __future__ import annotations
@@ -19,6 +30,17 @@ from dataclasses import dataclass, field
 
 ENTRY_MODULE = "bluff_ray.cli"
 EXCLUDES = [".venv", "viewer/node_modules", "bluff-results", ".git", "**/__pycache__", "*.egg-info"]
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+DEFAULT_TOKEN_PATH = os.path.join("~", ".ray", "auth_token")
+HOW_TO_AUTH = (
+    "Give bluff submit the cluster's token: --auth-token-path FILE, or Ray's own variables "
+    "RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH=FILE (or RAY_AUTH_TOKEN, or the file ~/.ray/auth_token). "
+    "`ray get-auth-token` on the head node prints the cluster's token (deploy/README.md, \"Authentication\")."
+)
+
+
+class SubmitError(RuntimeError):
+    """The job could not be submitted (authentication, connection); the message says what to do."""
 
 
 @dataclass
@@ -30,6 +52,20 @@ class JobRequest:
     submission_id: str | None = None
     entrypoint_num_cpus: float | None = None
     metadata: dict = field(default_factory=dict)
+
+
+def local_token() -> str | None:
+    """The token Ray's client would send, found the way Ray finds it (RAY_AUTH_TOKEN, then the file
+    named by RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token); None when there is none. Used only to make
+    sure it never lands in a job request."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser(DEFAULT_TOKEN_PATH)
+    try:
+        with open(os.path.expanduser(path)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def build_request(
@@ -56,32 +92,143 @@ def build_request(
         if arg.startswith("--storage-option"):
             raise ValueError("do not pass --storage-option to a submitted job (it would show in the job's command "
                              "line): use the cluster's IAM role or AWS environment instead")
+    for key in env or {}:
+        if key.upper() in AUTH_ENV:
+            raise ValueError(f"do not pass {key} to the job (--env values show in the Ray dashboard): the cluster's "
+                             "nodes hold its token and its drivers use it; the token for submitting goes in "
+                             "--auth-token-path or RAY_AUTH_TOKEN_PATH")
     cmd = ["python", "-m", ENTRY_MODULE, "run", "--config", rel, *(extra_args or [])]
     runtime_env: dict = {"working_dir": wd, "excludes": list(EXCLUDES)}
     if env:
         runtime_env["env_vars"] = dict(env)
     if pip:
         runtime_env["pip"] = list(pip)
-    return JobRequest(entrypoint=" ".join(shlex.quote(c) for c in cmd), runtime_env=runtime_env,
-                      submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus,
-                      metadata={"tool": "bluff_ray", "config": rel})
+    req = JobRequest(entrypoint=" ".join(shlex.quote(c) for c in cmd), runtime_env=runtime_env,
+                     submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus,
+                     metadata={"tool": "bluff_ray", "config": rel})
+    check_no_token(req)
+    return req
+
+
+def check_no_token(request: JobRequest, token: str | None = None) -> None:
+    """Refuse a job request that carries the Ray auth token anywhere (entrypoint, runtime env,
+    metadata, submission id): the dashboard shows all of them to anyone who can open it."""
+    token = token if token is not None else local_token()
+    if not token or len(token) < 8:
+        return
+    fields = [request.entrypoint, repr(request.runtime_env), repr(request.metadata), str(request.submission_id)]
+    if any(token in f for f in fields):
+        raise ValueError("the Ray authentication token appears in the job request (its command line, environment "
+                         "or metadata), which the Ray dashboard shows: remove it; bluff submit sends the token only "
+                         "in the request's Authorization header")
+
+
+def use_token_file(path: str) -> str:
+    """Point Ray's client at the token in ``path`` for this process only (``RAY_AUTH_MODE=token``,
+    ``RAY_AUTH_TOKEN_PATH``); returns the absolute path. Raises SubmitError when it holds no token."""
+    full = os.path.abspath(os.path.expanduser(path))
+    _check_token_file(full, "--auth-token-path")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = full
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
+    _refresh_ray_auth()
+    return full
+
+
+def _check_token_file(path: str, what: str) -> None:
+    try:
+        with open(path) as f:
+            ok = bool(f.read().strip())
+    except OSError as e:
+        raise SubmitError(f"{what} {path}: cannot read a token there ({e.strerror}). {HOW_TO_AUTH}") from None
+    if not ok:
+        raise SubmitError(f"{what} {path}: the file is empty, not a token. {HOW_TO_AUTH}")
+
+
+def _refresh_ray_auth() -> None:
+    """Ray caches the auth mode and the token when ``ray._raylet`` first loads; re-read them after the
+    environment changed (what Ray's own test helpers do)."""
+    if "ray._raylet" not in sys.modules:
+        return
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:  # pragma: no cover - other Ray versions: the environment is read on first use
+        pass
+
+
+def _token_source() -> str:
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"the file {os.environ['RAY_AUTH_TOKEN_PATH']} (RAY_AUTH_TOKEN_PATH)"
+    return f"the file {DEFAULT_TOKEN_PATH}"
+
+
+def auth_error_message(address: str, error: Exception) -> str:
+    """One paragraph: what the cluster said, why, and what to do (never the token itself)."""
+    text = str(getattr(error, "message", None) or error)
+    token_mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token"
+    if text.startswith("Authentication failed"):  # HTTP 403: a token was sent, and it is not the cluster's
+        why = (f"the Ray cluster at {address} refused the token read from {_token_source()}: "
+               "it is not this cluster's token.")
+    elif text.startswith("Authentication required"):  # HTTP 401: no token was sent
+        if not token_mode:
+            detail = "RAY_AUTH_MODE is not 'token' in this environment, so Ray's client sent none"
+        else:
+            detail = "RAY_AUTH_MODE=token, but no token was found in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or " \
+                     f"{DEFAULT_TOKEN_PATH}"
+        why = f"the Ray cluster at {address} uses token authentication and no token was sent ({detail})."
+    else:
+        why = f"Ray could not authenticate to {address}: {text.split('. ')[0].strip()}."
+    return f"bluff submit: {why} {HOW_TO_AUTH}"
+
+
+def _preflight_auth() -> None:
+    """In token mode, a token file that cannot be read, or no token at all: say so plainly, before Ray's
+    client logs warnings and fails with a long message."""
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "token":
+        return
+    if not os.environ.get("RAY_AUTH_TOKEN", "").strip() and os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        _check_token_file(os.path.expanduser(os.environ["RAY_AUTH_TOKEN_PATH"]), "RAY_AUTH_TOKEN_PATH")
+    if local_token() is None:
+        raise SubmitError(f"bluff submit: RAY_AUTH_MODE=token, but no token was found in RAY_AUTH_TOKEN, "
+                          f"RAY_AUTH_TOKEN_PATH or {DEFAULT_TOKEN_PATH}. {HOW_TO_AUTH}")
 
 
 def submit(request: JobRequest, address: str, wait: bool = True, poll_s: float = 5.0) -> int:
-    """Submit, then (if ``wait``) stream status until the job ends; returns a process exit code."""
+    """Submit, then (if ``wait``) stream status until the job ends; returns a process exit code.
+
+    Raises SubmitError (a message for people) when the cluster cannot be reached or refuses the
+    client's authentication.
+    """
+    import requests
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
-    job_id = client.submit_job(
-        entrypoint=request.entrypoint,
-        runtime_env=request.runtime_env,
-        submission_id=request.submission_id,
-        entrypoint_num_cpus=request.entrypoint_num_cpus,
-        metadata=request.metadata,
-    )
+    check_no_token(request)
+    _preflight_auth()
+    try:
+        client = JobSubmissionClient(address)
+        job_id = client.submit_job(
+            entrypoint=request.entrypoint,
+            runtime_env=request.runtime_env,
+            submission_id=request.submission_id,
+            entrypoint_num_cpus=request.entrypoint_num_cpus,
+            metadata=request.metadata,
+        )
+    except AuthenticationError as e:
+        raise SubmitError(auth_error_message(address, e)) from None
+    except (ConnectionError, requests.exceptions.ConnectionError):
+        raise SubmitError(
+            f"bluff submit: cannot reach the Ray dashboard at {address}: is the cluster up, and the dashboard port "
+            "forwarded (`ray dashboard deploy/cluster.yaml`, or `kubectl port-forward`)?") from None
     print(f"submitted job {job_id} to {address}")
     if not wait:
-        print(f"follow it with: ray job logs --address {address} --follow {job_id}")
+        print(f"follow it with: ray job logs --address {address} --follow {job_id}  (with the same RAY_AUTH_* "
+              "settings)")
         return 0
     terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
     try:
@@ -118,12 +265,19 @@ def register(subparsers) -> None:
         "submit", help="submit a 'bluff run' to a Ray cluster as a Ray Job",
         description="Submit 'bluff run --config CONFIG' to a Ray cluster (Ray Jobs API). The working dir "
         "(default: current) is shipped as the job's code; the cluster image must provide bluff_ray's "
-        "dependencies (deploy/Dockerfile). Options after '--' are passed to 'bluff run'.")
+        "dependencies (deploy/Dockerfile). Options after '--' are passed to 'bluff run'. Clusters with token "
+        "authentication (Ray's default from 2.61 on): the client sends the token the Ray way, when "
+        "RAY_AUTH_MODE=token, from RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
+        "--auth-token-path sets both for this command. The token is never part of the job.")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
                    help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or "
                    "$RAY_ADDRESS)")
     p.add_argument("--config", required=True, help="run configuration file (inside the working dir)")
     p.add_argument("--working-dir", default=".", help="code shipped to the cluster (default: .)")
+    p.add_argument("--auth-token-path", metavar="FILE", default=None,
+                   help="file holding the cluster's Ray auth token (`ray get-auth-token` on the head node prints "
+                   "it); sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=FILE for this client only (default: Ray's "
+                   "own variables and ~/.ray/auth_token)")
     p.add_argument("--env", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="environment variable for the job (repeatable); not for secrets, which the Ray "
                    "dashboard shows")
@@ -144,10 +298,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     try:
+        if args.auth_token_path:
+            use_token_file(args.auth_token_path)
         req = build_request(args.config, args.working_dir, extra, dict(args.env), args.pip, args.submission_id,
                             args.entrypoint_num_cpus)
     except ValueError as e:
         print(f"bluff submit: error: {e}", file=sys.stderr)
+        return 2
+    except SubmitError as e:
+        print(_with_prefix(e), file=sys.stderr)
         return 2
     if args.dry_run:
         print(f"entrypoint: {req.entrypoint}")
@@ -158,4 +317,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print("bluff submit: error: no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS",
               file=sys.stderr)
         return 2
-    return submit(req, args.address, wait=not args.no_wait)
+    try:
+        return submit(req, args.address, wait=not args.no_wait)
+    except SubmitError as e:
+        print(_with_prefix(e), file=sys.stderr)
+        return 2
+
+
+def _with_prefix(e: SubmitError) -> str:
+    text = str(e)
+    return text if text.startswith("bluff submit:") else f"bluff submit: {text}"
