@@ -1,27 +1,37 @@
-"""Viewer benchmark: bytes fetched and time to first graph for one pair, in headless Chromium.
+"""Viewer benchmark: startup and one-pair bytes and times, pair explorer and class overview, in
+headless Chromium, on a results root of schema version 2.
 
-Two sources side by side in one run: `bluff serve` (local HTTP with ranges) and the same results
-published with `bluff publish` to a moto S3 server on 127.0.0.1. Each load uses a fresh browser
-context (empty cache); the table reports medians over --loads loads.
+    .venv/bin/python bench/viewer.py --synthetic 1000              # 1000 classes, 999,000 pairs (~15 s to build)
+    .venv/bin/python bench/viewer.py --results ./bluff-results     # a real results root
+    .venv/bin/python bench/viewer.py --synthetic 1000 --s3         # also through bluff publish + a moto S3 server
 
-    .venv/bin/python bench/viewer.py --results ./bluff-results            # a real results root
-    .venv/bin/python bench/viewer.py --synthetic 100                      # 100 classes, 99 row groups per file
+Each load opens the viewer without URL state (the manifest's landing pair) in a fresh browser
+context (empty cache), waits for the graph, then opens the pair explorer (first page, then the
+reversed sort) and the class overview. The table reports medians over --loads loads.
 
-"Time to first graph" is performance.now() when the first pair's graph is drawn (from navigation
-start: page, script, manifest, classes, pair index, footers and the pair's row groups). On
-127.0.0.1 it measures the viewer's own work and request count, not network latency.
+- startup: bytes of manifest.json, classes.parquet and the landing original's pair_index
+  partition, i.e. everything but the pair's own files; pair: bytes of the pair's nodes/edges
+  files (footer suffix + its row groups); first graph: performance.now() when the graph is drawn
+  (from navigation start: page, script, manifest, classes, partition, footers, row groups).
+- explorer: ms from the click to the first page's rows (data-ms); bytes of the page's ranking rows
+  plus the pair_index partitions read to fill in every row's exploited count (how many depends on
+  how many originals the page holds, up to 50); reverse: ms to re-sort (ascending page).
+- overview: ms from the click to the drawn heatmap, and its bytes (one row group).
+
+On 127.0.0.1 the times measure the viewer's own work and request count plus the server's
+per-request cost, not network latency.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,50 +45,73 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pick_pair(root: Path, original: int | None, target: int | None) -> tuple[int, int]:
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(root / "pair_index.parquet").to_pylist()
-    if original is not None and target is not None:
-        return original, target
-    mid = sorted(rows, key=lambda r: (r["original"], r["target"]))[len(rows) // 2]
-    return mid["original"], mid["target"]
-
-
-def load_once(browser, url: str, pair: tuple[int, int]) -> dict:
-    o, t = pair
+def load_once(browser, url: str) -> dict:
     ctx = browser.new_context(viewport={"width": 1400, "height": 860})
     page = ctx.new_page()
-    sep = "&" if "?" in url else "?"
-    page.goto(f"{url}{sep}original={o}&target={t}")
-    page.wait_for_selector(f"svg#graph[data-pair='{o}-{t}'][data-state='ready']", timeout=60000)
-    dbg = page.evaluate("({t: window.__bluff.firstGraphMs, b: window.__bluff.traffic.bytes, "
-                        "n: window.__bluff.traffic.requests, f: window.__bluff.traffic.byFile})")
-    pair_bytes = sum(v for k, v in dbg["f"].items() if k.startswith((f"nodes/original={o}/", f"edges/original={o}/")))
-    assert pair_bytes > 0, "the viewer fetched no nodes/edges bytes for the pair"
+    page.goto(url)
+    page.wait_for_function("window.__bluff && window.__bluff.state !== 'loading'", timeout=60000)
+    if page.evaluate("window.__bluff.state") != "ready":
+        raise SystemExit(f"the viewer did not open a pair: {page.evaluate('window.__bluff.error')}")
+    d = page.evaluate("({t: window.__bluff.firstGraphMs, f: window.__bluff.firstGraphBytes, "
+                      "n: window.__bluff.traffic.requests})")
+    out = {"ms": d["t"], "requests": d["n"],
+           "startup": sum(v for k, v in d["f"].items() if not k.startswith(("nodes/", "edges/"))),
+           "pair": sum(v for k, v in d["f"].items() if k.startswith(("nodes/", "edges/"))),
+           "files": sorted(d["f"])}
+    assert out["pair"] > 0, "the viewer fetched no nodes/edges bytes for the pair"
+    ready = "['ready', 'filled'].includes(document.querySelector('#explorer').dataset.state)"
+    n0 = page.evaluate("window.__bluff.traffic.log.length")
+    page.click("#open-explorer")
+    page.wait_for_function(ready)
+    out["explorer_ms"] = int(page.get_attribute("#explorer", "data-ms"))
+    page.wait_for_selector("#explorer[data-state='filled']", timeout=60000)
+    key = f"rankings/success-{page.input_value('#explorer-strength')}.parquet"
+    # the page's ranking rows and the partitions of its originals (not the other rankings' footers,
+    # which are read in the background once the page is complete)
+    out["explorer_bytes"] = sum(e["bytes"] for e in page.evaluate("window.__bluff.traffic.log")[n0:]
+                                if e["file"] == key or e["file"].startswith("pair_index/"))
+    out["explorer_partitions"] = len({e["file"] for e in page.evaluate("window.__bluff.traffic.log")[n0:]
+                                      if e["file"].startswith("pair_index/")})
+    page.wait_for_timeout(300)  # the other rankings' footers, read in the background
+    page.click("th[data-key=success]")
+    page.wait_for_function(ready)
+    out["reverse_ms"] = int(page.get_attribute("#explorer", "data-ms"))
+    page.wait_for_selector("#explorer[data-state='filled']", timeout=60000)
+    page.keyboard.press("Escape")
+    b0 = page.evaluate("window.__bluff.traffic.bytes")
+    page.click("#open-overview")
+    page.wait_for_selector("#overview[data-state='ready']", timeout=60000)
+    out["overview_ms"] = int(page.get_attribute("#overview", "data-ms"))
+    out["overview_bytes"] = page.evaluate("window.__bluff.traffic.bytes") - b0
     ctx.close()
-    return {"ms": dbg["t"], "bytes": dbg["b"], "requests": dbg["n"], "pair_bytes": pair_bytes}
+    return out
 
 
-def run(root: Path, loads: int, pair: tuple[int, int]) -> list[dict]:
+def run(root: Path, loads: int, s3: bool) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
-    from bluff_ray.publish import publish
     from bluff_ray.serve import start_server
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench-key")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    moto.start()
-    endpoint = "http://%s:%d" % moto.get_host_and_port()
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bluff-bench")
-    report = publish(str(root), "s3://bluff-bench/run", storage_options={"endpoint_url": endpoint}, quiet=True)
+    sources = []
     server, local_url = start_server(root)
+    sources.append(("bluff serve (127.0.0.1)", local_url))
+    moto = None
+    if s3:
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench-key")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret")
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        from bluff_ray.publish import publish
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+        moto.start()
+        endpoint = "http://%s:%d" % moto.get_host_and_port()
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bluff-bench")
+        report = publish(str(root), "s3://bluff-bench/run", storage_options={"endpoint_url": endpoint}, quiet=True)
+        sources.append(("moto S3 (127.0.0.1)", report.viewer_url))
     results = []
     try:
         with sync_playwright() as p:
@@ -86,26 +119,28 @@ def run(root: Path, loads: int, pair: tuple[int, int]) -> list[dict]:
                 executable_path=CHROMIUM, headless=True,
                 args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"],
             )
-            load_once(browser, local_url, pair)  # warm-up (disk cache of the OS, JIT)
-            for name, url in (("bluff serve (127.0.0.1)", local_url), ("moto S3 (127.0.0.1)", report.viewer_url)):
-                runs = [load_once(browser, url, pair) for _ in range(loads)]
-                results.append({"source": name, **{k: statistics.median(r[k] for r in runs) for k in runs[0]}})
+            load_once(browser, local_url)  # warm-up (disk cache of the OS, JIT)
+            for name, url in sources:
+                runs = [load_once(browser, url) for _ in range(loads)]
+                med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "files"}
+                results.append({"source": name, "files": runs[0]["files"], **med})
             browser.close()
     finally:
         server.shutdown()
         server.server_close()
-        moto.stop()
+        if moto:
+            moto.stop()
     return results
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--results", type=Path, help="a local results root")
-    g.add_argument("--synthetic", type=int, metavar="CLASSES", help="generate a synthetic root with this many classes")
+    g.add_argument("--results", type=Path, help="a local results root (schema version 2)")
+    g.add_argument("--synthetic", type=int, metavar="CLASSES",
+                   help="generate a synthetic root with this many classes (all ordered pairs in the global files)")
     ap.add_argument("--loads", type=int, default=5, help="page loads per source (median reported)")
-    ap.add_argument("--original", type=int)
-    ap.add_argument("--target", type=int)
+    ap.add_argument("--s3", action="store_true", help="also publish the root to a moto S3 server and load it from there")
     args = ap.parse_args(argv)
     tmp = None
     if args.synthetic:
@@ -113,28 +148,31 @@ def main(argv=None) -> int:
         from viewer_synth import make_results
 
         tmp = tempfile.TemporaryDirectory()
-        root = make_results(Path(tmp.name) / "root", seed=0, classes=args.synthetic, assets=False)
+        t0 = time.perf_counter()
+        root = make_results(Path(tmp.name) / "root", seed=0, classes=args.synthetic, assets=False, with_files="landing")
+        print(f"synthetic root built in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     else:
         root = args.results
     if not (root / "manifest.json").is_file():
         ap.error(f"{root} is not a results root (no manifest.json)")
-    pair = pick_pair(root, args.original, args.target)
-    import pyarrow.parquet as pq
+    import json
 
-    o = pair[0]
-    part = next(r.get("part", 0) for r in pq.read_table(root / "pair_index.parquet").to_pylist()
-                if (r["original"], r["target"]) == pair)
-    file_bytes = sum((root / d / f"original={o}" / f"part-{part}.parquet").stat().st_size for d in ("nodes", "edges"))
-    rg = json.loads((root / "manifest.json").read_text())
-    res = run(root, args.loads, pair)
+    m = json.loads((root / "manifest.json").read_text())
+    res = run(root, args.loads, args.s3)
     label = f"synthetic, {args.synthetic} classes" if args.synthetic else str(args.results)
-    print(f"\nresults: {label}; pair {pair[0]} -> {pair[1]}; strengths {len(rg['strengths'])}; "
-          f"the pair's nodes+edges files (part-{part}): {file_bytes / 1024:.1f} KiB; {args.loads} loads per source\n")
-    print("| source | time to first graph (ms, median) | requests | bytes fetched, all data | bytes fetched, the pair (nodes+edges) | pair bytes / whole files |")
-    print("|---|---|---|---|---|---|")
+    land = m.get("landing")
+    print(f"\nresults: {label}; {m.get('pairs_done', '?')} pairs; landing pair "
+          f"{land and (land['original'], land['target'])}; {len(m['strengths'])} strengths; {args.loads} loads per source")
+    print("files read before the first graph: " + ", ".join(res[0]["files"]) + "\n")
+    print("| source | first graph (ms) | requests | startup bytes | pair bytes (nodes+edges) | explorer first page (ms) "
+          "| explorer bytes: page + partitions read to fill it | explorer reverse sort (ms) | overview drawn (ms) | overview bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    kib = lambda b: f"{b / 1024:.1f} KiB"  # noqa: E731
     for r in res:
-        print(f"| {r['source']} | {r['ms']:.0f} | {r['requests']:.0f} | {r['bytes'] / 1024:.1f} KiB | "
-              f"{r['pair_bytes'] / 1024:.1f} KiB | {r['pair_bytes'] / file_bytes:.2f} |")
+        print(f"| {r['source']} | {r['ms']:.0f} | {r['requests']:.0f} | {kib(r['startup'])} | {kib(r['pair'])} | "
+              f"{r['explorer_ms']:.0f} | {kib(r['explorer_bytes'])} ({r['explorer_partitions']:.0f} partitions) | "
+              f"{r['reverse_ms']:.0f} | {r['overview_ms']:.0f} | "
+              f"{kib(r['overview_bytes'])} |")
     if tmp:
         tmp.cleanup()
     return 0

@@ -618,14 +618,14 @@ async function main(): Promise<void> {
   view.s = Math.min(2, S);
   view.weaker = 1;
   view.stronger = Math.min(S, Math.max(2, S - 1));
-  const hadUrlPair = new URLSearchParams(window.location.search).has("original");
+  const q = new URLSearchParams(window.location.search);
   readUrl();
-  // no pair in the URL: the manifest's landing view (pair and strength)
+  // no pair in the URL: the manifest's landing view (pair, and strength unless the URL has one)
   const land = manifest.landing;
-  if (!hadUrlPair && land && Number.isInteger(land.original) && Number.isInteger(land.target)) {
+  if (!q.has("original") && land && Number.isInteger(land.original) && Number.isInteger(land.target)) {
     original = land.original;
     target = land.target;
-    if (Number.isInteger(land.strength) && land.strength >= 1 && land.strength <= S) view.s = land.strength;
+    if (!q.has("eps") && Number.isInteger(land.strength) && land.strength >= 1 && land.strength <= S) view.s = land.strength;
   }
   // classes and the original's partition in parallel (both are needed for the first graph)
   const partition = original !== null ? loadPartition(root, original) : null;

@@ -176,7 +176,7 @@ export class Picker {
       name.className = "opt-label";
       name.textContent = o.label;
       li.append(name);
-      if (o.detail) {
+      if (o.detail && o.detail !== o.label) {
         const d = document.createElement("span");
         d.className = "detail";
         d.textContent = o.detail;
