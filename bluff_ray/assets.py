@@ -177,7 +177,8 @@ def render_feature_vis(
         with torch.no_grad():
             acts = []
             for s in range(0, len(neurons), fv_cfg.batch_size):
-                _, mx = channel_activations(adapter, imgs[s : s + fv_cfg.batch_size].to(device), neurons[s : s + fv_cfg.batch_size])
+                batch = imgs[s : s + fv_cfg.batch_size].to(device, _dtype(adapter))
+                _, mx = channel_activations(adapter, batch, neurons[s : s + fv_cfg.batch_size])
                 acts.append(mx.float().cpu())
         act = torch.cat(acts).tolist()
         for (layer, channel), a in zip(neurons, act):
@@ -188,10 +189,15 @@ def render_feature_vis(
     return _index_rows(rows)
 
 
+def _dtype(adapter: ModelAdapter) -> torch.dtype:
+    return next(adapter.model.parameters()).dtype
+
+
 def _accepts_size(adapter: ModelAdapter, size: int) -> bool:
     try:
         with torch.no_grad():
-            adapter.model(torch.full((1, adapter.input_shape[0], size, size), 0.5, device=adapter.device))
+            adapter.model(torch.full((1, adapter.input_shape[0], size, size), 0.5, device=adapter.device,
+                                     dtype=_dtype(adapter)))
         return True
     except RuntimeError:
         return False
@@ -256,13 +262,12 @@ def _write_class_patches(adapter, store, source, class_id, rows, rfs, cfg) -> No
     with torch.no_grad():
         acts: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
         for s in range(0, len(sub), 64):
-            _, a = adapter.forward_with_activations(sub[s : s + 64].to(adapter.device), layers)
+            _, a = adapter.forward_with_activations(sub[s : s + 64].to(adapter.device, _dtype(adapter)), layers)
             for l in layers:
                 acts[l].append(a[l].float().cpu())
         maps = {l: torch.cat(v) for l, v in acts.items()}
-    for r in rows:
-        i = pos[r["image_index"]]
-        fmap = maps[r["layer"]][i, r["channel"]]
+    for r in rows:  # check every row before writing any: a changed source writes nothing
+        fmap = maps[r["layer"]][pos[r["image_index"]], r["channel"]]
         got, want = float(fmap.amax()), float(r["activation"])
         if abs(got - want) > _ATOL + _RTOL * abs(want):
             raise RuntimeError(
@@ -270,7 +275,8 @@ def _write_class_patches(adapter, store, source, class_id, rows, rfs, cfg) -> No
                 f"activation {got:.4g}, the benign stage recorded {want:.4g}; the image source or model "
                 "changed since the run started (refusing to write mismatched patches)"
             )
-        img = sub[i]
+    for r in rows:
+        img = sub[pos[r["image_index"]]]
         box = crop_box(rfs[r["layer"]], r["y"], r["x"], img.shape[1], img.shape[2])
         png = to_png(crop(img, box), cfg.png_min_px, cfg.png_max_px)
         store.write_bytes(patch_path(r["layer"], r["channel"], r["rank"]), png)

@@ -183,18 +183,22 @@ class Patching:
 
     # --- forward passes ---------------------------------------------------------------------------
     @torch.no_grad()
-    def _defused(self, target: int, groups) -> list[torch.Tensor]:
+    def logits(self, first: int, experiments: Sequence[Experiment]) -> torch.Tensor:
+        """Logits [len(experiments), n, classes] of the adversarial images with each experiment's
+        neurons patched to their benign values (the batch is expanded at layer ``first``)."""
         n = self.adversarial.shape[0]
-        out = [torch.zeros((len(exps), n), dtype=torch.bool, device=self.adversarial.device) for _, exps, _ in groups]
-        widest = max(len(exps) for _, exps, _ in groups)
-        step = max(1, self.batch_size // widest)
+        m = len(experiments)
+        step = max(1, self.batch_size // max(1, m))
+        parts = []
         for lo in range(0, n, step):
             hi = min(n, lo + step)
             benign = self._activations(self.benign[lo:hi])
-            for g, (first, exps, _) in enumerate(groups):
-                logits = self._patched(self.adversarial[lo:hi], benign, first, exps, lo, hi)
-                out[g][:, lo:hi] = (logits.argmax(1) != target).view(len(exps), hi - lo)
-        return out
+            parts.append(self._patched(self.adversarial[lo:hi], benign, first, experiments, lo, hi)
+                         .view(m, hi - lo, -1))
+        return torch.cat(parts, dim=1) if parts else self.adversarial.new_empty((m, 0, 0))
+
+    def _defused(self, target: int, groups) -> list[torch.Tensor]:
+        return [self.logits(first, exps).argmax(-1) != target for first, exps, _ in groups]
 
     def _activations(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         acts: dict[int, torch.Tensor] = {}
@@ -217,8 +221,8 @@ class Patching:
                 masks = [e.masks.get(li) for e in exps]
                 if all(x is None for x in masks):
                     return out
-                mask = torch.cat([x[lo:hi] if x is not None else torch.zeros_like(exps_any(masks)[lo:hi])
-                                  for x in masks])  # [m*c, C]
+                like = next(x for x in masks if x is not None)
+                mask = torch.cat([(x if x is not None else torch.zeros_like(like))[lo:hi] for x in masks])  # [m*c, C]
                 ben = benign[li].repeat(m, *([1] * (out.dim() - 1)))
                 return torch.where(mask.view(m * c, -1, *([1] * (out.dim() - 2))), ben, out)
             return replace
@@ -230,10 +234,6 @@ class Patching:
         finally:
             for h in handles:
                 h.remove()
-
-
-def exps_any(masks: list) -> torch.Tensor:
-    return next(x for x in masks if x is not None)
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:

@@ -213,9 +213,10 @@ def render_channels(
     """
     _check_neurons(adapter, neurons)
     device = adapter.device  # the image lives where the model does (CPU demo or a GPU actor)
+    dtype = next(adapter.model.parameters()).dtype
     c = adapter.input_shape[0]
     h = w = cfg.size
-    scale = spectrum_scale(h, w, cfg.decay_power).to(device)
+    scale = spectrum_scale(h, w, cfg.decay_power).to(device, dtype)
     out_imgs, out_act = [], []
     for start in range(0, len(neurons), cfg.batch_size):
         chunk = list(neurons[start : start + cfg.batch_size])
@@ -223,7 +224,7 @@ def render_channels(
         init = torch.stack(
             [torch.randn(c, h, w // 2 + 1, 2, generator=g) * 0.01 for g in gens]
         )
-        spectrum = init.to(device).requires_grad_(True)
+        spectrum = init.to(device, dtype).requires_grad_(True)
         opt = torch.optim.Adam([spectrum], lr=cfg.lr)
         for _ in range(cfg.steps):
             img = to_valid_image(spectrum_to_image(spectrum, scale, h, w))

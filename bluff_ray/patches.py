@@ -175,7 +175,8 @@ def receptive_fields(
     c, h, w = adapter.input_shape
     names = adapter.layer_names
     gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(len(names) * 2 * n_probe, c, h, w, generator=gen).to(adapter.device).requires_grad_(True)
+    dtype = next(adapter.model.parameters()).dtype
+    x = torch.rand(len(names) * 2 * n_probe, c, h, w, generator=gen).to(adapter.device, dtype).requires_grad_(True)
     _, acts = adapter.forward_with_activations(x)
     loss = x.new_zeros(())
     maps = {}

@@ -16,9 +16,20 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# The instrumented filesystem ``countfs://`` (tests/support/countfs.py): registered here, and in
+# every Ray worker through PYTHONPATH + sitecustomize (workers inherit this environment).
+SUPPORT = Path(__file__).resolve().parent / "support"
+sys.path.insert(0, str(SUPPORT))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(SUPPORT), *filter(None, [os.environ.get("PYTHONPATH")])])
+import countfs  # noqa: E402
+
+countfs.register()
 
 # Fake credentials for moto, set before anything (Ray workers, s3fs) reads them; never real ones.
 FAKE_AWS = {

@@ -59,13 +59,21 @@ def test_visualisation_beats_noise_and_other_neurons_visualisations(digits, rend
     assert torch.allclose(act, mx.detach(), atol=1e-5)
 
 
-def test_deterministic_per_neuron_and_batch_independent(digits, rendered):
-    cfg, imgs, act = rendered
-    small = FeatureVisConfig(size=8, steps=128, seed=0, batch_size=3)  # other batch split
-    imgs2, _ = render_channels(digits, [NEURONS[5], NEURONS[0]], small)
-    assert torch.allclose(imgs2[0], imgs[5], atol=1e-5)
-    assert torch.allclose(imgs2[1], imgs[0], atol=1e-5)
-    other_seed, _ = render_channels(digits, NEURONS[:1], FeatureVisConfig(size=8, steps=128, seed=1))
+def test_deterministic_per_neuron_and_batch_independent(digits):
+    """A neuron's picture depends on its seed, not on the other neurons of its batch. Checked in
+    float64: in float32 another batch size rounds differently and 128 Adam steps amplify that."""
+    import copy
+
+    from bluff_ray.models.digits import digits_adapter
+
+    d64 = digits_adapter(copy.deepcopy(digits.model).double())
+    neurons = [NEURONS[0], NEURONS[5], NEURONS[2]]
+    imgs, _ = render_channels(d64, neurons, FeatureVisConfig(size=8, steps=128, seed=0, batch_size=8))
+    small = FeatureVisConfig(size=8, steps=128, seed=0, batch_size=1)  # other batch split
+    imgs2, _ = render_channels(d64, [NEURONS[5], NEURONS[0]], small)
+    assert torch.allclose(imgs2[0], imgs[1], atol=1e-9)
+    assert torch.allclose(imgs2[1], imgs[0], atol=1e-9)
+    other_seed, _ = render_channels(d64, NEURONS[:1], FeatureVisConfig(size=8, steps=128, seed=1))
     assert (other_seed[0] - imgs[0]).abs().max() > 0.05
 
 

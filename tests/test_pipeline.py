@@ -1,6 +1,6 @@
 """The Ray pipeline end to end on local Ray: results, resume, actor death, S3, preflight, config
-mismatch, ImageFolder input, credentials. Real components throughout (Ray, moto S3, pyarrow,
-fastparquet, DuckDB, pandas)."""
+mismatch, concurrent runs, ImageFolder input, credentials, clear errors. Real components
+throughout (Ray, moto S3, pyarrow, fastparquet, DuckDB, pandas)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,13 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bluff_ray import pipeline
+from bluff_ray import layout, pipeline
 from bluff_ray.config import RunConfig
-from bluff_ray.pathways import EDGES_SCHEMA, NODES_SCHEMA, PAIRS_SCHEMA
 from bluff_ray.pipeline import RunError, Unit, plan_units, run, unit_seed
 from bluff_ray.store import Store, StorageError
 
-from conftest import DEMO_CLASSES, demo_config
+from conftest import DEMO_CLASSES, SUPPORT, demo_config
 
 pytestmark = pytest.mark.ray
 
@@ -42,9 +44,10 @@ def small_config(out: str, **kw) -> RunConfig:
 
 
 def read_all(store: Store) -> dict[str, bytes]:
-    """Every Parquet object under a root (manifest aside), by relative path."""
+    """Every per-unit Parquet object under a root, by relative path."""
     store.refresh()
-    return {rel: store.read_bytes(rel) for rel in store.list() if rel.endswith(".parquet")}
+    return {rel: store.read_bytes(rel) for rel in store.list()
+            if rel.endswith(".parquet") and rel.split("/")[0] in ("pairs", "nodes", "edges", "causal", "pair_index")}
 
 
 def assert_same_results(a: Store, b: Store) -> None:
@@ -64,9 +67,6 @@ def reference(ray_session, tmp_path_factory):
     return Store(out)
 
 
-# --- the demo_results root (shared with the viewer and notebook tests) ----------------------
-
-
 def test_plan_units_and_seeds_are_deterministic():
     units = plan_units([(2, 0), (0, 2), (0, 1), (2, 1), (0, 3)], 2)
     assert units == [Unit(0, 0, (1, 2)), Unit(0, 1, (3,)), Unit(2, 0, (0, 1))]
@@ -74,55 +74,67 @@ def test_plan_units_and_seeds_are_deterministic():
     assert len({unit_seed(0, o, c) for o in range(10) for c in range(3)}) == 30
 
 
+# --- the demo_results root (shared with the viewer and notebook tests) ----------------------
+
+
 def test_demo_results_every_pair_once_with_format_schema(demo_results):
     s = Store(demo_results)
-    index = s.read_table("pair_index.parquet")
-    pairs = sorted(zip(index.column("original").to_pylist(), index.column("target").to_pylist()))
-    assert pairs == [(o, t) for o in DEMO_CLASSES for t in DEMO_CLASSES if o != t]
-    assert index.schema.names == ["original", *PAIRS_SCHEMA.names, "part"]
+    manifest = s.read_json("manifest.json")
+    assert manifest["schema_version"] == layout.SCHEMA_VERSION == 2
+    for key in ("model", "layers", "attack", "strengths", "input_space", "k", "images_per_class", "config_hash",
+                "classes", "pairs_total", "targets_per_file", "causal", "versions", "created", "finished",
+                "pairs_done", "landing"):
+        assert key in manifest, key
+    assert manifest["pairs_total"] == 6 and manifest["pairs_done"] == 6 and len(manifest["strengths"]) == 10
+    pairs = []
     for o in DEMO_CLASSES:
-        part = f"original={o}/part-0.parquet"
-        assert s.read_table(f"pairs/{part}").schema.names == [*PAIRS_SCHEMA.names, "part"]
-        for kind, schema in (("nodes", NODES_SCHEMA), ("edges", EDGES_SCHEMA)):
-            f = s.read_parquet_file(f"{kind}/{part}")
+        idx = s.read_table(layout.pair_index_path(o))
+        assert idx.schema.remove_metadata().equals(layout.PAIR_INDEX_SCHEMA)
+        targets = [t for t in DEMO_CLASSES if t != o]
+        assert idx.column("target").to_pylist() == targets
+        pairs += [(o, t) for t in targets]
+        for kind, schema in (("nodes", layout.NODES_SCHEMA), ("edges", layout.EDGES_SCHEMA),
+                             ("causal", layout.CAUSAL_SCHEMA)):
+            data = s.read_bytes(layout.part_path(kind, o, 0))
+            assert layout.footer_size(data) + 8 <= layout.VIEWER_TAIL_BYTES  # one range request
+            f = pq.ParquetFile(pa.BufferReader(data))
             assert f.schema_arrow.remove_metadata().equals(schema), kind
-            targets = [t for t in DEMO_CLASSES if t != o]
             assert f.metadata.num_row_groups == len(targets)
             for rg, t in enumerate(targets):  # row group i holds exactly target i's rows
-                got = set(f.read_row_group(rg, columns=["target"]).column("target").to_pylist())
-                assert got <= {t}
+                assert set(f.read_row_group(rg, columns=["target"]).column("target").to_pylist()) <= {t}
                 assert f.metadata.row_group(rg).column(0).compression == "SNAPPY"
-        rows = s.read_table(f"pairs/{part}")
-        assert rows.column("row_group").to_pylist() == list(range(len(DEMO_CLASSES) - 1))
+        assert idx.column("row_group").to_pylist() == list(range(len(targets)))
+        causal = s.read_table(layout.part_path("causal", o, 0))
+        assert causal.num_rows == len(targets) * (len(manifest["layers"]) + 1)
+    assert sorted(pairs) == [(o, t) for o in DEMO_CLASSES for t in DEMO_CLASSES if o != t]
     classes = s.read_table("classes.parquet")
     assert classes.column("class_id").to_pylist() == list(range(10))
     assert classes.column("n_images").to_pylist()[:3] == [24, 24, 24]
-    manifest = s.read_json("manifest.json")
-    for key in ("schema_version", "model", "layers", "attack", "strengths", "input_space", "k", "images_per_class",
-                "config_hash", "classes", "pairs_total", "versions", "created", "finished"):
-        assert key in manifest, key
-    assert manifest["pairs_total"] == 6 and len(manifest["strengths"]) == 10
+    assert classes.column("n_as_original").to_pylist()[:4] == [2, 2, 2, 0]
     for c in DEMO_CLASSES:
-        imp = s.read_table(f"importance/class={c}/part-0.parquet")
+        imp = s.read_table(layout.importance_path(c))
         assert imp.num_rows == sum(l["channels"] for l in manifest["layers"])
-        assert s.exists(f"examples/class={c}/part-0.parquet")
+        assert s.exists(layout.examples_path(c))
+    for key in layout.ranking_keys(10):
+        assert pq.read_table(os.path.join(demo_results, layout.ranking_path(key))).num_rows == 6
+    assert s.exists(layout.OVERVIEW_PATH) and s.exists(layout.ATLAS_PATH)
     assets = s.read_table("neurons/index.parquet")
     shown = set()
     for o in DEMO_CLASSES:
-        n = s.read_table(f"nodes/original={o}/part-0.parquet", columns=["layer", "channel"])
+        n = s.read_table(layout.part_path("nodes", o, 0), columns=["layer", "channel"])
         shown |= set(zip(n.column("layer").to_pylist(), n.column("channel").to_pylist()))
     fv = assets.filter(pa.compute.equal(assets.column("kind"), "feature_vis"))
     assert set(zip(fv.column("layer").to_pylist(), fv.column("channel").to_pylist())) == shown
     for rel in assets.column("path").to_pylist()[:20]:
         assert s.read_bytes(rel)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not s.exists(layout.LOCK_PATH)  # released at the end
 
 
-def test_demo_results_equal_a_direct_summarize_pair(demo_results):
-    """The pipeline's numbers for (0 -> 1) equal attack_grid + summarize_pair called directly."""
-    from bluff_ray.attack import attack_grid
+def test_demo_results_equal_a_direct_compute_unit(demo_results):
+    """The pipeline's numbers for original 0 equal engine.compute_unit called directly."""
     from bluff_ray.data import DigitsSource
+    from bluff_ray.engine import benign_stats, class_data, compute_unit
     from bluff_ray.models import load_model
-    from bluff_ray.pathways import summarize_pair
 
     cfg = demo_config(demo_results)
     adapter = load_model("digits")
@@ -130,36 +142,39 @@ def test_demo_results_equal_a_direct_summarize_pair(demo_results):
     unit = plan_units(resolved.pairs, resolved.target_chunk)[0]
     assert unit.original == 0 and unit.targets == (1, 2)
     src = DigitsSource()
-    orig, _ = src.class_images(0, cfg.images_per_class)
-    tgt, _ = src.class_images(1, cfg.images_per_class)
+    data = {c: class_data(adapter, c, src.class_images(c, cfg.images_per_class)[0], None) for c in (0, 1, 2)}
+    for c, d in data.items():  # what the benign stage stored is what benign_stats computes
+        stored = Store(demo_results).read_table(layout.importance_path(c)).column("importance").to_numpy()
+        want = np.concatenate([d.importance[n].numpy() for n in adapter.layer_names])
+        np.testing.assert_allclose(stored, want, rtol=1e-6)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the CPU actors
     try:
-        grid = attack_grid(adapter.attack_model(), orig, list(unit.targets), resolved.attack, batch_size=cfg.attack_batch_size,
-                           generator=torch.Generator().manual_seed(unit_seed(cfg.seed, 0, 0)))
-        attacked = [grid.adv[0, k][grid.success[0, k]] for k in range(len(resolved.strengths))]
-        direct = summarize_pair(adapter, 0, 1, orig, tgt, attacked, len(orig), grid.success[0].sum(1).tolist(),
-                                resolved.strengths, cfg.pathways).to_arrow()
+        direct = compute_unit(adapter, data[0], [data[1], data[2]], resolved.attack, cfg.pathways,
+                              seed=unit_seed(cfg.seed, 0, 0), batching=cfg.attack_batch_size or 2048)
     finally:
         torch.set_num_threads(threads)
     s = Store(demo_results)
-    for kind in ("nodes", "edges"):
-        stored = s.read_parquet_file(f"{kind}/original=0/part-0.parquet").read_row_group(0)
-        want = direct[kind]
-        assert stored.num_rows == want.num_rows > 0
-        for name in want.schema.names:
-            a, b = stored.column(name).to_pylist(), want.column(name).to_pylist()
-            if isinstance(a[0], str) or name in ("target", "channel", "src_channel", "dst_channel"):
-                assert a == b, name
-            else:
-                np.testing.assert_allclose(np.array(a, dtype=float), np.array(b, dtype=float), rtol=1e-5, atol=1e-6)
-    row = s.read_table("pairs/original=0/part-0.parquet").slice(0, 1).to_pylist()[0]
-    want = direct["pairs"].to_pylist()[0]
+    for kind in ("nodes", "edges", "causal"):
+        stored = s.read_table(layout.part_path(kind, 0, 0)).to_pylist()
+        want = getattr(direct, kind).to_pylist()
+        assert len(stored) == len(want) > 0, kind
+        for a, b in zip(stored, want):
+            for name, va in a.items():
+                vb = b[name]
+                if isinstance(va, (str, int)) and not isinstance(va, bool):
+                    assert va == vb, (kind, name)
+                else:
+                    np.testing.assert_allclose(np.array(va, dtype=float), np.array(vb, dtype=float), rtol=1e-5,
+                                               atol=1e-6)
+    row = s.read_table(layout.pair_index_path(0)).slice(0, 1).to_pylist()[0]
+    want = direct.pairs.to_pylist()[0]
     assert row["n_success"] == want["n_success"] and row["n_nodes"] == want["n_nodes"]
 
 
-def test_results_readable_by_pandas_and_duckdb_with_partition_filters(demo_results):
+def test_results_readable_by_pandas_duckdb_and_fastparquet_with_partition_filters(demo_results):
     import duckdb
+    import fastparquet
     import pandas as pd
 
     nodes = pads.dataset(os.path.join(demo_results, "nodes"), partitioning="hive").to_table()
@@ -172,9 +187,38 @@ def test_results_readable_by_pandas_and_duckdb_with_partition_filters(demo_resul
     n = con.execute(f"select count(*) from read_parquet('{glob}', hive_partitioning=true) where original = 1").fetchone()[0]
     assert n == want
     top = con.execute(
-        f"select original, target, max(n_exploited) from read_parquet('{demo_results}/pair_index.parquet') group by all"
-    ).fetchall()
+        f"select original, target, n_exploited from read_parquet('{demo_results}/pair_index/*/*.parquet', "
+        "hive_partitioning=true) order by n_exploited desc, original, target").fetchall()
     assert len(top) == 6
+    pf = fastparquet.ParquetFile([os.path.join(demo_results, f"edges/original={o}/part-0.parquet") for o in DEMO_CLASSES],
+                                 root=os.path.join(demo_results, "edges"))
+    edges = pf.to_pandas(filters=[("original", "==", 2)])
+    ref = pq.read_table(os.path.join(demo_results, "edges/original=2/part-0.parquet")).to_pandas()
+    assert list(edges["src_channel"]) == list(ref["src_channel"])
+
+
+def test_atlas_counts_equal_a_duckdb_query_over_the_nodes(demo_results):
+    import duckdb
+
+    atlas = pq.read_table(os.path.join(demo_results, layout.ATLAS_PATH)).to_pylist()
+    nodes = f"read_parquet('{demo_results}/nodes/*/*.parquet', hive_partitioning=true)"
+    con = duckdb.connect()
+    s = len(json.loads(Path(demo_results, "manifest.json").read_text())["strengths"])
+    per = {(l, c): list(row) for l, c, *row in con.execute(
+        f"select layer, channel, count(*), sum(case when role = 'exploited' then 1 else 0 end), "
+        + ", ".join(f"sum(case when (exploited_mask >> {i}) & 1 = 1 then 1 else 0 end)" for i in range(s))
+        + f" from {nodes} group by layer, channel").fetchall()}
+    assert sum(r["n_exploited_any"] for r in atlas) > 0
+    for r in atlas:
+        want = per.get((r["layer"], r["channel"]), [0, 0] + [0] * s)
+        assert [r["n_displayed"], r["n_exploited_any"], *r["n_exploited"]] == want, (r["layer"], r["channel"])
+    tops = dict(((l, c), o) for l, c, o in con.execute(
+        f"select layer, channel, arg_max(original, n) from (select layer, channel, original, count(*) n from {nodes} "
+        "where role = 'exploited' group by all) group by layer, channel").fetchall())
+    for r in atlas:
+        if r["n_exploited_any"]:
+            counts = dict(zip(r["top_originals"], r["top_original_counts"]))
+            assert counts[tops[(r["layer"], r["channel"])]] == max(counts.values())
 
 
 # --- resume, actor death, S3 ------------------------------------------------------------------
@@ -192,6 +236,25 @@ def test_killed_actor_is_survived_with_identical_results(reference, tmp_path):
     assert killed and not summary.failed and summary.pairs_written == 6
     assert killed[0] in summary.worker_pids
     assert len(summary.worker_pids) > summary.workers  # a restarted actor (new process) did work
+    assert_same_results(Store(str(tmp_path)), reference)
+
+
+def test_permanently_dead_actor_leaves_the_pool_and_loses_no_unit(reference, tmp_path, monkeypatch):
+    """An actor whose restarts are used up (a lost node) leaves the pool; its units finish on the
+    other worker; the results equal a fault-free run."""
+    monkeypatch.setattr(pipeline, "MAX_RESTARTS", 0)
+    monkeypatch.setattr(pipeline, "MAX_TASK_RETRIES", 0)
+    killed: list[int] = []
+
+    def kill_first(status: dict) -> None:
+        if status["kind"] == "pairs" and not killed:
+            killed.append(status["pid"])
+            os.kill(status["pid"], signal.SIGKILL)
+
+    summary = run(small_config(str(tmp_path)), on_unit_done=kill_first)
+    assert killed and not summary.failed and summary.pairs_written == 6
+    assert len(summary.workers_lost) == 1 and "worker" in summary.workers_lost[0]
+    assert "worker lost" in summary.report()
     assert_same_results(Store(str(tmp_path)), reference)
 
 
@@ -215,7 +278,7 @@ def test_interrupted_run_resumes_without_duplicates_or_recomputation(reference, 
     store.refresh()
     markers = store.list("pairs")
     assert 2 <= len(markers) < 6
-    assert not store.exists("pair_index.parquet")
+    assert not store.list("pair_index") and not store.exists(layout.LOCK_PATH)
     assert "finished" not in store.read_json("manifest.json")
     mtimes = {rel: os.stat(os.path.join(tmp_path, rel)).st_mtime_ns for rel in markers}
 
@@ -223,11 +286,48 @@ def test_interrupted_run_resumes_without_duplicates_or_recomputation(reference, 
     assert summary.pairs_skipped == len(markers) and summary.pairs_written == 6 - len(markers)
     for rel, t in mtimes.items():  # finished units were not recomputed
         assert os.stat(os.path.join(tmp_path, rel)).st_mtime_ns == t
-    index = store.read_table("pair_index.parquet")
-    pairs = list(zip(index.column("original").to_pylist(), index.column("target").to_pylist()))
-    assert sorted(pairs) == sorted(set(pairs)) and len(pairs) == 6
-    assert_same_results(store, reference)
+    assert_same_results(store, reference)  # pair_index included: resumed units read back whole
+    for key in layout.ranking_keys(10):
+        assert store.read_bytes(layout.ranking_path(key)) == reference.read_bytes(layout.ranking_path(key))
+    assert store.read_bytes(layout.ATLAS_PATH) == reference.read_bytes(layout.ATLAS_PATH)
     assert "finished" in store.read_json("manifest.json")
+
+
+def test_resume_reads_finished_units_in_parallel_rounds(reference, tmp_path, monkeypatch):
+    """On resume the reduce lists, then reads finished units' markers READ_CONCURRENCY at a time:
+    O(units / concurrency) sequential request rounds, not O(units) (counted on an instrumented
+    filesystem with 20 ms per read)."""
+    import countfs
+
+    from bluff_ray.reduce import Aggregate, LayerSpec
+    from bluff_ray.store import READ_CONCURRENCY
+
+    root = tmp_path / "many"
+    src = Path(reference.root)
+    marker = (src / "pairs/original=0/part-0.parquet").read_bytes()
+    units = [Unit(o, j, (j,)) for o in range(8) for j in range(12)]  # 96 finished units
+    for u in units:
+        p = root / u.marker
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(marker)
+    log = tmp_path / "reads.log"
+    monkeypatch.setenv("BLUFF_TEST_FS_LOG", str(log))
+    monkeypatch.setenv("BLUFF_TEST_FS_LATENCY", "0.02")
+    countfs.peak_concurrency(reset=True)
+    store = Store(f"countfs://{root}")
+    agg = Aggregate([str(i) for i in range(10)], [LayerSpec("mixed3a", 40), LayerSpec("mixed3b", 56),
+                                                  LayerSpec("mixed4a", 64), LayerSpec("mixed4b", 64)], 10)
+    t0 = time.perf_counter()
+    pipeline._read_finished(store, units, agg)
+    wall = time.perf_counter() - t0
+    reads = [l for l in log.read_text().splitlines() if " read " in l]
+    assert len(reads) == len(units)  # one request per unit, nothing read twice
+    peak = countfs.peak_concurrency()
+    assert peak >= min(READ_CONCURRENCY, len(units)) // 2, peak
+    rounds = -(-len(units) // peak)
+    assert rounds <= len(units) // 8
+    assert wall < len(units) * 0.02 / 4  # sequential reads would take len(units) x 20 ms
+    assert len(agg.units()) == len(units)
 
 
 @pytest.mark.s3
@@ -244,18 +344,17 @@ def test_s3_run_matches_local_and_reads_back_with_pyarrow_and_fastparquet(
     assert summary.pairs_written == 6 and not summary.failed
     remote = Store("s3://bluff-results/run1", opts)
     assert_same_results(remote, reference)
+    assert not remote.exists(layout.LOCK_PATH)
 
     fs = s3fs.S3FileSystem(key=FAKE_KEY, secret=FAKE_SECRET, client_kwargs={"endpoint_url": s3_endpoint})
     nodes = pq.read_table("bluff-results/run1/nodes", filesystem=fs, partitioning="hive",
                           filters=[("original", "=", 2)])
-    ref_nodes = reference.read_table("nodes/original=2/part-0.parquet")
     assert nodes.num_rows == sum(reference.read_table(f"nodes/original=2/part-{j}.parquet").num_rows for j in (0, 1))
     pf = fastparquet.ParquetFile("bluff-results/run1/edges/original=2/part-0.parquet", fs=fs)
     df = pf.to_pandas()
     ref_edges = reference.read_table("edges/original=2/part-0.parquet").to_pandas()
     assert list(df["src_channel"]) == list(ref_edges["src_channel"])
     np.testing.assert_allclose(df["influence_original"], ref_edges["influence_original"])
-    assert ref_nodes.num_rows > 0
 
     # No credential in any object written, nor in the driver's logs and output.
     for rel in remote.list():
@@ -283,15 +382,19 @@ def _ray_logs_dir() -> str | None:
         return None
 
 
-# --- refusals ---------------------------------------------------------------------------------
+# --- refusals and clear errors ----------------------------------------------------------------
 
 
 @pytest.mark.s3
-def test_preflight_fails_before_any_ray_work(ray_session, monkeypatch, tmp_path):
+def test_preflight_fails_before_the_model_or_any_ray_work(ray_session, monkeypatch, tmp_path):
     def no_workers(*_a, **_k):
-        raise AssertionError("actors were started despite unusable storage")
+        raise AssertionError("workers were planned despite unusable storage")
 
-    monkeypatch.setattr(pipeline, "start_workers", no_workers)
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was loaded before the storage check")
+
+    monkeypatch.setattr(pipeline, "plan_pool", no_workers)
+    monkeypatch.setattr(pipeline, "load_run_model", no_model)
     with pytest.raises(StorageError, match="not writable"):
         run(small_config("s3://bucket-x/root", storage_options={"endpoint_url": "http://127.0.0.1:1"}))
     blocker = tmp_path / "a-file"
@@ -300,16 +403,66 @@ def test_preflight_fails_before_any_ray_work(ray_session, monkeypatch, tmp_path)
         run(small_config(str(blocker / "root")))
 
 
-def test_cli_exits_nonzero_on_unwritable_root(tmp_path):
+def test_preflight_gives_up_on_an_endpoint_that_never_answers(monkeypatch):
+    """A server that accepts TCP connections and never answers: a clear error within the timeout."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])  # accept and never answer
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        port = srv.getsockname()[1]
+        store = Store("s3://silent-bucket/root", {"endpoint_url": f"http://127.0.0.1:{port}"})
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match="no answer"):
+            store.preflight(timeout_s=3)
+        assert time.monotonic() - t0 < 10
+    finally:
+        stop.set()
+        srv.close()
+        for c in held:
+            c.close()
+
+
+def test_cli_exits_2_with_a_message_for_bad_input(tmp_path):
+    """Unwritable root, unknown model, corrupt weights, GoogLeNet on digits, CUDA without a GPU,
+    more workers than the machine has: each one line on stderr and exit code 2, no traceback."""
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    proc = subprocess.run(
-        [sys.executable, "-m", "bluff_ray.cli", "run", "--out", str(blocker / "root"), "--classes", "0,1",
-         "--no-progress"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""},
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "not writable" in proc.stderr and "Started a local Ray" not in proc.stderr
+    bad_weights = tmp_path / "weights.pth"
+    bad_weights.write_bytes(b"not a checkpoint")
+    out = str(tmp_path / "out")
+    cases = [
+        (["--out", str(blocker / "root")], "not writable"),
+        (["--out", out, "--model", "resnet"], "unknown model 'resnet'"),
+        (["--out", out, "--weights", str(bad_weights)], "not a torch state_dict"),
+        (["--out", out, "--model", "googlenet", "--weights", "random"], "only fits the digits model"),
+        (["--out", out, "--device", "cuda"], "no GPU"),
+        (["--out", out, "--num-workers", "999"], "999 workers were requested"),
+    ]
+    if torch.cuda.is_available():
+        cases = [c for c in cases if "--device" not in c[0]]
+    for args, msg in cases:
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "run", "--classes", "0,1", "--no-progress", *args],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert msg in proc.stderr, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, (args, proc.stderr[-2000:])
+        assert time.monotonic() - t0 < 120
+        assert not Path(out, "pairs").exists()  # refused before any compute
 
 
 def test_config_mismatch_is_refused_unless_overwrite(ray_session, tmp_path):
@@ -325,56 +478,163 @@ def test_config_mismatch_is_refused_unless_overwrite(ray_session, tmp_path):
     assert Store(str(tmp_path)).read_json("manifest.json")["config"]["seed"] == 5
 
 
-def test_image_folder_run_counts_corrupt_images(ray_session, tmp_path, caplog):
+def test_a_version_1_root_is_refused_with_a_clear_message(ray_session, tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "config_hash": "x"}))
+    with pytest.raises(RunError, match="schema version 1.*--overwrite"):
+        run(small_config(str(tmp_path)))
+
+
+def test_concurrent_runs_into_one_root_are_refused(ray_session, tmp_path):
+    """While one run holds a root, a second one (same or other configuration) is refused at once;
+    afterwards the other configuration is refused by the manifest check, the same one resumes."""
+    cfg = small_config(str(tmp_path), pairs=["0:1", "1:0"], classes=None, num_workers=1)
+    started, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def hold(status: dict) -> None:
+        started.set()
+        release.wait(60)
+
+    def first():
+        try:
+            run(cfg, on_unit_done=hold)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        assert started.wait(120)
+        for other in (dataclasses.replace(cfg, seed=1), cfg):
+            with pytest.raises(RunError, match="is in use"):
+                run(other)
+    finally:
+        release.set()
+        t.join(180)
+    assert not errors
+    store = Store(str(tmp_path))
+    assert store.read_json("manifest.json")["config"]["seed"] == 0
+    assert not store.exists(layout.LOCK_PATH)
+    with pytest.raises(RunError, match="differing: .*seed"):
+        run(dataclasses.replace(cfg, seed=1))
+
+
+def test_a_stale_lock_of_a_dead_driver_is_taken_over(ray_session, tmp_path):
+    import socket
+
+    (tmp_path / layout.LOCK_PATH).write_text(json.dumps({
+        "run_id": "dead", "config_hash": "x", "host": socket.gethostname(), "pid": 2**22 + 12345,
+        "started": "2026-01-01T00:00:00Z", "heartbeat": time.time()}))
+    summary = run(small_config(str(tmp_path), pairs=["0:1"], classes=None, num_workers=1))
+    assert summary.pairs_written == 1 and not (tmp_path / layout.LOCK_PATH).exists()
+
+
+def test_a_storage_outage_during_the_reduce_ends_in_a_summary(ray_session, tmp_path, monkeypatch, capsys):
+    """The reduce's writes fail (injected outage): the run reports it in one line, keeps every
+    finished unit, exits 1; a rerun after the outage only redoes the reduce."""
+    flag = tmp_path / "outage"
+    monkeypatch.setenv("BLUFF_TEST_FS_FAIL", str(flag))
+    root = tmp_path / "root"
+    units: list[dict] = []
+
+    def outage_after_last(status: dict) -> None:
+        if status["kind"] == "pairs":
+            units.append(status)
+            if len(units) == 2:
+                flag.write_text("down")
+
+    summary = run(small_config(f"countfs://{root}", pairs=["0:1", "1:0"], classes=None),
+                  on_unit_done=outage_after_last)
+    assert summary.pairs_written == 2
+    assert any(what.startswith("reduce") and "injected storage outage" in why for what, why in summary.failed)
+    report = summary.report()
+    assert "FAILED reduce" in report and "rerun the same command" in report and "Traceback" not in report
+    assert len(list((root / "pairs").rglob("*.parquet"))) == 2  # nothing finished was lost
+    flag.unlink()
+    # Releasing the run lock failed during the outage too. A new process would take the lock over
+    # (its pid is gone); this test's driver is still alive, so remove it as that process would.
+    assert (root / layout.LOCK_PATH).exists()
+    (root / layout.LOCK_PATH).unlink()
+    again = run(small_config(f"countfs://{root}", pairs=["0:1", "1:0"], classes=None))
+    assert again.pairs_written == 0 and again.pairs_skipped == 2 and not again.failed
+    assert (root / layout.pair_index_path(0)).exists()
+
+
+def _digit_folder(root: Path, classes, n: int) -> Path:
     from PIL import Image
 
     from bluff_ray.models.digits import digits_split
 
     x, y = digits_split("test")
-    for c in (0, 1):
-        folder = tmp_path / "images" / str(c)
+    for c in classes:
+        folder = root / str(c)
         folder.mkdir(parents=True)
-        for i, img in enumerate(x[y == c][:5]):
+        for i, img in enumerate(x[y == c][:n]):
             Image.fromarray((img[0].numpy() * 255).round().astype(np.uint8), mode="L").save(folder / f"{i}.png")
-    (tmp_path / "images" / "0" / "2-corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
-    cfg = small_config(str(tmp_path / "out"), data=str(tmp_path / "images"), classes=[0, 1], target_chunk=None,
-                       num_workers=1)
+    return root
+
+
+def test_image_folder_run_skips_corrupt_images_and_decompression_bombs(ray_session, tmp_path, caplog):
+    from PIL import Image
+
+    images = _digit_folder(tmp_path / "images", (0, 1), 5)
+    (images / "0" / "2-corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    # a PNG whose header claims more pixels than Pillow will ever decode (a decompression bomb)
+    Image.new("L", (1, 1)).save(images / "1" / "3-bomb.png")
+    data = bytearray((images / "1" / "3-bomb.png").read_bytes())
+    data[16:24] = (40000).to_bytes(4, "big") * 2  # IHDR width, height = 40000 (1.6 gigapixels)
+    (images / "1" / "3-bomb.png").write_bytes(bytes(data))
+    cfg = small_config(str(tmp_path / "out"), data=str(images), classes=[0, 1], target_chunk=None, num_workers=1,
+                       node_cache=str(tmp_path / "cache"))
     caplog.set_level("WARNING")
     summary = run(cfg)
     assert summary.pairs_written == 2 and not summary.failed
     classes = Store(str(tmp_path / "out")).read_table("classes.parquet").to_pylist()
     assert (classes[0]["n_images"], classes[0]["n_skipped"]) == (5, 1)
-    assert (classes[1]["n_images"], classes[1]["n_skipped"]) == (5, 0)
-    assert "unreadable images skipped per class: {0: 1}" in caplog.text
+    assert (classes[1]["n_images"], classes[1]["n_skipped"]) == (5, 1)
+
+
+def test_images_are_read_from_storage_once_per_node(tmp_path):
+    """Two actors on one node, every class needed by several units: each image file is read from
+    storage exactly once in the run (the node cache), counted by an instrumented filesystem in
+    every process (a subprocess with its own Ray, so the workers load the instrument)."""
+    images = _digit_folder(tmp_path / "images", (0, 1, 2, 3), 3)
+    log = tmp_path / "reads.log"
+    env = {**os.environ, "RAY_ADDRESS": "", "BLUFF_TEST_FS_LOG": str(log),
+           "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bluff_ray.cli", "run", "--data", f"countfs://{images}", "--out", str(tmp_path / "out"),
+         "--classes", "0,1,2,3", "--target-chunk", "1", "--images-per-class", "3", "--attack-steps", "1",
+         "--no-assets-enabled", "--no-progress", "--node-cache", str(tmp_path / "node-cache"), "--num-workers", "2"],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pairs written: 12" in proc.stdout
+    reads = [l.split(" ", 2)[2] for l in log.read_text().splitlines() if " read " in l and "/images/" in l]
+    assert len(reads) == 12 and len(set(reads)) == 12, reads  # 4 classes x 3 images, each read once
+    pids = {l.split(" ")[0] for l in log.read_text().splitlines() if " read " in l and "/images/" in l}
+    assert len(pids) >= 1
 
 
 def test_cli_run_reports_written_skipped_and_failed_units(ray_session, tmp_path, capsys):
     """`bluff run --config` end to end in-process: a class without images fails its units with a
     reason, the others are written; the rerun skips them; exit code 1 while anything failed."""
-    from PIL import Image
-
     from bluff_ray import cli
-    from bluff_ray.models.digits import digits_split
 
-    x, y = digits_split("test")
-    for c in (0, 1):  # class 2 has no folder: every unit touching it must fail, not crash the run
-        folder = tmp_path / "images" / str(c)
-        folder.mkdir(parents=True)
-        for i, img in enumerate(x[y == c][:4]):
-            Image.fromarray((img[0].numpy() * 255).round().astype(np.uint8), mode="L").save(folder / f"{i}.png")
+    images = _digit_folder(tmp_path / "images", (0, 1), 4)  # class 2 has no folder
     conf = tmp_path / "run.yaml"
-    conf.write_text(f"data: {tmp_path / 'images'}\nclasses: [zero, one, two]\ntarget_chunk: 1\n"
+    conf.write_text(f"data: {images}\nclasses: [zero, one, two]\ntarget_chunk: 1\n"
                     "attack: {{steps: 1}}\nassets: {{enabled: false}}\n".replace("{{", "{").replace("}}", "}"))
-    argv = ["run", "--config", str(conf), "--out", str(tmp_path / "out"), "--images-per-class", "4"]
+    argv = ["run", "--config", str(conf), "--out", str(tmp_path / "out"), "--images-per-class", "4",
+            "--node-cache", str(tmp_path / "cache")]
     assert cli.main(argv) == 1
     out, err = capsys.readouterr()
     assert "pairs written: 2, skipped (already done): 0, failed: 4 unit(s); total requested 6" in out
-    assert "FAILED unit original=2 part=0 (targets [0]): ValueError: class 2 has no readable images" in out
-    assert "FAILED unit original=0 part=1 (targets [2]): ValueError: target class 2 has no readable images" in out
+    assert "FAILED unit original=2 part=0 (targets [0]): ValueError: original class 2 has no readable images" in out
+    assert "FAILED unit original=0 part=1 (targets [2]): ValueError: class 2 has no readable images" in out
     assert "pair/s" in err or "s/pair" in err  # the progress bar
     store = Store(str(tmp_path / "out"))
     assert "finished" not in store.read_json("manifest.json")
-    assert store.read_table("pair_index.parquet").num_rows == 2
+    assert store.read_table(layout.pair_index_path(0)).num_rows == 1
     assert cli.main(argv) == 1
     out, _ = capsys.readouterr()
     assert "pairs written: 0, skipped (already done): 2, failed: 4 unit(s)" in out
@@ -391,17 +651,22 @@ def test_cli_demo_runs_the_demo_configuration_end_to_end(ray_session, tmp_path, 
     assert cli.main(argv) == 0
     stdout, err = capsys.readouterr()
     assert "pairs written: 2, skipped (already done): 0, failed: 0 unit(s); total requested 2" in stdout
-    assert "pairs:" in err and "assets:" in err and "neuron" in err
+    assert "pairs:" in err and "assets:" in err
     store = Store(str(out))
     manifest = store.read_json("manifest.json")
     assert manifest["finished"] and manifest["pairs_done"] == 2
     assert manifest["attack"]["steps"] == 50 and manifest["attack"]["method"] == "pgd_l2"
     assert manifest["images_per_class"] == 4
-    pairs = store.read_table("pair_index.parquet").to_pandas()
-    assert sorted(zip(pairs["original"], pairs["target"])) == [(0, 1), (1, 0)]
-    assert (pairs["n_images"] == 4).all()
-    assets = store.read_table("neurons/index.parquet")
-    assert assets.num_rows > 0
+    idx = pd_pairs(out)
+    assert sorted(idx) == [(0, 1), (1, 0)]
+    assert store.read_table("neurons/index.parquet").num_rows > 0
     assert cli.main(argv) == 0
     stdout, _ = capsys.readouterr()
     assert "pairs written: 0, skipped (already done): 2" in stdout
+
+
+def pd_pairs(root) -> list[tuple[int, int]]:
+    import pandas as pd
+
+    df = pd.read_parquet(os.path.join(root, "pair_index"))
+    return list(zip(df["original"].astype(int), df["target"].astype(int)))

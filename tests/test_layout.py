@@ -1,0 +1,85 @@
+"""The results layout: bluff_ray/layout.py's schemas are the tables of docs/FORMAT.md, and the
+partition files' footers fit the viewer's first range request."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bluff_ray import layout
+
+FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
+
+
+def _format_columns(heading_prefix: str) -> dict[str, str]:
+    """Column name -> type string of the first table under the FORMAT.md heading with that prefix."""
+    text = FORMAT_MD.read_text()
+    section = text[text.index(f"## {heading_prefix}"):]
+    section = section[: section.index("\n## ", 3)] if "\n## " in section[3:] else section
+    return dict(re.findall(r"^\| `(\w+)` \| ([\w<>]+) \|", section, flags=re.M))
+
+
+def _arrow_type(spec: str) -> pa.DataType:
+    m = re.fullmatch(r"list<(\w+)>", spec)
+    if m:
+        return pa.list_(_arrow_type(m.group(1)))
+    return {"int32": pa.int32(), "float32": pa.float32(), "string": pa.string(), "binary": pa.binary()}[spec]
+
+
+@pytest.mark.parametrize("heading,schema", [
+    ("classes.parquet", layout.CLASSES_SCHEMA), ("importance/", layout.IMPORTANCE_SCHEMA),
+    ("pairs/", layout.PAIRS_SCHEMA), ("nodes/", layout.NODES_SCHEMA), ("edges/", layout.EDGES_SCHEMA),
+    ("causal/", layout.CAUSAL_SCHEMA), ("rankings/", layout.RANKING_SCHEMA), ("overview/", layout.OVERVIEW_SCHEMA),
+    ("atlas/", layout.ATLAS_SCHEMA),
+])
+def test_schemas_are_the_ones_in_format_md(heading, schema):
+    cols = _format_columns(heading)
+    assert cols, f"no column table found under '## {heading}' in FORMAT.md"
+    assert [f.name for f in schema] == list(cols)
+    for f in schema:
+        assert f.type == _arrow_type(cols[f.name]), f.name
+
+
+def test_format_md_states_the_schema_version():
+    assert f"(schema version {layout.SCHEMA_VERSION})" in FORMAT_MD.read_text().splitlines()[0]
+
+
+def _rows(n_targets: int, per_target: int, s: int) -> pa.Table:
+    n = n_targets * per_target
+    return pa.table({
+        "target": pa.array([t for t in range(n_targets) for _ in range(per_target)], pa.int32()),
+        "layer": ["mixed4e"] * n, "channel": pa.array(range(n), pa.int32()), "role": ["exploited"] * n,
+        "importance_original": pa.array([1.5] * n, pa.float32()), "importance_target": pa.array([0.5] * n, pa.float32()),
+        "importance_attacked": pa.array([[0.25] * s] * n, pa.list_(pa.float32())),
+        "exploited_mask": pa.array([3] * n, pa.int32()), "effect": pa.array([[0.0] * s] * n, pa.list_(pa.float32())),
+    }, schema=layout.NODES_SCHEMA)
+
+
+def test_footer_cap_is_enforced_and_the_default_chunk_fits():
+    s = 10
+    k = layout.max_targets_per_file(s)
+    assert k >= 16  # at 10 strengths a file holds about 20 targets (docs/FORMAT.md)
+    data = layout.table_to_parquet(_rows(k, 30, s), "target", list(range(k)), footer_limit=layout.FOOTER_LIMIT)
+    assert layout.footer_size(data) + 8 <= layout.VIEWER_TAIL_BYTES
+    f = pq.ParquetFile(pa.BufferReader(data))
+    assert f.metadata.num_row_groups == k
+    # statistics only where readers filter (target), so the footer stays small
+    rg = f.metadata.row_group(0)
+    assert rg.column(0).statistics is not None and rg.column(0).statistics.has_min_max
+    assert rg.column(1).statistics is None or not rg.column(1).statistics.has_min_max
+    with pytest.raises(layout.FooterTooLarge):
+        layout.table_to_parquet(_rows(4 * k, 1, s), "target", list(range(4 * k)), footer_limit=layout.FOOTER_LIMIT)
+
+
+def test_grouped_files_have_one_row_group_per_target_even_empty():
+    t = _rows(3, 2, 2).filter(pa.compute.not_equal(pa.array([0, 0, 1, 1, 2, 2]), 1))
+    f = pq.ParquetFile(pa.BufferReader(layout.table_to_parquet(t, "target", [0, 1, 2])))
+    assert [f.metadata.row_group(i).num_rows for i in range(3)] == [2, 0, 2]
+    with pytest.raises(ValueError, match="sorted"):
+        layout.table_to_parquet(t.take([2, 0]), "target", [0, 2])
+    with pytest.raises(ValueError, match="not in groups"):
+        layout.table_to_parquet(t, "target", [0, 1])
