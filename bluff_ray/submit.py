@@ -68,6 +68,15 @@ def local_token() -> str | None:
         return None
 
 
+def local_token_path() -> str | None:
+    """The token file Ray's client would read (RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), resolved, if
+    it exists and RAY_AUTH_TOKEN does not take precedence; else None."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return None
+    path = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH") or DEFAULT_TOKEN_PATH)
+    return os.path.realpath(path) if os.path.isfile(path) else None
+
+
 def build_request(
     config: str,
     working_dir: str = ".",
@@ -87,6 +96,11 @@ def build_request(
     if os.path.commonpath([wd, cfg_path]) != wd:
         raise ValueError(f"the config file {config} must be inside the working dir {working_dir} to be shipped")
     load(cfg_path)  # fail here, not on the cluster, when the config is invalid
+    token_file = local_token_path()
+    if token_file and os.path.commonpath([os.path.realpath(wd), token_file]) == os.path.realpath(wd):
+        raise ValueError(f"the Ray auth token file {token_file} lies inside the working dir {working_dir}, which is "
+                         "uploaded with the job (and readable by anyone who can open the cluster's dashboard): "
+                         "keep it outside, e.g. in ~/.ray/")
     rel = os.path.relpath(cfg_path, wd)
     for arg in extra_args or []:
         if arg.startswith("--storage-option"):

@@ -1,8 +1,11 @@
 """deploy/: the YAMLs parse, point at the real entry point with valid options, and their run configs
-only use RunConfig keys; ``bluff submit`` builds a correct job request."""
+only use RunConfig keys; ``bluff submit`` builds a correct job request; deploy/README.md says what
+the files do (token authentication, the torch/CUDA pin, GPU workers from zero nodes, the attack
+batch table)."""
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import subprocess
@@ -37,9 +40,16 @@ def test_console_script_is_the_cli_main():
     assert project["project"]["scripts"]["bluff"] == "bluff_ray.cli:main"
 
 
+README = (DEPLOY / "README.md").read_text()
+
+
 def test_imagenet_config_uses_only_runconfig_keys():
     cfg = config.load(str(DEPLOY / "imagenet.toml"))  # unknown keys raise ConfigError
     assert cfg.model == "googlenet" and cfg.out.startswith("s3://") and cfg.attack.bf16
+    # no pinned attack batch (1000 does not fit an A10G): chosen per GPU from its free memory
+    assert "attack_batch_size" not in tomllib.loads((DEPLOY / "imagenet.toml").read_text())
+    assert cfg.attack_batch_size is None
+    assert cfg.num_workers is None  # every GPU the autoscaler can provide
 
 
 def test_rayjob_manifest():
@@ -62,10 +72,20 @@ def test_rayjob_manifest():
     finally:
         run_toml.unlink()
     assert cfg.model == "googlenet"
+    assert "attack_batch_size" not in tomllib.loads(cm["data"][key]) and cfg.attack_batch_size is None
     assert head["rayStartParams"]["num-cpus"] == "0"
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     limits = workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == 1
+    # no autoscaler here: the run waits for exactly the GPU pods the group starts
+    assert "enableInTreeAutoscaling" not in job["spec"]["rayClusterSpec"]
+    assert cfg.num_workers == sum(w["replicas"] * w["template"]["spec"]["containers"][0]["resources"]["limits"]
+                                  ["nvidia.com/gpu"] for w in workers)
+    # token authentication, by the operator (it creates the token Secret and the env of every container)
+    assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+    containers = [c for g in [head, *workers] for c in g["template"]["spec"]["containers"]]
+    assert not any(e.get("name", "").startswith("RAY_AUTH") for c in containers for e in c.get("env", []))
+    assert not re.search(r"[0-9a-f]{32,}", (DEPLOY / "rayjob.yaml").read_text())  # no token in the file
     ray_version = job["spec"]["rayClusterSpec"]["rayVersion"]
     docker = (DEPLOY / "Dockerfile").read_text()
     assert f"ARG RAY_VERSION={ray_version}" in docker
@@ -73,14 +93,58 @@ def test_rayjob_manifest():
 
 
 def test_cluster_launcher_yaml():
-    c = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+    text = (DEPLOY / "cluster.yaml").read_text()
+    c = yaml.safe_load(text)
     types = c["available_node_types"]
     assert types[c["head_node_type"]]["resources"]["CPU"] == 0
     gpu_types = [t for t in types.values() if t["resources"].get("GPU", 0) >= 1]
     assert gpu_types and all(t["max_workers"] >= 1 for t in gpu_types)
+    # GPU nodes start on demand: the run asks the autoscaler for them, and they can all start
+    assert all(t["min_workers"] == 0 for t in gpu_types)
+    assert sum(t["max_workers"] for n, t in types.items() if n != c["head_node_type"]) <= c["max_workers"]
     assert any("--num-cpus=0" in cmd for cmd in c["head_start_ray_commands"])
     assert any("bluff_ray.cli" in cmd for cmd in c["setup_commands"])
     assert c["provider"]["type"] == "aws"
+    # token authentication on every node: the mode in every container, the token file copied in
+    assert "--env RAY_AUTH_MODE=token" in c["docker"]["run_options"]
+    assert c["file_mounts"] == {"/home/ray/.ray/auth_token": "~/.ray/auth_token"}
+    assert not re.search(r"[0-9a-f]{32,}", text)  # no token in the file
+    # the GPUs the README says the run asks for by default are the ones this file allows
+    most = sum(t["max_workers"] * t["resources"]["GPU"] for t in gpu_types)
+    assert f"= {most} GPUs" in README and "min_workers: 0" in README
+
+
+def test_readme_documents_token_authentication():
+    for needle in ("RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "~/.ray/auth_token",
+                   "ray get-auth-token --generate", "ray get-auth-token", "--auth-token-path",
+                   "Authorization: Bearer", "exit code 2", "authOptions"):
+        assert needle in README, needle
+    # the option the README tells people to use exists, and sets what the README says
+    help_text = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--help"], capture_output=True,
+                               text=True, check=True, cwd=REPO).stdout
+    assert "--auth-token-path" in help_text and "RAY_AUTH_TOKEN_PATH" in help_text
+
+
+def _bluff_submit_lines(text: str) -> list[str]:
+    return [m.group(0) for m in re.finditer(r"bluff submit [^\n`]*", text)]
+
+
+def test_documented_bluff_submit_commands_parse():
+    lines = _bluff_submit_lines(README) + _bluff_submit_lines((DEPLOY / "cluster.yaml").read_text())
+    assert any("--auth-token-path" in line for line in lines)
+    parser = cli.build_parser()
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        if "--config" not in argv:
+            continue
+        args = parser.parse_args(argv)
+        assert args.func.__name__ == "cmd_submit" and (REPO / args.config).is_file(), line
+
+
+def test_readme_says_the_driver_is_bluff_run_and_waits_for_its_workers():
+    assert "The job's entrypoint is `bluff run`" in README
+    for needle in ("num_workers", "worker_timeout_s", "autoscaler", "min_workers: 0"):
+        assert needle in README, needle
 
 
 def test_dockerfile_installs_the_package_and_checks_the_entry_point():
@@ -89,8 +153,49 @@ def test_dockerfile_installs_the_package_and_checks_the_entry_point():
     assert "pip install --no-cache-dir ." in docker and "import bluff_ray.cli" in docker
 
 
+def test_dockerfile_pins_a_cuda12_torch_from_the_pytorch_index():
+    """The -gpu Ray image is CUDA 12.1: torch must be a CUDA 12 build from PyTorch's index, pinned, never the
+    PyPI default (CUDA 13.0 for torch 2.14.1, driver 580+)."""
+    docker = (DEPLOY / "Dockerfile").read_text()
+    index = re.search(r"^ARG TORCH_INDEX_URL=(https://download\.pytorch\.org/whl/cu(\d+))$", docker, re.M)
+    assert index and index.group(2).startswith("12"), "torch must come from a CUDA 12 index"
+    install = next(line for line in docker.splitlines() if "torch==" in line and "pip install" in line)
+    assert "--index-url ${TORCH_INDEX_URL}" in install
+    torch_v = re.search(r'"torch==(\d+\.\d+\.\d+)"', install).group(1)
+    vision_v = re.search(r'"torchvision==(\d+\.\d+\.\d+)"', install).group(1)
+    assert "startswith('12.')" in docker  # the build stops if torch is not a CUDA 12 build
+    # pip installs bluff_ray after torch, and must not swap it: checked again after `pip install .`
+    assert docker.index("torch==") < docker.index("pip install --no-cache-dir .") < docker.rindex("startswith('12.')")
+    # the README states the same pin, the same index and the driver it needs
+    assert f"--index-url {index.group(1)} torch=={torch_v} torchvision=={vision_v}" in README
+    assert re.search(r"driver[^.]*525", README) and "580" in README
+    assert "cu121" in README  # the image's CUDA
+
+
+FOOTPRINT_MB = {"bf16": 26.6, "fp32": 35.3}
+
+
+def test_readme_attack_batch_table_follows_its_rule():
+    """Every batch in the table is floor(0.85 x (memory - 1.5 GiB) / footprint) rounded down to 64, and the
+    instances are the ones deployments use."""
+    for kind, mb in FOOTPRINT_MB.items():
+        assert f"{mb} MB" in README
+    assert "floor(0.85 x (GPU memory - 1.5 GiB) / footprint)" in README
+    rows = re.findall(r"^\| (\w+) \| ([^|]+?) \| (\d+) \| (\d+) \| (\d+) \|$", README, re.M)
+    assert {r[0] for r in rows} == {"g5", "g6", "p4d", "p4de", "p5", "p5e"}
+    gpus = {r[0]: r[1] for r in rows}
+    assert gpus["g5"].startswith("A10G") and gpus["g6"].startswith("L4") and gpus["p5e"].startswith("H200")
+    for name, _gpu, mib, bf16, fp32 in rows:
+        usable = 0.85 * (int(mib) * 2**20 - 1.5 * 2**30)
+        for kind, batch in (("bf16", int(bf16)), ("fp32", int(fp32))):
+            per = FOOTPRINT_MB[kind] * 1e6
+            assert batch % 64 == 0 and batch * per <= usable < (batch + 64) * per, (name, kind, batch)
+    a10g = next(r for r in rows if r[0] == "g5")
+    assert int(a10g[3]) < 1000 and 1000 * FOOTPRINT_MB["bf16"] * 1e6 > int(a10g[2]) * 2**20
+
+
 def test_documented_ray_job_submit_line_runs_a_valid_bluff_command():
-    text = (DEPLOY / "README.md").read_text()
+    text = README
     lines = [l for l in text.splitlines() if l.startswith("ray job submit")]
     assert lines
     for line in lines:

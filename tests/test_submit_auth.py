@@ -256,6 +256,8 @@ def test_job_request_never_carries_the_token(tmp_path, monkeypatch):
     (tmp_path / "tok").write_text(token)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    tmp_path = tmp_path / "wd"  # the working dir, without the token file
+    tmp_path.mkdir()
     (tmp_path / "run.toml").write_text('model = "digits"\n')
     for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "ray_auth_mode"):
         with pytest.raises(ValueError, match="do not pass"):
@@ -300,3 +302,24 @@ def test_dry_run_and_help_mention_auth():
                          check=True).stdout
     for word in ("--auth-token-path", "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"):
         assert word in out
+
+
+def test_token_file_inside_the_working_dir_is_refused(tmp_path, monkeypatch):
+    """The working dir is uploaded with the job: a token file inside it would travel to the cluster."""
+    (tmp_path / "run.toml").write_text('model = "digits"\n')
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "ray-token").write_text(secrets.token_hex(32))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "secrets" / "ray-token"))
+    with pytest.raises(ValueError, match="lies inside the working dir"):
+        submit_mod.build_request(str(tmp_path / "run.toml"), str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))  # the default ~/.ray/auth_token inside the working dir, too
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    with pytest.raises(ValueError, match="lies inside the working dir"):
+        submit_mod.build_request(str(tmp_path / "run.toml"), str(tmp_path))
+    elsewhere = tmp_path / "wd"
+    elsewhere.mkdir()
+    (elsewhere / "run.toml").write_text('model = "digits"\n')
+    assert submit_mod.build_request(str(elsewhere / "run.toml"), str(elsewhere)).entrypoint.endswith("run.toml")
