@@ -410,8 +410,9 @@ def test_no_host_check_when_not_on_loopback(tmp_path):
         server.server_close()
 
 
-def _server_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith("Thread-") and "process_request" in t.name)
+def _handler_threads(before: set) -> list[threading.Thread]:
+    """Connection threads started since ``before`` (a set of threads): this test's, not earlier tests'."""
+    return [t for t in threading.enumerate() if t not in before and "process_request_thread" in t.name]
 
 
 def wait_for(cond, timeout: float, step: float = 0.05) -> bool:
@@ -430,15 +431,16 @@ def test_idle_connections_are_closed_and_their_threads_end(tmp_path):
     host, port = server.server_address[:2]
     socks = []
     try:
-        base = _server_threads()
+        before = set(threading.enumerate())
         opened = time.monotonic()
         for i in range(50):
             s = socket.create_connection((host, port), timeout=10)
             if i % 5 == 0:
                 s.sendall(b"GET /results/manifest.json HTTP/1.1\r\nHo")  # a request that never ends
             socks.append(s)
-        # one thread per connection while they are open (so the count below means something)
-        assert wait_for(lambda: _server_threads() >= base + 50, 5), [t.name for t in threading.enumerate()]
+        # one thread per connection while they are open (so the check below means something)
+        assert wait_for(lambda: len(_handler_threads(before)) >= 50, 5), len(_handler_threads(before))
+        handlers = _handler_threads(before)
         # a working client is still served meanwhile
         assert request(host, port, "GET", "/results/manifest.json")[0].status == 200
         for s in socks:  # the server closes each silent connection: EOF (or a reset), not a hang
@@ -449,7 +451,9 @@ def test_idle_connections_are_closed_and_their_threads_end(tmp_path):
             assert b"200 OK" not in data
         closed_after = time.monotonic() - opened
         assert 0.9 <= closed_after < 8, closed_after
-        assert wait_for(lambda: _server_threads() <= base, 5), (_server_threads(), base)
+        assert wait_for(lambda: not any(t.is_alive() for t in handlers), 5), \
+            sum(t.is_alive() for t in handlers)
+        assert not [t for t in _handler_threads(before) if t.is_alive()]  # nor any started since
     finally:
         for s in socks:
             s.close()
