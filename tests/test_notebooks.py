@@ -13,6 +13,8 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ALL_NOTEBOOKS = ["pair_tour.ipynb", "thousand_cuts.ipynb", "causal.ipynb"]
+
 
 def execute(name: str, results: str, out: Path, monkeypatch, **env) -> nbformat.NotebookNode:
     """Run a notebook with the venv's kernel; the kernel inherits BLUFF_* from this process."""
@@ -26,7 +28,13 @@ def execute(name: str, results: str, out: Path, monkeypatch, **env) -> nbformat.
     return nb
 
 
+def figures(nb: nbformat.NotebookNode) -> int:
+    """PNG figures among the executed notebook's outputs."""
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
 def test_notebooks_are_committed_without_outputs():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(ALL_NOTEBOOKS)
     for path in NOTEBOOKS.glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
@@ -40,8 +48,17 @@ def q(sql: str) -> list[tuple]:
     return duckdb.connect().execute(sql).fetchall()
 
 
+def table_sql(root: str, name: str) -> str:
+    """A hive-partitioned table of a schema-2 root (pair_index, nodes, edges, causal), `original` from the path."""
+    return f"read_parquet('{root}/{name}/*/*.parquet', hive_partitioning = true)"
+
+
 def nodes_sql(root: str) -> str:
-    return f"read_parquet('{root}/nodes/*/*.parquet', hive_partitioning = true)"
+    return table_sql(root, "nodes")
+
+
+def manifest(root: str) -> dict:
+    return json.loads(Path(root, "manifest.json").read_text())
 
 
 @pytest.mark.ray  # demo_results runs the pipeline on the session's local Ray
@@ -50,7 +67,7 @@ def test_pair_tour(demo_results, tmp_path, monkeypatch):
     got = json.loads((tmp_path / "pair_tour.json").read_text())
     # default pair: most exploited neurons, ties by lower ids
     o, t = q(
-        f"SELECT original, target FROM read_parquet('{demo_results}/pair_index.parquet') "
+        f"SELECT original, target FROM {table_sql(demo_results, 'pair_index')} "
         "ORDER BY n_exploited DESC, original, target LIMIT 1"
     )[0]
     assert (got["original"], got["target"]) == (o, t)
@@ -62,9 +79,9 @@ def test_pair_tour(demo_results, tmp_path, monkeypatch):
     shown = {(layer, role): n for layer, d in got["roles"].items() for role, n in d.items() if n}
     assert shown == want
     rate = q(
-        f"SELECT success_rate FROM read_parquet('{demo_results}/pair_index.parquet') WHERE original = {o} AND target = {t}"
+        f"SELECT success_rate FROM {table_sql(demo_results, 'pair_index')} WHERE original = {o} AND target = {t}"
     )[0][0]
-    assert got["success_rate"] == pytest.approx(rate)
+    assert got["success_rate"] == pytest.approx(rate, nan_ok=True)
     # top exploited by max excitation over the strengths with a successful attack
     top = q(
         f"""SELECT layer, channel, list_max(list_filter(list_transform(importance_attacked, lambda x: x - importance_original),
@@ -75,8 +92,7 @@ def test_pair_tour(demo_results, tmp_path, monkeypatch):
     assert [(l, c) for l, c, _ in got["top_exploited"]] == [(l, c) for l, c, _ in top]
     assert [e for *_, e in got["top_exploited"]] == pytest.approx([e for *_, e in top], rel=1e-6)
     # the executed notebook drew its figures
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 2
+    assert figures(nb) >= 2
 
 
 def thousand_cuts_sql(root: str, i: int, percent: int = 30) -> dict[tuple[int, int], int]:
@@ -103,20 +119,28 @@ def thousand_cuts_sql(root: str, i: int, percent: int = 30) -> dict[tuple[int, i
 
 @pytest.mark.ray
 def test_thousand_cuts(demo_results, tmp_path, monkeypatch):
-    execute("thousand_cuts.ipynb", demo_results, tmp_path, monkeypatch)
-    strengths = json.loads(Path(demo_results, "manifest.json").read_text())["strengths"]
-    weak, strong = thousand_cuts_sql(demo_results, 1), thousand_cuts_sql(demo_results, len(strengths) - 1)
+    strengths = manifest(demo_results)["strengths"]
+    # The notebook's default weaker strength (the 2nd smallest, the paper's choice) has no successful attack on the
+    # small demo; BLUFF_WEAK picks the weakest strength at which at least half of the pairs have one.
+    with_success = q(
+        f"SELECT i, count(*) FILTER (WHERE n_success[i + 1] > 0), count(*) "
+        f"FROM {table_sql(demo_results, 'pair_index')}, range({len(strengths)}) t(i) GROUP BY i ORDER BY i"
+    )
+    weak_i = min(i for i, n, total in with_success if 2 * n >= total)
+    assert 0 < weak_i < len(strengths) - 1
+    nb = execute("thousand_cuts.ipynb", demo_results, tmp_path, monkeypatch, BLUFF_WEAK=str(strengths[weak_i]))
+    weak, strong = thousand_cuts_sql(demo_results, weak_i), thousand_cuts_sql(demo_results, len(strengths) - 1)
     both = sorted(set(weak) & set(strong))
     with open(tmp_path / "thousand_cuts_counts.csv") as f:
         got = {(int(r["original"]), int(r["target"])): (int(r["weak"]), int(r["strong"])) for r in csv.DictReader(f)}
     assert got == {p: (weak[p], strong[p]) for p in both}
     assert got, "the demo should have pairs with successful attacks at both strengths"
     summary = json.loads((tmp_path / "thousand_cuts_summary.json").read_text())
-    n_pairs = q(f"SELECT count(*) FROM read_parquet('{demo_results}/pair_index.parquet')")[0][0]
+    n_pairs = q(f"SELECT count(*) FROM {table_sql(demo_results, 'pair_index')}")[0][0]
     assert summary["pairs_compared"] == len(both)
     assert summary["pairs_excluded"] == n_pairs - len(both)
     assert summary["weak_more"] == sum(weak[p] > strong[p] for p in both)
-    assert summary["weak_eps"] == strengths[1] and summary["strong_eps"] == strengths[-1]
+    assert summary["weak_eps"] == strengths[weak_i] and summary["strong_eps"] == strengths[-1]
     with open(tmp_path / "thousand_cuts_curve.csv") as f:
         curve = list(csv.DictReader(f))
     assert len(curve) == len(strengths)
@@ -126,11 +150,163 @@ def test_thousand_cuts(demo_results, tmp_path, monkeypatch):
         if per_pair:
             assert float(row["mean"]) == pytest.approx(sum(per_pair.values()) / len(per_pair))
         else:
-            assert math.isnan(float(row["mean"]))
+            assert row["mean"] == ""  # pandas writes NaN as an empty CSV field
+    assert figures(nb) >= 2
 
 
-def test_notebook_reports_missing_results(tmp_path, monkeypatch):
+def nan_to_none(values) -> list:
+    return [None if v is None or math.isnan(v) else v for v in values]
+
+
+def exploited_counts_from_nodes(root: str, n_strengths: int) -> dict[tuple[str, int], tuple[int, list[int]]]:
+    """Per neuron, from the nodes/ files alone: pairs where its role is `exploited`, and per strength the pairs
+    with `exploited_mask` bit i set."""
+    per_bit = q(
+        f"""SELECT layer, channel, i, count(*) FILTER (WHERE (exploited_mask >> i) & 1 = 1)
+            FROM {nodes_sql(root)}, range({n_strengths}) t(i) WHERE role = 'exploited' GROUP BY ALL"""
+    )
+    any_ = q(f"SELECT layer, channel, count(*) FROM {nodes_sql(root)} WHERE role = 'exploited' GROUP BY ALL")
+    out = {(l, c): (n, [0] * n_strengths) for l, c, n in any_}
+    for l, c, i, n in per_bit:
+        out[(l, c)][1][i] = n
+    return out
+
+
+@pytest.mark.ray
+def test_causal(demo_results, tmp_path, monkeypatch):
+    # an fsspec URL rather than a plain path: the notebook reads every file through fsspec
+    nb = execute("causal.ipynb", "file://" + demo_results, tmp_path, monkeypatch)
+    check_causal(json.loads((tmp_path / "causal.json").read_text()), demo_results)
+    # the figures: curve, per layer, differences, atlas heatmaps, neuron pictures
+    assert figures(nb) >= 5
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+def test_causal_on_s3(demo_results, s3_endpoint, make_bucket, s3_options, tmp_path, monkeypatch):
+    """The same numbers from a copy of the root on S3 (the moto server; the kernel finds it via AWS_ENDPOINT_URL)."""
+    import s3fs
+
+    bucket = make_bucket("notebook-results")
+    s3fs.S3FileSystem(client_kwargs=s3_options).put(demo_results + "/", f"{bucket}/root/", recursive=True)
+    nb = execute("causal.ipynb", f"s3://{bucket}/root", tmp_path, monkeypatch, AWS_ENDPOINT_URL=s3_endpoint)
+    check_causal(json.loads((tmp_path / "causal.json").read_text()), demo_results)
+    assert figures(nb) >= 5
+
+
+def check_causal(got: dict, demo_results: str) -> None:
+    """causal.json equals direct DuckDB queries over the local root's Parquet files."""
+    from scipy.stats import wilcoxon
+
+    m = manifest(demo_results)
+    S, layers = len(m["strengths"]), [l["name"] for l in m["layers"]]
+    causal = table_sql(demo_results, "causal")
+    assert got["strengths"] == m["strengths"]
+    assert got["n_pairs"] == q(f"SELECT count(*) FROM {table_sql(demo_results, 'pair_index')}")[0][0] == 6
+    with_success = q(
+        f"SELECT count(*) FILTER (WHERE n_success[i] > 0) FROM {table_sql(demo_results, 'pair_index')}, "
+        f"range(1, {S + 1}) t(i) GROUP BY i ORDER BY i"
+    )
+    assert got["pairs_with_success"] == [n for (n,) in with_success]
+
+    # (a) mean defused fraction per strength over the pairs with a value, per layer and `all`
+    rows = q(
+        f"""SELECT layer, i,
+                   avg(defused_exploited[i]::DOUBLE) FILTER (WHERE NOT isnan(defused_exploited[i])),
+                   count(*) FILTER (WHERE NOT isnan(defused_exploited[i])),
+                   avg(defused_random[i]::DOUBLE) FILTER (WHERE NOT isnan(defused_random[i])),
+                   count(*) FILTER (WHERE NOT isnan(defused_random[i])),
+                   avg(defused_both[i]::DOUBLE) FILTER (WHERE NOT isnan(defused_both[i])),
+                   count(*) FILTER (WHERE NOT isnan(defused_both[i]))
+            FROM {causal}, range(1, {S + 1}) t(i) GROUP BY ALL ORDER BY layer, i"""
+    )
+    want: dict[str, dict[str, list]] = {}
+    for layer, _i, e, ne, r, nr, b, nb_ in rows:
+        d = want.setdefault(layer, {"exploited": [], "random": [], "both": [], "n": []})
+        d["exploited"].append(e), d["random"].append(r), d["both"].append(b), d["n"].append((ne, nr, nb_))
+    assert sorted(want) == sorted(layers + ["all"])
+    for series in ("exploited", "random", "both"):
+        assert nan_to_none(got["defused"][series]) == pytest.approx(want["all"][series], abs=1e-6)
+        for layer in layers + ["all"]:
+            assert got["per_layer"][layer][series] == pytest.approx(want[layer][series], abs=1e-6)
+    assert [list(t) for t in zip(got["n_defused"]["exploited"], got["n_defused"]["random"], got["n_defused"]["both"])] \
+        == [list(t) for t in want["all"]["n"]]
+    assert any(v is None for v in got["defused"]["exploited"]), "the demo has strengths without a successful attack"
+    # the pair index's `defused` is the `all` row's exploited value
+    pairs = q(
+        f"""SELECT c.defused_exploited, p.defused FROM {causal} c
+            JOIN {table_sql(demo_results, 'pair_index')} p USING (original, target) WHERE c.layer = 'all'"""
+    )
+    assert len(pairs) == got["n_pairs"]
+    for from_causal, from_index in pairs:
+        assert nan_to_none(from_causal) == pytest.approx(nan_to_none(from_index))
+
+    # (b) the paired test: per pair, the mean of exploited - random over the strengths where both exist
+    diffs = q(
+        f"""SELECT original, target, avg(e - r) FROM (
+                SELECT original, target, unnest(defused_exploited)::DOUBLE AS e, unnest(defused_random)::DOUBLE AS r
+                FROM {causal} WHERE layer = 'all')
+            WHERE NOT isnan(e) AND NOT isnan(r) GROUP BY ALL ORDER BY original, target"""
+    )
+    test = got["test_random"]
+    assert test["n_pairs"] == len(diffs) and test["pairs_left_out"] == got["n_pairs"] - len(diffs)
+    assert [[o, t] for o, t, _ in diffs] == [[o, t] for o, t, _ in got["per_pair_difference"]]
+    assert [d for *_, d in got["per_pair_difference"]] == pytest.approx([d for *_, d in diffs], abs=1e-9)
+    d = [x for *_, x in diffs]
+    assert test["test"].startswith("wilcoxon")  # scipy is in the environment (scikit-learn needs it)
+    assert test["p"] == pytest.approx(wilcoxon(d, alternative="greater").pvalue)
+    pos, neg = sum(x > 0 for x in d), sum(x < 0 for x in d)
+    assert (test["sign"]["positive"], test["sign"]["negative"]) == (pos, neg)
+    assert test["sign"]["p"] == pytest.approx(sum(math.comb(pos + neg, k) for k in range(pos, pos + neg + 1)) / 2 ** (pos + neg))
+
+    # (c) the most exploited neurons: the atlas, ranked by a direct query ...
+    top_n = len(got["top_neurons"])
+    assert top_n == 10
+    atlas = q(
+        f"""SELECT layer, channel, n_exploited_any, n_exploited, mean_effect, top_originals, top_targets
+            FROM read_parquet('{demo_results}/atlas/neurons.parquet') WHERE n_exploited_any > 0
+            ORDER BY n_exploited_any DESC, list_sum(n_exploited) DESC, list_position({layers}, layer), channel
+            LIMIT {top_n}"""
+    )
+    assert [(n["layer"], n["channel"]) for n in got["top_neurons"]] == [(l, c) for l, c, *_ in atlas]
+    for n, (_l, _c, any_, per, effect, origs, targets) in zip(got["top_neurons"], atlas):
+        assert (n["n_exploited_any"], n["n_exploited"], n["top_originals"], n["top_targets"]) == (any_, per, origs, targets)
+        assert n["mean_effect"] == pytest.approx(nan_to_none(effect), abs=1e-6)
+    assert got["neurons_exploited"] == q(
+        f"SELECT count(*) FROM read_parquet('{demo_results}/atlas/neurons.parquet') WHERE n_exploited_any > 0")[0][0]
+    # ... and, independently of the atlas, counted from the nodes/ files' roles and exploited_mask bits
+    counts = exploited_counts_from_nodes(demo_results, S)
+    ranked = sorted(counts, key=lambda k: (-counts[k][0], -sum(counts[k][1]), layers.index(k[0]), k[1]))[:top_n]
+    assert [(n["layer"], n["channel"]) for n in got["top_neurons"]] == ranked
+    for n in got["top_neurons"]:
+        assert (n["n_exploited_any"], n["n_exploited"]) == counts[(n["layer"], n["channel"])]
+    assert got["neurons_exploited"] == len(counts)
+
+
+def write_version_1_root(path: Path) -> Path:
+    """A minimal root as bluff_ray 0.1 wrote it: manifest with schema_version 1 and one pair_index.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"schema_version": 1, "strengths": [0.1, 0.2], "layers": []}))
+    pq.write_table(pa.table({"original": [0], "target": [1]}), path / "pair_index.parquet")
+    return path
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
+def test_notebook_refuses_schema_version_1(name, tmp_path, monkeypatch):
+    from nbclient.exceptions import CellExecutionError
+
+    root = write_version_1_root(tmp_path / "v1")
+    with pytest.raises(CellExecutionError, match="schema version 1") as err:
+        execute(name, str(root), tmp_path, monkeypatch)
+    assert "--overwrite" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
+def test_notebook_reports_missing_results(name, tmp_path, monkeypatch):
     from nbclient.exceptions import CellExecutionError
 
     with pytest.raises(CellExecutionError, match="no results at"):
-        execute("pair_tour.ipynb", str(tmp_path / "nothing"), tmp_path, monkeypatch)
+        execute(name, str(tmp_path / "nothing"), tmp_path, monkeypatch)
