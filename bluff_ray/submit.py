@@ -7,8 +7,8 @@ dependencies come from the cluster image (deploy/Dockerfile), not from a runtime
 Credentials are never put in the entrypoint: give the workers an IAM role/instance profile, or
 set the standard AWS variables on the cluster.
 
-Authentication (Ray >= 2.52 token authentication, on by default for new clusters from Ray 2.59/2.61
-on): Ray's ``JobSubmissionClient`` sends ``Authorization: Bearer <token>`` to the dashboard when
+Authentication (Ray's token authentication, since Ray 2.52; on by default for local clusters since
+2.59 and for all clusters from 2.61): Ray's ``JobSubmissionClient`` sends ``Authorization: Bearer <token>`` to the dashboard when
 ``RAY_AUTH_MODE=token`` is set in the client's environment, with the token read, in this order,
 from ``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``.
 ``bluff submit`` uses exactly that mechanism; ``--auth-token-path FILE`` sets ``RAY_AUTH_MODE=token``
@@ -280,7 +280,7 @@ def register(subparsers) -> None:
         description="Submit 'bluff run --config CONFIG' to a Ray cluster (Ray Jobs API). The working dir "
         "(default: current) is shipped as the job's code; the cluster image must provide bluff_ray's "
         "dependencies (deploy/Dockerfile). Options after '--' are passed to 'bluff run'. Clusters with token "
-        "authentication (Ray's default from 2.61 on): the client sends the token the Ray way, when "
+        "authentication (RAY_AUTH_MODE=token on the cluster): the client sends the token the Ray way, when "
         "RAY_AUTH_MODE=token, from RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
         "--auth-token-path sets both for this command. The token is never part of the job.")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
