@@ -8,9 +8,10 @@ Credentials are never put in the entrypoint: give the workers an IAM role/instan
 set the standard AWS variables on the cluster.
 
 Authentication (Ray's token authentication, since Ray 2.52; on by default for local clusters since
-2.59 and for all clusters from 2.61): Ray's ``JobSubmissionClient`` sends ``Authorization: Bearer <token>`` to the dashboard when
-``RAY_AUTH_MODE=token`` is set in the client's environment, with the token read, in this order,
-from ``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``.
+2.59 and for all clusters from 2.61): Ray's ``JobSubmissionClient`` sends
+``Authorization: Bearer <token>`` to the dashboard when ``RAY_AUTH_MODE=token`` is set in the
+client's environment, with the token read, in this order, from ``RAY_AUTH_TOKEN``, the file named
+by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``.
 ``bluff submit`` uses exactly that mechanism; ``--auth-token-path FILE`` sets ``RAY_AUTH_MODE=token``
 and ``RAY_AUTH_TOKEN_PATH=FILE`` for this client process only. The token goes into that HTTP header
 and nowhere else: never into the job's entrypoint, runtime env, metadata or any output (a job
