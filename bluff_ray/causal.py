@@ -183,27 +183,49 @@ class Patching:
 
     # --- forward passes ---------------------------------------------------------------------------
     @torch.no_grad()
-    def logits(self, first: int, experiments: Sequence[Experiment]) -> torch.Tensor:
+    def logits(self, experiments: Sequence[Experiment]) -> torch.Tensor:
         """Logits [len(experiments), n, classes] of the adversarial images with each experiment's
-        neurons patched to their benign values (the batch is expanded at layer ``first``)."""
-        n = self.adversarial.shape[0]
-        m = len(experiments)
-        step = max(1, self.batch_size // max(1, m))
+        neurons patched to their benign values.
+
+        One forward pass per chunk of images: the batch runs unpatched ("carrier" rows) up to the
+        first layer an experiment patches, where that experiment's rows branch off the carrier, so
+        every layer's prefix is computed once and each experiment runs only the rest.
+        """
+        exps = list(experiments)
+        if any(not e.masks for e in exps):
+            raise ValueError("an experiment must patch at least one layer")
+        n, m = self.adversarial.shape[0], len(exps)
+        order = sorted(range(m), key=lambda j: min(exps[j].masks))  # rows in the order they branch off
+        by_first: dict[int, list[int]] = {}
+        for j in order:
+            by_first.setdefault(min(exps[j].masks), []).append(j)
+        layers = sorted({li for e in exps for li in e.masks})
+        step = max(1, self.batch_size // (m + 1))
         parts = []
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            benign = self._activations(self.benign[lo:hi])
-            parts.append(self._patched(self.adversarial[lo:hi], benign, first, experiments, lo, hi)
-                         .view(m, hi - lo, -1))
+            benign = self._activations(self.benign[lo:hi], layers)
+            out = self._patched(self.adversarial[lo:hi], benign, exps, by_first, layers, lo, hi)
+            c = hi - lo
+            rows = out[: m * c].view(m, c, -1)
+            back = torch.empty_like(rows)
+            back[torch.as_tensor(order, device=rows.device)] = rows
+            parts.append(back)
         return torch.cat(parts, dim=1) if parts else self.adversarial.new_empty((m, 0, 0))
 
     def _defused(self, target: int, groups) -> list[torch.Tensor]:
-        return [self.logits(first, exps).argmax(-1) != target for first, exps, _ in groups]
+        exps = [e for _, g, _ in groups for e in g]
+        pred = self.logits(exps).argmax(-1) != target
+        out, i = [], 0
+        for _, g, _ in groups:
+            out.append(pred[i: i + len(g)])
+            i += len(g)
+        return out
 
-    def _activations(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+    def _activations(self, images: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
         acts: dict[int, torch.Tensor] = {}
-        handles = [b.register_forward_hook(lambda _m, _i, o, li=li: acts.__setitem__(li, o))
-                   for li, b in enumerate(self.blocks)]
+        handles = [self.blocks[li].register_forward_hook(lambda _m, _i, o, li=li: acts.__setitem__(li, o))
+                   for li in layers]
         try:
             self.model(_layout(images))
         finally:
@@ -211,23 +233,27 @@ class Patching:
                 h.remove()
         return acts
 
-    def _patched(self, images, benign, first, exps, lo, hi) -> torch.Tensor:
-        m, c = len(exps), hi - lo
+    def _patched(self, images, benign, exps, by_first, layers, lo, hi) -> torch.Tensor:
+        c = hi - lo
+        active: list[int] = []  # experiments whose rows are in the batch, before the carrier rows
 
         def hook(li):
-            def replace(_mod, _inp, out):
-                if li == first:
-                    out = out.repeat(m, *([1] * (out.dim() - 1)))
-                masks = [e.masks.get(li) for e in exps]
-                if all(x is None for x in masks):
+            def branch(_mod, _inp, out):
+                new = by_first.get(li, [])
+                carrier = out[-c:]
+                rows = torch.cat([out[:-c], carrier.repeat(len(new), *([1] * (out.dim() - 1)))]) if new else out[:-c]
+                active.extend(new)
+                masks = [exps[j].masks.get(li) for j in active]
+                if not any(x is not None for x in masks):
                     return out
                 like = next(x for x in masks if x is not None)
-                mask = torch.cat([(x if x is not None else torch.zeros_like(like))[lo:hi] for x in masks])  # [m*c, C]
-                ben = benign[li].repeat(m, *([1] * (out.dim() - 1)))
-                return torch.where(mask.view(m * c, -1, *([1] * (out.dim() - 2))), ben, out)
-            return replace
+                mask = torch.cat([(x if x is not None else torch.zeros_like(like))[lo:hi] for x in masks])
+                k = len(active)
+                ben = benign[li].repeat(k, *([1] * (out.dim() - 1)))
+                rows = torch.where(mask.view(k * c, -1, *([1] * (out.dim() - 2))), ben, rows)
+                return torch.cat([rows, carrier])
+            return branch
 
-        layers = sorted({li for e in exps for li in e.masks} | {first})
         handles = [self.blocks[li].register_forward_hook(hook(li)) for li in layers]
         try:
             return self.model(_layout(images))

@@ -87,7 +87,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         if typ is bool:
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=f"{helptext} (default: {value})")
-        elif f.name in ("classes", "pairs", "strengths"):
+        elif f.name in ("classes", "pairs", "strengths", "originals"):
             g.add_argument(flag, dest=f.name, metavar="LIST", default=argparse.SUPPRESS,
                            help=f"{helptext}")
         else:

@@ -23,6 +23,7 @@ log = logging.getLogger("bluff_ray.cluster")
 IN_FLIGHT = 2  # calls queued per actor: the next unit's data loads while the current one computes
 MAX_REQUEUE = 3  # a unit whose worker died this many times fails (it may be what kills them)
 WAIT_LOG_S = 10.0
+GROW_CHECK_S = 2.0  # how often a pool sized from the resources present looks for new ones
 
 
 class PoolError(RuntimeError):
@@ -91,12 +92,17 @@ def plan_pool(now: dict, most: dict | None, num_workers: int | None, device: str
 def autoscaler_limits(ray) -> dict | None:
     """The most resources the cluster's autoscaler can provide ({"GPU": 16, ...}), or None.
 
-    Read from the cluster config the autoscaler publishes in the GCS (the same source Ray Data
-    uses); absent on a fixed cluster or a local instance.
+    Read from the cluster config the autoscaler publishes in the GCS (the same source and the same
+    "can it scale" rule as Ray Data); None on a cluster that cannot grow (a fixed or local one),
+    where the resources present are what there is, or that may still gain nodes by hand.
     """
     try:
         from ray._private.state import state
 
+        config = state.get_cluster_config()
+        if not config or not any(g.max_count == -1 or g.max_count > g.min_count
+                                 for g in config.node_group_configs if g.resources and g.max_count != 0):
+            return None
         limits = state.get_max_resources_from_cluster_config()
     except Exception:  # private API: fall back to the resources present
         return None
@@ -168,7 +174,8 @@ class WorkerPool:
         ray = self.ray
         queue = list(tasks)
         inflight: dict[Any, tuple[Task, _Worker]] = {}
-        t_start = last_log = last_grow = time.monotonic()
+        t_start = last_grow = time.monotonic()
+        last_log = t_start - WAIT_LOG_S  # say at once that the run waits for its workers
         warned_timeout = False
         while queue or inflight:
             for w in self.ready:
@@ -226,7 +233,7 @@ class WorkerPool:
                 log.warning("%d of %d workers started within %.0f s; going on with them (the others join when "
                             "their nodes come up)", len(self.ready), len(self.alive), self.timeout_s)
                 warned_timeout = True
-            if self.plan.grow and self.resources_now is not None and now - last_grow > WAIT_LOG_S:
+            if self.plan.grow and self.resources_now is not None and now - last_grow > GROW_CHECK_S:
                 last_grow = now
                 have = int(self.resources_now().get(self.plan.unit, 0))
                 while len(self.alive) < have:

@@ -57,6 +57,7 @@ class RunConfig:
     out: str = "./bluff-results"
     storage_options: dict[str, Any] = field(default_factory=dict)
     classes: list[int | str] | None = None
+    originals: list[int | str] | None = None
     pairs: list[str] | None = None
     images_per_class: int | None = None
     strengths: list[float] | None = None
@@ -91,6 +92,8 @@ FIELD_HELP: dict[str, str] = {
     "storage_options": "fsspec options for the results root and an s3:// image source, KEY=VALUE "
     "(repeatable; e.g. endpoint_url=http://127.0.0.1:9000, anon=false); never written to results or logs",
     "classes": "classes to include, by id, wnid or name, comma separated (default: all classes of the model)",
+    "originals": "attack only these classes (toward every other selected class), by id, wnid or name, comma "
+    "separated (default: all selected classes); e.g. to split a run, or to rehearse 3 originals x 999 targets",
     "pairs": "ordered pairs to compute as ORIGINAL:TARGET (ids, wnids or names), comma separated "
     "(default: every ordered pair of the selected classes)",
     "images_per_class": "use at most this many images per class (default: all)",
@@ -259,7 +262,7 @@ def from_dict(values: Mapping[str, Any], base: RunConfig | None = None) -> RunCo
             raise _unknown(k, list(top), "config")
         if k in NESTED:
             changes[k] = _build_nested(k, v, changes.get(k, getattr(base, k)))
-        elif k in ("classes", "pairs"):
+        elif k in ("classes", "pairs", "originals"):
             items = _listify(v)
             if k == "pairs" and items is not None:
                 items = [f"{p[0]}:{p[1]}" if isinstance(p, (list, tuple)) and len(p) == 2 else str(p) for p in items]
@@ -377,6 +380,7 @@ class ResolvedRun:
         # Explicit pairs only: the default (every ordered pair of ``classes``) is implied, and
         # listing 999,000 pairs would make manifest.json megabytes for the viewer.
         out["pairs"] = [list(p) for p in self.pairs] if c.pairs is not None else "all"
+        out["originals"] = sorted({o for o, _ in self.pairs}) if c.originals is not None else None
         out["strengths"] = list(self.strengths)
         out["target_chunk"] = self.target_chunk
         out["model_identity"] = dict(self.model_identity)
@@ -455,6 +459,8 @@ def resolve(cfg: RunConfig, adapter, model_identity: Mapping[str, Any] | None = 
             raise ConfigError("classes is empty")
     else:
         classes = None
+    if cfg.pairs is not None and cfg.originals is not None:
+        raise ConfigError("set either pairs or originals, not both")
     if cfg.pairs is not None:
         pairs = set()
         for p in cfg.pairs:
@@ -475,7 +481,13 @@ def resolve(cfg: RunConfig, adapter, model_identity: Mapping[str, Any] | None = 
         classes = classes if classes is not None else list(range(len(ids)))
         if len(classes) < 2:
             raise ConfigError("need at least two classes to form a pair")
-        pairs = [(o, t) for o in classes for t in classes if o != t]
+        originals = classes
+        if cfg.originals is not None:
+            originals = sorted({resolve_class(c, ids, names) for c in cfg.originals})
+            outside = [c for c in originals if c not in set(classes)]
+            if not originals or outside:
+                raise ConfigError(f"originals must be a non-empty subset of the selected classes (outside: {outside})")
+        pairs = [(o, t) for o in originals for t in classes if o != t]
     strengths = cfg.strengths
     if strengths is None:
         strengths = adapter.metadata.get("default_strengths")

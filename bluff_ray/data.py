@@ -115,28 +115,36 @@ class ImageFolderSource:
         return images, len(skipped)
 
 
+def synthetic_pattern(class_id: int, input_shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """The smooth pattern [C,H,W] shared by every synthetic image of a class: a seeded 4x4 grid per
+    channel, bilinearly enlarged (the rehearsal model's classifier is fitted to these)."""
+    import torch.nn.functional as F
+
+    c, h, w = input_shape
+    g = torch.Generator().manual_seed(seed * 1_000_003 + int(class_id))
+    return F.interpolate(torch.rand(1, c, 4, 4, generator=g), size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
 class SyntheticSource:
     """Deterministic synthetic images for any model: the rehearsal's (and the benchmarks') data.
 
-    Image i of class c is a smooth pattern (a seeded 4x4 grid per channel, bilinearly enlarged to
-    the input size) shared by the class plus seeded per-image noise, quantised to 8 bits so it
-    survives the uint8 node cache exactly. ``per_class`` images per class (``images_per_class``
-    caps it).
+    Image i of class c is the class's :func:`synthetic_pattern` plus 10 % seeded per-image noise,
+    quantised to 8 bits so it survives the uint8 node cache exactly. ``per_class`` images per class
+    (``images_per_class`` caps it).
     """
+
+    NOISE = 0.1
 
     def __init__(self, input_shape: tuple[int, int, int], seed: int = 0, per_class: int = 8):
         self.input_shape = tuple(int(v) for v in input_shape)
         self.seed, self.per_class = int(seed), int(per_class)
 
     def class_images(self, class_id: int, max_images: int | None = None) -> tuple[torch.Tensor, int]:
-        import torch.nn.functional as F
-
         n = self.per_class if max_images is None else min(self.per_class, int(max_images))
-        c, h, w = self.input_shape
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(class_id))
-        base = F.interpolate(torch.rand(1, c, 4, 4, generator=g), size=(h, w), mode="bilinear", align_corners=False)
-        noise = torch.rand(n, c, h, w, generator=g) - 0.5
-        x = (0.75 * base + 0.25 * (noise + 0.5)).clamp(0, 1)
+        base = synthetic_pattern(class_id, self.input_shape, self.seed)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + int(class_id)) ^ 0x5EED)
+        noise = torch.rand(n, *self.input_shape, generator=g)
+        x = ((1 - self.NOISE) * base + self.NOISE * noise).clamp(0, 1)
         return torch.round(x * 255) / 255, 0
 
 
@@ -269,8 +277,8 @@ def make_source(spec: str, adapter, storage_options: dict | None = None, node_ca
     check_source(spec, adapter)
     if spec == "digits":
         return DigitsSource("test")
-    if spec == "synthetic":
-        return SyntheticSource(adapter.input_shape, seed=seed, per_class=max_images or SYNTHETIC_PER_CLASS)
+    if spec == "synthetic":  # the data do not change with the run's seed (the rehearsal model is fitted to them)
+        return SyntheticSource(adapter.input_shape, per_class=max_images or SYNTHETIC_PER_CLASS)
     folder = ImageFolderSource(spec, adapter, storage_options)
     return NodeCache(folder, node_cache or default_node_cache(), source_key(spec, adapter, max_images))
 

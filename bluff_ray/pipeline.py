@@ -479,11 +479,13 @@ def _run_locked(cfg, resolved: ResolvedRun, adapter, store: Store, ray_address, 
 
     started_ray = False
     if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS") or None
+        # "local": a new instance of our own, never a cluster someone else started on this machine
+        address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
         started_ray = True
     try:
-        _execute(ray, cfg, resolved, adapter, store, todo, finished, benign_todo, summary, on_unit_done, started_ray)
+        _execute(ray, cfg, resolved, adapter, store, todo, finished, benign_todo, summary, on_unit_done,
+                 started_ray and address == "local")
     finally:
         if started_ray:
             ray.shutdown()

@@ -21,7 +21,8 @@ from . import layout
 
 ROLE_EXPLOITED = "exploited"
 TOP_CLASSES = 5
-#: Rows per data page of a ranking file: one page of the explorer costs about this many rows.
+#: Bytes per data page of a ranking file (about 1,000 rows of one column): the explorer fetches
+#: the pages that hold its rows, so a page of the explorer costs a few KB per column.
 RANKING_PAGE_BYTES = 4096
 
 
@@ -52,6 +53,7 @@ class Aggregate:
     n_strengths: int
     _pairs: dict[int, list[pa.Table]] = field(default_factory=dict, repr=False)
     _units: set = field(default_factory=set, repr=False)
+    _cache: dict | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.n_classes = len(self.class_names)
@@ -80,6 +82,7 @@ class Aggregate:
         if key in self._units:
             return
         self._units.add(key)
+        self._cache = None
         self._pairs.setdefault(int(original), []).append(pairs.select(layout.PAIRS_SCHEMA.names).cast(layout.PAIRS_SCHEMA))
         if atlas is None and nodes is not None:
             atlas = unit_atlas(nodes, self.offsets, self.n_strengths)
@@ -127,6 +130,13 @@ class Aggregate:
         return t.sort_by([("target", "ascending")])
 
     def _all_pairs(self) -> dict[str, np.ndarray]:
+        """Every pair's columns the global files need (cached until the next ``add_unit``)."""
+        if self._cache is not None:
+            return self._cache
+        self._cache = self._collect()
+        return self._cache
+
+    def _collect(self) -> dict[str, np.ndarray]:
         originals, tables = [], []
         for o in sorted(self._pairs):
             t = pa.concat_tables(self._pairs[o])

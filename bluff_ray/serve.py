@@ -214,6 +214,9 @@ def host_name(header: str) -> str | None:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "bluff-serve"
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm on, a kept-alive
+    # connection then waits ~40 ms for the peer's delayed ACK on every response.
+    disable_nagle_algorithm = True
     viewer_dir: Path
     results_dir: Path
     quiet: bool

@@ -81,6 +81,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # our own instance, even if another Ray runs on this machine
             num_cpus=2,
             include_dashboard=False,
             object_store_memory=200 * 2**20,

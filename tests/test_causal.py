@@ -40,7 +40,7 @@ def test_patching_every_channel_restores_the_benign_logits(attacked, layer):
     n, c = patching.adversarial.shape[0], adapter.layers[layer].channels
     everything = Experiment({layer: torch.ones((n, c), dtype=torch.bool)})
     nothing = Experiment({layer: torch.zeros((n, c), dtype=torch.bool)})
-    logits = patching.logits(layer, [everything, nothing])
+    logits = patching.logits([everything, nothing])
     with torch.no_grad():
         benign = patching.model(patching.benign)
         adversarial = patching.model(patching.adversarial)
@@ -83,7 +83,7 @@ def test_run_reports_per_layer_rows_controls_and_single_neuron_effects(attacked)
     for node, ch in zip(range(6, 10), (0, 1, 2, 3)):
         m = torch.zeros((n, adapter.layers[1].channels), dtype=torch.bool)
         m[:, ch] = True
-        d = (patching.logits(1, [Experiment({1: m})])[0].argmax(1) != 8).numpy()
+        d = (patching.logits([Experiment({1: m})])[0].argmax(1) != 8).numpy()
         want = [d[seg == i].mean() for i in range(s)]
         np.testing.assert_allclose(a.effect[node], want)
 
@@ -127,3 +127,17 @@ def test_single_channel_carrying_the_target_has_full_effect_and_others_none():
     row = res.table.to_pylist()[3]
     assert row["layer"] == "mixed4b" and row["defused_exploited"] == [1.0]
     assert res.defused == (1.0,)
+
+
+def test_one_pass_with_branching_rows_equals_patching_each_experiment_alone(attacked):
+    """All experiments share one forward pass (rows branch off at their first patched layer); each
+    one's logits equal a forward pass that patches only it, with masks that differ per image."""
+    adapter, patching, _ = attacked
+    n = patching.adversarial.shape[0]
+    g = torch.Generator().manual_seed(5)
+    exps = []
+    for layers in ([3], [1], [0, 2], [2], [1, 3]):
+        exps.append(Experiment({li: torch.rand((n, adapter.layers[li].channels), generator=g) < 0.3 for li in layers}))
+    together = patching.logits(exps)
+    for j, e in enumerate(exps):
+        torch.testing.assert_close(together[j], patching.logits([e])[0], rtol=1e-10, atol=1e-10)

@@ -149,6 +149,10 @@ def test_config_hash_covers_result_fields_only():
     same = [
         RunConfig(classes=[1, 0], num_workers=7, out="s3://elsewhere/x", storage_options={"key": "k"}, progress=False),
         RunConfig(classes=["zero", "one"], strengths=[0.5, 1.0]),  # explicit = default strengths
+        # speed knobs: random starts are drawn per block of samples, so batches change no result
+        RunConfig(classes=[0, 1], attack_batch_size=64, benign_batch_size=7, worker_timeout_s=5, node_cache="/x",
+                  attack=dataclasses.replace(RunConfig().attack, compile=True),
+                  pathways=dataclasses.replace(RunConfig().pathways, batch_size=3)),
     ]
     for cfg in same:
         assert resolve(cfg, a).config_hash() == base.config_hash()
@@ -157,7 +161,8 @@ def test_config_hash_covers_result_fields_only():
         "seed": RunConfig(classes=[0, 1], seed=1),
         "classes": RunConfig(classes=[0, 2]),
         "pathways.k": RunConfig(classes=[0, 1], pathways=dataclasses.replace(RunConfig().pathways, k=4)),
-        "attack_batch_size": RunConfig(classes=[0, 1], attack_batch_size=64),
+        "pathways.causal": RunConfig(classes=[0, 1], pathways=dataclasses.replace(RunConfig().pathways, causal=False)),
+        "attack.bf16": RunConfig(classes=[0, 1], attack=dataclasses.replace(RunConfig().attack, bf16=True)),
     }
     for field_name, cfg in changed.items():
         other = resolve(cfg, a)
@@ -185,3 +190,32 @@ def test_demo_config_is_every_digit_pair_at_the_default_strengths():
     # ... and each unit's whole attack grid (3 targets x 10 strengths x 32 images) is one batch
     assert 3 * 10 * 32 <= r.config.attack_batch_size
     assert cli.build_parser().parse_args(["demo"]).images_per_class == 32
+
+
+def test_bad_values_are_refused_with_the_field_named():
+    from bluff_ray.config import from_dict
+
+    for values, msg in [
+        ({"strengths": [True]}, "strengths must be numbers"),
+        ({"strengths": [0.1, "x"]}, "strengths must be numbers"),
+        ({"model": "resnet"}, "unknown model 'resnet'"),
+        ({"model": "googlenett"}, "did you mean 'googlenet'"),
+        ({"attack_batch_size": 0}, "attack_batch_size"),
+        ({"worker_timeout_s": -1}, "worker_timeout_s"),
+        ({"num_workers": True}, "num_workers"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            from_dict(values)
+    with pytest.raises(ConfigError, match="strengths must be numbers"):
+        RunConfig(strengths=[True, 2.0])
+
+
+def test_target_chunk_defaults_to_and_is_capped_by_the_footer_limit():
+    from bluff_ray import layout
+
+    a = fake_adapter()
+    limit = layout.max_targets_per_file(2)
+    many = RunConfig(classes=None)
+    assert resolve(many, a).target_chunk == min(limit, len(a.class_ids) - 1)
+    with pytest.raises(ConfigError, match="too large"):
+        resolve(RunConfig(target_chunk=limit + 1), a)

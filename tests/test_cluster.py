@@ -1,0 +1,59 @@
+"""The worker pool: sizing from the cluster (and its autoscaler), clear refusals, and a cluster that
+gains its workers after the run started."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sys as _sys
+
+import pytest
+
+from bluff_ray.cluster import PoolError, plan_pool
+
+from conftest import SUPPORT
+
+
+def test_gpu_workers_are_sized_from_what_the_autoscaler_can_provide():
+    # the driver starts before any GPU node exists (min_workers 0): 16 GPU workers are planned
+    p = plan_pool({"CPU": 0}, {"CPU": 64, "GPU": 16}, None, None, local=False)
+    assert (p.use_gpu, p.size, p.ceiling, p.grow) == (True, 16, 16, False)
+    assert plan_pool({"CPU": 0}, {"GPU": 16}, 4, None, local=False).size == 4
+    with pytest.raises(PoolError, match="20 workers were requested, but the cluster can have at most 16 GPUs"):
+        plan_pool({"CPU": 0}, {"GPU": 16}, 20, None, local=False)
+
+
+def test_local_resources_are_all_there_will_be():
+    p = plan_pool({"CPU": 2}, None, None, None, local=True)
+    assert (p.use_gpu, p.size, p.ceiling, p.grow) == (False, 2, 2, False)
+    with pytest.raises(PoolError, match="3 workers were requested, but this machine has 2 CPUs"):
+        plan_pool({"CPU": 2}, None, 3, None, local=True)
+    with pytest.raises(PoolError, match="no GPU"):
+        plan_pool({"CPU": 2}, None, None, "cuda", local=True)
+    assert plan_pool({"CPU": 2, "GPU": 2}, None, None, None, local=True).use_gpu
+    assert not plan_pool({"CPU": 2, "GPU": 2}, None, None, "cpu", local=True).use_gpu
+    assert plan_pool({"CPU": 8}, None, None, None, local=True, max_useful=3).size == 3
+
+
+def test_a_fixed_cluster_without_autoscaler_information_grows_with_its_nodes():
+    p = plan_pool({"CPU": 0}, None, None, None, local=False)
+    assert (p.size, p.ceiling, p.grow) == (1, None, True)
+    p = plan_pool({"CPU": 0}, None, 2, None, local=False)  # asked for 2: wait for them
+    assert (p.size, p.grow) == (2, False)
+    assert plan_pool({"CPU": 0}, {"GPU": sys.maxsize}, None, None, local=False).grow  # unlimited node type
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("extra", [[], ["--num-workers", "2"]])
+def test_a_cluster_that_gains_workers_after_the_run_started_gets_one_actor_per_worker(tmp_path, extra):
+    env = {**os.environ, "RAY_ADDRESS": "",
+           "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([_sys.executable, str(SUPPORT / "grow_cluster.py"), str(tmp_path / "out"), *extra],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["waited"], got["stderr"]  # the driver said it was waiting before the node came
+    assert got["rc"] == 0, got["stderr"]
+    assert "pairs written: 6" in got["stdout"] and "with 2 worker(s)" in got["stdout"], got["stdout"]
