@@ -1,5 +1,5 @@
-"""Viewer benchmark: startup and one-pair bytes and times, pair explorer and class overview, in
-headless Chromium, on a results root of schema version 2.
+"""Viewer benchmark: startup and one-pair bytes and times, pair explorer, class overview and neuron
+atlas, in headless Chromium, on a results root of schema version 2.
 
     .venv/bin/python bench/viewer.py --synthetic 1000              # 1000 classes, 999,000 pairs (~15 s to build)
     .venv/bin/python bench/viewer.py --results ./bluff-results     # a real results root
@@ -7,7 +7,8 @@ headless Chromium, on a results root of schema version 2.
 
 Each load opens the viewer without URL state (the manifest's landing pair) in a fresh browser
 context (empty cache), waits for the graph, then opens the pair explorer (first page, then the
-reversed sort) and the class overview. The table reports medians over --loads loads.
+reversed sort), the class overview and the neuron atlas (neurons, then the class view). The table
+reports medians over --loads loads.
 
 - startup: bytes of manifest.json, classes.parquet and the landing original's pair_index
   partition, i.e. everything but the pair's own files; pair: bytes of the pair's nodes/edges
@@ -17,6 +18,9 @@ reversed sort) and the class overview. The table reports medians over --loads lo
   plus the pair_index partitions read to fill in every row's exploited count (how many depends on
   how many originals the page holds, up to 50); reverse: ms to re-sort (ascending page).
 - overview: ms from the click to the drawn heatmap, and its bytes (one row group).
+- atlas: ms to read and decode atlas/neurons.parquet (data-load-ms) and its bytes; class view: the
+  bytes of the class statistics columns of classes.parquet. (The synthetic roots have 4 x 64
+  neurons; a GoogLeNet root has 5,488.)
 
 On 127.0.0.1 the times measure the viewer's own work and request count plus the server's
 per-request cost, not network latency.
@@ -83,6 +87,19 @@ def load_once(browser, url: str) -> dict:
     page.wait_for_selector("#overview[data-state='ready']", timeout=60000)
     out["overview_ms"] = int(page.get_attribute("#overview", "data-ms"))
     out["overview_bytes"] = page.evaluate("window.__bluff.traffic.bytes") - b0
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(200)  # the pair's causal rows, read after its graph
+    n1 = page.evaluate("window.__bluff.traffic.log.length")
+    page.keyboard.press("a")
+    page.wait_for_selector("#atlas[data-state='ready']", timeout=60000)
+    out["atlas_ms"] = int(page.get_attribute("#atlas", "data-load-ms"))
+    out["atlas_bytes"] = sum(e["bytes"] for e in page.evaluate("window.__bluff.traffic.log")[n1:]
+                             if e["file"] == "atlas/neurons.parquet")
+    n2 = page.evaluate("window.__bluff.traffic.log.length")
+    page.click("#atlas-tab-classes")
+    page.wait_for_selector("#atlas[data-state='ready'][data-tab='classes']", timeout=60000)
+    out["class_stats_bytes"] = sum(e["bytes"] for e in page.evaluate("window.__bluff.traffic.log")[n2:]
+                                   if e["file"] == "classes.parquet")
     ctx.close()
     return out
 
@@ -165,14 +182,15 @@ def main(argv=None) -> int:
           f"{land and (land['original'], land['target'])}; {len(m['strengths'])} strengths; {args.loads} loads per source")
     print("files read before the first graph: " + ", ".join(res[0]["files"]) + "\n")
     print("| source | first graph (ms) | requests | startup bytes | pair bytes (nodes+edges) | explorer first page (ms) "
-          "| explorer bytes: page + partitions read to fill it | explorer reverse sort (ms) | overview drawn (ms) | overview bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| explorer bytes: page + partitions read to fill it | explorer reverse sort (ms) | overview drawn (ms) | overview bytes "
+          "| atlas read (ms) | atlas bytes | class statistics bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     kib = lambda b: f"{b / 1024:.1f} KiB"  # noqa: E731
     for r in res:
         print(f"| {r['source']} | {r['ms']:.0f} | {r['requests']:.0f} | {kib(r['startup'])} | {kib(r['pair'])} | "
               f"{r['explorer_ms']:.0f} | {kib(r['explorer_bytes'])} ({r['explorer_partitions']:.0f} partitions) | "
               f"{r['reverse_ms']:.0f} | {r['overview_ms']:.0f} | "
-              f"{kib(r['overview_bytes'])} |")
+              f"{kib(r['overview_bytes'])} | {r['atlas_ms']:.0f} | {kib(r['atlas_bytes'])} | {kib(r['class_stats_bytes'])} |")
     if tmp:
         tmp.cleanup()
     return 0

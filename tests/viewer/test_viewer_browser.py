@@ -670,14 +670,18 @@ def test_opening_another_pair_reads_only_its_row_groups(page, serve_root, scale_
     o, t = 999, 0
     page.goto(f"{url}?original={o}&target={t}")  # a fresh page: startup for this original, then the pair
     wait_ready(page, f"{o}-{t}")
+    page.wait_for_selector("#causal-panel[data-state='ready']")  # read after the graph is drawn
     f = page.evaluate("window.__bluff.traffic.byFile")
     row, nodes, edges = read_pair(scale_results, o, t)
-    pair = {k: v for k, v in f.items() if k.startswith(("nodes/", "edges/"))}
-    assert set(pair) == {f"nodes/original={o}/part-{row['part']}.parquet", f"edges/original={o}/part-{row['part']}.parquet"}
+    pair = {k: v for k, v in f.items() if k.startswith(("nodes/", "edges/", "causal/"))}
+    assert set(pair) == {f"{k}/original={o}/part-{row['part']}.parquet" for k in ("nodes", "edges", "causal")}
     assert sum(pair.values()) < 100 * 1024, pair
+    for k, v in pair.items():  # one footer read plus the pair's row group, nothing else
+        p = Path(scale_results) / k
+        assert v <= min(16384, p.stat().st_size) + row_group_span(p, row["row_group"]), (k, v)
     assert page.locator("g.node").count() == len(nodes)
     assert before  # the landing load fetched something
-    # the causal rows are readable through the data layer (no panel yet)
+    # the causal rows, through the data layer
     causal = page.evaluate(f"window.__bluff.loadCausal({o}, {t})")
     want = [r for r in pq.read_table(Path(scale_results) / f"causal/original={o}/part-{row['part']}.parquet").to_pylist()
             if r["target"] == t]
@@ -836,3 +840,488 @@ def test_failed_asset_index_is_retried(page, serve_root, synth_results):
     page.hover(f"g.node[data-id='{ids[1]}']")
     page.wait_for_selector(f"#detail[data-id='{ids[1]}'] img.feature-vis")
     assert len(calls) >= 2
+
+
+# --- causal panel, neuron effects, effect rings -----------------------------------------------------------------
+
+SETS = ("exploited", "random", "both")
+
+
+def _fin(v) -> bool:
+    return v is not None and not math.isnan(v)
+
+
+def _pct(v: float) -> str:
+    return f"{math.floor(100 * v + 0.5)}%"  # JavaScript Math.round
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def expected_causal_sentence(rows: list[dict], pair: dict, eps: list[float], s: int) -> str:
+    """The panel's sentence at strength index s (0 benign), from the causal rows and the pair row."""
+    if s == 0:
+        return ("Strength 0 shows benign images: patching needs a successful attack. Move the strength slider right to "
+                "see how many attacks patching the exploited neurons undoes.")
+    e = f"eps {eps[s - 1]:.2f}"
+    n_s = pair["n_success"][s - 1]
+    if n_s == 0:
+        return f"No attack succeeded at {e}: there is no successful attack to undo."
+    a = next(r for r in rows if r["layer"] == "all")
+    if a["n_exploited"] == 0:
+        return "This pair has no exploited neurons: there is nothing to patch."
+    x, r, b = (a[f"defused_{k}"][s - 1] for k in SETS)
+    ctrl_r = f"{_plural(a['n_random'], 'random displayed neuron')}: {_pct(r)}" if a["n_random"] and _fin(r) \
+        else "no random control: no other displayed neuron"
+    ctrl_b = f"top {_plural(a['n_both'], chr(39) + 'both' + chr(39) + ' neuron')}: {_pct(b)}" if a["n_both"] and _fin(b) \
+        else "no 'both' neurons to compare"
+    back = "its benign value" if a["n_exploited"] == 1 else "their benign values"
+    return (f"Patching the {_plural(a['n_exploited'], 'exploited neuron')} back to {back} undoes {_pct(x)} of the "
+            f"{_plural(n_s, 'successful attack')} at {e} ({ctrl_r}; {ctrl_b}).")
+
+
+def causal_cells(page) -> dict:
+    return {(c["layer"], c["set"]): c for c in page.eval_on_selector_all(
+        "#causal-table td.causal-cell", """tds => tds.map(t => ({layer: t.dataset.layer, set: t.dataset.set,
+            n: Number(t.dataset.n), value: Number(t.dataset.value), weaker: t.dataset.weaker === undefined ? null : Number(t.dataset.weaker),
+            text: t.querySelector('.causal-label').textContent,
+            bars: [...t.querySelectorAll('.causal-bar')].map(b => b.style.width)}))""")}
+
+
+def check_causal_table(page, rows: list[dict], strengths_shown: list[int]) -> None:
+    cells = causal_cells(page)
+    assert [r["layer"] for r in rows][-1] == "all"
+    assert page.eval_on_selector_all("#causal-table tbody tr", "trs => trs.map(t => t.dataset.layer)") == [r["layer"] for r in rows]
+    for r in rows:
+        for k in SETS:
+            c = cells[(r["layer"], k)]
+            vals = [r[f"defused_{k}"][s - 1] for s in strengths_shown]
+            assert c["n"] == r[f"n_{k}"]
+            for got, want in ((c["value"], vals[-1]), (c["weaker"], vals[0] if len(vals) == 2 else None)):
+                if want is None:
+                    assert got is None
+                elif _fin(want):
+                    assert got == pytest.approx(want, rel=1e-6)
+                else:
+                    assert got is None or math.isnan(got)
+            assert c["text"] == " → ".join(_pct(v) if _fin(v) else "—" for v in vals) + f" ({r[f'n_{k}']})"
+            assert c["bars"] == [f"{math.floor(100 * v + 0.5) if _fin(v) else 0}%" for v in vals]
+
+
+def sentences(page) -> list[str]:
+    return page.eval_on_selector_all("#causal-text p.causal-sentence", "ps => ps.map(p => p.textContent)")
+
+
+def test_causal_panel_matches_the_stored_rows(page, serve_root, synth_results):
+    from viewer_synth import NO_EXPLOITED, read_causal
+
+    eps = manifest(synth_results)["strengths"]
+    # a pair without success at the weakest strength (and with exploited neurons)
+    o, t = next((o, t) for o, t in all_pairs(synth_results)
+                if read_pair(synth_results, o, t)[0]["n_success"][0] == 0 and (o, t) != NO_EXPLOITED)
+    pair = read_pair(synth_results, o, t)[0]
+    rows = read_causal(synth_results, o, t)
+    # the synthetic root's known properties: a layer without exploited neurons, NaN without success
+    empty = [r for r in rows if r["layer"] != "all" and r["n_exploited"] == 0]
+    assert empty and all(not _fin(v) for r in empty for v in r["defused_exploited"])
+    assert all(not _fin(r[f"defused_{k}"][0]) for r in rows for k in SETS)
+    url = serve_root(synth_results)
+    page.goto(f"{url}?original={o}&target={t}&eps={eps[5]}")
+    wait_ready(page, f"{o}-{t}")
+    page.wait_for_selector("#causal-panel[data-state='ready']")
+    for s in (6, 9):
+        if s != 6:
+            page.eval_on_selector("#strength", f"el => {{ el.value = '{s}'; el.dispatchEvent(new Event('input')); }}")
+        assert sentences(page) == [expected_causal_sentence(rows, pair, eps, s)]
+        assert sentences(page)[0].startswith(f"Patching the {next(r for r in rows if r['layer'] == 'all')['n_exploited']} exploited")
+        assert page.is_visible("#causal-table")
+        check_causal_table(page, rows, [s])
+    # the layer without exploited neurons says so (no "NaN %")
+    c = causal_cells(page)[(empty[0]["layer"], "exploited")]
+    assert c["text"] == "— (0)" and "NaN" not in page.text_content("#causal-panel")
+    assert "no exploited neuron in this layer" in page.get_attribute(
+        f"#causal-table td.causal-cell.exploited[data-layer='{empty[0]['layer']}']", "title")
+    shot(page, "causal-panel")
+    # no successful attack at the strength: said, no table
+    page.eval_on_selector("#strength", "el => { el.value = '1'; el.dispatchEvent(new Event('input')); }")
+    assert sentences(page) == [f"No attack succeeded at eps {eps[0]:.2f}: there is no successful attack to undo."]
+    assert page.is_hidden("#causal-table")
+    # strength 0: patching needs an attack
+    page.keyboard.press("ArrowLeft")
+    assert page.input_value("#strength") == "0"
+    assert sentences(page) == [expected_causal_sentence(rows, pair, eps, 0)]
+    assert page.is_hidden("#causal-table")
+    # compare mode: both strengths (the weaker has no success here)
+    page.check("#compare")
+    page.eval_on_selector("#weaker", "el => { el.value = '1'; el.dispatchEvent(new Event('input')); }")
+    w, st = int(page.input_value("#weaker")), int(page.input_value("#stronger"))
+    assert w == 1
+    assert sentences(page) == [f"Weaker, eps {eps[w - 1]:.2f}: " + expected_causal_sentence(rows, pair, eps, w),
+                               f"Stronger, eps {eps[st - 1]:.2f}: " + expected_causal_sentence(rows, pair, eps, st)]
+    check_causal_table(page, rows, [w, st])
+    page.eval_on_selector("#weaker", "el => { el.value = '3'; el.dispatchEvent(new Event('input')); }")
+    assert sentences(page)[0] == f"Weaker, eps {eps[2]:.2f}: " + expected_causal_sentence(rows, pair, eps, 3)
+    check_causal_table(page, rows, [3, st])
+    shot(page, "causal-compare")
+    # a pair without any exploited neuron
+    o2, t2 = NO_EXPLOITED
+    page.goto(f"{url}?original={o2}&target={t2}&eps={eps[5]}")
+    wait_ready(page, f"{o2}-{t2}")
+    page.wait_for_selector("#causal-panel[data-state='ready']")
+    assert sentences(page) == ["This pair has no exploited neurons: there is nothing to patch."]
+    check_causal_table(page, read_causal(synth_results, o2, t2), [6])
+
+
+def test_causal_panel_hidden_without_patching(page, serve_root, synth_results, tmp_path):
+    # a run without activation patching (manifest causal: false)
+    root = make_results(tmp_path / "nocausal", seed=5, classes=3, causal=False)
+    url = serve_root(root)
+    page.goto(f"{url}?original=0&target=1&eps=0.3")
+    wait_ready(page, "0-1")
+    page.wait_for_selector("#causal-panel[data-state='off']")
+    assert "not run" in page.text_content("#causal-note") and page.is_hidden("#causal-body")
+    assert page.is_hidden("#effect-controls")
+    ex = page.eval_on_selector_all("g.node[data-role='exploited']", "gs => gs.map(g => g.dataset.id)")
+    page.hover(f"g.node[data-id='{ex[0]}']")
+    page.wait_for_selector(f"#detail[data-id='{ex[0]}']")
+    assert page.locator("#detail .effect").count() == 0
+    # a root whose causal files are missing
+    broken = tmp_path / "nofiles"
+    shutil.copytree(synth_results, broken)
+    shutil.rmtree(broken / "causal")
+    url = serve_root(broken)
+    page.goto(f"{url}?original=2&target=3")
+    wait_ready(page, "2-3")
+    page.wait_for_selector("#causal-panel[data-state='missing']")
+    note = page.text_content("#causal-note")
+    assert "No activation-patching results" in note and "causal/original=2/part-0.parquet" in note
+    assert page.is_hidden("#error")  # the graph is fine
+
+
+def ring_state(page) -> dict:
+    return {g["id"]: g for g in page.eval_on_selector_all("g.node", """gs => gs.map(g => { const r = g.querySelector('rect.effect-ring');
+        return {id: g.dataset.id, role: g.dataset.role, effect: g.dataset.effect === undefined ? null : Number(g.dataset.effect),
+                ring: g.dataset.ring === undefined ? null : Number(g.dataset.ring), shown: r.getAttribute('display') !== 'none',
+                sw: Number(r.getAttribute('stroke-width')), w: Number(r.getAttribute('width')),
+                size: Number(g.querySelector('rect.outer').getAttribute('width'))}; })""")}
+
+
+def check_rings(page, nodes: list[dict], s: int, on: bool) -> None:
+    st = ring_state(page)
+    ring_max = float(page.get_attribute("svg#graph", "data-ring-max"))
+    for n in nodes:
+        g = st[node_id(n)]
+        assert ring_max == pytest.approx(0.45 * g["size"])
+        if n["role"] != "exploited":
+            assert g["effect"] is None and g["ring"] is None and not g["shown"]
+            continue
+        eff = n["effect"][s - 1] if s >= 1 else math.nan
+        if _fin(eff):
+            assert g["effect"] == pytest.approx(eff, rel=1e-6)
+        else:
+            assert math.isnan(g["effect"])
+        want = eff * ring_max if on and _fin(eff) and eff > 0 else 0.0
+        if on:
+            assert g["ring"] == pytest.approx(want, rel=1e-5, abs=1e-9)  # proportional to the neuron's effect
+        else:
+            assert g["ring"] is None
+        assert g["shown"] == (want > 0)
+        if want > 0:
+            assert g["sw"] == pytest.approx(want, rel=1e-5) and g["w"] == pytest.approx(g["size"] - want, rel=1e-5)
+
+
+def test_neuron_effect_detail_and_rings(page, serve_root, synth_results):
+    o, t = 2, 3
+    eps = manifest(synth_results)["strengths"]
+    row, nodes, _ = read_pair(synth_results, o, t)
+    url = serve_root(synth_results)
+    page.goto(f"{url}?original={o}&target={t}&eps={eps[5]}")
+    wait_ready(page, f"{o}-{t}")
+    s = 6
+    # hover an exploited neuron: its own effect at the strength, and over strengths
+    ex = next(n for n in nodes if n["role"] == "exploited" and _fin(n["effect"][s - 1]))
+    page.hover(f"g.node[data-id='{node_id(ex)}']")
+    page.wait_for_selector(f"#detail[data-id='{node_id(ex)}'] .effect")
+    assert float(page.get_attribute("#detail .effect", "data-value")) == pytest.approx(ex["effect"][s - 1], rel=1e-6)
+    assert page.text_content("#detail .effect-text") == (
+        f"Patching it alone undoes {_pct(ex['effect'][s - 1])} of the successful attacks at eps {eps[s - 1]:.2f}.")
+    bars = page.eval_on_selector_all("#detail rect.effect-bar", "rs => rs.map(r => [Number(r.dataset.strength), Number(r.dataset.value)])")
+    want = [(i + 1, v) for i, v in enumerate(ex["effect"]) if _fin(v)]
+    assert [b[0] for b in bars] == [w[0] for w in want]
+    assert [b[1] for b in bars] == pytest.approx([w[1] for w in want], rel=1e-6)
+    assert page.locator("#detail rect.effect-bar.current").count() == 1
+    shot(page, "effect-detail")
+    # a non-exploited neuron shows no effect
+    other = next(n for n in nodes if n["role"] != "exploited")
+    page.hover(f"g.node[data-id='{node_id(other)}']")
+    page.wait_for_selector(f"#detail[data-id='{node_id(other)}']")
+    assert page.locator("#detail .effect").count() == 0
+    # an exploited neuron at a strength without success: said, no number
+    page.mouse.move(5, 5)
+    page.eval_on_selector("#strength", "el => { el.value = '1'; el.dispatchEvent(new Event('input')); }")
+    if row["n_success"][0] == 0:
+        page.hover(f"g.node[data-id='{node_id(ex)}']")
+        page.wait_for_selector(f"#detail[data-id='{node_id(ex)}'] .effect")
+        assert page.text_content("#detail .effect-text") == f"Causal effect: no successful attack at eps {eps[0]:.2f}."
+        page.mouse.move(5, 5)
+    page.eval_on_selector("#strength", f"el => {{ el.value = '{s}'; el.dispatchEvent(new Event('input')); }}")
+
+    # the toggle: rings inside the exploited neurons, thickness proportional to their effect
+    check_rings(page, nodes, s, on=False)
+    page.check("#effect-rings")
+    check_rings(page, nodes, s, on=True)
+    assert sum(1 for g in ring_state(page).values() if g["shown"]) > 3
+    assert parse_qs(urlsplit(page.url).query)["rings"] == ["effect"]
+    shot(page, "effect-rings")
+    # another strength: the rings follow it
+    page.eval_on_selector("#strength", "el => { el.value = '9'; el.dispatchEvent(new Event('input')); }")
+    check_rings(page, nodes, 9, on=True)
+    # URL round trip
+    before = ring_state(page)
+    page.goto(page.url)
+    wait_ready(page, f"{o}-{t}")
+    assert page.is_checked("#effect-rings")
+    assert ring_state(page) == before
+    # compare mode: the stronger strength's effect
+    page.check("#compare")
+    check_rings(page, nodes, int(page.input_value("#stronger")), on=True)
+    # the toggle off: no rings, not in the URL
+    page.uncheck("#effect-rings")
+    check_rings(page, nodes, int(page.input_value("#stronger")), on=False)
+    assert "rings" not in parse_qs(urlsplit(page.url).query)
+
+
+# --- neuron atlas ----------------------------------------------------------------------------------------------------
+
+
+def atlas_rows(page) -> list[dict]:
+    return page.eval_on_selector_all("#atlas-table tbody tr", """trs => trs.map(t => ({id: t.dataset.id, any: Number(t.dataset.any),
+        at: Number(t.dataset.at), effect: Number(t.dataset.effect), displayed: Number(t.dataset.displayed),
+        cells: [...t.querySelectorAll('td')].map(td => td.textContent)}))""")
+
+
+def expected_atlas_order(root, key: str, i: int, desc: bool, where: str = "true") -> list[str]:
+    """The atlas's neuron order from DuckDB: value descending then file row; ascending = the finite
+    values reversed (ties too); NaN last in file order."""
+    v = {"any": "n_exploited_any", "at": f"n_exploited[{i + 1}]", "effect": f"mean_effect[{i + 1}]",
+         "displayed": "n_displayed"}[key]
+    src = (f"(select layer || '-' || channel as id, cast({v} as double) as v, file_row_number as r "
+           f"from read_parquet('{root}/atlas/neurons.parquet', file_row_number = true) where {where})")
+    order = "v desc, r" if desc else "v asc, r desc"
+    con = duckdb.connect()
+    valid = con.execute(f"select id from {src} where isfinite(v) order by {order}").fetchall()
+    nan = con.execute(f"select id from {src} where v is null or not isfinite(v) order by r").fetchall()
+    return [x[0] for x in valid + nan]
+
+
+def atlas_wait(page, tab: str = "neurons") -> None:
+    page.wait_for_selector(f"#atlas[data-state='ready'][data-tab='{tab}']")
+
+
+def test_atlas_at_1000_classes(page, serve_root, scale_results):
+    """Opening the atlas reads atlas/neurons.parquet only (the thumbnails' index afterwards); its
+    sorts match DuckDB; the class view reads the class statistics columns of classes.parquet."""
+    url = serve_root(scale_results)
+    page.goto(url)
+    wait_ready(page)
+    page.wait_for_selector("#causal-panel[data-state='ready']")  # the pair's last read
+    n0 = page.evaluate("window.__bluff.traffic.log.length")
+    page.keyboard.press("a")
+    atlas_wait(page)
+    assert page.input_value("#atlas-search") == ""  # the key did not type into the search box
+    page.wait_for_timeout(200)  # the thumbnails' index (absent in this root: no assets)
+    log = page.evaluate("window.__bluff.traffic.log")[n0:]
+    files = {e["file"] for e in log}
+    assert files <= {"atlas/neurons.parquet", "neurons/index.parquet"} and "atlas/neurons.parquet" in files
+    atlas_bytes = sum(e["bytes"] for e in log if e["file"] == "atlas/neurons.parquet")
+    size = (Path(scale_results) / "atlas/neurons.parquet").stat().st_size
+    assert atlas_bytes <= size and atlas_bytes < 64 * 1024  # one row per neuron (256 here), whatever the 999,000 pairs
+    n = pq.ParquetFile(f"{scale_results}/atlas/neurons.parquet").metadata.num_rows
+    assert page.get_attribute("#atlas", "data-total") == str(n)
+    assert page.locator("#atlas-table tbody tr").count() == 50  # a page, not every neuron
+    assert [r["id"] for r in atlas_rows(page)] == expected_atlas_order(scale_results, "any", 0, True)[:50]
+    # sort by pairs exploiting at a strength: the same top neurons as DuckDB, both directions, page 2
+    page.select_option("#atlas-strength", "6")
+    page.click("#atlas-table th[data-key=at]")
+    atlas_wait(page)
+    want = expected_atlas_order(scale_results, "at", 6, True)
+    got = atlas_rows(page)
+    assert [r["id"] for r in got] == want[:50]
+    con = duckdb.connect()
+    counts = dict(con.execute(f"select layer || '-' || channel, n_exploited[7] from read_parquet('{scale_results}/atlas/neurons.parquet')").fetchall())
+    assert all(r["at"] == counts[r["id"]] for r in got) and got[0]["at"] > 0
+    page.click("#atlas-next")
+    atlas_wait(page)
+    assert [r["id"] for r in atlas_rows(page)] == want[50:100]
+    page.click("#atlas-table th[data-key=at]")  # ascending
+    atlas_wait(page)
+    assert [r["id"] for r in atlas_rows(page)] == expected_atlas_order(scale_results, "at", 6, False)[:50]
+    page.click("#atlas-table th[data-key=effect]")
+    atlas_wait(page)
+    assert [r["id"] for r in atlas_rows(page)] == expected_atlas_order(scale_results, "effect", 6, True)[:50]
+    page.click("#atlas-table th[data-key=displayed]")
+    atlas_wait(page)
+    assert [r["id"] for r in atlas_rows(page)] == expected_atlas_order(scale_results, "displayed", 6, True)[:50]
+    assert page.locator("#atlas-table tbody tr").count() <= 50
+    shot(page, "atlas-1000")
+    # the class view: the class statistics columns, a page of the 1000 classes
+    n1 = page.evaluate("window.__bluff.traffic.log.length")
+    page.click("#atlas-tab-classes")
+    atlas_wait(page, "classes")
+    log2 = page.evaluate("window.__bluff.traffic.log")[n1:]
+    assert {e["file"] for e in log2} == {"classes.parquet"}
+    class_bytes = sum(e["bytes"] for e in log2)
+    assert page.locator("#atlas-class-table tbody tr").count() == 50
+    t = pq.read_table(f"{scale_results}/classes.parquet", columns=["class_id", "success_as_original", "success_as_target"]).to_pylist()
+
+    def order(col, desc):
+        valid = [(r[col][6], r["class_id"]) for r in t if _fin(r[col][6])]
+        valid.sort(key=lambda x: (-x[0], x[1]))
+        if not desc:
+            valid.reverse()
+        return [c for _, c in valid] + [r["class_id"] for r in t if not _fin(r[col][6])]
+
+    got = page.eval_on_selector_all("#atlas-class-table tbody tr", "trs => trs.map(t => [Number(t.dataset.class), Number(t.dataset.original), Number(t.dataset.target)])")
+    assert [g[0] for g in got] == order("success_as_original", True)[:50]
+    for c, so, st in got:
+        assert so == pytest.approx(t[c]["success_as_original"][6], rel=1e-6) and st == pytest.approx(t[c]["success_as_target"][6], rel=1e-6)
+    page.click("#atlas-class-table th[data-key=target]")
+    atlas_wait(page, "classes")
+    got = page.eval_on_selector_all("#atlas-class-table tbody tr", "trs => trs.map(t => Number(t.dataset.class))")
+    assert got == order("success_as_target", True)[:50]
+    page.click("#atlas-class-table th[data-key=original]")
+    page.click("#atlas-class-table th[data-key=original]")  # ascending: the hardest classes to attack, then NaN
+    atlas_wait(page, "classes")
+    page.click("#atlas-class-last")
+    atlas_wait(page, "classes")
+    got = page.eval_on_selector_all("#atlas-class-table tbody tr", "trs => trs.map(t => Number(t.dataset.class))")
+    assert got == order("success_as_original", False)[950:]
+    assert got[-1] == 7  # the class the model never classifies correctly: no rate, last
+    print(f"atlas at 1000 classes: atlas/neurons.parquet {atlas_bytes} bytes ({n} neurons), "
+          f"class statistics {class_bytes} bytes, load {page.get_attribute('#atlas', 'data-load-ms')} ms")
+    assert class_bytes < 150 * 1024
+    # the class view links the explorer: pairs into the first class (by success)
+    page.click("#atlas-class-table th[data-key=target]")
+    atlas_wait(page, "classes")
+    c = order("success_as_target", True)[0]
+    page.click(f"#atlas-class-table tr[data-class='{c}'] td.target button")
+    page.wait_for_selector("#explorer:not([hidden])")
+    assert page.is_hidden("#atlas")
+    explorer_wait(page)
+    assert page.get_attribute("#explorer-target", "data-value") == str(c)
+    assert explorer_rows(page) == [tuple(x) for x in expected_by_overview(scale_results, 6, c, True)][:50]
+
+
+def test_atlas_search_detail_and_links(page, serve_root, synth_results):
+    url = serve_root(synth_results)
+    names = names_of(synth_results)
+    page.goto(f"{url}?original=2&target=3")
+    wait_ready(page, "2-3")
+    page.click("#open-atlas")
+    atlas_wait(page)
+    con = duckdb.connect()
+    atlas = con.execute(f"select layer || '-' || channel as id, top_originals, top_targets, n_exploited_any "
+                        f"from read_parquet('{synth_results}/atlas/neurons.parquet')").fetchall()
+    # search by neuron id: that neuron first (an exact id), by a prefix: every match
+    nid = next(a[0] for a in atlas if a[3] > 0 and a[0].endswith("-1"))
+    page.fill("#atlas-search", nid)
+    atlas_wait(page)
+    rows = atlas_rows(page)
+    assert rows[0]["id"] == nid and all(nid in r["id"] for r in rows)
+    assert {r["id"] for r in rows} == {a[0] for a in atlas if nid in a[0]}
+    # by class name: the neurons with that class among their top originals or targets (names as text)
+    q = names[2]
+    page.fill("#atlas-search", q)
+    atlas_wait(page)
+    want = {a[0] for a in atlas if any(q.lower() in names[c].lower() for c in [*a[1], *a[2]])}
+    got = atlas_rows(page)
+    assert want and {r["id"] for r in got} == want if len(want) <= 50 else len(got) == 50
+    assert int(page.get_attribute("#atlas", "data-total")) == len(want)
+    assert page.locator("#atlas-table b").count() == 0  # "<b>two</b> & co" is text
+    # keyboard: Enter on a row opens its detail (pictures, per-strength counts, class links)
+    page.fill("#atlas-search", "")
+    atlas_wait(page)
+    top = atlas_rows(page)[0]
+    page.focus(f"#atlas-table tr[data-id='{top['id']}']")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"#atlas-detail[data-id='{top['id']}']")
+    page.wait_for_function("() => { const i = document.querySelector('#atlas-detail img.atlas-fv'); return i && i.complete && i.naturalWidth > 0; }")
+    a = next(x for x in atlas if x[0] == top["id"])
+    assert page.eval_on_selector_all("#atlas-detail .atlas-links.original .class-link", "bs => bs.map(b => Number(b.dataset.class))") == a[1]
+    assert page.eval_on_selector_all("#atlas-detail .atlas-links.target .class-link", "bs => bs.map(b => Number(b.dataset.class))") == a[2]
+    assert page.locator("#atlas-table tbody tr img.thumb").count() > 0  # thumbnails, lazily
+    shot(page, "atlas-detail")
+    # the top pair (when computed) opens in the graph
+    btn = page.locator("#atlas-open-pair")
+    btn.wait_for()
+    o, t = int(btn.get_attribute("data-original")), int(btn.get_attribute("data-target"))
+    assert (o, t) in set(all_pairs(synth_results)) and o == a[1][0]
+    btn.click()
+    wait_ready(page, f"{o}-{t}")
+    assert page.is_hidden("#atlas")
+    # a class link filters the pair explorer to that original
+    page.keyboard.press("a")
+    atlas_wait(page)
+    page.wait_for_selector(f"#atlas-detail[data-id='{top['id']}']")  # the detail stays open
+    c = a[1][0]
+    page.click(f"#atlas-detail .atlas-links.original .class-link[data-class='{c}']")
+    explorer_wait(page)
+    assert page.is_hidden("#atlas") and page.get_attribute("#explorer-original", "data-value") == str(c)
+    assert explorer_rows(page) == expected_order(synth_results, "exploited", 0, True, f"original = {c}")
+    page.keyboard.press("Escape")
+    # Esc closes the detail, then the atlas
+    page.keyboard.press("a")
+    atlas_wait(page)
+    page.keyboard.press("Escape")
+    assert page.is_hidden("#atlas-detail") and page.is_visible("#atlas")
+    page.keyboard.press("Escape")
+    assert page.is_hidden("#atlas")
+
+
+@pytest.mark.pipeline
+def test_atlas_counts_equal_the_nodes_files(page, serve_root, demo_results):
+    """On the real pipeline's root: n_exploited[i] is the count of nodes rows with exploited_mask bit
+    i set (DuckDB over nodes/), and the atlas shows those counts in that order."""
+    con = duckdb.connect()
+    S = len(manifest(demo_results)["strengths"])
+    i = S // 2
+    counts = dict(con.execute(
+        f"select layer || '-' || channel, count(*) from read_parquet('{demo_results}/nodes/*/*.parquet', hive_partitioning = true) "
+        f"where (exploited_mask >> {i}) & 1 = 1 group by all").fetchall())
+    assert counts
+    url = serve_root(demo_results)
+    page.goto(url)
+    wait_ready(page)
+    page.keyboard.press("a")
+    atlas_wait(page)
+    page.select_option("#atlas-strength", str(i))
+    page.click("#atlas-table th[data-key=at]")
+    atlas_wait(page)
+    rows = atlas_rows(page)
+    assert [r["id"] for r in rows] == expected_atlas_order(demo_results, "at", i, True)[:50]
+    for r in rows:
+        assert r["at"] == counts.get(r["id"], 0), r["id"]
+    assert rows[0]["at"] == max(counts.values())
+    shot(page, "atlas-pipeline")
+
+
+@pytest.mark.pipeline
+def test_causal_panel_on_pipeline_results(page, serve_root, demo_results):
+    """The real pipeline's causal rows: the sentence and the bars of a pair at two strengths."""
+    from viewer_synth import read_causal
+
+    eps = manifest(demo_results)["strengths"]
+    o, t = max(all_pairs(demo_results), key=lambda p: read_pair(demo_results, *p)[0]["n_exploited"])
+    pair = read_pair(demo_results, o, t)[0]
+    rows = read_causal(demo_results, o, t)
+    url = serve_root(demo_results)
+    page.goto(f"{url}?original={o}&target={t}&eps={eps[-1]}")
+    wait_ready(page, f"{o}-{t}")
+    page.wait_for_selector("#causal-panel[data-state='ready']")
+    for s in (len(eps), len(eps) // 2):
+        page.eval_on_selector("#strength", f"el => {{ el.value = '{s}'; el.dispatchEvent(new Event('input')); }}")
+        assert sentences(page) == [expected_causal_sentence(rows, pair, eps, s)]
+        if pair["n_success"][s - 1]:
+            check_causal_table(page, rows, [s])
+    shot(page, "causal-pipeline")

@@ -5,6 +5,13 @@ promise on a 3-class digits run: a class name that looks like HTML (must render 
 class name, a class that was never computed as an original, a strength where no attack succeeded
 (NaN), several layers with every role, neuron images, and a 1000-class root (999,000 pairs).
 
+Causal data (docs/FORMAT.md causal/, nodes.effect, pairs.defused): NaN wherever no attack
+succeeded; in the small root every pair has one layer without exploited neurons (layer
+``target % 4``: its causal row has ``n_exploited = 0`` and NaN fractions) and the pair
+``NO_EXPLOITED`` has none at all (every causal row NaN, ``n_exploited = 0``). ``causal=False``
+writes a root as a run without activation patching does: ``manifest.causal = false``, empty
+causal files, NaN effects and defused fractions.
+
 Everything is written with the project's own writers: ``bluff_ray.layout`` (schemas,
 ``table_to_parquet`` with one row group per target for nodes/edges/causal) and ``bluff_ray.reduce``
 (``Aggregate.add_unit`` per work unit, then ``write_global`` for pair_index/, rankings/, overview/,
@@ -44,6 +51,8 @@ CLASS_NAMES = ["zero", "one", "<b>two</b> & co", "three",
                "four, a class with a remarkably long name that cannot fit above its column"]
 #: pairs of the 1000-class test root with nodes/edges/causal files (besides the landing pair)
 SCALE_PAIRS = {(500, 250), (999, 0), (3, 998)}
+#: the small root's pair without any exploited neuron
+NO_EXPLOITED = (1, 4)
 ASSET_INDEX_SCHEMA = pa.schema([("layer", pa.string()), ("channel", pa.int32()), ("kind", pa.string()),
                                 ("rank", pa.int32()), ("path", pa.string()), ("class_id", pa.int32()),
                                 ("image_index", pa.int32()), ("activation", pa.float32())])
@@ -109,11 +118,15 @@ def _pair_rows(rng: np.random.Generator, o: int, targets: np.ndarray, n_images: 
 
 
 def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
-                 n_exploited: int | None) -> tuple[list[dict], list[dict], list[dict], list[float]]:
+                 n_exploited: int | None, causal: bool = True,
+                 no_exploited: bool = False) -> tuple[list[dict], list[dict], list[dict], list[float]]:
     S = len(STRENGTHS)
     ok = n_success > 0
     if n_exploited is None:
         ex_counts = [int(rng.integers(2, K + 3)) for _ in LAYERS]
+        ex_counts[t % len(LAYERS)] = 0  # one layer without exploited neurons
+        if no_exploited:
+            ex_counts = [0] * len(LAYERS)
     else:  # spread the pair row's exploited count over the layers
         ex_counts = np.bincount(rng.integers(0, len(LAYERS), int(n_exploited)), minlength=len(LAYERS)).tolist()
     nodes: list[dict] = []
@@ -134,7 +147,7 @@ def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
                 if role == "exploited":
                     bits = [s for s in range(S) if ok[s] and rng.random() < 0.5] or [int(np.argmax(ok)) if ok.any() else 0]
                     mask = sum(1 << s for s in bits)
-                    effect = [float(rng.random()) if ok[s] else math.nan for s in range(S)]
+                    effect = [float(rng.random()) if ok[s] and causal else math.nan for s in range(S)]
                 nodes.append(dict(target=t, layer=layer, channel=c, role=role, importance_original=base,
                                   importance_target=float(rng.gamma(2.0, 1.0)), importance_attacked=att,
                                   exploited_mask=mask, effect=effect))
@@ -152,7 +165,7 @@ def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
                 edges.append(dict(target=t, src_layer=s_["layer"], src_channel=s_["channel"], dst_layer=d["layer"],
                                   dst_channel=d["channel"], influence_original=float(v[0]),
                                   influence_target=float(v[1]), influence_attacked=att))
-    causal: list[dict] = []
+    causal_rows: list[dict] = []
     all_row = None
     for layer in LAYERS + ["all"]:
         rows = nodes if layer == "all" else [n for n in nodes if n["layer"] == layer]
@@ -161,13 +174,13 @@ def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
         n_both = min(n_ex, sum(n["role"] == "both" for n in rows))
 
         def frac(n):
-            return [float(rng.random()) if ok[s] and n else math.nan for s in range(S)]
+            return [float(rng.random()) if ok[s] and n and causal else math.nan for s in range(S)]
 
         row = dict(target=t, layer=layer, n_exploited=n_ex, n_random=n_rand, n_both=n_both,
                    defused_exploited=frac(n_ex), defused_random=frac(n_rand), defused_both=frac(n_both))
-        causal.append(row)
+        causal_rows.append(row)
         all_row = row
-    return nodes, edges, causal, all_row["defused_exploited"]
+    return nodes, edges, causal_rows if causal else [], all_row["defused_exploited"]
 
 
 # --- the root ---------------------------------------------------------------------------------------
@@ -176,7 +189,7 @@ def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
 def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool = True,
                  targets_per_file: int | None = None, originals: Iterable[int] | None = None,
                  with_files: Iterable[tuple[int, int]] | str | None = None, names: list[str] | None = None,
-                 target_chunk: int | None = None) -> Path:
+                 target_chunk: int | None = None, causal: bool = True) -> Path:
     """Write a schema-version-2 results root under ``root`` and return its path.
 
     - ``originals``: the classes computed as originals (default: all but the last of the small
@@ -186,6 +199,7 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
     - ``with_files``: the pairs that get nodes/edges/causal rows: None = every pair; "landing" =
       only the manifest's landing pair; or a set of (original, target) (the landing pair is always
       added).
+    - ``causal``: False writes a root without activation patching (see the module docstring).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -217,7 +231,7 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
         r["n_images"] = int(n_correct[o])
         ns = r["n_success"]
         with np.errstate(invalid="ignore", divide="ignore"):  # a fraction of the successful attacks, NaN without any
-            r["defused"] = np.where(ns > 0, np.floor(rng.random(ns.shape) * (ns + 1)) / ns, np.nan).astype(np.float32)
+            r["defused"] = np.where((ns > 0) & causal, np.floor(rng.random(ns.shape) * (ns + 1)) / ns, np.nan).astype(np.float32)
         rows[o] = r
 
     def success(r):
@@ -250,11 +264,12 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
             for k in picked:
                 idx = j + k
                 t = int(unit[k])
-                nodes, edges, causal, defused = _pair_tables(
-                    rng, t, r["n_success"][idx], None if files_for is None else int(r["n_exploited"][idx]))
+                nodes, edges, causal_rows, defused = _pair_tables(
+                    rng, t, r["n_success"][idx], None if files_for is None else int(r["n_exploited"][idx]),
+                    causal=causal, no_exploited=small and (o, t) == NO_EXPLOITED)
                 tables["nodes"] += nodes
                 tables["edges"] += edges
-                tables["causal"] += causal
+                tables["causal"] += causal_rows
                 r["n_nodes"][idx] = len(nodes)
                 r["n_edges"][idx] = len(edges)
                 r["n_exploited"][idx] = sum(n["role"] == "exploited" for n in nodes)
@@ -314,7 +329,7 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
         "classes": classes,
         "pairs_total": int(len(o_all)),
         "targets_per_file": tpf,
-        "causal": True,
+        "causal": causal,
         "versions": {},
         "created": "2026-01-01T00:00:00Z",
         "finished": "2026-01-01T00:00:00Z",
@@ -377,3 +392,13 @@ def read_pair(root: str | Path, original: int, target: int) -> tuple[dict, list[
 def class_names(root: str | Path) -> dict[int, str]:
     t = pq.read_table(Path(root) / layout.CLASSES_PATH, columns=["class_id", "name"]).to_pylist()
     return {r["class_id"]: r["name"] for r in t}
+
+
+def read_causal(root: str | Path, original: int, target: int) -> list[dict]:
+    """The pair's causal rows (its row group of causal/original=<o>/part-<j>.parquet), read with pyarrow."""
+    root = Path(root)
+    row = next(r for r in pair_index(root, original) if r["target"] == target)
+    f = pq.ParquetFile(root / layout.part_path("causal", original, row["part"]))
+    rows = f.read_row_group(row["row_group"]).to_pylist()
+    assert all(r["target"] == target for r in rows)
+    return rows

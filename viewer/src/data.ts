@@ -1,10 +1,11 @@
 // Reading a results root (docs/FORMAT.md, schema version 2) over HTTP: JSON with fetch, Parquet with
 // hyparquet over range requests. Nothing here reads a file whose size grows with the number of
 // pairs: startup reads manifest.json and a few columns of classes.parquet; picking an original reads
-// its pair_index partition; a pair reads the footers and its own row groups of its nodes/edges files;
-// the pair explorer reads pages of rankings/ rows; the class overview reads one row group of
-// overview/success.parquet. Every byte fetched is counted (window.__bluff.traffic) so tests and the
-// benchmark can check those costs.
+// its pair_index partition; a pair reads the footers and its own row groups of its nodes/edges (then
+// causal) files; the pair explorer reads pages of rankings/ rows; the class overview reads one row
+// group of overview/success.parquet; the neuron atlas reads atlas/neurons.parquet (one row per
+// neuron) and the per-class statistics columns of classes.parquet. Every byte fetched is counted
+// (window.__bluff.traffic) so tests and the benchmark can check those costs.
 import { parquetMetadataAsync, parquetReadObjects } from "hyparquet";
 import type { AsyncBuffer, FileMetaData } from "hyparquet";
 
@@ -550,8 +551,8 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow):
 }
 
 /**
- * The pair's activation-patching rows (causal/, one per layer then "all"). Not shown yet (a later
- * panel); it costs one more footer request and the pair's row group, like nodes and edges.
+ * The pair's activation-patching rows (causal/, one per layer then "all"): one more footer request
+ * and the pair's row group, like nodes and edges. Read after the pair's graph is drawn.
  */
 export async function loadCausal(root: string, pair: PairRow): Promise<CausalRow[]> {
   const rel = paths.part("causal", pair.original, pair.part);
@@ -573,6 +574,116 @@ export async function loadCausal(root: string, pair: PairRow): Promise<CausalRow
       defusedBoth: numList(r.defused_both),
     };
   });
+}
+
+// --- neuron atlas ---------------------------------------------------------------------------------------
+
+export interface AtlasNeuron {
+  id: string; // `${layer}-${channel}`
+  layer: string;
+  layerIndex: number;
+  channel: number;
+  /** position in atlas/neurons.parquet (layer order, then channel): the sort's tie-break */
+  row: number;
+  nDisplayed: number;
+  nExploitedAny: number;
+  /** per strength (0-based into manifest.strengths): pairs exploiting it at that strength */
+  nExploited: number[];
+  /** per strength: mean single-neuron defused fraction over the pairs where it was measured (NaN: none) */
+  meanEffect: number[];
+  topOriginals: number[];
+  topOriginalCounts: number[];
+  topTargets: number[];
+  topTargetCounts: number[];
+}
+
+const ATLAS_COLUMNS = [
+  "layer",
+  "channel",
+  "n_displayed",
+  "n_exploited_any",
+  "n_exploited",
+  "mean_effect",
+  "top_originals",
+  "top_original_counts",
+  "top_targets",
+  "top_target_counts",
+];
+let atlasPromise: Promise<AtlasNeuron[]> | null = null;
+
+/**
+ * atlas/neurons.parquet (one row per neuron of the model: a few thousand rows whatever the number
+ * of pairs), read once when the atlas page first opens.
+ */
+export function loadAtlas(root: string, manifest: Manifest): Promise<AtlasNeuron[]> {
+  if (!atlasPromise) {
+    const rel = paths.atlas;
+    const p = (async () => {
+      const layerIndex = new Map(manifest.layers.map((l, i) => [l.name, i]));
+      const S = manifest.strengths.length;
+      const rows = await readRows(root, rel, ATLAS_COLUMNS);
+      return rows.map((r, i) => {
+        const layer = String(r.layer);
+        const li = layerIndex.get(layer);
+        if (li === undefined) throw new DataError(rel, `unknown layer ${layer} (not in manifest.json)`);
+        const nExploited = numList(r.n_exploited);
+        const meanEffect = numList(r.mean_effect);
+        if (nExploited.length !== S || meanEffect.length !== S)
+          throw new DataError(rel, `row ${i}: n_exploited/mean_effect have ${nExploited.length}/${meanEffect.length} values, expected ${S}`);
+        return {
+          id: `${layer}-${num(r.channel)}`,
+          layer,
+          layerIndex: li,
+          channel: num(r.channel),
+          row: i,
+          nDisplayed: num(r.n_displayed),
+          nExploitedAny: num(r.n_exploited_any),
+          nExploited,
+          meanEffect,
+          topOriginals: numList(r.top_originals),
+          topOriginalCounts: numList(r.top_original_counts),
+          topTargets: numList(r.top_targets),
+          topTargetCounts: numList(r.top_target_counts),
+        };
+      });
+    })();
+    p.catch(() => {
+      if (atlasPromise === p) atlasPromise = null;
+    });
+    atlasPromise = p;
+  }
+  return atlasPromise;
+}
+
+export interface ClassStats {
+  /** per class id: per strength, the mean success rate of its pairs as the original (how easy to attack) */
+  successAsOriginal: number[][];
+  /** per class id: per strength, the mean success rate of the pairs into it (how easy to reach) */
+  successAsTarget: number[][];
+  nAsOriginal: number[];
+  nAsTarget: number[];
+}
+
+let classStatsPromise: Promise<ClassStats> | null = null;
+
+/** The per-class attack statistics columns of classes.parquet (only those column chunks are read). */
+export function loadClassStats(root: string): Promise<ClassStats> {
+  if (!classStatsPromise) {
+    const p = (async () => {
+      const rows = await readRows(root, paths.classes, ["n_as_original", "n_as_target", "success_as_original", "success_as_target"]);
+      return {
+        successAsOriginal: rows.map((r) => numList(r.success_as_original)),
+        successAsTarget: rows.map((r) => numList(r.success_as_target)),
+        nAsOriginal: rows.map((r) => num(r.n_as_original)),
+        nAsTarget: rows.map((r) => num(r.n_as_target)),
+      };
+    })();
+    p.catch(() => {
+      if (classStatsPromise === p) classStatsPromise = null;
+    });
+    classStatsPromise = p;
+  }
+  return classStatsPromise;
 }
 
 // --- rankings ----------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 // The detail view of one neuron: id, feature visualisation, dataset examples, and its median
 // activation over attack strengths with the original (green) and target (blue) reference lines.
+// An exploited neuron also shows its own causal effect (nodes.effect): the share of the pair's
+// successful attacks that patching this neuron alone back to its benign value undoes, at the
+// current strength (a sentence) and at every strength (small bars under the activation chart).
 import * as d3 from "d3";
 import type { NeuronAssets, NodeRow } from "./data";
 import { ROLE_COLOR } from "./graph";
@@ -16,6 +19,71 @@ export class DetailView {
     this.el.dataset.id = "";
   }
 
+  /** The neuron's single-neuron defused fraction: a sentence at s and bars over every strength. */
+  private effect(n: NodeRow, strengths: number[], s: number, nSuccess: number[]): void {
+    const box = document.createElement("div");
+    box.className = "effect";
+    const v = s >= 1 ? (n.effect[s - 1] ?? NaN) : NaN;
+    box.dataset.strength = String(s);
+    box.dataset.value = String(v);
+    const text = document.createElement("div");
+    text.className = "effect-text";
+    const e = s >= 1 ? `eps ${strengths[s].toFixed(2)}` : "";
+    if (s === 0) text.textContent = "Causal effect: strength 0 is benign; patching needs a successful attack.";
+    else if (Number.isFinite(v)) text.textContent = `Patching it alone undoes ${Math.round(100 * v)}% of the successful attacks at ${e}.`;
+    else if (!(nSuccess[s - 1] > 0)) text.textContent = `Causal effect: no successful attack at ${e}.`;
+    else text.textContent = `Causal effect: not measured at ${e}.`;
+    box.append(text);
+    const W = CW;
+    const H = 46;
+    const svg = d3
+      .select(box)
+      .append("svg")
+      .attr("class", "effect-chart")
+      .attr("width", W)
+      .attr("height", H)
+      .attr("role", "img")
+      .attr("aria-label", `causal effect of ${n.id} alone over attack strength`);
+    const x = d3
+      .scaleLinear()
+      .domain([0, d3.max(strengths) ?? 1])
+      .range([M.left, W - M.right]);
+    const y = d3.scaleLinear().domain([0, 1]).range([H - 6, 6]);
+    svg
+      .append("g")
+      .attr("transform", `translate(${M.left},0)`)
+      .call(d3.axisLeft(y).tickValues([0, 1]).tickFormat(d3.format(".0%")).tickSizeOuter(0));
+    svg
+      .append("line")
+      .attr("x1", M.left)
+      .attr("x2", W - M.right)
+      .attr("y1", y(0))
+      .attr("y2", y(0))
+      .attr("stroke", "#ccc");
+    const pts = n.effect.map((val, i) => ({ val, i: i + 1 })).filter((p) => Number.isFinite(p.val));
+    svg
+      .selectAll("rect.effect-bar")
+      .data(pts)
+      .join("rect")
+      .attr("class", (p) => (p.i === s ? "effect-bar current" : "effect-bar"))
+      .attr("data-strength", (p) => p.i)
+      .attr("data-value", (p) => p.val)
+      .attr("x", (p) => x(strengths[p.i]) - 3)
+      .attr("width", 6)
+      .attr("y", (p) => y(p.val))
+      .attr("height", (p) => Math.max(0.5, y(0) - y(p.val)))
+      .append("title")
+      .text((p) => `eps ${strengths[p.i].toFixed(2)}: ${Math.round(100 * p.val)}%`);
+    svg
+      .append("text")
+      .attr("class", "axis-title")
+      .attr("x", W - M.right)
+      .attr("y", 8)
+      .attr("text-anchor", "end")
+      .text("effect alone, per strength");
+    this.el.append(box);
+  }
+
   /**
    * Show neuron n next to `anchor` (its screen box). strengths: [0, eps1, ...]; s: current index;
    * layerMax: the y-scale top shared by the neuron's layer. assets: the neuron's pictures, undefined
@@ -28,6 +96,7 @@ export class DetailView {
     s: number,
     layerMax: number,
     assets: NeuronAssets | undefined | null | "error",
+    causal: { nSuccess: number[] } | null = null,
   ): void {
     const empty = assets === null ? "loading…" : assets === "error" ? "unavailable" : "none";
     if (assets === "error") assets = undefined;
@@ -176,6 +245,8 @@ export class DetailView {
         .attr("text-anchor", "middle")
         .text("no successful attack");
     }
+
+    if (causal && n.role === "exploited") this.effect(n, strengths, s, causal.nSuccess);
 
     // place it right of the neuron, inside the graph panel
     el.hidden = false;

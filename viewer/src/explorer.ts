@@ -185,6 +185,24 @@ export class PairExplorer {
     this.dialog.hidden = true;
   }
 
+  /**
+   * Open filtered to an original and/or a target (links from the neuron atlas), at strength index
+   * sIndex (0-based) when given: the pairs of an original sorted by exploited neurons, the pairs
+   * into a target alone by success (the only sort offered there).
+   */
+  openFiltered(original: number | null, target: number | null, sIndex?: number): void {
+    if (sIndex !== undefined && sIndex >= 0 && sIndex < this.strengths.length) {
+      this.sIndex = sIndex;
+      this.dialog.querySelector<HTMLSelectElement>("#explorer-strength")!.value = String(sIndex);
+    }
+    this.filterOriginal = original;
+    this.filterTarget = target;
+    this.by = original !== null ? "exploited" : "success";
+    this.desc = true;
+    this.page = 0;
+    this.open();
+  }
+
   private lastPage(): number {
     return Math.max(0, Math.ceil(this.total / PAGE_ROWS) - 1);
   }

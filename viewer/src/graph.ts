@@ -26,6 +26,17 @@ export interface ViewState {
   weaker: number;
   stronger: number;
   compareEdges: "weaker" | "stronger";
+  /** ring each exploited neuron by its own causal effect (nodes.effect) at the strength shown */
+  effectRings: boolean;
+}
+
+/**
+ * Ring thickness at effect 1 (every successful attack undone by patching the neuron alone) for a
+ * node of side `size`. The ring lies inside the node's square (it never covers a neighbour): its
+ * thickness is effect x ringMax, up to 45% of the side (an almost solid square).
+ */
+export function ringMax(size: number): number {
+  return 0.45 * size;
 }
 
 interface Pos {
@@ -269,6 +280,7 @@ export class GraphView {
               return `translate(${p.x},${p.y})`;
             });
           g.append("rect").attr("class", "outer").attr("rx", 3).attr("ry", 3);
+          g.append("rect").attr("class", "effect-ring").attr("fill", "none").attr("pointer-events", "none").attr("display", "none");
           g.append("rect").attr("class", "inner");
           g.append("text").attr("class", "node-label").attr("text-anchor", "middle");
           g.on("mouseenter", function (_ev, d) {
@@ -337,6 +349,28 @@ export class GraphView {
       summary.highlighted = shownNodes.filter((n) => hl.has(n.id)).length;
     }
 
+    // causal effect rings (exploited neurons; the stronger strength in compare mode)
+    const es = v.compare ? v.stronger : v.s;
+    const rmax = ringMax(sz);
+    nodeSel.each(function (d) {
+      const g = d3.select(this);
+      const eff = d.role === "exploited" && es >= 1 ? (d.effect[es - 1] ?? NaN) : NaN;
+      g.attr("data-effect", d.role === "exploited" ? String(eff) : null);
+      const ring = g.select("rect.effect-ring");
+      const w = v.effectRings && Number.isFinite(eff) && eff > 0 ? eff * rmax : 0;
+      if (w > 0)
+        ring
+          .attr("display", null)
+          .attr("x", w / 2)
+          .attr("y", w / 2)
+          .attr("width", sz - w)
+          .attr("height", sz - w)
+          .attr("rx", Math.max(0, 3 - w / 2))
+          .attr("stroke-width", w);
+      else ring.attr("display", "none").attr("stroke-width", 0);
+      g.attr("data-ring", v.effectRings && d.role === "exploited" ? String(w) : null);
+    });
+
     // edges
     const drawn: EdgeRow[] =
       v.filter === "pinned"
@@ -382,6 +416,8 @@ export class GraphView {
       .attr("data-pair", `${data.original}-${data.target}`)
       .attr("data-state", "ready")
       .attr("data-edges", summary.edges)
+      .attr("data-rings", v.effectRings ? "1" : "0")
+      .attr("data-ring-max", rmax)
       .attr("data-highlighted", summary.highlighted);
     return summary;
   }

@@ -1,5 +1,6 @@
 // The viewer's controller: loads a results root, keeps the view state (mirrored in the URL so a
-// link reopens the same view), and wires the header, sidebar, graph, detail view and explorer.
+// link reopens the same view), and wires the header, sidebar, graph, detail view, causal panel,
+// pair explorer, class overview and neuron atlas.
 import * as d3 from "d3";
 import "./style.css";
 import type { ClassInfo, Manifest, NeuronAssets, NodeRow, PairData, PairRow } from "./data";
@@ -18,6 +19,8 @@ import {
   traffic,
 } from "./data";
 import { PairExplorer } from "./explorer";
+import { NeuronAtlas } from "./atlas";
+import { CausalPanel } from "./causal";
 import { ClassOverview } from "./overview";
 import { GraphView, ROLE_COLOR } from "./graph";
 import type { FilterMode, GraphSummary, ViewState } from "./graph";
@@ -38,7 +41,7 @@ interface Debug {
   /** bytes fetched when the first pair's graph was drawn, per file */
   firstGraphBytes?: Record<string, number>;
   error?: string;
-  /** for tests and later panels: the data layer's causal reader (not shown yet) */
+  /** for tests: the data layer's causal reader */
   loadCausal?: (o: number, t: number) => Promise<unknown>;
 }
 const debug: Debug = { traffic, state: "loading" };
@@ -71,6 +74,7 @@ const view: ViewState = {
   weaker: 1,
   stronger: 9,
   compareEdges: "stronger",
+  effectRings: false,
 };
 
 // --- messages ---------------------------------------------------------------------------------
@@ -151,6 +155,7 @@ function readUrl(): void {
   }
   const ce = q.get("compare_edges");
   if (ce === "weaker" || ce === "stronger") view.compareEdges = ce;
+  view.effectRings = q.get("rings") === "effect";
 }
 
 function writeUrl(): void {
@@ -169,6 +174,7 @@ function writeUrl(): void {
     q.set("compare", `${vals[view.weaker]},${vals[view.stronger]}`);
     q.set("compare_edges", view.compareEdges);
   }
+  if (view.effectRings) q.set("rings", "effect");
   history.replaceState(null, "", `${window.location.pathname}?${q.toString()}`);
 }
 
@@ -199,6 +205,17 @@ const overview = new ClassOverview(
     }
   },
 );
+const causalPanel = new CausalPanel($("causal-panel"));
+const atlas = new NeuronAtlas($("atlas"), {
+  explore: (o, t, sIndex) => {
+    atlas.close();
+    explorer.openFiltered(o, t, sIndex);
+  },
+  openPair: (o, t) => {
+    atlas.close();
+    void openPair(o, t);
+  },
+});
 const origPicker = new Picker($("pick-original"), "- - - Select - - -", (v) => pickOriginal(v), "original class");
 const targetPicker = new Picker($("pick-target"), "- - - Select - - -", (v) => openPair(original!, v), "target class");
 
@@ -217,6 +234,7 @@ async function pickOriginal(v: number): Promise<void> {
   targetPicker.setOptions([], null);
   graph.clear();
   detail.hide();
+  causalPanel.clear();
   clearError();
   setStatus(`Loading the pairs of ${nameOf(v)}…`);
   writeUrl();
@@ -242,7 +260,8 @@ function renderDetail(): void {
   const layerMax = d3.max(layerNodes.flatMap((m) => [...m.act, m.target]).filter(Number.isFinite)) ?? 1;
   const s = view.compare ? view.stronger : view.s;
   const failed = assetsFailedFor === n;
-  detail.show(n, hoverAnchor, strengthValues(), s, layerMax, assets ? assets.get(n.id) : failed ? "error" : null);
+  const causal = manifest.causal === false || !pairRow ? null : { nSuccess: pairRow.nSuccess };
+  detail.show(n, hoverAnchor, strengthValues(), s, layerMax, assets ? assets.get(n.id) : failed ? "error" : null, causal);
   if (!assets && !failed) {
     loadAssets(root).then(
       (a) => {
@@ -365,9 +384,12 @@ function renderSidebar(): void {
   ($("compare-edges") as HTMLSelectElement).value = view.compareEdges;
   $("criterion-echo").textContent = view.criterion;
   $("compare-panel").classList.toggle("off", !view.compare);
+  ($("effect-rings") as HTMLInputElement).checked = view.effectRings;
   renderSuccess();
   renderExplain();
+  causalPanel.render(pairRow, manifest.strengths, view);
   explorer.setStrength(view.s);
+  atlas.setStrength(view.s);
   if (view.s >= 1 && !view.compare) overview.setStrength(view.s - 1);
 }
 
@@ -424,6 +446,7 @@ async function openPair(o: number, t: number): Promise<void> {
     pairData = null;
     pairRow = null;
     graph.clear();
+    causalPanel.clear();
     renderSidebar();
     showError(what, e);
   };
@@ -458,8 +481,33 @@ async function openPair(o: number, t: number): Promise<void> {
       debug.firstGraphBytes = { ...traffic.byFile };
     }
     debug.state = "ready";
+    void loadPairCausal(p, token);
   } catch (e) {
     fail(`Could not load the pair ${nameOf(o)} → ${nameOf(t)}.`, e);
+  }
+}
+
+/** The pair's causal rows, read after its graph is drawn (they never delay it). */
+async function loadPairCausal(p: PairRow, token: number): Promise<void> {
+  if (manifest.causal === false) {
+    causalPanel.off("Activation patching was not run for these results (manifest.json: causal false): no causal panel and no neuron effects.", "off");
+    return;
+  }
+  causalPanel.loading();
+  try {
+    const rows = await loadCausal(root, p);
+    if (token !== loadToken) return;
+    causalPanel.setRows(rows);
+    causalPanel.render(pairRow, manifest.strengths, view);
+  } catch (e) {
+    if (token !== loadToken) return;
+    if (e instanceof DataError && e.message.startsWith("not found"))
+      causalPanel.off(`No activation-patching results in this root (${e.file} is missing).`, "missing");
+    else
+      causalPanel.off(
+        `Could not read the activation-patching results: ${e instanceof DataError ? `${e.file}: ${e.message}` : (e as Error).message}`,
+        "error",
+      );
   }
 }
 
@@ -514,12 +562,17 @@ function wireControls(): void {
     view.compare = (e.target as HTMLInputElement).checked && S >= 2;
     refresh();
   });
+  $("effect-rings").addEventListener("change", (e) => {
+    view.effectRings = (e.target as HTMLInputElement).checked;
+    refresh();
+  });
   $("compare-edges").addEventListener("change", (e) => {
     view.compareEdges = (e.target as HTMLSelectElement).value as "weaker" | "stronger";
     refresh();
   });
   $("open-explorer").addEventListener("click", () => explorer.open());
   $("open-overview").addEventListener("click", () => overview.open(overviewStrength()));
+  $("open-atlas").addEventListener("click", () => atlas.open());
   let resizeTimer = 0;
   window.addEventListener("resize", () => {
     window.clearTimeout(resizeTimer);
@@ -530,7 +583,13 @@ function wireControls(): void {
     const t = e.target as HTMLElement;
     const typing = t instanceof HTMLInputElement && (t.type === "search" || t.type === "text");
     if (e.key === "Escape") {
-      if (overview.isOpen) overview.close();
+      if (atlas.isOpen) {
+        if (atlas.detailOpen) atlas.closeDetail();
+        else {
+          atlas.close();
+          $("open-atlas").focus();
+        }
+      } else if (overview.isOpen) overview.close();
       else if (explorer.isOpen) explorer.close();
       else if (origPicker.isOpen || targetPicker.isOpen) {
         origPicker.close();
@@ -546,7 +605,7 @@ function wireControls(): void {
       return;
     }
     if (typing || t instanceof HTMLSelectElement || (t instanceof HTMLInputElement && t.type === "range")) return;
-    if (explorer.isOpen || overview.isOpen) return;
+    if (explorer.isOpen || overview.isOpen || atlas.isOpen) return;
     if ((e.key === "ArrowLeft" || e.key === "ArrowRight") && !view.compare) {
       e.preventDefault();
       view.s = Math.max(0, Math.min(S, view.s + (e.key === "ArrowRight" ? 1 : -1)));
@@ -555,6 +614,9 @@ function wireControls(): void {
       explorer.open();
     } else if (e.key === "o") {
       overview.open(overviewStrength());
+    } else if (e.key === "a") {
+      e.preventDefault(); // the atlas focuses its search box: the key must not type into it
+      atlas.open();
     } else if (e.key === "0") {
       graph.resetZoom();
     }
@@ -640,6 +702,11 @@ async function main(): Promise<void> {
   wireControls();
   explorer.setData(root, classes, manifest.strengths);
   overview.setData(root, classes, manifest.strengths);
+  atlas.setData(root, manifest, classes);
+  if (manifest.causal === false) {
+    $("effect-controls").hidden = true;
+    causalPanel.off("Activation patching was not run for these results (manifest.json: causal false): no causal panel and no neuron effects.", "off");
+  }
   debug.loadCausal = async (o, t) => {
     const p = (await loadPartition(root, o)).find((x) => x.target === t);
     if (!p) throw new Error(`no pair ${o} -> ${t}`);
