@@ -7,10 +7,11 @@ strength of each (a sanity check that both do the same attack). A third column t
 (one batch of test images, random wrong targets) and GoogLeNet with random weights at a reduced
 batch/steps so it finishes in minutes on a laptop CPU.
 
-GPU mode (``--device cuda``) measures the production configuration of DESIGN §7: GoogLeNet at
+GPU mode (``--device cuda``) measures the production configuration: GoogLeNet at
 224x224 on ``adapter.attack_model()`` as the pipeline runs it, ``--bf16`` (the pipeline's
-``attack.bf16``: autocast bfloat16) and, as an experiment the pipeline does not do,
-``--compile`` (torch.compile), and reports PGD image-steps/s (goal >= 36,000 on one H100).
+``attack.bf16``: autocast bfloat16) and
+``--compile`` (torch.compile, the pipeline's ``attack.compile``), and reports PGD image-steps/s
+(goal >= 36,000 on one H100). ``bench/gpu.py`` is the one-command GPU benchmark of the whole path.
 
 Examples:
     .venv/bin/python bench/pgd.py --threads 1
@@ -42,8 +43,7 @@ def run_ours(model, x, target, cfg, device):
     """All strengths in ONE attack_grid loop (one target, N images x S strengths per batch)."""
     _sync(device)
     t0 = time.perf_counter()
-    grid = attack_grid(model, x, [target], cfg, batch_size=len(x) * len(cfg.strengths),
-                       generator=torch.Generator().manual_seed(0), adv_device=None)
+    grid = attack_grid(model, x, [target], cfg, batch_size=len(x) * len(cfg.strengths), seed=0)
     _sync(device)
     return time.perf_counter() - t0, grid.success_rate[0].tolist()
 
@@ -136,10 +136,10 @@ def gpu_throughput(args, device):
     per_batch = args.gn_images * len(cfg.strengths)
     # warm-up (compilation, cudnn autotune) with the same shapes
     attack_grid(model, x, [1], AttackConfig(strengths=cfg.strengths, steps=2, bf16=args.bf16),
-                batch_size=per_batch, adv_device=None)
+                batch_size=per_batch)
     _sync(device)
     t0 = time.perf_counter()
-    grid = attack_grid(model, x, [1], cfg, batch_size=per_batch, adv_device=None)
+    grid = attack_grid(model, x, [1], cfg, batch_size=per_batch)
     _sync(device)
     dt = time.perf_counter() - t0
     img_steps = per_batch * cfg.steps

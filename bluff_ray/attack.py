@@ -1,7 +1,7 @@
 """Targeted adversarial attacks, all strengths in one batched loop.
 
 Every sample carries its own target class and its own strength ``eps``, so one PGD loop attacks
-an image toward many targets at many strengths at once (DESIGN §2): the GPU sees one big batch
+an image toward many targets at many strengths at once: the GPU sees one big batch
 instead of ten small ones, and there is a single code path for CPU and GPU.
 
 Space: ``eps`` is measured on the model's input, pixels in [0, 1] (adapters put normalisation

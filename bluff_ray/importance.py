@@ -1,4 +1,4 @@
-"""Neuron importance and roles (DESIGN §1): pure tensor functions plus one activation collector.
+"""Neuron importance and roles (docs/FORMAT.md, Roles): pure tensor functions plus one activation collector.
 
 Importance of a channel for a condition is the median, over the condition's images, of the
 per-image spatial max of the channel's post-ReLU activation. Roles split each layer's most

@@ -1,4 +1,4 @@
-"""Exact per-image influence between channels of consecutive mixed blocks (DESIGN §1-2).
+"""Exact per-image influence between channels of consecutive mixed blocks (docs/FORMAT.md, edges).
 
 Influence of source channel i (output of block q-1) on destination channel j (output of block
 q) for one image is the spatial max of the part of j's pre-activation that comes from i alone:

@@ -5,7 +5,7 @@ Layout written under ``dest`` (e.g. ``s3://bucket/prefix``)::
     <dest>/manifest.json, classes.parquet, pair_index/, nodes/, edges/, neurons/, ... (docs/FORMAT.md)
     <dest>/viewer/index.html, assets/..., config.json  ({"root": "../"})
 
-Why each setting (research §6, DESIGN §8):
+Why each setting:
 - one PUT per object with an explicit ``Content-Type`` and no ``Content-Encoding``: byte ranges
   must refer to the stored bytes, which gzip encoding would break;
 - objects readable anonymously (``public-read`` ACL; where the bucket refuses ACLs, a bucket policy

@@ -118,7 +118,7 @@ def make_bucket(s3_endpoint):
     """``make_bucket(name, public=False, cors=False)`` creates a bucket on the moto server.
 
     public: a bucket policy allowing anonymous GetObject; cors: the GET/HEAD + Range rule a browser
-    needs (DESIGN §8). Bucket names need >= 3 characters.
+    needs. Bucket names need >= 3 characters.
     """
     import boto3
 

@@ -24,7 +24,7 @@ class on the first 200 test images (``bench/pgd.py --curve 200``), success is:
     eps      0.1   0.2   0.3   0.4   0.5   0.6   0.7   0.8   0.9   1.0
     success  0.01  0.02  0.06  0.11  0.28  0.45  0.70  0.88  0.96  0.99
 
-DESIGN's 0.05..0.50 (chosen for 150,528-value ImageNet inputs) would stop at ~28% success here:
+GoogLeNet's 0.05..0.50 (chosen for 150,528-value ImageNet inputs) would stop at ~28% success here:
 a digit only changes class when whole strokes change, so the useful range is larger. 0.1..1.0 in
 10 even steps spans "the attack almost never works" to "it almost always works", which is what
 the strength slider should show. tests/test_attack.py checks both ends.

@@ -30,7 +30,7 @@ from .weights import read_state_dict
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: DESIGN §2: L2 strengths 0.05..0.50 in [0,1] pixel space (3x224x224 values).
+#: L2 strengths 0.05..0.50 in [0,1] pixel space (3x224x224 values).
 GOOGLENET_STRENGTHS = tuple(round(0.05 * i, 2) for i in range(1, 11))
 
 LAYER_NAMES = ("mixed3a", "mixed3b", "mixed4a", "mixed4b", "mixed4c", "mixed4d", "mixed4e", "mixed5a", "mixed5b")

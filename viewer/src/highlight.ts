@@ -1,7 +1,7 @@
 // Which neurons and connections are highlighted: pure functions of the pair's data and the
 // controls, so the graph, compare mode and the tests all share one rule.
 //
-// Rule (the original Bluff's, research §6, with two documented choices):
+// Rule (the original Bluff's, with two documented choices):
 // - Neurons: per layer, the top floor(count * neuronPct / 100) displayed neurons by the criterion's
 //   score at the strength: activated = activation; excited = activation - benign activation;
 //   inhibited = its negative; changed = |difference|. Strength index 0 is the benign original
