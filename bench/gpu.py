@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     print("\n| measurement | value |\n|---|---|")
     print(f"| device | {report['device']} (torch {report['torch']}) |")
     for r in rows:
-        print(f"| PGD bf16 {'compiled' if r['compiled'] else 'eager'}, batch {r['batch']} | "
+        print(f"| PGD {'bf16' if device.type == 'cuda' else 'fp32'} {'compiled' if r['compiled'] else 'eager'}, batch {r['batch']} | "
               f"{r['image_steps_per_s']:,.0f} image-steps/s |")
     print(f"| influence, 8 transitions, 22 neurons/layer | {report['influence_images_per_s']:,.1f} images/s |")
     u = report["unit"]

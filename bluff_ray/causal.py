@@ -29,6 +29,11 @@ from torch import nn
 from . import layout
 
 ALL = "all"
+#: Patching is measured on at most this many successfully attacked images per strength (the first
+#: ones, in image order; ``pathways.patch_images``), single neurons on half as many: one experiment
+#: per exploited neuron would otherwise dominate the cost (bench/causal.py). Exploited and control
+#: sets use the same images, so their comparison is paired.
+PATCH_IMAGES = 16
 
 
 @dataclass
@@ -72,19 +77,32 @@ class Patching:
 
     def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], layer_names: Sequence[str],
                  channels: Sequence[int], adversarial: torch.Tensor, benign: torch.Tensor, seed: int,
-                 batch_size: int = 64):
+                 batch_size: int = 64, patch_images: int | None = PATCH_IMAGES, single_images: int | None = None):
         if adversarial.shape != benign.shape:
             raise ValueError(f"adversarial {tuple(adversarial.shape)} and benign {tuple(benign.shape)} images differ")
         self.model, self.blocks, self.names = model, list(blocks), list(layer_names)
         self.channels = list(channels)
         self.adversarial, self.benign = adversarial, benign
         self.seed, self.batch_size = int(seed), int(batch_size)
+        self.patch_images = patch_images
+        self.single_images = single_images or max(1, (patch_images or PATCH_IMAGES) // 2)
+
+    def _subset(self, rows: np.ndarray) -> "Patching":
+        sub = torch.as_tensor(rows, device=self.adversarial.device, dtype=torch.long)
+        return Patching(self.model, self.blocks, self.names, self.channels, self.adversarial[sub], self.benign[sub],
+                        self.seed, self.batch_size, patch_images=None, single_images=self.single_images)
 
     # --- the experiments --------------------------------------------------------------------------
     def run(self, target: int, displayed: Sequence[torch.Tensor], node_role: Sequence[str],
             node_mask: torch.Tensor, node_vals: torch.Tensor, n_success: Sequence[int]) -> PatchResult:
         """Every experiment of the pair; see the module docstring and FORMAT.md ``causal``."""
         s_count = len(n_success)
+        cap = self.patch_images
+        if cap is not None and max(n_success, default=0) > cap:  # the first ``cap`` images per strength
+            seg_all = np.repeat(np.arange(s_count), list(n_success))
+            rows = np.concatenate([np.flatnonzero(seg_all == s)[:cap] for s in range(s_count)])
+            capped = [min(int(v), cap) for v in n_success]
+            return self._subset(rows).run(target, displayed, node_role, node_mask, node_vals, capped)
         n = self.adversarial.shape[0]
         device = self.adversarial.device
         seg = torch.repeat_interleave(torch.arange(s_count, device=device),
@@ -96,6 +114,10 @@ class Patching:
         all_sets: dict[str, dict[int, torch.Tensor]] = {"exploited": {}, "random": {}, "both": {}}
         counts: dict[int, tuple[int, int, int]] = {}
         singles: list[int] = []  # node index of each single-neuron experiment, in order
+        single_exps: list[Experiment] = []
+        # single neurons: the first ``single_images`` successful images of each strength
+        sub_rows = np.concatenate([np.flatnonzero(seg_h == s)[:self.single_images] for s in range(s_count)]) \
+            if n else np.zeros(0, np.int64)
         for li, chans in enumerate(displayed):
             r = roles[starts[li]: starts[li + 1]]
             ch = chans.numpy()
@@ -129,13 +151,12 @@ class Patching:
                 both_mask.scatter_(1, per_image, True)
             exps = [Experiment({li: ex_mask}), Experiment({li: rand_mask}), Experiment({li: both_mask})]
             labels = [("layer", li, "exploited"), ("layer", li, "random"), ("layer", li, "both")]
-            for node in np.flatnonzero(r == "exploited"):
-                m = torch.zeros_like(ex_mask)
-                m[:, int(ch[node])] = True
-                exps.append(Experiment({li: m}))
-                labels.append(("single", li, int(starts[li] + node)))
-                singles.append(int(starts[li] + node))
             groups.append((li, exps, labels))
+            for node in np.flatnonzero(r == "exploited"):
+                m = torch.zeros((len(sub_rows), c), dtype=torch.bool, device=device)
+                m[:, int(ch[node])] = True
+                single_exps.append(Experiment({li: m}))
+                singles.append(int(starts[li] + node))
             all_sets["exploited"][li], all_sets["random"][li], all_sets["both"][li] = ex_mask, rand_mask, both_mask
         if all_sets["exploited"]:
             first = min(all_sets["exploited"])
@@ -149,6 +170,12 @@ class Patching:
                 frac = _segment_mean(d.to(torch.float64), seg, s_count)  # [n_exp, S]
                 for label, f in zip(labels, frac):
                     fractions[label] = f
+        if single_exps:
+            sub = torch.as_tensor(sub_rows, device=device)
+            d = self._subset(sub_rows).logits(single_exps).argmax(-1) != target
+            frac = _segment_mean(d.to(torch.float64), seg[sub], s_count)
+            for node, f in zip(singles, frac):
+                fractions[("single", -1, node)] = f
         keys = list(fractions)
         values = torch.stack([fractions[k] for k in keys]).cpu().numpy() if keys else np.zeros((0, s_count))
         got = dict(zip(keys, values))
@@ -166,7 +193,7 @@ class Patching:
                   got.get(("all", -1, "both"), nan) if tot[2] else nan)
         effect = np.full((len(node_role), s_count), np.nan, np.float32)
         for node in singles:
-            effect[node] = got[("single", _layer_of(node, starts), node)]
+            effect[node] = got[("single", -1, node)]
         table = pa.table(rows, schema=layout.CAUSAL_SCHEMA)
         return PatchResult(effect=effect, table=table, defused=tuple(float(x) for x in all_ex))
 
@@ -264,10 +291,6 @@ class Patching:
 
 def _layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-def _layer_of(node: int, starts: np.ndarray) -> int:
-    return int(np.searchsorted(starts, node, side="right") - 1)
 
 
 def _segment_mean(values: torch.Tensor, seg: torch.Tensor, n_seg: int) -> torch.Tensor:

@@ -124,6 +124,8 @@ FIELD_HELP: dict[str, str] = {
     "pathways.batch_size": "images per forward pass / influence chunk when summarising a pair",
     "pathways.min_edge_influence": "store an edge when its influence exceeds this in some condition",
     "pathways.causal": "run the activation-patching experiments (causal/ files, node effect, pair defused)",
+    "pathways.patch_images": "patch at most this many successfully attacked images per strength (single neurons: "
+    "half as many); bounds the patching cost",
     "assets.enabled": "render neuron assets (feature visualisations and dataset-example patches)",
     "assets.all_neurons": "render assets for every neuron instead of only the displayed ones",
     "assets.n_patches": "dataset-example patches per neuron",

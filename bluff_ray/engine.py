@@ -155,7 +155,8 @@ def compute_unit(
         if pathway_cfg.causal:
             rows = torch.arange(n_att, device=device).expand(s_count, n_att)[ok]
             patching = Patching(eager, blocks, adapter.layer_names, [l.channels for l in adapter.layers], flat,
-                                x_att[rows], seed=seed, batch_size=pathway_cfg.batch_size)
+                                x_att[rows], seed=seed, batch_size=pathway_cfg.batch_size,
+                                patch_images=pathway_cfg.patch_images)
         summary = summarize_pair(
             adapter, original.class_id, target.class_id, x_all, target.images.to(device), flat,
             n_images=n_att, n_success=counts, strengths=attack_cfg.strengths, cfg=pathway_cfg,

@@ -43,18 +43,23 @@ class PathwayConfig:
     min_edge_influence: an edge is kept if its influence exceeds this in at least one condition
         (FORMAT.md: 0.0, i.e. it transmits something through the ReLU somewhere).
     causal: run the activation-patching experiments (causal/ files, ``effect``, ``defused``).
+    patch_images: patch at most this many successfully attacked images per strength (the first
+        ones); single neurons on half as many. Bounds the patching cost (bench/causal.py).
     """
 
     k: int = 10
     batch_size: int = 64
     min_edge_influence: float = 0.0
     causal: bool = True
+    patch_images: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
             raise ValueError(f"k must be an integer >= 2 (exploited takes k//2 per strength), got {self.k!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if isinstance(self.patch_images, bool) or not isinstance(self.patch_images, int) or self.patch_images < 1:
+            raise ValueError(f"patch_images must be an integer >= 1, got {self.patch_images!r}")
         if not math.isfinite(self.min_edge_influence):
             raise ValueError(f"min_edge_influence must be finite, got {self.min_edge_influence!r}")
 

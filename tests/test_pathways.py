@@ -25,7 +25,7 @@ from bluff_ray.pathways import (
 
 
 def test_pathway_config_validation():
-    assert PathwayConfig() == PathwayConfig(k=10, batch_size=64, min_edge_influence=0.0, causal=True)
+    assert PathwayConfig() == PathwayConfig(k=10, batch_size=64, min_edge_influence=0.0, causal=True, patch_images=16)
     for bad in (dict(k=1), dict(k=0), dict(batch_size=0), dict(min_edge_influence=float("nan"))):
         with pytest.raises(ValueError):
             PathwayConfig(**bad)
