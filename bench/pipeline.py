@@ -26,7 +26,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 def bytes_per_pair(root: str, n_pairs: int) -> dict[str, float]:
     out = {}
-    for kind in ("pairs", "nodes", "edges"):
+    for kind in ("pairs", "nodes", "edges", "causal"):
         total = 0
         for dirpath, _, files in os.walk(os.path.join(root, kind)):
             total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
@@ -57,7 +57,7 @@ def main() -> int:
     gpu = torch.cuda.is_available()
     print(f"machine: {cpus} CPUs, GPU: {torch.cuda.get_device_name(0) if gpu else 'none'}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    ray.init(num_cpus=max(cpus, max(workers)), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(cpus, max(workers)), include_dashboard=False, log_to_driver=False)
     tmp = tempfile.mkdtemp(prefix="bluff-bench-")
     results = []
     try:
@@ -84,7 +84,7 @@ def main() -> int:
         print(f"| {n} | {p} | {wall:.1f} | {p / wall:.3f} | {p / wall / base_rate:.2f}x |")
     b = results[-1][3]
     print(f"\nbytes per pair on disk: pairs {b['pairs']:.0f} + nodes {b['nodes']:.0f} + edges {b['edges']:.0f} "
-          f"= {b['total']:.0f} B")
+          f"+ causal {b['causal']:.0f} = {b['total']:.0f} B")
 
     if args.demo:
         out = os.path.join(tmp, "demo")
@@ -99,7 +99,7 @@ def main() -> int:
         if proc.returncode == 0:
             b = bytes_per_pair(out, 90)
             print(f"demo bytes per pair on disk (3 pairs per partition file): pairs {b['pairs']:.0f} + nodes "
-                  f"{b['nodes']:.0f} + edges {b['edges']:.0f} = {b['total']:.0f} B")
+                  f"{b['nodes']:.0f} + edges {b['edges']:.0f} + causal {b['causal']:.0f} = {b['total']:.0f} B")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

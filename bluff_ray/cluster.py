@@ -243,7 +243,10 @@ class WorkerPool:
         if self.resources_now is None:
             return ""
         have = self.resources_now().get(self.plan.unit, 0)
-        return f" (the cluster has {have:g} {self.plan.unit} now; the autoscaler may be starting nodes)"
+        if have >= len(self.alive):
+            return " (starting: loading the model)"
+        return (f" (the cluster has {have:g} {self.plan.unit} for {len(self.alive)} workers; waiting for nodes to join"
+                + (", the autoscaler may be starting them)" if self.plan.ceiling is not None else ")"))
 
     def _timeout_message(self, waited: float) -> str:
         dead = f"; workers that failed: {'; '.join(self.died[-3:])}" if self.died else ""
