@@ -11,6 +11,7 @@ only. Error messages name the URL (with any ``user:secret@`` removed), never the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -85,18 +86,8 @@ class Store:
     def write_bytes(self, rel: str, data: bytes) -> None:
         path = self.path(rel)
         if self.local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path) + ".")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, FILE_MODE)
+            with _local_temp(path, data) as tmp:
                 os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
         else:
             self.fs.pipe_file(path, bytes(data))
 
@@ -115,20 +106,12 @@ class Store:
         """
         path = self.path(rel)
         if self.local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path) + ".")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, FILE_MODE)
+            with _local_temp(path, data) as tmp:
                 try:
-                    os.link(tmp, path)
+                    os.link(tmp, path)  # fails if the name exists, unlike rename
                 except FileExistsError:
                     return False
-                return True
-            finally:
-                os.unlink(tmp)
+            return True
         try:
             if self.fs.protocol in ("s3", "s3a") or "s3" in tuple(self.fs.protocol):
                 self.fs.pipe_file(path, bytes(data), mode="create")
@@ -242,6 +225,23 @@ class Store:
             self.fs.rm(self.path(rel))
         except Exception as e:
             raise StorageError(f"results root {where}: cannot delete the probe object {rel}: {_describe(e)}") from None
+
+
+@contextlib.contextmanager
+def _local_temp(path: str, data: bytes):
+    """``data`` in a temporary file next to ``path`` (usual permissions), removed afterwards unless
+    the caller renamed it into place."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, FILE_MODE)
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _describe(e: BaseException) -> str:

@@ -94,3 +94,53 @@ def test_cached_source_reads_each_class_once():
     for c in (0, 1, 0, 1, 2, 0):
         src.class_images(c)
     assert calls == [0, 1, 2, 0]  # 0 was evicted by 2 (least recently used)
+
+
+def test_synthetic_images_are_deterministic_8_bit_and_differ_by_class():
+    from bluff_ray.data import SyntheticSource
+
+    src = SyntheticSource((3, 8, 8), per_class=4)
+    a, n = src.class_images(5)
+    b, _ = SyntheticSource((3, 8, 8), per_class=4).class_images(5, 2)
+    assert a.shape == (4, 3, 8, 8) and n == 0 and torch.equal(a[:2], b)
+    assert torch.equal(torch.round(a * 255) / 255, a) and a.min() >= 0 and a.max() <= 1
+    c, _ = src.class_images(6)
+    assert (a.mean(0) - c.mean(0)).abs().max() > 0.1
+
+
+def test_node_cache_reads_each_class_once_and_notices_a_changed_folder(tmp_path):
+    import threading
+
+    from PIL import Image
+
+    from bluff_ray.data import CachedSource, ImageFolderSource, NodeCache
+    from bluff_ray.models import load_model
+
+    adapter = load_model("digits")
+    folder = tmp_path / "images" / "3"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(folder / f"{i}.png")
+    reads: list[str] = []
+
+    class Counting(ImageFolderSource):
+        def class_images(self, class_id, max_images=None):
+            reads.append(class_id)
+            return super().class_images(class_id, max_images)
+
+    src = Counting(str(tmp_path / "images"), adapter)
+    direct, _ = src.class_images(3)
+    reads.clear()
+    caches = [CachedSource(NodeCache(src, str(tmp_path / "cache"), "k")) for _ in range(2)]  # two actors
+    got = []
+    threads = [threading.Thread(target=lambda c=c: got.append(c.class_images(3)[0])) for c in caches for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert reads == [3]  # decoded once for the node, whatever the actors and threads
+    assert all(torch.equal(g, direct) for g in got)  # uint8 storage is lossless for 8-bit images
+    Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(folder / "3.png")  # the folder changed
+    again, _ = NodeCache(src, str(tmp_path / "cache"), "k").class_images(3)
+    assert reads == [3, 3] and again.shape[0] == 4

@@ -327,3 +327,24 @@ def test_unknown_model_name_lists_valid_names():
         load_model("resnet50")
     for name in MODEL_NAMES:
         assert name in str(e.value)
+
+
+def test_rehearsal_model_has_googlenets_layers_and_fits_the_synthetic_data():
+    from bluff_ray.data import SyntheticSource
+    from bluff_ray.models import load_model
+
+    reh = load_model("rehearsal")
+    gn = load_model("googlenet", weights="random")
+    assert reh.layers == gn.layers  # names, widths, branch and bottleneck sizes
+    assert len(reh.class_ids) == 1000 and reh.class_ids == gn.class_ids
+    again = load_model("rehearsal")
+    for (k, v), (_, w) in zip(reh.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(v, w), k  # seeded: the same weights on every load and machine
+    src = SyntheticSource(reh.input_shape, per_class=2)
+    x = torch.cat([src.class_images(c)[0] for c in range(0, 1000, 37)])
+    y = torch.arange(0, 1000, 37).repeat_interleave(2)
+    with torch.no_grad():
+        acc = (reh.model(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.9
+    with pytest.raises(ValueError, match="seed:<n>"):
+        load_model("rehearsal", weights="/some/file.pth")

@@ -105,3 +105,68 @@ def test_store_pickles_by_url_and_never_shows_options(tmp_path):
     assert s2.url == s.url and s2.storage_options == {"auto_mkdir": True}
     secret = Store("s3://b/x", {"key": "AKIA-SECRET", "secret": "s3cr3t"})
     assert "SECRET" not in repr(secret) and "s3cr3t" not in repr(secret)
+
+
+def test_create_is_exclusive_locally(tmp_path):
+    s = Store(str(tmp_path))
+    assert s.create("x/lock.json", b"first") and not s.create("x/lock.json", b"second")
+    assert s.read_bytes("x/lock.json") == b"first"
+    assert sorted(os.listdir(tmp_path / "x")) == ["lock.json"]  # no temporary file left behind
+
+
+@pytest.mark.s3
+def test_create_is_exclusive_on_s3(s3_options, make_bucket):
+    make_bucket("bluff-create")
+    s = Store("s3://bluff-create/root", s3_options)
+    assert s.create("lock.json", b"first") and not s.create("lock.json", b"second")
+    assert s.read_bytes("lock.json") == b"first"
+
+
+def test_read_many_keeps_order_and_runs_in_parallel(tmp_path):
+    import threading
+    import time
+
+    s = Store(str(tmp_path))
+    for i in range(40):
+        s.write_bytes(f"u/{i}", str(i).encode())
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def slow_read(rel):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.02)
+        with lock:
+            active[0] -= 1
+        return s.read_bytes(rel)
+
+    got = s.read_many([f"u/{i}" for i in range(40)], slow_read, concurrency=16)
+    assert got == [str(i).encode() for i in range(40)]
+    assert peak[0] >= 8
+
+
+def test_run_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
+    import json
+
+    from bluff_ray.lock import LockedError, RunLock
+
+    s = Store(str(tmp_path))
+    first = RunLock(s, "hash-a", heartbeat_s=0.05)
+    first.acquire()
+    try:
+        with pytest.raises(LockedError, match="different configuration"):
+            RunLock(s, "hash-b").acquire()
+        with pytest.raises(LockedError, match="same configuration"):
+            RunLock(s, "hash-a").acquire()
+        held = json.loads(s.read_bytes(".bluff-lock.json"))
+        assert held["run_id"] == first.run_id and held["config_hash"] == "hash-a"
+    finally:
+        first.release()
+    assert not s.exists(".bluff-lock.json")
+    # a lock whose heartbeat is old is taken over
+    s.write_bytes(".bluff-lock.json", json.dumps({"run_id": "x", "config_hash": "h", "host": "elsewhere", "pid": 1,
+                                                  "heartbeat": 0}).encode())
+    late = RunLock(s, "hash-b")
+    late.acquire()
+    assert json.loads(s.read_bytes(".bluff-lock.json"))["run_id"] == late.run_id
+    late.release()
