@@ -20,7 +20,7 @@ log = logging.getLogger("bluff_ray")
 # The demo: every ordered digit pair at the model's 10 default strengths, on local Ray.
 DEMO_OUT = "./bluff-results"
 # 32 of each digit's ~54 test images keep the paper's attack (50 PGD steps) while the 90 pairs
-# finish in well under 10 minutes on 2 CPU cores (all images: ~9 minutes of attack alone).
+# finish in about 3 minutes on 2 CPU cores (BENCHMARKS.md), well under the 10-minute goal.
 DEMO_IMAGES_PER_CLASS = 32
 # 3 targets per work unit: 30 units, so the progress bar moves every ~20 s on 2 cores.
 DEMO_TARGET_CHUNK = 3
