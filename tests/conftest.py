@@ -169,7 +169,7 @@ def demo_config(out: str, **overrides):
     base = RunConfig()
     values = dict(
         model="digits", data="digits", out=out, classes=list(DEMO_CLASSES), progress=False,
-        images_per_class=24,
+        images_per_class=24, attack_batch_size=2048,  # pinned: test_pipeline recomputes a unit with it
         attack=dataclasses.replace(base.attack, steps=10),
         assets=dataclasses.replace(base.assets, fv_steps=64),
     )

@@ -151,7 +151,7 @@ def test_demo_results_equal_a_direct_compute_unit(demo_results):
     torch.set_num_threads(1)  # as in the CPU actors
     try:
         direct = compute_unit(adapter, data[0], [data[1], data[2]], resolved.attack, cfg.pathways,
-                              seed=unit_seed(cfg.seed, 0, 0), batching=cfg.attack_batch_size or 2048)
+                              seed=unit_seed(cfg.seed, 0, 0), batching=cfg.attack_batch_size)
     finally:
         torch.set_num_threads(threads)
     s = Store(demo_results)
