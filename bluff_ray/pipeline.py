@@ -36,7 +36,7 @@ from .cluster import PoolError, Task, WorkerPool, autoscaler_limits, plan_pool
 from .config import ConfigError, ResolvedRun, RunConfig, diff_fields, model_identity, redact_url, resolve
 from .lock import LockedError, RunLock
 from .reduce import Aggregate, LayerSpec, UnitAtlas, unit_atlas, write_global
-from .store import Store, StorageError
+from .store import Store
 
 log = logging.getLogger("bluff_ray.pipeline")
 
@@ -520,7 +520,6 @@ def _execute(ray, cfg: RunConfig, resolved: ResolvedRun, adapter, store: Store, 
     summary.workers = len(pool.workers)
     log.info("%d %s worker(s) requested%s", plan.size, plan.unit,
              f" (the cluster can have {plan.ceiling})" if plan.ceiling is not None else "")
-    names = adapter.layer_names
     agg = Aggregate(list(adapter.class_names), [LayerSpec(l.name, l.channels) for l in adapter.layers],
                     len(resolved.strengths))
     benign: dict[int, dict] = {}

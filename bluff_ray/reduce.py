@@ -178,7 +178,7 @@ class Aggregate:
     def classes(self, class_ids: Sequence[str], benign: dict[int, dict]) -> pa.Table:
         """classes.parquet: the model's classes, the benign stage's counts, attack statistics."""
         p = self._all_pairs()
-        n, s = self.n_classes, self.n_strengths
+        n = self.n_classes
         as_o = np.bincount(p["original"], minlength=n)
         as_t = np.bincount(p["target"], minlength=n)
         so = _group_nanmean(p["original"], p["success"], n)

@@ -5,7 +5,6 @@ batch table)."""
 
 from __future__ import annotations
 
-import math
 import re
 import shlex
 import subprocess

@@ -133,7 +133,7 @@ def test_demo_results_every_pair_once_with_format_schema(demo_results):
 def test_demo_results_equal_a_direct_compute_unit(demo_results):
     """The pipeline's numbers for original 0 equal engine.compute_unit called directly."""
     from bluff_ray.data import DigitsSource
-    from bluff_ray.engine import benign_stats, class_data, compute_unit
+    from bluff_ray.engine import class_data, compute_unit
     from bluff_ray.models import load_model
 
     cfg = demo_config(demo_results)
