@@ -18,6 +18,7 @@
 // Names are data: they are only ever set with textContent.
 import type { AtlasNeuron, ClassInfo, ClassStats, Manifest, NeuronAssets } from "./data";
 import { DataError, findPair, loadAssets, loadAtlas, loadClassStats, traffic } from "./data";
+import { fillStrengths } from "./picker";
 
 export const ATLAS_PAGE_ROWS = 50;
 export type NeuronSort = "any" | "at" | "effect" | "displayed";
@@ -197,15 +198,8 @@ export class NeuronAtlas {
     this.root = root;
     this.manifest = manifest;
     this.classes = classes;
-    const sel = this.dialog.querySelector<HTMLSelectElement>("#atlas-strength")!;
-    sel.textContent = "";
-    manifest.strengths.forEach((e, i) => {
-      const o = el("option", undefined, e.toFixed(2));
-      o.value = String(i);
-      sel.append(o);
-    });
     this.sIndex = Math.min(this.sIndex, manifest.strengths.length - 1);
-    sel.value = String(this.sIndex);
+    fillStrengths(this.dialog.querySelector<HTMLSelectElement>("#atlas-strength")!, manifest.strengths, this.sIndex);
   }
 
   /** Follow the main strength slider (strength index s >= 1; 0 = benign keeps the last one). */

@@ -24,7 +24,7 @@ import {
   rankingKey,
   readRanking,
 } from "./data";
-import { Picker } from "./picker";
+import { Picker, fillStrengths } from "./picker";
 
 export type SortBy = "success" | "exploited";
 export const PAGE_ROWS = 50;
@@ -138,16 +138,8 @@ export class PairExplorer {
     this.classes = classes;
     this.names = new Map(classes.map((c) => [c.id, c.name]));
     this.strengths = strengths;
-    const sel = this.dialog.querySelector<HTMLSelectElement>("#explorer-strength")!;
-    sel.textContent = "";
-    strengths.forEach((e, i) => {
-      const o = document.createElement("option");
-      o.value = String(i);
-      o.textContent = e.toFixed(2);
-      sel.append(o);
-    });
     this.sIndex = Math.min(this.sIndex, strengths.length - 1);
-    sel.value = String(this.sIndex);
+    fillStrengths(this.dialog.querySelector<HTMLSelectElement>("#explorer-strength")!, strengths, this.sIndex);
     const opts = classes.map((c) => ({ value: c.id, label: c.name, detail: c.wnid }));
     this.origFilter.setOptions(
       [

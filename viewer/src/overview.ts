@@ -15,6 +15,7 @@
 import type { ClassInfo } from "./data";
 import { DataError, OVERVIEW_MISSING, OVERVIEW_SCALE, loadOverview } from "./data";
 import type { Overview } from "./data";
+import { fillStrengths } from "./picker";
 
 export const RAMP_LOW: [number, number, number] = [255, 247, 236]; // #fff7ec: no attack succeeded
 export const RAMP_HIGH: [number, number, number] = [127, 0, 0]; // #7f0000: every attack succeeded
@@ -144,13 +145,7 @@ export class ClassOverview {
     this.classes = classes;
     this.strengths = strengths;
     const sel = this.dialog.querySelector<HTMLSelectElement>("#overview-strength")!;
-    sel.textContent = "";
-    strengths.forEach((e, i) => {
-      const o = document.createElement("option");
-      o.value = String(i);
-      o.textContent = e.toFixed(2);
-      sel.append(o);
-    });
+    fillStrengths(sel, strengths, 0);
     this.drawLegend();
   }
 

@@ -207,3 +207,15 @@ export class Picker {
     if (act && "scrollIntoView" in act) (act as HTMLElement).scrollIntoView({ block: "nearest" });
   }
 }
+
+/** Fill a strength <select> with one option per strength (value = 0-based index, label = eps). */
+export function fillStrengths(sel: HTMLSelectElement, strengths: number[], selected: number): void {
+  sel.textContent = "";
+  strengths.forEach((e, i) => {
+    const o = document.createElement("option");
+    o.value = String(i);
+    o.textContent = e.toFixed(2);
+    sel.append(o);
+  });
+  sel.value = String(selected);
+}
