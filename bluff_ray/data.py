@@ -271,7 +271,7 @@ def default_node_cache() -> str:
 
 
 def make_source(spec: str, adapter, storage_options: dict | None = None, node_cache: str | None = None,
-                max_images: int | None = None, seed: int = 0) -> ImageSource:
+                max_images: int | None = None) -> ImageSource:
     """``"digits"`` (test split), ``"synthetic"`` (:class:`SyntheticSource`) or an ImageFolder URL
     (behind a :class:`NodeCache` in ``node_cache``, default $BLUFF_NODE_CACHE or the temp dir)."""
     check_source(spec, adapter)

@@ -55,24 +55,25 @@ def importance(acts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def spatial_max_activations(
     adapter: ModelAdapter, images: torch.Tensor, batch_size: int = 64
 ) -> dict[str, torch.Tensor]:
-    """Per-image spatial max of every mixed layer, {layer: [N,C]} on the CPU, float32.
+    """Per-image spatial max of every mixed layer, {layer: [N,C]} on the adapter's device, in the
+    model's dtype (the pair summary keeps working on them there, without a host sync).
 
-    Runs the model in batches on the adapter's device so that only one batch of full activation
-    maps is ever held; the [N,C] maxima are all importance needs.
+    Runs the model in batches so that only one batch of full activation maps is ever held; the
+    [N,C] maxima are all importance needs.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if images.dim() != 4:
         raise ValueError(f"images must be [N,C,H,W], got shape {tuple(images.shape)}")
     device = adapter.device
+    dtype = next(adapter.model.parameters()).dtype
     parts: dict[str, list[torch.Tensor]] = {l.name: [] for l in adapter.layers}
     for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size].to(device)
-        _, acts = adapter.forward_with_activations(batch)
+        _, acts = adapter.forward_with_activations(images[start : start + batch_size].to(device))
         for name in parts:
-            parts[name].append(spatial_max(acts[name]).float().cpu())
+            parts[name].append(spatial_max(acts[name]))
     return {
-        l.name: torch.cat(parts[l.name]) if parts[l.name] else torch.empty(0, l.channels)
+        l.name: torch.cat(parts[l.name]) if parts[l.name] else torch.empty(0, l.channels, device=device, dtype=dtype)
         for l in adapter.layers
     }
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 
 from . import layout
-from .importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max
+from .importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max_activations
 from .influence import layer_influence
 from .models.base import ModelAdapter
 
@@ -206,23 +206,9 @@ def _list_column(m: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(m.reshape(-1)))
 
 
-@torch.no_grad()
-def layer_maxima(adapter: ModelAdapter, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
-    """Per-image spatial max of every mixed layer, {layer: [N, C]} on the adapter's device."""
-    device = adapter.device
-    parts: dict[str, list[torch.Tensor]] = {l.name: [] for l in adapter.layers}
-    for start in range(0, images.shape[0], batch_size):
-        _, acts = adapter.forward_with_activations(images[start: start + batch_size].to(device))
-        for name in parts:
-            parts[name].append(spatial_max(acts[name]))
-    dtype = next(adapter.model.parameters()).dtype
-    return {l.name: torch.cat(parts[l.name]) if parts[l.name] else torch.empty(0, l.channels, device=device, dtype=dtype)
-            for l in adapter.layers}
-
-
 def importance_of(adapter: ModelAdapter, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
     """Median over ``images`` of the per-image spatial max, {layer: [C]} (NaN without images)."""
-    return {k: segment_median(v, [v.shape[0]])[0] for k, v in layer_maxima(adapter, images, batch_size).items()}
+    return {k: segment_median(v, [v.shape[0]])[0] for k, v in spatial_max_activations(adapter, images, batch_size).items()}
 
 
 @torch.no_grad()
@@ -303,7 +289,7 @@ def summarize_pair(
     device, bs, names = adapter.device, cfg.batch_size, adapter.layer_names
     imp_o = importance_original or importance_of(adapter, original_images, bs)
     imp_t = importance_target or importance_of(adapter, target_images, bs)
-    att_max = layer_maxima(adapter, attacked, bs)
+    att_max = spatial_max_activations(adapter, attacked, bs)
     codes, masks, values = [], [], []
     for layer in names:
         io, it = imp_o[layer].to(device), imp_t[layer].to(device)

@@ -35,7 +35,7 @@ from . import __version__, layout
 from .cluster import PoolError, Task, WorkerPool, autoscaler_limits, plan_pool
 from .config import ConfigError, ResolvedRun, RunConfig, diff_fields, model_identity, redact_url, resolve
 from .lock import LockedError, RunLock
-from .reduce import Aggregate, LayerSpec, UnitAtlas, unit_atlas, write_global
+from .reduce import Aggregate, LayerSpec, UnitAtlas, layer_offsets, unit_atlas, write_global
 from .store import Store
 
 log = logging.getLogger("bluff_ray.pipeline")
@@ -152,7 +152,6 @@ class WorkerSpec:
     benign_batch_size: int
     attack_batch_size: int | None
     node_cache: str | None
-    seed: int = 0
 
 
 class BluffWorker:
@@ -172,7 +171,7 @@ class BluffWorker:
                                   storage_options=spec.storage_options or None)
         self.store = Store(spec.out, spec.storage_options)
         self.source = CachedSource(make_source(spec.data, self.adapter, spec.storage_options, spec.node_cache,
-                                               spec.images_per_class, spec.seed))
+                                               spec.images_per_class))
         self.compute = threading.Lock()  # one computation on the device at a time
         self.batching = None
 
@@ -211,10 +210,8 @@ class BluffWorker:
             raise ValueError(f"class {class_id} has no benign statistics (its benign stage failed)")
         if len(images) == 0:
             raise ValueError(f"class {class_id} has no readable images (skipped {n_skipped})")
-        vec, offset, imp = benign.importance[class_id], 0, {}
-        for info in self.adapter.layers:
-            imp[info.name] = vec[offset: offset + info.channels]
-            offset += info.channels
+        vec, offsets = benign.importance[class_id], layer_offsets(self.adapter.layers)
+        imp = {l.name: vec[offsets[l.name]: offsets[l.name] + l.channels] for l in self.adapter.layers}
         stats = BenignStats(class_id, len(images), benign.correct[class_id], imp, None)
         return class_data(self.adapter, class_id, images, stats)
 
@@ -242,11 +239,7 @@ class BluffWorker:
         del original, targets
         t2 = time.perf_counter()
         groups = list(unit.targets)
-        offsets, total = {}, 0
-        for info in self.adapter.layers:
-            offsets[info.name] = total
-            total += info.channels
-        atlas = unit_atlas(result.nodes, offsets, len(attack_cfg.strengths))
+        atlas = unit_atlas(result.nodes, layer_offsets(self.adapter.layers), len(attack_cfg.strengths))
         for kind in ("nodes", "edges", "causal"):
             self.store.write_table(unit.path(kind), getattr(result, kind), group_by="target", groups=groups,
                                    footer_limit=layout.FOOTER_LIMIT)
@@ -411,7 +404,7 @@ def _worker_spec(cfg: RunConfig, use_gpu: bool) -> WorkerSpec:
                       data=_absolute(cfg.data), out=_absolute(cfg.out),
                       storage_options=dict(cfg.storage_options), device=device, threads=None if use_gpu else 1,
                       images_per_class=cfg.images_per_class, benign_batch_size=cfg.benign_batch_size,
-                      attack_batch_size=cfg.attack_batch_size, node_cache=cfg.node_cache, seed=cfg.seed)
+                      attack_batch_size=cfg.attack_batch_size, node_cache=cfg.node_cache)
 
 
 def load_run_model(cfg: RunConfig):

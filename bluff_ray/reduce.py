@@ -32,6 +32,16 @@ class LayerSpec:
     channels: int
 
 
+def layer_offsets(layers) -> dict[str, int]:
+    """Where each layer's channels start in the global neuron index (layers in model order): the
+    index of (layer, channel) is ``offsets[layer] + channel``. ``layers``: LayerSpec or LayerInfo."""
+    out, total = {}, 0
+    for l in layers:
+        out[l.name] = total
+        total += l.channels
+    return out
+
+
 def _list_matrix(col: pa.ChunkedArray | pa.Array, width: int, dtype) -> np.ndarray:
     """A list<number> column of fixed length ``width`` as an [n, width] array (nulls -> NaN)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -57,12 +67,8 @@ class Aggregate:
 
     def __post_init__(self) -> None:
         self.n_classes = len(self.class_names)
-        self.offsets = {}
-        total = 0
-        for l in self.layers:
-            self.offsets[l.name] = total
-            total += l.channels
-        self.n_neurons = total
+        self.offsets = layer_offsets(self.layers)
+        total = self.n_neurons = sum(l.channels for l in self.layers)
         s = self.n_strengths
         self.displayed = np.zeros(total, np.int64)
         self.exploited_any = np.zeros(total, np.int64)
