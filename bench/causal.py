@@ -20,14 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bluff_ray.attack import AttackConfig, Batching  # noqa: E402
-from bluff_ray.engine import benign_stats, class_data, compute_unit  # noqa: E402
-from bluff_ray.models import load_model  # noqa: E402
-from bluff_ray.pathways import PathwayConfig  # noqa: E402
+from bluff_ray.engine.attack import AttackConfig, Batching  # noqa: E402
+from bluff_ray.engine.compute import benign_stats, class_data, compute_unit  # noqa: E402
+from bluff_ray.engine.models import load_model  # noqa: E402
+from bluff_ray.engine.pathways import PathwayConfig  # noqa: E402
 
 
 def measure(model: str, data: str, n_images: int, targets: list[int], steps: int, repeats: int = 2) -> dict:
-    from bluff_ray.data import make_source
+    from bluff_ray.run.data import make_source
 
     adapter = load_model(model)
     src = make_source(data, adapter, max_images=n_images)

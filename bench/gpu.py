@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from bluff_ray.attack import AttackConfig, Batching, attack_stream  # noqa: E402
-from bluff_ray.models import load_model  # noqa: E402
+from bluff_ray.engine.attack import AttackConfig, Batching, attack_stream  # noqa: E402
+from bluff_ray.engine.models import load_model  # noqa: E402
 
 PAIRS = 999_000
 GPUS = 16
@@ -65,7 +65,7 @@ def pgd_rate(adapter, batch: int, steps: int, bf16: bool, compiled: bool, device
 
 
 def influence_rate(adapter, images: int, displayed: int, device) -> float:
-    from bluff_ray.influence import layer_influence
+    from bluff_ray.engine.influence import layer_influence
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(images, *adapter.input_shape, generator=gen).to(device)
@@ -84,9 +84,9 @@ def influence_rate(adapter, images: int, displayed: int, device) -> float:
 def unit_rate(adapter, n_images: int, n_targets: int, steps: int, bf16: bool, compiled: bool, batch: int | None,
               device) -> dict:
     """engine.compute_unit on synthetic images: pairs/s and the share of the patching experiments."""
-    from bluff_ray.data import SyntheticSource
-    from bluff_ray.engine import auto_batch_size, benign_stats, class_data, compute_unit
-    from bluff_ray.pathways import PathwayConfig
+    from bluff_ray.run.data import SyntheticSource
+    from bluff_ray.engine.compute import auto_batch_size, benign_stats, class_data, compute_unit
+    from bluff_ray.engine.pathways import PathwayConfig
 
     src = SyntheticSource(adapter.input_shape, per_class=n_images)
 
@@ -117,8 +117,8 @@ def pipeline_rate(n_images: int, steps: int, bf16: bool, originals: int, device)
     """The real pipeline (Ray, storage, reduce) on this machine: GoogLeNet random weights, synthetic data."""
     import ray
 
-    from bluff_ray.config import load
-    from bluff_ray.pipeline import run
+    from bluff_ray.run.config import load
+    from bluff_ray.run.pipeline import run
 
     out = tempfile.mkdtemp(prefix="bluff-gpu-bench-")
     cfg = load(None, {"model": "googlenet", "weights": "random", "data": "synthetic", "out": out,

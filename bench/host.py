@@ -105,9 +105,9 @@ def load_engine(root: Path):
 
 def run_old(root: Path, n_images: int, targets: list[int], steps: int) -> dict:
     load_engine(root)
-    from bluff_ray.attack import AttackConfig, attack_grid
-    from bluff_ray.models.googlenet import load_googlenet
-    from bluff_ray.pathways import PathwayConfig, summarize_pair
+    from bluff_ray.engine.attack import AttackConfig, attack_grid
+    from bluff_ray.engine.models.googlenet import load_googlenet
+    from bluff_ray.engine.pathways import PathwayConfig, summarize_pair
 
     adapter = _random_googlenet(load_googlenet)
     x, tx = _images(n_images, targets)
@@ -117,7 +117,7 @@ def run_old(root: Path, n_images: int, targets: list[int], steps: int) -> dict:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(1)
         g0 = time.perf_counter()
-        from bluff_ray.attack import random_start
+        from bluff_ray.engine.attack import random_start
 
         random_start((len(targets) * len(cfg.strengths) * n_images, *adapter.input_shape), "pgd_l2",
                      torch.Generator().manual_seed(1))
@@ -134,10 +134,10 @@ def run_old(root: Path, n_images: int, targets: list[int], steps: int) -> dict:
 
 def run_new(n_images: int, targets: list[int], steps: int) -> dict:
     load_engine(HERE)
-    from bluff_ray.attack import AttackConfig, StartNoise
-    from bluff_ray.engine import ClassData, benign_stats, class_data, compute_unit
-    from bluff_ray.models.googlenet import load_googlenet
-    from bluff_ray.pathways import PathwayConfig
+    from bluff_ray.engine.attack import AttackConfig, StartNoise
+    from bluff_ray.engine.compute import ClassData, benign_stats, class_data, compute_unit
+    from bluff_ray.engine.models.googlenet import load_googlenet
+    from bluff_ray.engine.pathways import PathwayConfig
 
     adapter = _random_googlenet(load_googlenet)
     x, tx = _images(n_images, targets)
@@ -163,7 +163,7 @@ def _random_googlenet(load_googlenet):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = GoogLeNet(num_classes=1000, aux_logits=False, transform_input=True, init_weights=True)
-    from bluff_ray.models.googlenet import googlenet_adapter
+    from bluff_ray.engine.models.googlenet import googlenet_adapter
 
     return googlenet_adapter(net, "random")
 

@@ -2,7 +2,7 @@
 
 Two measurements, printed as one markdown table:
 
-1. Composition, side by side in one run on the same inputs: ``bluff_ray.influence.widest_path``
+1. Composition, side by side in one run on the same inputs: ``bluff_ray.engine.influence.widest_path``
    (one batched max-min tensor op) against a pure-Python triple loop over (j, i, m) with
    ``min``/``max``, which is how the original Bluff composed the widest path (edges.py, on the
    median matrices of a condition; here it runs once per image, exactly the work our per-image
@@ -25,9 +25,9 @@ import time
 
 import torch
 
-from bluff_ray.influence import layer_influence, widest_path
-from bluff_ray.models.base import ModelAdapter
-from bluff_ray.models.googlenet import googlenet_adapter
+from bluff_ray.engine.influence import layer_influence, widest_path
+from bluff_ray.engine.models.base import ModelAdapter
+from bluff_ray.engine.models.googlenet import googlenet_adapter
 
 
 def python_widest_path(r_out: list[list[float]], r_in: list[list[float]]) -> list[list[float]]:

@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bluff_ray.attack import AttackConfig, attack_grid  # noqa: E402
-from bluff_ray.models.digits import DIGITS_STRENGTHS, digits_split, train_digits  # noqa: E402
-from bluff_ray.models.googlenet import GOOGLENET_STRENGTHS, googlenet_adapter  # noqa: E402
+from bluff_ray.engine.attack import AttackConfig, attack_grid  # noqa: E402
+from bluff_ray.engine.models.digits import DIGITS_STRENGTHS, digits_split, train_digits  # noqa: E402
+from bluff_ray.engine.models.googlenet import GOOGLENET_STRENGTHS, googlenet_adapter  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -95,7 +95,7 @@ def digits_case(args, device):
 
 def digits_curve(args, device):
     """Success vs strength for random wrong targets over the first N test images (default steps)."""
-    from bluff_ray.attack import attack
+    from bluff_ray.engine.attack import attack
 
     adapter = train_digits(cache_dir=args.cache_dir).to(device)
     x, y = digits_split("test")

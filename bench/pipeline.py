@@ -47,8 +47,8 @@ def main() -> int:
     import ray
     import torch
 
-    from bluff_ray.config import RunConfig
-    from bluff_ray.pipeline import run
+    from bluff_ray.run.config import RunConfig
+    from bluff_ray.run.pipeline import run
 
     base = RunConfig()
     classes = [int(c) for c in args.classes.split(",")]
@@ -62,7 +62,7 @@ def main() -> int:
     results = []
     try:
         # Warm-up: trains/caches the digits model and imports everything once.
-        from bluff_ray.models import load_model
+        from bluff_ray.engine.models import load_model
 
         load_model("digits")
         for n in workers:

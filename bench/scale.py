@@ -26,9 +26,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bluff_ray import layout  # noqa: E402
-from bluff_ray.reduce import Aggregate, LayerSpec, UnitAtlas, write_global  # noqa: E402
-from bluff_ray.store import Store  # noqa: E402
+from bluff_ray.results import layout  # noqa: E402
+from bluff_ray.results.reduce import Aggregate, LayerSpec, UnitAtlas, write_global  # noqa: E402
+from bluff_ray.results.store import Store  # noqa: E402
 
 WIDTHS = [256, 480, 512, 512, 512, 528, 832, 832, 1024]
 NAMES = ["mixed3a", "mixed3b", "mixed4a", "mixed4b", "mixed4c", "mixed4d", "mixed4e", "mixed5a", "mixed5b"]

@@ -107,7 +107,7 @@ def load_once(browser, url: str) -> dict:
 def run(root: Path, loads: int, s3: bool) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
-    from bluff_ray.serve import start_server
+    from bluff_ray.web.serve import start_server
 
     sources = []
     server, local_url = start_server(root)
@@ -120,7 +120,7 @@ def run(root: Path, loads: int, s3: bool) -> list[dict]:
         import boto3
         from moto.server import ThreadedMotoServer
 
-        from bluff_ray.publish import publish
+        from bluff_ray.web.publish import publish
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from . import __version__
+from bluff_ray import __version__
 
 log = logging.getLogger("bluff_ray")
 
@@ -61,7 +61,7 @@ def _parse_kv(text: str) -> tuple[str, Any]:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """One option per RunConfig field (``--attack-steps`` for ``attack.steps``)."""
-    from .config import FIELD_HELP, NESTED, RunConfig, nested_fields
+    from bluff_ray.run.config import FIELD_HELP, NESTED, RunConfig, nested_fields
 
     defaults = RunConfig.__new__(RunConfig)  # field defaults without validation side effects
     for f in dataclasses.fields(RunConfig):
@@ -112,7 +112,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """Defaults <- config file <- command-line options."""
-    from .config import load
+    from bluff_ray.run.config import load
 
     skip = {"config", "overwrite", "command", "func", "ray_address", "verbose"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
@@ -129,9 +129,9 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _run_and_report(cfg, overwrite: bool, ray_address: str | None) -> int:
-    from .config import ConfigError
-    from .pipeline import RunError, run
-    from .store import StorageError
+    from bluff_ray.run.config import ConfigError
+    from bluff_ray.run.pipeline import RunError, run
+    from bluff_ray.results.store import StorageError
 
     try:
         summary = run(cfg, overwrite=overwrite, ray_address=ray_address)
@@ -146,7 +146,7 @@ def _run_and_report(cfg, overwrite: bool, ray_address: str | None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import ConfigError
+    from bluff_ray.run.config import ConfigError
 
     try:
         cfg = config_from_args(args)
@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def demo_config(out: str, workers: int | None = None, classes: list[str] | None = None,
                 images_per_class: int = DEMO_IMAGES_PER_CLASS):
     """The demo run: digits, all 90 ordered pairs, default strengths, assets; batch sizes for a CPU."""
-    from .config import RunConfig
+    from bluff_ray.run.config import RunConfig
 
     return RunConfig(model="digits", data="digits", out=out, num_workers=workers, attack_batch_size=2048,
                      benign_batch_size=512, classes=classes, images_per_class=images_per_class,
@@ -167,7 +167,7 @@ def demo_config(out: str, workers: int | None = None, classes: list[str] | None 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .config import ConfigError
+    from bluff_ray.run.config import ConfigError
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     try:
@@ -178,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rc = _run_and_report(cfg, args.overwrite, None)
     if rc != 0 or args.no_serve:
         return rc
-    from .serve import serve
+    from bluff_ray.web.serve import serve
 
     print(f"serving {args.out} on http://{args.host}:{args.port}/  (Ctrl-C to stop)")
     serve(args.out, host=args.host, port=args.port, open_browser=args.open)
@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace results of a different configuration already in --out")
     d.set_defaults(func=cmd_demo)
 
-    from . import publish, serve, submit
+    from bluff_ray.web import publish
+    from bluff_ray.web import serve
+    from bluff_ray.run import submit
 
     submit.register(sub)
     serve.register(sub)

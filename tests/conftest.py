@@ -63,7 +63,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def digits():
     """The demo digits adapter from the default checkpoint cache (trained on first use)."""
-    from bluff_ray.models import load_model
+    from bluff_ray.engine.models import load_model
 
     return load_model("digits")
 
@@ -164,7 +164,7 @@ def demo_config(out: str, **overrides):
     """
     import dataclasses
 
-    from bluff_ray.config import RunConfig
+    from bluff_ray.run.config import RunConfig
 
     base = RunConfig()
     values = dict(
@@ -181,7 +181,7 @@ def demo_config(out: str, **overrides):
 def demo_results(ray_session, tmp_path_factory):
     """A results root written by the real pipeline: digits classes 0,1,2 (6 ordered pairs), default
     strengths, assets enabled; returns its local path (str)."""
-    from bluff_ray.pipeline import run
+    from bluff_ray.run.pipeline import run
 
     out = str(tmp_path_factory.mktemp("demo-results") / "root")
     summary = run(demo_config(out))

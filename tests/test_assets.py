@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bluff_ray.assets import (
+from bluff_ray.run.assets import (
     INDEX_PATH,
     INDEX_SCHEMA,
     AssetConfig,
@@ -20,9 +20,9 @@ from bluff_ray.assets import (
     select_neurons,
     write_index,
 )
-from bluff_ray.data import DigitsSource
-from bluff_ray.patches import class_topk, from_png, merge_topk
-from bluff_ray.store import Store
+from bluff_ray.run.data import DigitsSource
+from bluff_ray.engine.patches import class_topk, from_png, merge_topk
+from bluff_ray.results.store import Store
 
 NEURONS = [("mixed3a", 3), ("mixed4b", 20)]
 CFG = AssetConfig(n_patches=3, fv_steps=16)
@@ -118,7 +118,7 @@ def test_rerun_skips_existing_files(tmp_path, digits, source, topk):
     render (a batch of two), and the optimisation amplifies that."""
     import copy
 
-    from bluff_ray.models.digits import digits_adapter
+    from bluff_ray.engine.models.digits import digits_adapter
 
     digits = digits_adapter(copy.deepcopy(digits.model).double())
     store = CountingStore(str(tmp_path / "root"))

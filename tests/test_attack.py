@@ -11,8 +11,8 @@ import pytest
 import torch
 import torchattacks
 
-from bluff_ray.attack import AttackConfig, AttackGrid, attack, attack_grid, random_start
-from bluff_ray.models.digits import DIGITS_STRENGTHS, digits_split, train_digits
+from bluff_ray.engine.attack import AttackConfig, AttackGrid, attack, attack_grid, random_start
+from bluff_ray.engine.models.digits import DIGITS_STRENGTHS, digits_split, train_digits
 
 STEPS = 20  # fewer than the default 50 to keep CI fast; step eps/5 still travels 4 eps
 

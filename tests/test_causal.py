@@ -1,4 +1,4 @@
-"""Activation patching (bluff_ray.causal): exact in float64 on the digits net and on a hand-built
+"""Activation patching (bluff_ray.engine.causal): exact in float64 on the digits net and on a hand-built
 network whose target logit is carried by a single channel."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from bluff_ray.attack import AttackConfig, attack_grid
-from bluff_ray.causal import PATCH_IMAGES, Experiment, Patching, block_modules
-from bluff_ray.data import DigitsSource
-from bluff_ray.models.digits import DIGITS_STRENGTHS, DigitsNet, digits_adapter
+from bluff_ray.engine.attack import AttackConfig, attack_grid
+from bluff_ray.engine.causal import PATCH_IMAGES, Experiment, Patching, block_modules
+from bluff_ray.run.data import DigitsSource
+from bluff_ray.engine.models.digits import DIGITS_STRENGTHS, DigitsNet, digits_adapter
 
 from test_engine import FIXTURE
 

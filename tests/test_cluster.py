@@ -11,7 +11,7 @@ import sys as _sys
 
 import pytest
 
-from bluff_ray.cluster import PoolError, plan_pool
+from bluff_ray.run.cluster import PoolError, plan_pool
 
 from conftest import SUPPORT
 

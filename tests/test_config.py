@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bluff_ray import cli
-from bluff_ray.config import (
+from bluff_ray.run.config import (
     FIELD_HELP,
     NESTED,
     ConfigError,
@@ -17,10 +17,10 @@ from bluff_ray.config import (
     from_dict,
     load,
     nested_fields,
-    redact_url,
     resolve,
 )
-from bluff_ray.models.base import ModelAdapter
+from bluff_ray.results.store import redact_url
+from bluff_ray.engine.models.base import ModelAdapter
 
 
 def fake_adapter(names=("zero", "one", "two", "three"), ids=None, strengths=(0.5, 1.0)) -> ModelAdapter:
@@ -178,7 +178,7 @@ def test_redact_url_removes_userinfo():
 
 
 def test_demo_config_is_every_digit_pair_at_the_default_strengths():
-    from bluff_ray.models import load_model
+    from bluff_ray.engine.models import load_model
 
     adapter = load_model("digits")
     r = resolve(cli.demo_config("./bluff-results"), adapter)
@@ -193,7 +193,7 @@ def test_demo_config_is_every_digit_pair_at_the_default_strengths():
 
 
 def test_bad_values_are_refused_with_the_field_named():
-    from bluff_ray.config import from_dict
+    from bluff_ray.run.config import from_dict
 
     for values, msg in [
         ({"strengths": [True]}, "strengths must be numbers"),
@@ -211,7 +211,7 @@ def test_bad_values_are_refused_with_the_field_named():
 
 
 def test_target_chunk_defaults_to_and_is_capped_by_the_footer_limit():
-    from bluff_ray import layout
+    from bluff_ray.results import layout
 
     a = fake_adapter()
     limit = layout.max_targets_per_file(2)

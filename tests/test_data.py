@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bluff_ray.data import CachedSource, ImageFolderSource, make_source
-from bluff_ray.models.digits import digits_adapter, DigitsNet, digits_split
+from bluff_ray.run.data import CachedSource, ImageFolderSource, make_source
+from bluff_ray.engine.models.digits import digits_adapter, DigitsNet, digits_split
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_cached_source_reads_each_class_once():
 
 
 def test_synthetic_images_are_deterministic_8_bit_and_differ_by_class():
-    from bluff_ray.data import SyntheticSource
+    from bluff_ray.run.data import SyntheticSource
 
     src = SyntheticSource((3, 8, 8), per_class=4)
     a, n = src.class_images(5)
@@ -113,8 +113,8 @@ def test_node_cache_reads_each_class_once_and_notices_a_changed_folder(tmp_path)
 
     from PIL import Image
 
-    from bluff_ray.data import CachedSource, ImageFolderSource, NodeCache
-    from bluff_ray.models import load_model
+    from bluff_ray.run.data import CachedSource, ImageFolderSource, NodeCache
+    from bluff_ray.engine.models import load_model
 
     adapter = load_model("digits")
     folder = tmp_path / "images" / "3"

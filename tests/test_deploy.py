@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bluff_ray import cli, config, submit
+from bluff_ray import cli
+from bluff_ray.run import config
+from bluff_ray.run import submit
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bluff_ray.attack import START_BLOCK, AttackConfig, Batching, StartNoise, random_start
-from bluff_ray.data import DigitsSource
-from bluff_ray.engine import benign_stats, class_data, compute_unit
-from bluff_ray.models.digits import DigitsNet, digits_adapter
-from bluff_ray.pathways import PathwayConfig
-from bluff_ray.pipeline import unit_seed
+from bluff_ray.engine.attack import START_BLOCK, AttackConfig, Batching, StartNoise, random_start
+from bluff_ray.run.data import DigitsSource
+from bluff_ray.engine.compute import benign_stats, class_data, compute_unit
+from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
+from bluff_ray.engine.pathways import PathwayConfig
+from bluff_ray.run.pipeline import unit_seed
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v1_unit"
 # Measured: the attacked conditions' values of the fixture differ by up to 1.8e-5 relative between

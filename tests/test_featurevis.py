@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bluff_ray.featurevis import (
+from bluff_ray.engine.featurevis import (
     COLOR_CORRELATION,
     FeatureVisConfig,
     channel_activations,
@@ -64,7 +64,7 @@ def test_deterministic_per_neuron_and_batch_independent(digits):
     float64: in float32 another batch size rounds differently and 128 Adam steps amplify that."""
     import copy
 
-    from bluff_ray.models.digits import digits_adapter
+    from bluff_ray.engine.models.digits import digits_adapter
 
     d64 = digits_adapter(copy.deepcopy(digits.model).double())
     neurons = [NEURONS[0], NEURONS[5], NEURONS[2]]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bluff_ray.importance import (
+from bluff_ray.engine.importance import (
     importance,
     median,
     ranked_channels,
@@ -116,7 +116,7 @@ def test_roles_exploited_only_from_given_strengths_and_k_respected():
 
 
 def test_spatial_max_activations_batches_and_matches_forward():
-    from bluff_ray.models.digits import DigitsNet, digits_adapter
+    from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
 
     torch.manual_seed(0)
     adapter = digits_adapter(DigitsNet())

@@ -1,6 +1,6 @@
 """Influence equals a brute-force per-edge computation through the real block modules.
 
-The brute force never touches bluff_ray.influence's folding or grouped convs: it runs the real
+The brute force never touches bluff_ray.engine.influence's folding or grouped convs: it runs the real
 BasicConv2d ``conv`` and ``bn`` modules on inputs with all channels but one zeroed, subtracts the
 all-zero run (which removes the BN bias), takes the spatial max, and composes the widest path
 with plain Python loops.
@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from torchvision.models import googlenet
 
-from bluff_ray.influence import FoldedConv, fold_bn, layer_influence, pairwise_influence, widest_path
-from bluff_ray.models.base import LayerInfo, ModelAdapter
-from bluff_ray.models.digits import DigitsNet, digits_adapter
-from bluff_ray.models.googlenet import googlenet_adapter
+from bluff_ray.engine.influence import FoldedConv, fold_bn, layer_influence, pairwise_influence, widest_path
+from bluff_ray.engine.models.base import LayerInfo, ModelAdapter
+from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
+from bluff_ray.engine.models.googlenet import googlenet_adapter
 
 # ---------------------------------------------------------------------------------------------
 # bluff_ray's own adapters with random weights and random BatchNorm statistics.

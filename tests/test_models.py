@@ -16,11 +16,11 @@ from PIL import Image
 from torchvision.models.googlenet import BasicConv2d
 from torchvision.transforms import functional as TF
 
-from bluff_ray.models import MODEL_NAMES, load_model
-from bluff_ray.models import digits as digits_mod
-from bluff_ray.models.base import BRANCHES, ModelAdapter
-from bluff_ray.models.digits import DigitsTrainConfig, digits_split, train_digits
-from bluff_ray.models.googlenet import googlenet_adapter, imagenet_wnids, load_googlenet
+from bluff_ray.engine.models import MODEL_NAMES, load_model
+from bluff_ray.engine.models import digits as digits_mod
+from bluff_ray.engine.models.base import BRANCHES, ModelAdapter
+from bluff_ray.engine.models.digits import DigitsTrainConfig, digits_split, train_digits
+from bluff_ray.engine.models.googlenet import googlenet_adapter, imagenet_wnids, load_googlenet
 
 # Published GoogLeNet table (Szegedy et al. 2015, Table 1): #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 GOOGLENET_TABLE = {
@@ -330,8 +330,8 @@ def test_unknown_model_name_lists_valid_names():
 
 
 def test_rehearsal_model_has_googlenets_layers_and_fits_the_synthetic_data():
-    from bluff_ray.data import SyntheticSource
-    from bluff_ray.models import load_model
+    from bluff_ray.run.data import SyntheticSource
+    from bluff_ray.engine.models import load_model
 
     reh = load_model("rehearsal")
     gn = load_model("googlenet", weights="random")

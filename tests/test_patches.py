@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torchvision.models.googlenet import BasicConv2d, Inception
 
-from bluff_ray.models.base import LayerInfo, ModelAdapter
-from bluff_ray.patches import (
+from bluff_ray.engine.models.base import LayerInfo, ModelAdapter
+from bluff_ray.engine.patches import (
     TOPK_SCHEMA,
     ReceptiveField,
     class_topk,
@@ -38,7 +38,7 @@ def digits64(digits):
 
 @pytest.fixture(scope="module")
 def digit_images():
-    from bluff_ray.data import DigitsSource
+    from bluff_ray.run.data import DigitsSource
 
     src = DigitsSource("test")
     return {c: src.class_images(c, 12)[0].double() for c in (0, 1, 2)}

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bluff_ray.influence import layer_influence
-from bluff_ray.models.digits import DigitsNet, digits_adapter
-from bluff_ray.pathways import (
+from bluff_ray.engine.influence import layer_influence
+from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
+from bluff_ray.engine.pathways import (
     EDGES_SCHEMA,
     NODES_SCHEMA,
     PAIRS_SCHEMA,
@@ -177,10 +177,10 @@ def test_summarize_pair_refuses_inconsistent_inputs(random_pair):
 
 def test_digit_pair_end_to_end():
     """engine.compute_unit on one real digit pair: the attack works, the roles and edges make sense."""
-    from bluff_ray.attack import AttackConfig
-    from bluff_ray.engine import class_data, compute_unit
-    from bluff_ray.models import load_model
-    from bluff_ray.models.digits import digits_split
+    from bluff_ray.engine.attack import AttackConfig
+    from bluff_ray.engine.compute import class_data, compute_unit
+    from bluff_ray.engine.models import load_model
+    from bluff_ray.engine.models.digits import digits_split
 
     adapter = load_model("digits")
     strengths = tuple(adapter.metadata["default_strengths"])

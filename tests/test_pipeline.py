@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bluff_ray import layout, pipeline
-from bluff_ray.config import RunConfig
-from bluff_ray.pipeline import RunError, Unit, plan_units, run, unit_seed
-from bluff_ray.store import Store, StorageError
+from bluff_ray.results import layout
+from bluff_ray.run import pipeline
+from bluff_ray.run.config import RunConfig
+from bluff_ray.run.pipeline import RunError, Unit, plan_units, run, unit_seed
+from bluff_ray.results.store import Store, StorageError
 
 from conftest import DEMO_CLASSES, SUPPORT, demo_config
 
@@ -132,9 +133,9 @@ def test_demo_results_every_pair_once_with_format_schema(demo_results):
 
 def test_demo_results_equal_a_direct_compute_unit(demo_results):
     """The pipeline's numbers for original 0 equal engine.compute_unit called directly."""
-    from bluff_ray.data import DigitsSource
-    from bluff_ray.engine import class_data, compute_unit
-    from bluff_ray.models import load_model
+    from bluff_ray.run.data import DigitsSource
+    from bluff_ray.engine.compute import class_data, compute_unit
+    from bluff_ray.engine.models import load_model
 
     cfg = demo_config(demo_results)
     adapter = load_model("digits")
@@ -299,8 +300,8 @@ def test_resume_reads_finished_units_in_parallel_rounds(reference, tmp_path, mon
     filesystem with 20 ms per read)."""
     import countfs
 
-    from bluff_ray.reduce import Aggregate, LayerSpec
-    from bluff_ray.store import READ_CONCURRENCY
+    from bluff_ray.results.reduce import Aggregate, LayerSpec
+    from bluff_ray.results.store import READ_CONCURRENCY
 
     root = tmp_path / "many"
     src = Path(reference.root)
@@ -563,7 +564,7 @@ def test_a_storage_outage_during_the_reduce_ends_in_a_summary(ray_session, tmp_p
 def _digit_folder(root: Path, classes, n: int) -> Path:
     from PIL import Image
 
-    from bluff_ray.models.digits import digits_split
+    from bluff_ray.engine.models.digits import digits_split
 
     x, y = digits_split("test")
     for c in classes:

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bluff_ray import layout
-from bluff_ray.reduce import Aggregate, LayerSpec, UnitAtlas, landing_view, unit_atlas, write_global
-from bluff_ray.store import Store
+from bluff_ray.results import layout
+from bluff_ray.results.reduce import Aggregate, LayerSpec, UnitAtlas, landing_view, unit_atlas, write_global
+from bluff_ray.results.store import Store
 
 S = 3
 LAYERS = [LayerSpec("mixed3a", 4), LayerSpec("mixed3b", 6)]

@@ -13,9 +13,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from bluff_ray import layout
-from bluff_ray.config import load
-from bluff_ray.pipeline import run
+from bluff_ray.results import layout
+from bluff_ray.run.config import load
+from bluff_ray.run.pipeline import run
 
 pytestmark = pytest.mark.ray
 

@@ -9,7 +9,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from bluff_ray.store import Store, StorageError, table_to_parquet
+from bluff_ray.results.store import Store, StorageError, table_to_parquet
 
 
 def test_one_row_group_per_target_including_empty_ones(tmp_path):
@@ -50,7 +50,7 @@ def test_failed_local_write_keeps_the_old_object(tmp_path, monkeypatch):
     def fail(*_a, **_k):
         raise OSError("disk gone")
 
-    monkeypatch.setattr("bluff_ray.store.os.replace", fail)
+    monkeypatch.setattr("bluff_ray.results.store.os.replace", fail)
     with pytest.raises(OSError, match="disk gone"):
         s.write_bytes("f.bin", b"new")
     assert s.read_bytes("f.bin") == b"old"
@@ -148,7 +148,7 @@ def test_read_many_keeps_order_and_runs_in_parallel(tmp_path):
 def test_run_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
     import json
 
-    from bluff_ray.lock import LockedError, RunLock
+    from bluff_ray.results.lock import LockedError, RunLock
 
     s = Store(str(tmp_path))
     first = RunLock(s, "hash-a", heartbeat_s=0.05)

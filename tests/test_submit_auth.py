@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from bluff_ray import submit as submit_mod
+from bluff_ray.run import submit as submit_mod
 
 pytestmark = pytest.mark.ray
 
@@ -163,7 +163,7 @@ def test_submit_a_run_with_auth_token_path(token_cluster, job_dir, tmp_path):
 
 TRIVIAL = textwrap.dedent("""
     import sys
-    from bluff_ray.submit import JobRequest, submit
+    from bluff_ray.run.submit import JobRequest, submit
     req = JobRequest(entrypoint="python -c \\"import ray; ray.init(); print('cpus', ray.cluster_resources()['CPU'])\\"",
                      runtime_env={}, metadata={"tool": "bluff-test-trivial"})
     sys.exit(submit(req, sys.argv[1], poll_s=0.5))
@@ -277,7 +277,7 @@ def test_auth_token_path_sets_ray_variables_for_this_process(tmp_path):
     script = textwrap.dedent("""
         import os, sys
         import ray._raylet  # loaded first, as in a process that already imported ray
-        from bluff_ray import submit
+        from bluff_ray.run import submit
         path = submit.use_token_file(sys.argv[1])
         from ray._raylet import AuthenticationTokenLoader
         print(os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN_PATH"] == path, "RAY_AUTH_TOKEN" in os.environ,

@@ -10,7 +10,7 @@
 - ``viewer_dist`` (session): the built viewer (``bluff_ray/_viewer``); fails with the command to run.
 - ``browser`` (session): Debian Chromium driven by Playwright; ``page`` (function): a fresh page that
   records page errors (a test fails if the page threw).
-- ``serve_root`` (function): ``serve_root(path) -> base URL`` via ``bluff_ray.serve.start_server``.
+- ``serve_root`` (function): ``serve_root(path) -> base URL`` via ``bluff_ray.web.serve.start_server``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bluff_ray.serve import VIEWER_DIR, start_server
+from bluff_ray.web.serve import VIEWER_DIR, start_server
 
 from viewer_synth import SCALE_PAIRS, make_results
 

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from bluff_ray import layout
-from bluff_ray.publish import CORS_RULE, PublishError, publish
+from bluff_ray.results import layout
+from bluff_ray.web.publish import CORS_RULE, PublishError, publish
 from viewer_helpers import expected_highlight, shot, wait_ready
 from viewer_synth import make_results, read_pair
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bluff_ray.serve import ViewerNotBuilt, make_server, parse_range, start_server
+from bluff_ray.web.serve import ViewerNotBuilt, make_server, parse_range, start_server
 
 PART = "/results/nodes/original=0/part-0.parquet"
 
@@ -549,7 +549,7 @@ def cached_context(browser, tmp_path):
 @pytest.fixture
 def request_log(monkeypatch):
     """(path, status, conditional headers) of every request the servers started in the test answer."""
-    import bluff_ray.serve as serve_mod
+    import bluff_ray.web.serve as serve_mod
 
     log: list[tuple[str, int, dict]] = []
     keep = ("range", "if-range", "if-none-match", "if-modified-since")

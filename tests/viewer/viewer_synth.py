@@ -12,8 +12,8 @@ succeeded; in the small root every pair has one layer without exploited neurons 
 writes a root as a run without activation patching does: ``manifest.causal = false``, empty
 causal files, NaN effects and defused fractions.
 
-Everything is written with the project's own writers: ``bluff_ray.layout`` (schemas,
-``table_to_parquet`` with one row group per target for nodes/edges/causal) and ``bluff_ray.reduce``
+Everything is written with the project's own writers: ``bluff_ray.results.layout`` (schemas,
+``table_to_parquet`` with one row group per target for nodes/edges/causal) and ``bluff_ray.results.reduce``
 (``Aggregate.add_unit`` per work unit, then ``write_global`` for pair_index/, rankings/, overview/,
 atlas/ and classes.parquet). Values are random but seeded.
 
@@ -37,9 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from bluff_ray import layout
-from bluff_ray.reduce import Aggregate, LayerSpec, landing_view, write_global
-from bluff_ray.store import Store
+from bluff_ray.results import layout
+from bluff_ray.results.reduce import Aggregate, LayerSpec, landing_view, write_global
+from bluff_ray.results.store import Store
 
 LAYERS = ["mixed3a", "mixed3b", "mixed4a", "mixed4b"]
 CHANNELS = 64

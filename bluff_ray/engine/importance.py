@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .models.base import ModelAdapter
+from bluff_ray.engine.models.base import ModelAdapter
 
 # Role names, in the viewer's left-to-right order (also the order of nodes within a layer).
 ROLES = ("original", "both", "target", "exploited")

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from . import layout
+from bluff_ray.results import layout
 
 ROLE_EXPLOITED = "exploited"
 TOP_CLASSES = 5

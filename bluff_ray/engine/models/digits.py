@@ -51,10 +51,10 @@ from torch import nn
 from torchvision.models.googlenet import BasicConv2d
 from torchvision.transforms import functional as TF
 
-from .base import LayerInfo, ModelAdapter
+from bluff_ray.engine.models.base import LayerInfo, ModelAdapter
 
-log = logging.getLogger("bluff_ray.models")
-from .weights import read_state_dict
+log = logging.getLogger("bluff_ray.engine.models")
+from bluff_ray.engine.models.weights import read_state_dict
 
 #: 10 evenly spaced L2 strengths in [0,1] pixel space on 64-d inputs (see module docstring).
 DIGITS_STRENGTHS = tuple(round(0.1 * i, 2) for i in range(1, 11))

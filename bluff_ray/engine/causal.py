@@ -26,7 +26,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from . import layout
+from bluff_ray.results import layout
 
 ALL = "all"
 #: Patching is measured on at most this many successfully attacked images per strength (the first

@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import layout
-from .importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max_activations
-from .influence import layer_influence
-from .models.base import ModelAdapter
+from bluff_ray.results import layout
+from bluff_ray.engine.importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max_activations
+from bluff_ray.engine.influence import layer_influence
+from bluff_ray.engine.models.base import ModelAdapter
 
 #: ``row_group`` in a single pair's ``pairs`` row: unknown until the pipeline writes the
 #: partition and knows the pair's row-group index in the nodes/edges files.
@@ -260,7 +260,7 @@ def summarize_pair(
     list with one tensor per strength, or one tensor holding them strength by strength
     (``n_success[s]`` rows for strength s). ``n_images`` is how many images were attacked.
     ``importance_original``/``importance_target`` ({layer: [C]}, e.g. from the benign stage) skip
-    recomputing those conditions' importance. ``patching`` (a :class:`bluff_ray.causal.Patching`)
+    recomputing those conditions' importance. ``patching`` (a :class:`bluff_ray.engine.causal.Patching`)
     adds the activation-patching experiments of the pair.
     """
     strengths = tuple(float(s) for s in strengths)

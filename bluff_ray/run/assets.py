@@ -21,9 +21,9 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from bluff_ray.featurevis import FeatureVisConfig, channel_activations, render_channels
-from bluff_ray.models.base import ModelAdapter
-from bluff_ray.patches import TOPK_SCHEMA, crop, crop_box, from_png, receptive_fields, to_png
+from bluff_ray.engine.featurevis import FeatureVisConfig, channel_activations, render_channels
+from bluff_ray.engine.models.base import ModelAdapter
+from bluff_ray.engine.patches import TOPK_SCHEMA, crop, crop_box, from_png, receptive_fields, to_png
 
 INDEX_PATH = "neurons/index.parquet"
 INDEX_SCHEMA = pa.schema(
@@ -87,7 +87,7 @@ class AssetConfig:
 
 
 class AssetStore(Protocol):
-    """The part of ``bluff_ray.store.Store`` the assets need."""
+    """The part of ``bluff_ray.results.store.Store`` the assets need."""
 
     def exists(self, rel: str) -> bool: ...
     def write_bytes(self, rel: str, data: bytes) -> None: ...

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models.base import ModelAdapter
+from bluff_ray.engine.models.base import ModelAdapter
 
 # Upper bound on the elements of one intermediate tensor (grouped-conv output or max-min
 # broadcast); work is chunked over images / channels to stay below it (2**26 fp32 = 256 MiB).

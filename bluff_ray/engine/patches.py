@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from bluff_ray.models.base import ModelAdapter
+from bluff_ray.engine.models.base import ModelAdapter
 
 TOPK_SCHEMA = pa.schema(
     [

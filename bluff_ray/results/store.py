@@ -16,6 +16,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import tempfile
 import threading
 import uuid
@@ -27,10 +28,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .config import redact_url
-from .layout import table_to_parquet
+from bluff_ray.results.layout import table_to_parquet
 
 T = TypeVar("T")
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+def redact_url(url: str | None) -> str | None:
+    """Drop ``user:secret@`` from a URL so it can go into manifest.json and logs."""
+    return None if url is None else _USERINFO.sub(r"\1", str(url))
+
+
 #: Parallel requests when many small objects are read (resume, reduce): a round of this many GETs
 #: costs about one request's latency.
 READ_CONCURRENCY = 32

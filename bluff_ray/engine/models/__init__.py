@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .base import BRANCHES, LayerInfo, ModelAdapter
+from bluff_ray.engine.models.base import BRANCHES, LayerInfo, ModelAdapter
 
 MODEL_NAMES = ("digits", "googlenet", "rehearsal")
 
@@ -27,15 +27,15 @@ def load_model(
       random weights (``models/rehearsal.py``); ``weights`` may be ``"seed:<n>"``.
     """
     if name == "digits":
-        from .digits import load_digits_model
+        from bluff_ray.engine.models.digits import load_digits_model
 
         adapter = load_digits_model(weights, cache_dir=cache_dir, storage_options=storage_options)
     elif name == "googlenet":
-        from .googlenet import load_googlenet
+        from bluff_ray.engine.models.googlenet import load_googlenet
 
         adapter = load_googlenet(weights or "torchvision", storage_options=storage_options)
     elif name == "rehearsal":
-        from .rehearsal import rehearsal_adapter
+        from bluff_ray.engine.models.rehearsal import rehearsal_adapter
 
         adapter = rehearsal_adapter(seed=_seed_of(weights))
     else:

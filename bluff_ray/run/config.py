@@ -16,17 +16,17 @@ import hashlib
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from . import layout
-from .assets import AssetConfig
-from .pathways import PathwayConfig
+from bluff_ray.results import layout
+from bluff_ray.results.store import redact_url
+from bluff_ray.run.assets import AssetConfig
+from bluff_ray.engine.pathways import PathwayConfig
 
 
 def _default_attack():
-    from .attack import AttackConfig
+    from bluff_ray.engine.attack import AttackConfig
 
     return AttackConfig()
 
@@ -178,7 +178,7 @@ def validate(cfg: RunConfig) -> None:
     if isinstance(cfg.worker_timeout_s, bool) or not isinstance(cfg.worker_timeout_s, (int, float)) \
             or not math.isfinite(cfg.worker_timeout_s) or cfg.worker_timeout_s < 0:
         raise ConfigError(f"worker_timeout_s must be a number of seconds >= 0, got {cfg.worker_timeout_s!r}")
-    from .models import MODEL_NAMES
+    from bluff_ray.engine.models import MODEL_NAMES
 
     if cfg.model not in MODEL_NAMES:
         close = difflib.get_close_matches(str(cfg.model), MODEL_NAMES, n=1)
@@ -418,14 +418,6 @@ def diff_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
         elif _plain(a) != _plain(b):
             out.append(prefix + k)
     return out
-
-
-_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
-
-
-def redact_url(url: str | None) -> str | None:
-    """Drop ``user:secret@`` from a URL so it can go into manifest.json and logs."""
-    return None if url is None else _USERINFO.sub(r"\1", str(url))
 
 
 def resolve_class(token: int | str, class_ids: Sequence[str], class_names: Sequence[str]) -> int:

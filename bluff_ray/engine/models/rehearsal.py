@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.googlenet import BasicConv2d, Inception
 
-from .base import LayerInfo, ModelAdapter
-from .googlenet import LAYER_NAMES, imagenet_wnids
+from bluff_ray.engine.models.base import LayerInfo, ModelAdapter
+from bluff_ray.engine.models.googlenet import LAYER_NAMES, imagenet_wnids
 
 INPUT_SIDE = 8
 N_CLASSES = 1000
@@ -76,6 +76,16 @@ class RehearsalNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+def synthetic_pattern(class_id: int, input_shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """The smooth pattern [C,H,W] shared by every synthetic image of a class: a seeded 4x4 grid per
+    channel, bilinearly enlarged (the rehearsal model's classifier is fitted to these)."""
+    import torch.nn.functional as F
+
+    c, h, w = input_shape
+    g = torch.Generator().manual_seed(seed * 1_000_003 + int(class_id))
+    return F.interpolate(torch.rand(1, c, 4, 4, generator=g), size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
 def _calibrate(net: RehearsalNet, seed: int) -> None:
     """Set every BatchNorm's running statistics from one forward pass over seeded random images
     (train-mode BN with momentum None = the plain batch statistics), then freeze them."""
@@ -98,7 +108,6 @@ LOGIT_SCALE = 10.0
 @torch.no_grad()
 def _fit_classifier(net: RehearsalNet) -> None:
     """fc row c = LOGIT_SCALE x the centred, normalised mixed5b feature of class c's synthetic pattern."""
-    from ..data import synthetic_pattern
 
     patterns = torch.stack([synthetic_pattern(c, (3, INPUT_SIDE, INPUT_SIDE)) for c in range(N_CLASSES)])
     feats = {}

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger("bluff_ray.attack")
+log = logging.getLogger("bluff_ray.engine.attack")
 
 METHODS = ("pgd_l2", "pgd_linf", "fgsm")
 DEFAULT_STRENGTHS = tuple(round(0.05 * i, 2) for i in range(1, 11))

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .config import redact_url
+from bluff_ray.engine.models.rehearsal import synthetic_pattern
+from bluff_ray.results.store import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class DigitsSource:
     the demo net never saw those images in training)."""
 
     def __init__(self, split: str = "test", seed: int = 0):
-        from .models.digits import digits_split
+        from bluff_ray.engine.models.digits import digits_split
 
         self.images, self.labels = digits_split(split, seed)
 
@@ -113,16 +114,6 @@ class ImageFolderSource:
         self.skipped_files[int(class_id)] = skipped
         images = torch.stack(good) if good else torch.empty(0, *self.input_shape)
         return images, len(skipped)
-
-
-def synthetic_pattern(class_id: int, input_shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
-    """The smooth pattern [C,H,W] shared by every synthetic image of a class: a seeded 4x4 grid per
-    channel, bilinearly enlarged (the rehearsal model's classifier is fitted to these)."""
-    import torch.nn.functional as F
-
-    c, h, w = input_shape
-    g = torch.Generator().manual_seed(seed * 1_000_003 + int(class_id))
-    return F.interpolate(torch.rand(1, c, 4, 4, generator=g), size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
 class SyntheticSource:

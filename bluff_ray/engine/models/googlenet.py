@@ -24,8 +24,8 @@ from torch import nn
 from torchvision.models import GoogLeNet, GoogLeNet_Weights
 from torchvision.transforms import functional as TF
 
-from .base import LayerInfo, ModelAdapter
-from .weights import read_state_dict
+from bluff_ray.engine.models.base import LayerInfo, ModelAdapter
+from bluff_ray.engine.models.weights import read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,7 +81,7 @@ def _layer_info(name: str, block: nn.Module) -> LayerInfo:
 
 def imagenet_wnids() -> list[str]:
     """The 1000 ImageNet-1k wnids in sorted order (= torchvision's class index order)."""
-    text = resources.files("bluff_ray.models").joinpath("imagenet_wnids.txt").read_text()
+    text = resources.files("bluff_ray.engine.models").joinpath("imagenet_wnids.txt").read_text()
     wnids = text.split()
     if len(wnids) != 1000 or wnids != sorted(wnids):
         raise RuntimeError("bluff_ray/models/imagenet_wnids.txt is damaged: expected 1000 sorted wnids")

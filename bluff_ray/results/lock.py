@@ -18,8 +18,8 @@ import threading
 import time
 import uuid
 
-from .layout import LOCK_PATH
-from .store import Store
+from bluff_ray.results.layout import LOCK_PATH
+from bluff_ray.results.store import Store
 
 HEARTBEAT_S = 15.0
 STALE_AFTER_S = 120.0

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-log = logging.getLogger("bluff_ray.cluster")
+log = logging.getLogger("bluff_ray.run.cluster")
 
 IN_FLIGHT = 2  # calls queued per actor: the next unit's data loads while the current one computes
 MAX_REQUEUE = 3  # a unit whose worker died this many times fails (it may be what kills them)

@@ -37,8 +37,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .config import redact_url
-from .serve import VIEWER_DIR, content_type
+from bluff_ray.results.store import redact_url
+from bluff_ray.web.serve import VIEWER_DIR, content_type
 
 CORS_RULE = {
     "ID": "bluff-viewer",

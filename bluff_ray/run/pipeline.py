@@ -31,14 +31,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import __version__, layout
-from .cluster import PoolError, Task, WorkerPool, autoscaler_limits, plan_pool
-from .config import ConfigError, ResolvedRun, RunConfig, diff_fields, model_identity, redact_url, resolve
-from .lock import LockedError, RunLock
-from .reduce import Aggregate, LayerSpec, UnitAtlas, layer_offsets, unit_atlas, write_global
-from .store import Store
+from bluff_ray import __version__
+from bluff_ray.results import layout
+from bluff_ray.run.cluster import PoolError, Task, WorkerPool, autoscaler_limits, plan_pool
+from bluff_ray.run.config import ConfigError, ResolvedRun, RunConfig, diff_fields, model_identity, resolve
+from bluff_ray.results.store import redact_url
+from bluff_ray.results.lock import LockedError, RunLock
+from bluff_ray.results.reduce import Aggregate, LayerSpec, UnitAtlas, layer_offsets, unit_atlas, write_global
+from bluff_ray.results.store import Store
 
-log = logging.getLogger("bluff_ray.pipeline")
+log = logging.getLogger("bluff_ray.run.pipeline")
 
 SCHEMA_VERSION = layout.SCHEMA_VERSION
 MAX_RESTARTS = 4
@@ -158,8 +160,8 @@ class BluffWorker:
     """Holds one model (loaded once) and one image source; computes and writes work units."""
 
     def __init__(self, spec: WorkerSpec):
-        from .data import CachedSource, make_source
-        from .models import load_model
+        from bluff_ray.run.data import CachedSource, make_source
+        from bluff_ray.engine.models import load_model
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
@@ -181,7 +183,7 @@ class BluffWorker:
     # --- benign stage -----------------------------------------------------------------------------
     def benign(self, classes: Sequence[int], n_examples: int) -> list[dict]:
         """Benign statistics of each class (engine.benign_stats); writes examples/ then importance/."""
-        from .engine import benign_stats
+        from bluff_ray.engine.compute import benign_stats
 
         out = []
         for c in classes:
@@ -203,7 +205,7 @@ class BluffWorker:
 
     # --- pairs stage ------------------------------------------------------------------------------
     def _class_data(self, class_id: int, benign: BenignTable):
-        from .engine import BenignStats, class_data
+        from bluff_ray.engine.compute import BenignStats, class_data
 
         images, n_skipped = self.source.class_images(class_id, self.spec.images_per_class)
         if class_id not in benign.importance:
@@ -217,8 +219,8 @@ class BluffWorker:
 
     def pairs(self, unit: Unit, benign: BenignTable, attack_cfg, pathway_cfg, seed: int) -> dict:
         """Compute one unit (engine.compute_unit) and write its four files, the marker last."""
-        from .attack import Batching
-        from .engine import auto_batch_size, compute_unit
+        from bluff_ray.engine.attack import Batching
+        from bluff_ray.engine.compute import auto_batch_size, compute_unit
 
         t0 = time.perf_counter()
         try:
@@ -252,13 +254,13 @@ class BluffWorker:
 
     # --- reduce: neuron assets ----------------------------------------------------------------------
     def feature_vis(self, neurons: list[tuple[str, int]], cfg) -> pa.Table:
-        from .assets import render_feature_vis
+        from bluff_ray.run.assets import render_feature_vis
 
         with self.compute:
             return render_feature_vis(self.adapter, self.store, neurons, cfg)
 
     def patches(self, rows: list[dict], cfg) -> pa.Table:
-        from .assets import render_patch_rows
+        from bluff_ray.run.assets import render_patch_rows
 
         for c in sorted({r["class_id"] for r in rows}):  # read outside the device lock
             self.source.class_images(c, self.spec.images_per_class)
@@ -409,7 +411,7 @@ def _worker_spec(cfg: RunConfig, use_gpu: bool) -> WorkerSpec:
 
 def load_run_model(cfg: RunConfig):
     """The model, in the driver (training/caching the digits checkpoint so actors only read it)."""
-    from .models import load_model
+    from bluff_ray.engine.models import load_model
 
     try:
         return load_model(cfg.model, weights=cfg.weights, cache_dir=cfg.model_cache, device="cpu",
@@ -431,7 +433,7 @@ def run(
     stage -> pairs -> reduce. ``on_unit_done`` receives each finished unit's status (tests use it
     to interrupt or kill).
     """
-    from .data import check_source
+    from bluff_ray.run.data import check_source
 
     t_start = time.perf_counter()
     store = Store(cfg.out, cfg.storage_options)
@@ -516,7 +518,7 @@ def _execute(ray, cfg: RunConfig, resolved: ResolvedRun, adapter, store: Store, 
     agg = Aggregate(list(adapter.class_names), [LayerSpec(l.name, l.channels) for l in adapter.layers],
                     len(resolved.strengths))
     benign: dict[int, dict] = {}
-    from .patches import TOPK_SCHEMA, merge_topk
+    from bluff_ray.engine.patches import TOPK_SCHEMA, merge_topk
 
     topk = TOPK_SCHEMA.empty_table()
 
@@ -637,7 +639,7 @@ def _reduce(pool: WorkerPool, cfg: RunConfig, resolved: ResolvedRun, adapter, st
     except PoolError:
         raise
     except Exception as e:  # storage outage, disk full, ...: a clear line, not a traceback
-        from .cluster import _reason
+        from bluff_ray.run.cluster import _reason
 
         log.error("the reduce failed: %s", _reason(e))
         summary.failed.append(("reduce (pair index, rankings, overview, atlas, assets)", _reason(e)))
@@ -647,7 +649,7 @@ def _render_assets(pool: WorkerPool, cfg, adapter, store: Store, agg: Aggregate,
                    summary: RunSummary) -> None:
     """Feature visualisations sharded by neuron, example patches sharded by source class (each
     class's images are read once), both on the workers; then neurons/index.parquet."""
-    from .assets import patch_rows, select_neurons, write_index
+    from bluff_ray.run.assets import patch_rows, select_neurons, write_index
 
     neurons = select_neurons(adapter, agg.displayed_neurons(), cfg.assets)
     if not neurons:

@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import layout
-from .attack import AttackConfig, Batching, attack_stream
-from .causal import Patching, block_modules
-from .importance import segment_median
-from .models.base import ModelAdapter
-from .pathways import PathwayConfig, summarize_pair
+from bluff_ray.results import layout
+from bluff_ray.engine.attack import AttackConfig, Batching, attack_stream
+from bluff_ray.engine.causal import Patching, block_modules
+from bluff_ray.engine.importance import segment_median
+from bluff_ray.engine.models.base import ModelAdapter
+from bluff_ray.engine.pathways import PathwayConfig, summarize_pair
 
 
 @dataclass
@@ -62,7 +62,7 @@ class BenignStats:
 def benign_stats(adapter: ModelAdapter, images: torch.Tensor, class_id: int, n_examples: int = 0,
                  batch_size: int = 256) -> BenignStats:
     """Correctness, importance and (``n_examples`` > 0) example candidates of one class, one pass."""
-    from .patches import TOPK_SCHEMA, spatial_max as max_and_argmax, topk_rows
+    from bluff_ray.engine.patches import TOPK_SCHEMA, spatial_max as max_and_argmax, topk_rows
 
     device = adapter.device
     names = adapter.layer_names
@@ -84,7 +84,7 @@ def benign_stats(adapter: ModelAdapter, images: torch.Tensor, class_id: int, n_e
             parts.append(topk_rows(info.name, vals.float().cpu(), ys.cpu(), xs.cpu(), class_id, n_examples))
     topk = None
     if n_examples > 0:
-        from .patches import _table
+        from bluff_ray.engine.patches import _table
 
         topk = _table(parts) if parts else TOPK_SCHEMA.empty_table()
     ok = torch.cat(correct).cpu().numpy() if correct else np.zeros(0, bool)

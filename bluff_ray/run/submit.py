@@ -88,7 +88,7 @@ def build_request(
     entrypoint_num_cpus: float | None = None,
 ) -> JobRequest:
     """The job for ``bluff run --config CONFIG [extra args]`` with ``working_dir`` shipped."""
-    from .config import load
+    from bluff_ray.run.config import load
 
     wd = os.path.abspath(working_dir)
     cfg_path = os.path.abspath(config)

@@ -53,7 +53,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-VIEWER_DIR = Path(__file__).resolve().parent / "_viewer"
+VIEWER_DIR = Path(__file__).resolve().parents[1] / "_viewer"
 RESULTS_PREFIX = "/results/"
 CHUNK = 256 * 1024
 IDLE_TIMEOUT = 30.0  # seconds a connection may stay silent (between or inside requests)

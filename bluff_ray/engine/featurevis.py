@@ -38,7 +38,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from bluff_ray.models.base import ModelAdapter
+from bluff_ray.engine.models.base import ModelAdapter
 
 # lucid.optvis.param.color: square root of the ImageNet colour covariance (SVD), per RGB channel.
 _COLOR_CORRELATION_SVD_SQRT = torch.tensor(

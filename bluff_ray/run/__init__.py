@@ -1,0 +1,1 @@
+"""Run: configuration, image sources, the plan, the Ray actors and the driver."""

@@ -1,0 +1,1 @@
+"""Web edge: serving a results root with the viewer, and publishing it to object storage."""
