@@ -21,7 +21,6 @@ The loss is the cross-entropy toward the target, minimised. Gradients are taken 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from bluff_ray.engine.seeds import derive_seed
 
 log = logging.getLogger("bluff_ray.engine.attack")
 
@@ -195,8 +195,7 @@ def block_seed(seed: int, block: int) -> int:
     """Seed of start block ``block``: block 0 uses ``seed`` itself, later blocks a hash of both."""
     if block == 0:
         return int(seed)
-    digest = hashlib.sha256(f"bluff_ray/start/{int(seed)}/{int(block)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed("start", seed, block)
 
 
 class StartNoise:

@@ -16,7 +16,6 @@ decided the attack's success, so patching nothing changes no prediction.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
+from bluff_ray.engine.seeds import derive_seed
 
 from bluff_ray.results import layout
 
@@ -44,8 +44,7 @@ class PatchResult:
 
 
 def control_seed(seed: int, target: int, layer: int, strength: int) -> int:
-    digest = hashlib.sha256(f"bluff_ray/control/{int(seed)}/{int(target)}/{int(layer)}/{int(strength)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed("control", seed, target, layer, strength)
 
 
 def block_modules(model: nn.Module, reference: nn.Module, blocks: Sequence[nn.Module]) -> list[nn.Module]:

@@ -30,7 +30,6 @@ which other neurons share its batch or on which Ray actor renders it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from bluff_ray.engine.models.base import ModelAdapter
+from bluff_ray.engine.seeds import derive_seed
 
 # lucid.optvis.param.color: square root of the ImageNet colour covariance (SVD), per RGB channel.
 _COLOR_CORRELATION_SVD_SQRT = torch.tensor(
@@ -111,8 +111,7 @@ def to_valid_image(x: torch.Tensor) -> torch.Tensor:
 
 def neuron_seed(seed: int, layer: str, channel: int) -> int:
     """A stable 63-bit seed per neuron (independent of batch composition and process)."""
-    digest = hashlib.sha256(f"{seed}/{layer}/{channel}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return derive_seed("featurevis", seed, layer, channel)
 
 
 def sample_affine(gen: torch.Generator, cfg: FeatureVisConfig) -> torch.Tensor:

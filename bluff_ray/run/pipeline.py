@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ import torch
 
 from bluff_ray import __version__
 from bluff_ray.results import layout
+from bluff_ray.engine.seeds import derive_seed
 from bluff_ray.run.cluster import PoolError, Task, WorkerPool, autoscaler_limits, plan_pool
 from bluff_ray.run.config import ConfigError, ResolvedRun, RunConfig, diff_fields, model_identity, resolve
 from bluff_ray.results.store import redact_url
@@ -88,8 +88,7 @@ def plan_units(pairs: Sequence[tuple[int, int]], target_chunk: int) -> list[Unit
 
 def unit_seed(seed: int, original: int, chunk: int) -> int:
     """A 63-bit seed for one unit: the same on every rerun and retry, different across units."""
-    digest = hashlib.sha256(f"bluff_ray/unit/{seed}/{original}/{chunk}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed("unit", seed, original, chunk)
 
 
 def pending_units(units: Sequence[Unit], done: set[str]) -> tuple[list[Unit], list[Unit]]:
