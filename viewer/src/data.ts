@@ -6,7 +6,7 @@
 // group of overview/success.parquet; the neuron atlas reads atlas/neurons.parquet (one row per
 // neuron) and the per-class statistics columns of classes.parquet. Every byte fetched is counted
 // (window.__bluff.traffic) so tests and the benchmark can check those costs.
-import { parquetMetadataAsync, parquetReadObjects } from "hyparquet";
+import { asyncBufferFromUrl, cachedAsyncBuffer, parquetMetadataAsync, parquetReadObjects } from "hyparquet";
 import type { AsyncBuffer, FileMetaData } from "hyparquet";
 
 export const SCHEMA_VERSION = 2;
@@ -172,131 +172,107 @@ async function bodyBytes(res: Response, rel: string, range = "", cache = "defaul
 export const TAIL = 16 * 1024;
 export const SMALL_TAIL = 8 * 1024;
 const tailFor = (rel: string) => (/^(nodes|edges|causal|rankings)\//.test(rel) ? TAIL : SMALL_TAIL);
-/** Cached byte ranges kept per file (the tail is always kept). */
-const SEGMENT_CACHE_BYTES = 4 << 20;
 
-type Checked = { ok: true; body: ArrayBuffer; start: number; size: number; whole: boolean } | { ok: false; why: string };
+type Want = { suffix: number } | { start: number; end: number };
+type Ranged = { status: number; headers: Headers; body: ArrayBuffer; size: number };
+
+/** What a consistent answer to `bytes=a-b` (end exclusive: b + 1) or `bytes=-n` must cover. */
+function wanted(range: string): Want {
+  const m = /^bytes=(\d*)-(\d*)$/.exec(range);
+  if (!m) throw new Error(`unexpected Range ${range}`);
+  return m[1] === "" ? { suffix: Number(m[2]) } : { start: Number(m[1]), end: m[2] === "" ? Infinity : Number(m[2]) + 1 };
+}
 
 /**
- * A range-read file. One suffix request (`Range: bytes=-16384`) returns the footer and, in
- * Content-Range, the file size, so no HEAD is needed. Later slices are single range requests, and
- * the byte ranges fetched are kept, so a footer or an offset index is transferred once per file.
- *
- * Every response is checked before it is used: a 206 must carry a Content-Range whose start and end
- * are the bytes asked for (for the suffix: end = size - 1) and a body of that length; a 200 is the
- * whole file (a server without range support) and is reused for every slice. An inconsistent
- * response (e.g. a cached bounded range handed back for a suffix request) is retried once with
- * `cache: "no-store"`, and otherwise fails with a message naming the file.
+ * The file size a response states, or why it is not the bytes asked for. A 200 is the whole file (a
+ * server without range support). A 206 must carry a readable Content-Range (else CORS hides it) for
+ * the bytes asked for (a suffix ends at the file's last byte; a bounded range starts and ends where
+ * asked, in a file of the size already known) and a body of that length. These are the checks that
+ * catch a browser cache answering with another range, or with bytes of a file since rewritten.
  */
-export class RangeFile implements AsyncBuffer {
-  byteLength = 0;
-  private segments: { start: number; buf: ArrayBuffer }[] = [];
-  private cached = 0;
-  private whole: ArrayBuffer | null = null;
-
-  constructor(
-    public readonly url: string,
-    public readonly rel: string,
-    public readonly tail = TAIL,
-  ) {}
-
-  private async request(range: string, cache: RequestCache): Promise<{ res: Response; body: ArrayBuffer }> {
-    const res = await countedFetch(this.url, this.rel, { headers: { Range: range }, cache });
-    if (res.status === 404 || res.status === 403 || res.status === 410)
-      throw new DataError(this.rel, `not found (HTTP ${res.status})`);
-    if (res.status === 416 && range.startsWith("bytes=-")) throw new DataError(this.rel, "empty file (0 bytes), not Parquet");
-    if (res.status !== 200 && res.status !== 206) throw new DataError(this.rel, `HTTP ${res.status} for ${range}`);
-    return { res, body: await bodyBytes(res, this.rel, range, cache) };
+function checkRange(rel: string, res: Response, body: ArrayBuffer, want: Want, known: number): { size: number } | { why: string } {
+  if (res.status === 200) {
+    if ("start" in want && known && body.byteLength !== known)
+      return { why: `a 200 response of ${body.byteLength} bytes to a range request on a ${known}-byte file` };
+    return { size: body.byteLength };
   }
+  const cr = res.headers.get("Content-Range");
+  if (cr === null) throw new DataError(rel, "range response without a readable Content-Range header (check the CORS ExposeHeaders rule)");
+  const m = /^\s*bytes\s+(\d+)-(\d+)\/(\d+)\s*$/i.exec(cr);
+  if (!m) return { why: `unreadable Content-Range "${cr}"` };
+  const [a, b, size] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  if (body.byteLength !== b - a + 1) return { why: `Content-Range "${cr}" but ${body.byteLength} bytes received` };
+  if ("suffix" in want && b !== size - 1)
+    return { why: `Content-Range "${cr}" does not end at the file's last byte (a suffix range was asked for)` };
+  if ("start" in want && (a !== want.start || b !== Math.min(want.end, size) - 1 || (known && size !== known)))
+    return { why: `Content-Range "${cr}" for a request of bytes ${want.start}-${want.end - 1}` };
+  return { size };
+}
 
-  private check(res: Response, body: ArrayBuffer, want: { suffix: number } | { start: number; end: number }): Checked {
-    if (res.status === 200) {
-      // the server ignored Range: this is the whole file (its length is the file size)
-      if ("start" in want && this.byteLength && body.byteLength !== this.byteLength)
-        return { ok: false, why: `a 200 response of ${body.byteLength} bytes to a range request on a ${this.byteLength}-byte file` };
-      return { ok: true, body, start: 0, size: body.byteLength, whole: true };
+/** GET `range` of a file, checked (checkRange); an inconsistent answer is retried once with `cache: "no-store"`. */
+async function checkedRange(url: string, rel: string, range: string, known = 0): Promise<Ranged> {
+  const want = wanted(range);
+  let why = "";
+  for (const cache of ["default", "no-store"] as RequestCache[]) {
+    const res = await countedFetch(url, rel, { headers: { Range: range }, cache });
+    if (res.status === 404 || res.status === 403 || res.status === 410) throw new DataError(rel, `not found (HTTP ${res.status})`);
+    if (res.status === 416 && "suffix" in want) throw new DataError(rel, "empty file (0 bytes), not Parquet");
+    if (res.status !== 200 && res.status !== 206) throw new DataError(rel, `HTTP ${res.status} for ${range}`);
+    const body = await bodyBytes(res, rel, range, cache);
+    const c = checkRange(rel, res, body, want, known);
+    if ("size" in c) return { status: res.status, headers: res.headers, body, size: c.size };
+    why = c.why;
+    console.warn(`${rel}: inconsistent response to ${range} (${why})${cache === "default" ? ", retrying without the HTTP cache" : ""}`);
+  }
+  throw new DataError(rel, `inconsistent response to the byte range request ${range} (${why}), also without the HTTP cache`);
+}
+
+/**
+ * A range-read Parquet file on hyparquet's buffer helpers. One suffix request (`Range: bytes=-16384`)
+ * returns the footer and, in Content-Range, the file size, so no HEAD is needed; its bytes are kept
+ * and a slice reaching into them fetches only the bytes before them. Other slices go through
+ * `asyncBufferFromUrl` (a 200, from a server that ignores Range, is the whole file, reused) with
+ * `checkedRange` as its fetch, cached by `cachedAsyncBuffer` (a failed read is forgotten, so it can
+ * be retried).
+ */
+export async function openRangeFile(url: string, rel: string, tail = TAIL): Promise<AsyncBuffer> {
+  const first = await checkedRange(url, rel, `bytes=-${tail}`);
+  const size = first.size;
+  const tailBuf = first.body;
+  const tailStart = size - tailBuf.byteLength;
+  if (tailStart === 0) return { byteLength: size, slice: (start, end) => tailBuf.slice(start, end) };
+  const fetchChecked = async (_input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
+    const r = await checkedRange(url, rel, new Headers(init?.headers).get("Range") ?? "", size);
+    return new Response(r.body, { status: r.status, headers: r.headers });
+  };
+  const fresh = async () => cachedAsyncBuffer(await asyncBufferFromUrl({ url, byteLength: size, fetch: fetchChecked }), { minSize: 0 });
+  let remote = await fresh();
+  const read = async (start: number, end: number): Promise<ArrayBuffer> => {
+    try {
+      return await remote.slice(start, end);
+    } catch (e) {
+      remote = await fresh();
+      throw e;
     }
-    const cr = res.headers.get("Content-Range");
-    if (cr === null)
-      throw new DataError(this.rel, "range response without a readable Content-Range header (check the CORS ExposeHeaders rule)");
-    const m = /^\s*bytes\s+(\d+)-(\d+)\/(\d+)\s*$/i.exec(cr);
-    if (!m) return { ok: false, why: `unreadable Content-Range "${cr}"` };
-    const [a, b, size] = [Number(m[1]), Number(m[2]), Number(m[3])];
-    if (body.byteLength !== b - a + 1)
-      return { ok: false, why: `Content-Range "${cr}" but ${body.byteLength} bytes received` };
-    if ("suffix" in want) {
-      if (b !== size - 1) return { ok: false, why: `Content-Range "${cr}" does not end at the file's last byte (a suffix range was asked for)` };
-    } else {
-      if (a !== want.start || b !== want.end - 1 || (this.byteLength && size !== this.byteLength))
-        return { ok: false, why: `Content-Range "${cr}" for a request of bytes ${want.start}-${want.end - 1}` };
-    }
-    return { ok: true, body, start: a, size, whole: a === 0 && b === size - 1 };
-  }
-
-  /** Fetch `range`, check it, retry once with `cache: "no-store"` when inconsistent. */
-  private async checkedRequest(range: string, want: { suffix: number } | { start: number; end: number }): Promise<Checked & { ok: true }> {
-    let why = "";
-    for (const cache of ["default", "no-store"] as RequestCache[]) {
-      const { res, body } = await this.request(range, cache);
-      const c = this.check(res, body, want);
-      if (c.ok) return c;
-      why = c.why;
-      console.warn(`${this.rel}: inconsistent response to ${range} (${why})${cache === "default" ? ", retrying without the HTTP cache" : ""}`);
-    }
-    throw new DataError(this.rel, `inconsistent response to the byte range request ${range} (${why}), also without the HTTP cache`);
-  }
-
-  async open(): Promise<void> {
-    const c = await this.checkedRequest(`bytes=-${this.tail}`, { suffix: this.tail });
-    this.byteLength = c.size;
-    if (c.whole) this.whole = c.body;
-    else this.segments.push({ start: c.start, buf: c.body });
-  }
-
-  private fromCache(start: number, stop: number): ArrayBuffer | null {
-    for (const s of this.segments) if (s.start <= start && stop <= s.start + s.buf.byteLength) return s.buf.slice(start - s.start, stop - s.start);
-    return null;
-  }
-
-  async slice(start: number, end?: number): Promise<ArrayBuffer> {
-    const stop = Math.min(end ?? this.byteLength, this.byteLength);
-    if (this.whole) return this.whole.slice(start, stop);
-    if (stop <= start) return new ArrayBuffer(0);
-    const hit = this.fromCache(start, stop);
-    if (hit) return hit;
-    // the tail (first segment) is already here: fetch only the bytes before it
-    const tail = this.segments[0];
-    let fetchStop = stop;
-    let suffix: ArrayBuffer | null = null;
-    if (tail && start < tail.start && stop > tail.start) {
-      fetchStop = tail.start;
-      suffix = tail.buf.slice(0, stop - tail.start);
-    }
-    const c = await this.checkedRequest(`bytes=${start}-${fetchStop - 1}`, { start, end: fetchStop });
-    if (c.whole) {
-      this.whole = c.body; // a 200 (the server ignored Range), or a range that happened to cover the file
-      return c.body.slice(start, stop);
-    }
-    this.remember(start, c.body);
-    if (!suffix) return c.body;
-    const out = new Uint8Array(c.body.byteLength + suffix.byteLength);
-    out.set(new Uint8Array(c.body), 0);
-    out.set(new Uint8Array(suffix), c.body.byteLength);
-    return out.buffer;
-  }
-
-  private remember(start: number, buf: ArrayBuffer): void {
-    this.segments.push({ start, buf });
-    this.cached += buf.byteLength;
-    while (this.cached > SEGMENT_CACHE_BYTES && this.segments.length > 2) {
-      const [old] = this.segments.splice(1, 1); // keep the tail (index 0)
-      this.cached -= old.buf.byteLength;
-    }
-  }
+  };
+  return {
+    byteLength: size,
+    async slice(start: number, end?: number): Promise<ArrayBuffer> {
+      const stop = Math.min(end ?? size, size);
+      if (stop <= start) return new ArrayBuffer(0);
+      if (start >= tailStart) return tailBuf.slice(start - tailStart, stop - tailStart);
+      if (stop <= tailStart) return read(start, stop);
+      const head = await read(start, tailStart);
+      const out = new Uint8Array(stop - start);
+      out.set(new Uint8Array(head), 0);
+      out.set(new Uint8Array(tailBuf, 0, stop - tailStart), head.byteLength);
+      return out.buffer;
+    },
+  };
 }
 
 interface OpenFile {
-  file: RangeFile;
+  file: AsyncBuffer;
   meta: FileMetaData;
 }
 
@@ -309,8 +285,7 @@ function openParquet(root: string, rel: string): Promise<OpenFile> {
   if (!p) {
     p = (async () => {
       const tail = tailFor(rel);
-      const file = new RangeFile(key, rel, tail);
-      await file.open();
+      const file = await openRangeFile(key, rel, tail);
       let meta: FileMetaData;
       try {
         meta = await parquetMetadataAsync(file, { initialFetchSize: tail });
