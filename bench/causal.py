@@ -24,6 +24,7 @@ from bluff_ray.engine.attack import AttackConfig, Batching  # noqa: E402
 from bluff_ray.engine.compute import benign_stats, class_data, compute_unit  # noqa: E402
 from bluff_ray.engine.models import load_model  # noqa: E402
 from bluff_ray.engine.pathways import PathwayConfig  # noqa: E402
+from bluff_ray.results.rows import unit_tables  # noqa: E402
 
 
 def measure(model: str, data: str, n_images: int, targets: list[int], steps: int, repeats: int = 2) -> dict:
@@ -42,7 +43,8 @@ def measure(model: str, data: str, n_images: int, targets: list[int], steps: int
     for _ in range(repeats):  # alternate, keep the best of each
         for causal in (False, True):
             t0 = time.perf_counter()
-            r = compute_unit(adapter, original, tdata, cfg, PathwayConfig(causal=causal), seed=1, batching=Batching(4096))
+            r = unit_tables(compute_unit(adapter, original, tdata, cfg, PathwayConfig(causal=causal), seed=1,
+                                         batching=Batching(4096)))
             dt = time.perf_counter() - t0
             key = "causal" if causal else "plain"
             if key not in best or dt < best[key][0]:

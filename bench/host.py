@@ -136,6 +136,7 @@ def run_new(n_images: int, targets: list[int], steps: int) -> dict:
     load_engine(HERE)
     from bluff_ray.engine.attack import AttackConfig, StartNoise
     from bluff_ray.engine.compute import ClassData, benign_stats, class_data, compute_unit
+    from bluff_ray.results.rows import unit_tables
     from bluff_ray.engine.models.googlenet import load_googlenet
     from bluff_ray.engine.pathways import PathwayConfig
 
@@ -152,7 +153,7 @@ def run_new(n_images: int, targets: list[int], steps: int) -> dict:
         StartNoise(1, "pgd_l2", adapter.input_shape, len(targets) * len(cfg.strengths) * n_images).get(
             0, len(targets) * len(cfg.strengths) * n_images)
         start_s = time.perf_counter() - g0
-        compute_unit(adapter, original, tdata, cfg, PathwayConfig(causal=False), seed=1, batching=4096)
+        unit_tables(compute_unit(adapter, original, tdata, cfg, PathwayConfig(causal=False), seed=1, batching=4096))
         wall = time.perf_counter() - t0
     return _result(c, wall, len(targets), start_s)
 

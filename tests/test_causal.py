@@ -11,6 +11,7 @@ from bluff_ray.engine.attack import AttackConfig, attack_grid
 from bluff_ray.engine.causal import PATCH_IMAGES, Experiment, Patching, block_modules
 from bluff_ray.run.data import DigitsSource
 from bluff_ray.engine.models.digits import DIGITS_STRENGTHS, DigitsNet, digits_adapter
+from bluff_ray.results.rows import causal_table
 
 from test_engine import FIXTURE
 
@@ -65,7 +66,7 @@ def test_run_reports_per_layer_rows_controls_and_single_neuron_effects(attacked)
     mask = torch.tensor([0] * 6 + [1] * 4)
     a = patching.run(8, displayed, roles, mask, vals, n_success)
     b = patching.run(8, displayed, roles, mask, vals, n_success)
-    rows = a.table.to_pylist()
+    rows = causal_table(a.table).to_pylist()
     assert [r["layer"] for r in rows] == [*names, "all"]
     r = rows[1]
     assert (r["n_exploited"], r["n_random"], r["n_both"]) == (4, 4, 2)
@@ -75,7 +76,7 @@ def test_run_reports_per_layer_rows_controls_and_single_neuron_effects(attacked)
     np.testing.assert_allclose(r["defused_exploited"], rows[-1]["defused_exploited"])
     same = lambda t: [[np.nan_to_num(np.array(v, float), nan=-7).tolist() if isinstance(v, list) else v
                        for v in row.values()] for row in t.to_pylist()]
-    assert same(a.table) == same(b.table) and np.array_equal(a.effect, b.effect, equal_nan=True)  # seeded controls
+    assert same(causal_table(a.table)) == same(causal_table(b.table)) and np.array_equal(a.effect, b.effect, equal_nan=True)  # seeded controls
     # effects: exploited neurons only; each is the defused fraction of patching that channel alone
     assert np.isnan(a.effect[:6]).all() and np.isfinite(a.effect[6:]).all()
     n = patching.adversarial.shape[0]
@@ -124,7 +125,7 @@ def test_single_channel_carrying_the_target_has_full_effect_and_others_none():
     vals = torch.zeros(4, 3, dtype=torch.float64)
     res = patching.run(target, displayed, roles, torch.ones(4, dtype=torch.long), vals, [n])
     assert res.effect[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
-    row = res.table.to_pylist()[3]
+    row = causal_table(res.table).to_pylist()[3]
     assert row["layer"] == "mixed4b" and row["defused_exploited"] == [1.0]
     assert res.defused == (1.0,)
 

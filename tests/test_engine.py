@@ -18,9 +18,10 @@ import torch
 from bluff_ray.engine.attack import START_BLOCK, AttackConfig, Batching, StartNoise, random_start
 from bluff_ray.run.data import DigitsSource
 from bluff_ray.engine.compute import benign_stats, class_data, compute_unit
+from bluff_ray.results.rows import unit_tables
 from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
 from bluff_ray.engine.pathways import PathwayConfig
-from bluff_ray.run.pipeline import unit_seed
+from bluff_ray.run.plan import unit_seed
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v1_unit"
 # Measured: the attacked conditions' values of the fixture differ by up to 1.8e-5 relative between
@@ -54,7 +55,7 @@ def test_compute_unit_reproduces_the_pre_rework_engine(fixture_unit):
     numbers within float32 rounding of the medians, and the measured cross-kernel margin)."""
     meta, adapter, original, targets = fixture_unit
     seed = unit_seed(meta["seed"], meta["original"], 0)
-    unit = compute_unit(adapter, original, targets, _cfg(meta), PathwayConfig(causal=False), seed=seed)
+    unit = unit_tables(compute_unit(adapter, original, targets, _cfg(meta), PathwayConfig(causal=False), seed=seed))
     assert unit.targets == tuple(meta["targets"])
     for t in meta["targets"]:
         for kind in ("pairs", "nodes", "edges"):
@@ -105,7 +106,7 @@ def test_out_of_memory_halves_the_batch_and_changes_nothing(fixture_unit):
     meta, adapter, original, targets = fixture_unit
     cfg = _cfg(meta)
     seed = unit_seed(0, meta["original"], 0)
-    reference = compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(), seed=seed, batching=8)
+    reference = unit_tables(compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(), seed=seed, batching=8))
     model = adapter.attack_model()
     real_forward = model.forward
     calls = []
@@ -119,7 +120,7 @@ def test_out_of_memory_halves_the_batch_and_changes_nothing(fixture_unit):
     model.forward = forward
     try:
         batching = Batching(32)
-        got = compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(), seed=seed, batching=batching)
+        got = unit_tables(compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(), seed=seed, batching=batching))
     finally:
         del model.forward
     assert (batching.size, batching.halvings) == (8, 2)
@@ -130,8 +131,8 @@ def test_out_of_memory_halves_the_batch_and_changes_nothing(fixture_unit):
 def test_results_do_not_depend_on_the_batch_size(fixture_unit):
     meta, adapter, original, targets = fixture_unit
     cfg, seed = _cfg(meta), unit_seed(0, meta["original"], 0)
-    a = compute_unit(adapter, original, targets, cfg, PathwayConfig(), seed=seed, batching=7)
-    b = compute_unit(adapter, original, targets, cfg, PathwayConfig(), seed=seed, batching=512)
+    a = unit_tables(compute_unit(adapter, original, targets, cfg, PathwayConfig(), seed=seed, batching=7))
+    b = unit_tables(compute_unit(adapter, original, targets, cfg, PathwayConfig(), seed=seed, batching=512))
     _tables_close(a, b)
 
 
@@ -140,13 +141,13 @@ def test_only_correctly_classified_images_are_attacked(fixture_unit):
     wrong = original.correct.clone()
     wrong[[1, 4]] = False  # as if the model got images 1 and 4 wrong
     partial = type(original)(original.class_id, original.images, wrong, original.importance)
-    unit = compute_unit(adapter, partial, targets[:1], _cfg(meta), PathwayConfig(causal=False), seed=1)
+    unit = unit_tables(compute_unit(adapter, partial, targets[:1], _cfg(meta), PathwayConfig(causal=False), seed=1))
     row = unit.pairs.to_pylist()[0]
     assert row["n_images"] == 6
     assert max(row["n_success"]) <= 6
     np.testing.assert_allclose(row["success_rate"], np.array(row["n_success"]) / 6, rtol=1e-6)
     # the benign original condition still uses every readable image of the class
-    full = compute_unit(adapter, original, targets[:1], _cfg(meta), PathwayConfig(causal=False), seed=1)
+    full = unit_tables(compute_unit(adapter, original, targets[:1], _cfg(meta), PathwayConfig(causal=False), seed=1))
     io_p = {(n["layer"], n["channel"]): n["importance_original"] for n in unit.nodes.to_pylist()}
     io_f = {(n["layer"], n["channel"]): n["importance_original"] for n in full.nodes.to_pylist()}
     common = set(io_p) & set(io_f)

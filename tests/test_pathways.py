@@ -10,14 +10,10 @@ import torch
 
 from bluff_ray.engine.influence import layer_influence
 from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
-from bluff_ray.engine.pathways import (
-    EDGES_SCHEMA,
-    NODES_SCHEMA,
-    PAIRS_SCHEMA,
-    ROW_GROUP_UNSET,
-    PathwayConfig,
-    summarize_pair,
-)
+from bluff_ray.engine.compute import PairRecords
+from bluff_ray.engine.pathways import PathwayConfig, summarize_pair
+from bluff_ray.results.layout import EDGES_SCHEMA, NODES_SCHEMA, PAIRS_SCHEMA
+from bluff_ray.results.rows import ROW_GROUP_UNSET, pair_tables, unit_tables
 
 
 
@@ -137,9 +133,9 @@ def _nan_safe(value):
     return value
 
 
-def test_to_arrow_tables_and_parquet_round_trip(random_pair, tmp_path):
+def test_pair_tables_and_parquet_round_trip(random_pair, tmp_path):
     _, _, _, s = random_pair
-    t = s.to_arrow()
+    t = pair_tables(PairRecords(s))
     assert t["pairs"].schema == PAIRS_SCHEMA and t["nodes"].schema == NODES_SCHEMA and t["edges"].schema == EDGES_SCHEMA
     assert t["pairs"].num_rows == 1 and t["nodes"].num_rows == len(s.nodes) and t["edges"].num_rows == len(s.edges)
     row = t["pairs"].to_pylist()[0]
@@ -188,8 +184,9 @@ def test_digit_pair_end_to_end():
     original, target = 3, 8
     orig, targ = x[y == original][:12], x[y == target][:12]
     cfg = AttackConfig(method="pgd_l2", strengths=strengths, steps=20)
-    unit = compute_unit(adapter, class_data(adapter, original, orig, None), [class_data(adapter, target, targ, None)],
-                        cfg, PathwayConfig(k=10, batch_size=64), seed=0)
+    unit = unit_tables(compute_unit(adapter, class_data(adapter, original, orig, None),
+                                    [class_data(adapter, target, targ, None)], cfg, PathwayConfig(k=10, batch_size=64),
+                                    seed=0))
     row = unit.pairs.to_pylist()[0]
     assert row["n_images"] == 12 and len(row["n_success"]) == len(strengths)  # all 12 are classified correctly
     rates = row["success_rate"]

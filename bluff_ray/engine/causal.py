@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch import nn
-from bluff_ray.engine.seeds import derive_seed
 
-from bluff_ray.results import layout
+from bluff_ray.engine.seeds import derive_seed
 
 ALL = "all"
 #: Patching is measured on at most this many successfully attacked images per strength (the first
@@ -37,9 +35,23 @@ PATCH_IMAGES = 16
 
 
 @dataclass
+class CausalRows:
+    """The pair's ``causal`` rows as columns (FORMAT.md; ``results.rows`` makes the Arrow table)."""
+
+    target: int
+    layer: list[str]
+    n_exploited: list[int]
+    n_random: list[int]
+    n_both: list[int]
+    defused_exploited: list[list[float]]
+    defused_random: list[list[float]]
+    defused_both: list[list[float]]
+
+
+@dataclass
 class PatchResult:
     effect: np.ndarray  # [n_nodes, S] single-neuron defused fraction (NaN: not exploited / no success)
-    table: pa.Table  # the pair's causal rows
+    table: CausalRows  # the pair's causal rows
     defused: tuple[float, ...]  # the "all" row's defused_exploited
 
 
@@ -180,7 +192,7 @@ class Patching:
         got = dict(zip(keys, values))
         nan = np.full(s_count, np.nan)
 
-        rows = {k: [] for k in layout.CAUSAL_SCHEMA.names}
+        rows = CausalRows(int(target), [], [], [], [], [], [], [])
         for li, name in enumerate(self.names):
             n_ex, n_rand, n_both = counts.get(li, (0, 0, 0))
             self._row(rows, target, name, n_ex, n_rand, n_both,
@@ -193,19 +205,17 @@ class Patching:
         effect = np.full((len(node_role), s_count), np.nan, np.float32)
         for node in singles:
             effect[node] = got[("single", -1, node)]
-        table = pa.table(rows, schema=layout.CAUSAL_SCHEMA)
-        return PatchResult(effect=effect, table=table, defused=tuple(float(x) for x in all_ex))
+        return PatchResult(effect=effect, table=rows, defused=tuple(float(x) for x in all_ex))
 
     @staticmethod
     def _row(rows, target, layer, n_ex, n_rand, n_both, ex, rand, both) -> None:
-        rows["target"].append(int(target))
-        rows["layer"].append(layer)
-        rows["n_exploited"].append(int(n_ex))
-        rows["n_random"].append(int(n_rand))
-        rows["n_both"].append(int(n_both))
-        rows["defused_exploited"].append([float(x) for x in ex])
-        rows["defused_random"].append([float(x) for x in rand])
-        rows["defused_both"].append([float(x) for x in both])
+        rows.layer.append(layer)
+        rows.n_exploited.append(int(n_ex))
+        rows.n_random.append(int(n_rand))
+        rows.n_both.append(int(n_both))
+        rows.defused_exploited.append([float(x) for x in ex])
+        rows.defused_random.append([float(x) for x in rand])
+        rows.defused_both.append([float(x) for x in both])
 
     # --- forward passes ---------------------------------------------------------------------------
     @torch.no_grad()

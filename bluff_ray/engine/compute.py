@@ -8,8 +8,9 @@ and a notebook all call these same two functions.
   the class's dataset-example candidates.
 - :func:`compute_unit`: attack the original class's correctly classified images toward every
   target at every strength (one batched loop, :func:`attack.attack_stream`), and as soon as a
-  target's attacks are done, summarise that pair (:func:`pathways.summarize_pair`, with the
-  activation-patching experiments of :mod:`causal`), so adversarial images never pile up.
+  target's attacks are done, summarise that pair (:func:`pathways.summarize_pair`) and then run
+  its activation-patching experiments (:mod:`causal`), so adversarial images never pile up. The
+  results are typed records; ``bluff_ray.results.rows`` turns them into the Arrow tables.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from bluff_ray.results import layout
 from bluff_ray.engine.attack import AttackConfig, Batching, attack_stream
-from bluff_ray.engine.causal import Patching, block_modules
+from bluff_ray.engine.causal import Patching, PatchResult, block_modules
 from bluff_ray.engine.importance import segment_median
 from bluff_ray.engine.models.base import ModelAdapter
-from bluff_ray.engine.pathways import PathwayConfig, summarize_pair
+from bluff_ray.engine.pathways import PairSummary, PathwayConfig, summarize_pair
 
 
 @dataclass
@@ -92,19 +92,23 @@ def benign_stats(adapter: ModelAdapter, images: torch.Tensor, class_id: int, n_e
 
 
 @dataclass
-class UnitResult:
-    """One unit's rows of the four partitioned tables (one row group per target, target order)."""
+class PairRecords:
+    """One pair's results as typed columns: the pathway summary and (optional) its patching
+    experiments. ``bluff_ray.results.rows`` turns them into the FORMAT.md tables."""
 
-    pairs: pa.Table
-    nodes: pa.Table
-    edges: pa.Table
-    causal: pa.Table
+    summary: PairSummary
+    patch: PatchResult | None = None
+
+
+@dataclass
+class UnitRecords:
+    """One unit's pairs, in target order (the row-group order of the unit's files)."""
+
+    pairs: list[PairRecords]
     targets: tuple[int, ...]
+    part: int
     samples: int  # attacked (image, target, strength) samples
     timings: dict[str, float] = field(default_factory=dict)
-
-    def tables(self) -> dict[str, pa.Table]:
-        return {"pairs": self.pairs, "nodes": self.nodes, "edges": self.edges, "causal": self.causal}
 
 
 def compute_unit(
@@ -117,8 +121,9 @@ def compute_unit(
     part: int = 0,
     batching: Batching | int = 512,
     progress: Callable[[int], object] | None = None,
-) -> UnitResult:
-    """All pairs (original -> each target) of one work unit, as FORMAT.md rows.
+) -> UnitRecords:
+    """All pairs (original -> each target) of one work unit, as typed records
+    (``results.rows.unit_tables`` makes the FORMAT.md rows).
 
     ``seed`` draws the attack's random starts (and the causal controls), so the unit's results do
     not depend on the batch size, the worker or a retry. Only ``original.correct`` images are
@@ -140,7 +145,7 @@ def compute_unit(
     blocks = block_modules(eager, adapter.model, adapter.blocks) if pathway_cfg.causal else None
     imp_o = original.importance
     timings = {"attack": 0.0, "summary": 0.0}
-    tables: dict[str, list[pa.Table]] = {k: [] for k in ("pairs", "nodes", "edges", "causal")}
+    records: list[PairRecords] = []
     n_att, s_count = x_att.shape[0], len(attack_cfg.strengths)
     t0 = time.perf_counter()
     stream = attack_stream(model, x_att, [t.class_id for t in targets], attack_cfg, batching, seed, progress,
@@ -151,31 +156,27 @@ def compute_unit(
         target = targets[ti]
         counts = ok.sum(dim=1).cpu().tolist()
         flat = adv.reshape(s_count * n_att, *adv.shape[2:])[ok.reshape(-1)]
-        patching = None
-        if pathway_cfg.causal:
+        summary = summarize_pair(
+            adapter, original.class_id, target.class_id, x_all, target.images.to(device), flat,
+            n_images=n_att, n_success=counts, strengths=attack_cfg.strengths, cfg=pathway_cfg,
+            importance_original=imp_o, importance_target=target.importance,
+        )
+        patch = None
+        if pathway_cfg.causal:  # a separate step after the summary, on the same attacked images
             rows = torch.arange(n_att, device=device).expand(s_count, n_att)[ok]
             patching = Patching(eager, blocks, adapter.layer_names, [l.channels for l in adapter.layers], flat,
                                 x_att[rows], seed=seed, batch_size=pathway_cfg.batch_size,
                                 patch_images=pathway_cfg.patch_images)
-        summary = summarize_pair(
-            adapter, original.class_id, target.class_id, x_all, target.images.to(device), flat,
-            n_images=n_att, n_success=counts, strengths=attack_cfg.strengths, cfg=pathway_cfg,
-            importance_original=imp_o, importance_target=target.importance, patching=patching,
-        )
-        t = summary.to_arrow()
-        p = layout.with_column(t["pairs"], "row_group", [ti], pa.int32())
-        tables["pairs"].append(layout.with_column(p, "part", [part], pa.int32()))
-        for k in ("nodes", "edges", "causal"):
-            tables[k].append(t[k])
-        del adv, ok, flat, patching
+            node_vals = torch.as_tensor(summary.node_values, device=device)
+            patch = patching.run(target.class_id, [torch.as_tensor(d, dtype=torch.long) for d in summary.displayed],
+                                 summary.node_role, torch.as_tensor(summary.exploited_mask), node_vals, counts)
+            del patching
+        records.append(PairRecords(summary, patch))
+        del adv, ok, flat
         t0 = time.perf_counter()
         timings["summary"] += t0 - t1
     timings["attack"] += time.perf_counter() - t0
-    schemas = {"pairs": layout.PAIRS_SCHEMA, "nodes": layout.NODES_SCHEMA, "edges": layout.EDGES_SCHEMA,
-               "causal": layout.CAUSAL_SCHEMA}
-    cat = {k: pa.concat_tables(v) if v else schemas[k].empty_table() for k, v in tables.items()}
-    return UnitResult(cat["pairs"], cat["nodes"], cat["edges"], cat["causal"],
-                      tuple(t.class_id for t in targets), n_att * s_count * len(targets), timings)
+    return UnitRecords(records, tuple(t.class_id for t in targets), int(part), n_att * s_count * len(targets), timings)
 
 
 def class_data(adapter: ModelAdapter, class_id: int, images: torch.Tensor, stats: BenignStats | None) -> ClassData:

@@ -19,19 +19,11 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from bluff_ray.results import layout
 from bluff_ray.engine.importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max_activations
 from bluff_ray.engine.influence import layer_influence
 from bluff_ray.engine.models.base import ModelAdapter
-
-#: ``row_group`` in a single pair's ``pairs`` row: unknown until the pipeline writes the
-#: partition and knows the pair's row-group index in the nodes/edges files.
-ROW_GROUP_UNSET = -1
-PAIRS_SCHEMA, NODES_SCHEMA, EDGES_SCHEMA, CAUSAL_SCHEMA = (layout.PAIRS_SCHEMA, layout.NODES_SCHEMA,
-                                                         layout.EDGES_SCHEMA, layout.CAUSAL_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,6 @@ class NodeRecord:
     importance_target: float
     importance_attacked: tuple[float, ...]
     exploited_mask: int = 0
-    effect: tuple[float, ...] = ()
 
     @property
     def excitation(self) -> tuple[float, ...]:
@@ -98,11 +89,12 @@ class EdgeRecord:
 
 @dataclass
 class PairSummary:
-    """One pair's displayed neurons and connections, as columns (FORMAT.md ``nodes``/``edges``).
+    """One pair's displayed neurons and connections, as columns (FORMAT.md ``nodes``/``edges``;
+    ``bluff_ray.results.rows`` turns them into the Arrow tables).
 
     ``node_values``: [n_nodes, 2 + S] (original, target, attacked per strength);
-    ``edge_values``: [n_edges, 2 + S]; ``effect``: [n_nodes, S] single-neuron defused fractions;
-    ``causal``: the pair's ``causal`` rows (None without the patching experiments).
+    ``edge_values``: [n_edges, 2 + S]; ``displayed``: the displayed channels of each layer, in
+    node order.
     """
 
     original: int
@@ -120,9 +112,7 @@ class PairSummary:
     edge_dst_layer: list[str]
     edge_dst_channel: np.ndarray
     edge_values: np.ndarray
-    effect: np.ndarray | None = None
-    causal: pa.Table | None = None
-    defused: tuple[float, ...] = field(default=())
+    displayed: list[np.ndarray] = field(default_factory=list)
 
     @property
     def success_rate(self) -> tuple[float, ...]:
@@ -130,11 +120,71 @@ class PairSummary:
 
     @property
     def nodes(self) -> list[NodeRecord]:
-        eff = self._effect()
-        return [NodeRecord(l, int(c), r, float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]), int(m),
-                           tuple(float(x) for x in e))
-                for l, c, r, v, m, e in zip(self.node_layer, self.node_channel, self.node_role, self.node_values,
-                                            self.exploited_mask, eff)]
+        return [NodeRecord(l, int(c), r, float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]), int(m))
+                for l, c, r, v, m in zip(self.node_layer, self.node_channel, self.node_role, self.node_values,
+                                         self.exploited_mask)]
+
+    @property
+    def edges(self) -> list[EdgeRecord]:
+        return [EdgeRecord(sl, int(sc), dl, int(dc), float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]))
+                for sl, sc, dl, dc, v in zip(self.edge_src_layer, self.edge_src_channel, self.edge_dst_layer,
+                                             self.edge_dst_channel, self.edge_values)]
+
+    @property
+    def excitation(self) -> tuple[float, ...]:
+        """importance@eps - importance(original) per strength; inhibition is its negative."""
+        return tuple(a - self.importance_original for a in self.importance_attacked)
+
+
+@dataclass(frozen=True)
+class EdgeRecord:
+    """A connection from a displayed neuron of one layer to one of the next (median influence)."""
+
+    src_layer: str
+    src_channel: int
+    dst_layer: str
+    dst_channel: int
+    influence_original: float
+    influence_target: float
+    influence_attacked: tuple[float, ...]
+
+
+@dataclass
+class PairSummary:
+    """One pair's displayed neurons and connections, as columns (FORMAT.md ``nodes``/``edges``;
+    ``bluff_ray.results.rows`` turns them into the Arrow tables).
+
+    ``node_values``: [n_nodes, 2 + S] (original, target, attacked per strength);
+    ``edge_values``: [n_edges, 2 + S]; ``displayed``: the displayed channels of each layer, in
+    node order.
+    """
+
+    original: int
+    target: int
+    strengths: tuple[float, ...]
+    n_images: int
+    n_success: tuple[int, ...]
+    node_layer: list[str]
+    node_channel: np.ndarray
+    node_role: list[str]
+    node_values: np.ndarray
+    exploited_mask: np.ndarray
+    edge_src_layer: list[str]
+    edge_src_channel: np.ndarray
+    edge_dst_layer: list[str]
+    edge_dst_channel: np.ndarray
+    edge_values: np.ndarray
+    displayed: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> tuple[float, ...]:
+        return tuple(s / self.n_images if self.n_images else math.nan for s in self.n_success)
+
+    @property
+    def nodes(self) -> list[NodeRecord]:
+        return [NodeRecord(l, int(c), r, float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]), int(m))
+                for l, c, r, v, m in zip(self.node_layer, self.node_channel, self.node_role, self.node_values,
+                                         self.exploited_mask)]
 
     @property
     def edges(self) -> list[EdgeRecord]:
@@ -155,55 +205,6 @@ class PairSummary:
     @property
     def n_exploited(self) -> int:
         return sum(r == "exploited" for r in self.node_role)
-
-    def to_arrow(self) -> dict[str, pa.Table]:
-        """This pair's rows of the ``pairs``, ``nodes``, ``edges`` and ``causal`` tables (FORMAT.md).
-
-        Partition columns (``original``) are not included, and ``row_group``/``part`` are
-        ``ROW_GROUP_UNSET``: the pipeline sets them when it writes the partition.
-        """
-        t = self.target
-        s = len(self.strengths)
-        defused = list(self.defused) if self.defused else [math.nan] * s
-        pairs = pa.table({
-            "target": [t], "n_images": [self.n_images], "n_success": [list(self.n_success)],
-            "success_rate": [list(self.success_rate)], "n_nodes": [len(self.node_layer)],
-            "n_edges": [len(self.edge_src_layer)], "n_exploited": [self.n_exploited], "defused": [defused],
-            "row_group": [ROW_GROUP_UNSET], "part": [ROW_GROUP_UNSET],
-        }, schema=PAIRS_SCHEMA)
-        nv, ev = self.node_values.astype(np.float32), self.edge_values.astype(np.float32)
-        n, e = len(self.node_layer), len(self.edge_src_layer)
-        nodes = pa.table({
-            "target": pa.array(np.full(n, t, np.int32)),
-            "layer": pa.array(self.node_layer, pa.string()),
-            "channel": pa.array(self.node_channel.astype(np.int32)),
-            "role": pa.array(self.node_role, pa.string()),
-            "importance_original": pa.array(nv[:, 0] if n else np.zeros(0, np.float32)),
-            "importance_target": pa.array(nv[:, 1] if n else np.zeros(0, np.float32)),
-            "importance_attacked": _list_column(nv[:, 2:] if n else np.zeros((0, s), np.float32)),
-            "exploited_mask": pa.array(self.exploited_mask.astype(np.int32)),
-            "effect": _list_column(self._effect().astype(np.float32)),
-        }, schema=NODES_SCHEMA)
-        edges = pa.table({
-            "target": pa.array(np.full(e, t, np.int32)),
-            "src_layer": pa.array(self.edge_src_layer, pa.string()),
-            "src_channel": pa.array(self.edge_src_channel.astype(np.int32)),
-            "dst_layer": pa.array(self.edge_dst_layer, pa.string()),
-            "dst_channel": pa.array(self.edge_dst_channel.astype(np.int32)),
-            "influence_original": pa.array(ev[:, 0] if e else np.zeros(0, np.float32)),
-            "influence_target": pa.array(ev[:, 1] if e else np.zeros(0, np.float32)),
-            "influence_attacked": _list_column(ev[:, 2:] if e else np.zeros((0, s), np.float32)),
-        }, schema=EDGES_SCHEMA)
-        causal = self.causal if self.causal is not None else CAUSAL_SCHEMA.empty_table()
-        return {"pairs": pairs, "nodes": nodes, "edges": edges, "causal": causal}
-
-
-def _list_column(m: np.ndarray) -> pa.Array:
-    """[n, s] float32 -> list<float32> with n lists of s values (one buffer, no Python loop)."""
-    m = np.ascontiguousarray(m, dtype=np.float32)
-    n, s = m.shape
-    offsets = pa.array(np.arange(0, (n + 1) * s, s, dtype=np.int32) if n else np.zeros(1, np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(m.reshape(-1)))
 
 
 def importance_of(adapter: ModelAdapter, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
@@ -252,7 +253,6 @@ def summarize_pair(
     cfg: PathwayConfig = PathwayConfig(),
     importance_original: dict[str, torch.Tensor] | None = None,
     importance_target: dict[str, torch.Tensor] | None = None,
-    patching=None,
 ) -> PairSummary:
     """Importance -> roles -> displayed neurons -> median influence of their edges, per condition.
 
@@ -260,8 +260,8 @@ def summarize_pair(
     list with one tensor per strength, or one tensor holding them strength by strength
     (``n_success[s]`` rows for strength s). ``n_images`` is how many images were attacked.
     ``importance_original``/``importance_target`` ({layer: [C]}, e.g. from the benign stage) skip
-    recomputing those conditions' importance. ``patching`` (a :class:`bluff_ray.engine.causal.Patching`)
-    adds the activation-patching experiments of the pair.
+    recomputing those conditions' importance. (The activation-patching experiments are a separate
+    step, :mod:`bluff_ray.engine.causal`, run by ``compute.compute_unit`` after the summary.)
     """
     strengths = tuple(float(s) for s in strengths)
     n_success = tuple(int(s) for s in n_success)
@@ -326,11 +326,6 @@ def summarize_pair(
     keep_h = torch.cat(keeps).cpu().numpy() if keeps else np.zeros(0, bool)
     kept_vals = torch.cat(edge_vals)[torch.as_tensor(keep_h, device=device)] if keeps else None
 
-    effect = causal = None
-    defused: tuple[float, ...] = ()
-    if patching is not None:
-        res = patching.run(target, displayed, node_role, node_mask, node_vals, n_success)
-        effect, causal, defused = res.effect, res.table, res.defused
     # host read 2: the numbers
     node_vals_h = node_vals.double().cpu().numpy()
     mask_h = node_mask.cpu().numpy()
@@ -353,5 +348,5 @@ def summarize_pair(
         node_role=node_role, node_values=node_vals_h, exploited_mask=mask_h.astype(np.int64),
         edge_src_layer=src_l, edge_src_channel=np.concatenate(src_c).astype(np.int32) if src_c else np.zeros(0, np.int32),
         edge_dst_layer=dst_l, edge_dst_channel=np.concatenate(dst_c).astype(np.int32) if dst_c else np.zeros(0, np.int32),
-        edge_values=kept_h, effect=effect, causal=causal, defused=defused,
+        edge_values=kept_h, displayed=[d.numpy() for d in displayed],
     )
