@@ -170,3 +170,61 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
     late.acquire()
     assert json.loads(s.read_bytes(".bluff-lock.json"))["run_id"] == late.run_id
     late.release()
+
+
+def _garble_first_page(data: bytes, column: str) -> bytes:
+    """``data`` with 16 bytes overwritten in the middle of ``column``'s first page (its dictionary of
+    float32 values: snappy keeps such bytes as literals, so the garbage still decodes)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(io.BytesIO(data)).metadata
+    rg = md.row_group(0)
+    col = next(rg.column(i) for i in range(rg.num_columns) if rg.column(i).path_in_schema == column)
+    start = col.dictionary_page_offset or col.data_page_offset
+    end = col.data_page_offset if col.dictionary_page_offset else start + col.total_compressed_size
+    at = (start + end) // 2  # past the page header, inside the values
+    return data[:at] + bytes(b ^ 0x5A for b in data[at:at + 16]) + data[at + 16:]
+
+
+def test_garbled_page_fails_the_checksum_with_the_file_named(tmp_path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from bluff_ray.results.store import CorruptFile
+
+    rng = np.random.default_rng(0)
+    t = pa.table({"target": pa.array(np.zeros(4000, np.int32)), "v": rng.random(4000).astype(np.float32)})
+    s = Store(str(tmp_path))
+    s.write_table("edges/original=0/part-0.parquet", t)
+    good = s.read_bytes("edges/original=0/part-0.parquet")
+    bad = _garble_first_page(good, "v")
+    assert len(bad) == len(good) and bad != good
+    # without page checksums the same garbling decodes to wrong values silently (what this prevents)
+    sink = pa.BufferOutputStream()
+    pq.write_table(t, sink, compression="snappy")
+    unchecked = pq.read_table(pa.BufferReader(_garble_first_page(sink.getvalue().to_pybytes(), "v")),
+                              page_checksum_verification=True)
+    assert unchecked.num_rows == 4000 and not unchecked.equals(t)
+    (tmp_path / "edges/original=0/part-0.parquet").write_bytes(bad)
+    with pytest.raises(CorruptFile, match=r"edges/original=0/part-0\.parquet is not a readable Parquet file .*(CRC|checksum)"):
+        s.read_table("edges/original=0/part-0.parquet")
+    with pytest.raises(CorruptFile, match="part-0.parquet"):
+        s.read_parquet_file("edges/original=0/part-0.parquet").read()  # the open parses the footer, the read fails
+    assert s.read_table("edges/original=0/part-0.parquet", columns=["target"]).num_rows == 4000
+
+
+def test_corrupt_manifest_and_marker_are_one_line_errors_naming_the_file(tmp_path):
+    from bluff_ray.results.store import CorruptFile
+
+    s = Store(str(tmp_path))
+    s.write_json("manifest.json", {"schema_version": 3, "strengths": [0.1, 0.2]})
+    (tmp_path / "manifest.json").write_bytes((tmp_path / "manifest.json").read_bytes()[:20])  # truncated
+    with pytest.raises(CorruptFile) as e:
+        s.read_json("manifest.json")
+    assert "manifest.json is not valid JSON" in str(e.value) and "\n" not in str(e.value)
+    s.write_bytes("pairs/original=0/part-0.parquet", b"PAR1" + os.urandom(300) + b"PAR1")
+    with pytest.raises(CorruptFile, match=r"pairs/original=0/part-0\.parquet is not a readable Parquet file") as e:
+        s.read_parquet_file("pairs/original=0/part-0.parquet")
+    assert "\n" not in str(e.value)

@@ -31,7 +31,9 @@ FOOTER_LIMIT = VIEWER_TAIL_BYTES - 8
 #: Statistics only where a reader filters on them: per-row-group min/max of strings and lists
 #: would triple the footer (measured: ~700 B vs ~560 B per row group of nodes).
 STATISTICS_COLUMNS = ["target"]
-PARQUET_OPTIONS: dict[str, Any] = dict(compression="snappy")
+#: Every data page carries a CRC32 of its bytes (readers that verify, such as the pipeline's
+#: ``Store`` reads, refuse garbled pages instead of decoding garbage; hyparquet ignores it).
+PARQUET_OPTIONS: dict[str, Any] = dict(compression="snappy", write_page_checksum=True)
 
 # Values stored as "no value" in the overview matrix.
 OVERVIEW_MISSING = 255

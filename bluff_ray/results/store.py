@@ -58,6 +58,10 @@ class StorageError(RuntimeError):
     """The results root cannot be used (unreachable, read-only, missing bucket, ...)."""
 
 
+class CorruptFile(StorageError):
+    """A results file exists but cannot be decoded (truncated JSON, garbled Parquet page, ...)."""
+
+
 class Store:
     """Relative paths under one root URL; every write is one whole object."""
 
@@ -142,13 +146,34 @@ class Store:
         return self.fs.cat_file(self.path(rel))
 
     def read_json(self, rel: str) -> Any:
-        return json.loads(self.read_bytes(rel))
+        """The JSON object at ``rel``; ``CorruptFile`` (one line naming the file) when unreadable."""
+        data = self.read_bytes(rel)
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise CorruptFile(f"{self.uri(rel)} is not valid JSON ({len(data)} bytes; {_describe(e)}): "
+                              "repair or delete it (or pass --overwrite)") from None
 
     def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.read_bytes(rel)), columns=columns)
+        """The Parquet table at ``rel``, every data page's CRC verified (``CorruptFile`` on a mismatch)."""
+        data = self.read_bytes(rel)
+        try:
+            return pq.read_table(io.BytesIO(data), columns=columns, page_checksum_verification=True)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise self._corrupt(rel, e) from None
 
     def read_parquet_file(self, rel: str) -> pq.ParquetFile:
-        return pq.ParquetFile(io.BytesIO(self.read_bytes(rel)))
+        """An open ``ParquetFile`` of ``rel``'s bytes whose reads verify page checksums; the footer is
+        parsed here (``CorruptFile`` if it is not Parquet)."""
+        data = self.read_bytes(rel)
+        try:
+            return _CheckedParquetFile(io.BytesIO(data), page_checksum_verification=True, on_error=lambda e: self._corrupt(rel, e))
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise self._corrupt(rel, e) from None
+
+    def _corrupt(self, rel: str, e: BaseException) -> "CorruptFile":
+        return CorruptFile(f"{self.uri(rel)} is not a readable Parquet file ({_describe(e)}): delete it to have it "
+                           "recomputed, or pass --overwrite")
 
     def read_many(self, rels: Sequence[str], read: Callable[[str], T] | None = None,
                   concurrency: int = READ_CONCURRENCY) -> list[T]:
@@ -233,6 +258,26 @@ class Store:
             self.fs.rm(self.path(rel))
         except Exception as e:
             raise StorageError(f"results root {where}: cannot delete the probe object {rel}: {_describe(e)}") from None
+
+
+class _CheckedParquetFile(pq.ParquetFile):
+    """A ParquetFile whose reads turn a decoding error (a failed page checksum) into ``CorruptFile``."""
+
+    def __init__(self, source: Any, *, on_error: Callable[[BaseException], BaseException], **kw: Any):
+        super().__init__(source, **kw)
+        self._on_error = on_error
+
+    def read(self, *a: Any, **kw: Any) -> pa.Table:
+        try:
+            return super().read(*a, **kw)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise self._on_error(e) from None
+
+    def read_row_group(self, *a: Any, **kw: Any) -> pa.Table:
+        try:
+            return super().read_row_group(*a, **kw)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise self._on_error(e) from None
 
 
 @contextlib.contextmanager
