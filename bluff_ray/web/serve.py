@@ -1,45 +1,42 @@
 """`bluff serve`: the built viewer and a local results root over HTTP, with byte ranges.
 
-Why our own server: the viewer reads Parquet with HTTP range requests, and Python's
-``http.server`` ignores ``Range`` (it always answers 200 with the whole file). This one is an
-HTTP/1.1 range server:
+aiohttp's ``FileResponse`` does the HTTP work: ``Range`` (206, 416 with ``Content-Range: bytes */size``),
+strong ``ETag`` (modification time in nanoseconds and size) and ``Last-Modified``, ``If-None-Match``/
+``If-Modified-Since`` -> 304, ``If-Match``/``If-Unmodified-Since`` -> 412, sendfile. This module adds
+only what it does not do (each marked where it is done):
 
-- ``Range: bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` -> 206 with ``Content-Range``; 416 for
-  unsatisfiable ranges; anything else (several ranges, other units) -> 200 with the whole file.
-- Validators: a strong ``ETag`` (inode, size and modification time in nanoseconds) and
-  ``Last-Modified`` on every file; ``If-None-Match`` / ``If-Modified-Since`` -> 304 when unchanged;
-  ``If-Match`` / ``If-Unmodified-Since`` -> 412 when changed; ``If-Range`` (an ETag, or a date equal
-  to ``Last-Modified``) -> 206 only when it matches the current file. A range request whose
-  validator says the client's copy is outdated gets 200 with the whole current file: browsers cache
-  byte ranges and later complete or revalidate them with these headers, computing the range from
-  the cached copy; a server that ignored them handed Chromium bytes of a rewritten file to splice
-  into its copy of the old one, or to pass on as the file's end (the viewer then failed with
-  "footer != PAR1").
-- ``Cache-Control: no-cache``: a browser may keep what it read but must revalidate it on every use,
-  so a results root rewritten by a new run is never shown stale. No ``Vary``: no response depends
-  on a request header other than the ones above, which caches handle themselves.
-- No ``Content-Encoding``, so byte ranges always refer to the stored bytes.
+- ranges it would refuse but RFC 9110 lets a server ignore (several ranges, other units, ``5-2``) get
+  200 with the whole file, and numbers of any length are read without error;
+- ``If-Range`` with an entity tag (aiohttp understands only dates), and a date counts only when it
+  equals ``Last-Modified`` and the file is at least a second old (a strong validator);
+- a range request that revalidates a cached part (``If-None-Match``/``If-Modified-Since`` without a
+  304) gets the whole current file: Chromium computes such ranges from its cached copy, and bytes of
+  a rewritten file spliced into the old copy broke the viewer ("footer != PAR1");
+- dates compared at whole seconds, as ``Last-Modified`` states them;
+- ``Cache-Control: no-cache`` (a results root rewritten by a new run is never shown stale) and no
+  ``Content-Encoding`` (aiohttp would send a ``.gz``/``.br`` sibling; byte ranges must refer to the
+  stored bytes);
+- safety: it binds 127.0.0.1 unless told otherwise; serves only files inside its two roots (no
+  ``..``, no symlink escapes, no directory listings) and no dot-file or dot-folder (``.env``,
+  ``.aws/``, ``.bluff-lock.json``: never part of the results, and ``bluff publish`` skips them too);
+  while bound to a loopback address it answers only requests whose ``Host`` names a loopback address
+  or ``localhost`` (``--allow-host`` adds names): a page that points its own DNS name at 127.0.0.1
+  (DNS rebinding) gets 421. A malformed request gets a 4xx and one log line, never a traceback; a
+  connection silent for ``idle_timeout`` seconds is closed (aiohttp's keep-alive timer, which also
+  covers a request that never ends).
 
-Safety: it binds 127.0.0.1 unless told otherwise, serves only files inside its two roots (no ``..``,
-no symlink escapes, no directory listings), and, while bound to a loopback address, answers only
-requests whose ``Host`` names a loopback address or ``localhost`` (any port; ``--allow-host`` adds
-names): a web page that points its own DNS name at 127.0.0.1 (DNS rebinding) gets 421, not the
-results. A connection that sends nothing for ``idle_timeout`` seconds is closed (its thread ends),
-and a client that disconnects mid-response costs one log line, not a traceback.
-
-URL layout:
-- ``/``            the viewer (``bluff_ray/_viewer/``, built by ``make viewer``)
-- ``/config.json`` ``{"root": "results/"}``: tells the viewer where the results are
-- ``/results/...`` the results root
+URL layout: ``/`` the viewer (``bluff_ray/_viewer/``, built by ``make viewer``); ``/config.json``
+``{"root": "results/"}`` (tells the viewer where the results are); ``/results/...`` the results root.
 """
 
 from __future__ import annotations
 
 import argparse
-import email.utils
+import asyncio
 import hashlib
 import ipaddress
 import json
+import logging
 import mimetypes
 import os
 import re
@@ -49,14 +46,16 @@ import threading
 import time
 import urllib.parse
 import webbrowser
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.utils import formatdate
 from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 VIEWER_DIR = Path(__file__).resolve().parents[1] / "_viewer"
 RESULTS_PREFIX = "/results/"
-CHUNK = 256 * 1024
 IDLE_TIMEOUT = 30.0  # seconds a connection may stay silent (between or inside requests)
+CONFIG = json.dumps({"root": RESULTS_PREFIX.lstrip("/")}).encode()
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -76,8 +75,7 @@ CONTENT_TYPES = {
 }
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
-_DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+_HUGE = 1 << 62  # any number longer than 18 digits: past the end of every file
 
 
 class ViewerNotBuilt(FileNotFoundError):
@@ -95,92 +93,34 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     A header we do not understand (other units, several ranges, bad syntax) is ignored, as RFC 9110
     allows: the client then gets 200 with the whole body.
     """
-    if not header:
+    m = _RANGE.match(header.strip()) if header else None
+    if not m or m.group(1) == m.group(2) == "":
         return None
-    m = _RANGE.match(header.strip())
-    if not m:
-        return None
-    first, last = m.group(1), m.group(2)
-    if first == "" and last == "":
-        return None
-    if first == "":  # suffix: the last N bytes
-        n = int(last)
-        if n == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - n), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else int(last)
-    if last != "" and end < start:
+    first, last = (int(g) if len(g) <= 18 else _HUGE for g in (m.group(1) or "0", m.group(2) or "0"))
+    if m.group(1) == "":  # suffix: the last N bytes
+        return "unsatisfiable" if last == 0 or size == 0 else (max(0, size - last), size - 1)
+    if m.group(2) != "" and last < first:
         return None  # syntactically invalid: ignore
-    if start >= size:
-        return "unsatisfiable"
-    return start, min(end, size - 1)
-
-
-def file_etag(st: os.stat_result) -> str:
-    """Strong entity tag of a file: changes whenever the file is replaced (inode), resized or written
-    (modification time in nanoseconds)."""
-    return f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
-
-
-def parse_etags(header: str) -> list[tuple[bool, str]] | str:
-    """``If-None-Match``/``If-Match`` -> ``"*"`` or [(weak, opaque-tag)]; unparsable members are dropped."""
-    if header.strip() == "*":
-        return "*"
-    return [(bool(m.group(1)), m.group(2)) for m in _ETAG.finditer(header)]
-
-
-def etag_matches(header: str, etag: str, weak: bool) -> bool:
-    """Whether ``etag`` (strong, quoted) matches the header's list; ``weak``: weak comparison
-    (``If-None-Match``), else strong comparison (``If-Match``: a ``W/`` tag never matches)."""
-    tags = parse_etags(header)
-    if tags == "*":
-        return True
-    return any(tag == etag and (weak or not is_weak) for is_weak, tag in tags)
-
-
-def parse_http_date(value: str | None) -> float | None:
-    """An HTTP-date as a POSIX timestamp, or None when absent or invalid (the header is then ignored)."""
-    if not value:
-        return None
-    try:
-        dt = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    if dt is None or dt.tzinfo is None:
-        return None
-    return dt.timestamp()
-
-
-def if_range_matches(value: str, etag: str, mtime: float, now: float) -> bool:
-    """RFC 9110 13.1.5: an entity tag must match strongly; a date must equal ``Last-Modified`` exactly,
-    and counts only when the file was last written at least a second before now (otherwise another
-    write within the same second would keep the same date: not a strong validator)."""
-    value = value.strip()
-    if value.startswith('"') or value.startswith("W/"):
-        return not value.startswith("W/") and value == etag
-    date = parse_http_date(value)
-    return date is not None and int(date) == int(mtime) and now - mtime >= 1.0
+    end = size - 1 if m.group(2) == "" else last
+    return "unsatisfiable" if first >= size else (first, min(end, size - 1))
 
 
 def safe_join(root: Path, rel: str) -> Path | None:
-    """The file ``rel`` (already URL-decoded, '/'-separated) under ``root``, or None if it would escape.
-
-    Rejects ``..`` segments, NUL bytes and backslashes outright, then checks the fully resolved path
-    (symlinks followed) is still inside the resolved root.
-    """
+    """The file ``rel`` (URL-decoded, '/'-separated) under ``root``, or None if it is not to be served:
+    NUL bytes, backslashes, ``..``, dot-files and dot-folders, names the OS refuses (too long), or a
+    resolved path (symlinks followed) outside the resolved root."""
     if "\x00" in rel or "\\" in rel:
         return None
     parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
+    if any(p.startswith(".") for p in parts):
         return None
-    root_real = root.resolve()
-    candidate = (root_real.joinpath(*parts)).resolve() if parts else root_real
     try:
+        root_real = root.resolve()
+        candidate = root_real.joinpath(*parts).resolve()
         candidate.relative_to(root_real)
-    except ValueError:
+        return candidate if candidate.is_file() else None
+    except (OSError, ValueError):  # ENAMETOOLONG, a loop of links, or outside the root
         return None
-    return candidate
 
 
 def is_loopback(host: str) -> bool:
@@ -195,8 +135,8 @@ def is_loopback(host: str) -> bool:
 
 
 def host_name(header: str) -> str | None:
-    """The host part of a ``Host`` header value (port removed, IPv6 brackets removed), lower case;
-    None when malformed."""
+    """The host part of a ``Host`` header value (port and IPv6 brackets removed), lower case; None
+    when malformed."""
     h = header.strip().lower()
     if not h or any(c in h for c in " /@?#\\"):
         return None
@@ -211,239 +151,184 @@ def host_name(header: str) -> str | None:
     return name.rstrip(".")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "bluff-serve"
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle's algorithm on, a kept-alive
-    # connection then waits ~40 ms for the peer's delayed ACK on every response.
-    disable_nagle_algorithm = True
-    viewer_dir: Path
-    results_dir: Path
-    quiet: bool
-    # StreamRequestHandler puts this timeout on the socket: a silent client ends its connection.
-    timeout = IDLE_TIMEOUT
-    check_host: bool = True
-    allowed_hosts: frozenset = frozenset()
+class _StderrLine(logging.Handler):
+    """One line per record on the current stderr: a client's bad request is not a server traceback."""
 
-    def log_message(self, fmt, *args):  # noqa: D401 - http.server API
-        if not self.quiet:
-            sys.stderr.write("%s - %s\n" % (self.address_string(), fmt % args))
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        tail = f" ({type(exc).__name__}: {str(exc)[:200]})" if exc else ""
+        print(record.getMessage()[:500] + tail, file=sys.stderr, flush=True)
 
-    def handle(self):
-        """Serve the connection's requests; a client that goes away costs one log line."""
+
+class _AccessLog(AbstractAccessLogger):
+    """One line per request, and one more when the client went away mid-response."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        v = request.version
+        self.logger.info('%s - "%s %s HTTP/%d.%d" %d %s', request.remote, request.method,
+                         request.raw_path[:300], v.major, v.minor, response.status,
+                         response.body_length or "-")
+        if getattr(response, "disconnected", None):
+            self.logger.info("%s - client disconnected (%s)", request.remote, response.disconnected)
+
+
+class _File(web.FileResponse):
+    """A ``FileResponse`` prepared against the request with the headers the handler rewrote (aiohttp
+    would prepare it against the original request)."""
+
+    def __init__(self, path: Path, view: web.BaseRequest) -> None:
+        super().__init__(path, headers={"Content-Type": content_type(path.name), "Cache-Control": "no-cache"})
+        self._view = view
+        self.disconnected: str | None = None
+
+    @property
+    def last_modified(self):  # noqa: ANN201 - aiohttp API
+        return web.StreamResponse.last_modified.fget(self)
+
+    @last_modified.setter
+    def last_modified(self, value) -> None:  # noqa: ANN001
+        # aiohttp rounds up: Last-Modified would be later than the file (and the Date) by up to a second
+        web.StreamResponse.last_modified.fset(self, int(value) if isinstance(value, float) else value)
+
+    async def prepare(self, request):  # noqa: ANN001 - aiohttp API
         try:
-            super().handle()
-        except _DISCONNECTS as e:
-            self.close_connection = True
-            self.log_message("client disconnected (%s)", type(e).__name__)
+            return await super().prepare(self._view)
+        except ConnectionError as e:  # aiohttp ends the connection; the access log says so in one line
+            self.disconnected = type(e).__name__
+            raise
 
-    def finish(self):
-        try:
-            super().finish()
-        except _DISCONNECTS:
-            pass  # already logged by handle(), or nothing was left to send
 
-    def do_GET(self):
-        self._serve(head=False)
+def _http_date(ts: int) -> str:
+    return formatdate(ts, usegmt=True)
 
-    def do_HEAD(self):
-        self._serve(head=True)
 
-    def _error(self, status: HTTPStatus, message: str, head: bool, extra: dict | None = None):
-        body = (message + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _host_refusal(self) -> tuple[HTTPStatus, str] | None:
-        """(status, message) when the Host header must not be served, else None."""
-        raw = self.headers.get("Host")
-        if raw is None:
-            if self.request_version == "HTTP/1.0":
-                return None  # HTTP/1.0 clients may omit it; browsers never do
-            return HTTPStatus.BAD_REQUEST, "missing Host header"
-        if not self.check_host:
-            return None
-        name = host_name(raw)
-        if name is not None and (is_loopback(name) or name in self.allowed_hosts):
-            return None
-        shown = raw.strip()[:100].encode("ascii", "replace").decode()
-        return (HTTPStatus.MISDIRECTED_REQUEST,
-                f"bluff serve: Host {shown!r} is not served. This server listens on a loopback address and "
-                "answers only to localhost or a loopback address (a protection against DNS rebinding); "
-                "start it with --allow-host NAME to add a name.")
-
-    def _resolve(self) -> tuple[Path | None, HTTPStatus | None, bytes | None]:
-        """-> (file, error status, generated body)."""
-        raw = urllib.parse.urlsplit(self.path).path
-        path = urllib.parse.unquote(raw, errors="strict")
-        if not path.startswith("/"):
-            return None, HTTPStatus.BAD_REQUEST, None
-        if path == "/config.json":
-            return None, None, json.dumps({"root": RESULTS_PREFIX.lstrip("/")}).encode()
-        if path.startswith(RESULTS_PREFIX) or path == RESULTS_PREFIX.rstrip("/"):
-            root, rel = self.results_dir, path[len(RESULTS_PREFIX):]
+def _rewrite_headers(request: web.BaseRequest, st: os.stat_result) -> dict:
+    """The request's headers with the conditional and range headers turned into what aiohttp, given
+    them, answers as this server must (see the module docstring)."""
+    h = request.headers.copy()
+    h.popall("Accept-Encoding", None)
+    mtime = int(st.st_mtime)
+    etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'  # aiohttp's tag
+    for name, date in (("If-Modified-Since", request.if_modified_since),
+                       ("If-Unmodified-Since", request.if_unmodified_since)):
+        if date is not None and mtime <= date.timestamp():  # whole seconds, as Last-Modified says
+            h[name] = _http_date(mtime + 1)
+    if_range = h.popall("If-Range", [None])[0]
+    if "Range" in h:
+        if if_range is None:
+            current = True
+        elif if_range.strip().startswith(('"', "W/")):
+            current = if_range.strip() == etag
         else:
-            root, rel = self.viewer_dir, path.lstrip("/")
-            if rel == "":
-                rel = "index.html"
-        target = safe_join(root, rel)
-        if target is None:
-            return None, HTTPStatus.FORBIDDEN, None
-        if not target.is_file():
-            return None, HTTPStatus.NOT_FOUND, None
-        return target, None, None
-
-    def _precondition(self, etag: str, mtime: float | None) -> HTTPStatus | None:
-        """RFC 9110 13.2.2 steps 1-4 for GET/HEAD: 412, 304 or None (go on)."""
-        h = self.headers
-        if h.get("If-Match") is not None:
-            if not etag_matches(h["If-Match"], etag, weak=False):
-                return HTTPStatus.PRECONDITION_FAILED
-        elif mtime is not None:
-            ius = parse_http_date(h.get("If-Unmodified-Since"))
-            if ius is not None and int(mtime) > ius:
-                return HTTPStatus.PRECONDITION_FAILED
-        if h.get("If-None-Match") is not None:
-            if etag_matches(h["If-None-Match"], etag, weak=True):
-                return HTTPStatus.NOT_MODIFIED
-        elif mtime is not None:
-            ims = parse_http_date(h.get("If-Modified-Since"))
-            if ims is not None and int(mtime) <= ims:
-                return HTTPStatus.NOT_MODIFIED
-        return None
-
-    def _stale_copy(self, etag: str, mtime: float) -> bool:
-        """Whether a range request comes from a client whose copy of the file is another version.
-
-        - ``If-Range`` that does not match (RFC 9110 13.1.5): the range must be ignored.
-        - ``If-None-Match``/``If-Modified-Since`` that did not produce a 304: the client is revalidating
-          a cached part, and its range may have been computed from the old file (Chromium turns the
-          viewer's ``bytes=-16384`` into ``bytes=<old size - 16384>-<old size - 1>``). Bytes of that range
-          of the new file would be spliced into the old copy, or handed to the page as if they were the
-          file's end; the whole current file (200, allowed since a server may ignore ``Range``) is
-          always right, and Chromium passes it through.
-        """
-        h = self.headers
-        if_range = h.get("If-Range")
-        if if_range is not None and not if_range_matches(if_range, etag, mtime, time.time()):
-            return True
-        return h.get("If-None-Match") is not None or parse_http_date(h.get("If-Modified-Since")) is not None
-
-    def _validators(self, etag: str, mtime: float | None) -> None:
-        self.send_header("ETag", etag)
-        if mtime is not None:
-            self.send_header("Last-Modified", self.date_time_string(int(mtime)))
-        self.send_header("Cache-Control", "no-cache")
-
-    def _not_modified_or_failed(self, status: HTTPStatus, etag: str, mtime: float | None, head: bool) -> None:
-        if status == HTTPStatus.NOT_MODIFIED:
-            self.send_response(status)  # no body, hence no Content-Length (RFC 9110 8.6)
-            self._validators(etag, mtime)
-            self.send_header("Accept-Ranges", "bytes")
-            self.end_headers()
+            date = request.if_range
+            current = date is not None and int(date.timestamp()) == mtime and time.time() - st.st_mtime >= 1
+        revalidating = "If-None-Match" in h or request.if_modified_since is not None
+        rng = parse_range(h["Range"], st.st_size) if current and not revalidating else None
+        if rng is None:
+            del h["Range"]
         else:
-            self._error(status, "Precondition Failed: the file has changed", head, {"ETag": etag})
+            h["Range"] = f"bytes={st.st_size}-" if rng == "unsatisfiable" else f"bytes={rng[0]}-{rng[1]}"
+    return h
 
-    def _serve(self, head: bool):
-        refusal = self._host_refusal()
-        if refusal is not None:
-            self.close_connection = True
-            return self._error(refusal[0], refusal[1], head, {"Connection": "close"})
+
+def _text(status: int, message: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n", headers=headers)
+
+
+def make_handler(viewer_dir: Path, results_dir: Path, allowed_hosts: frozenset[str], check_host: bool):
+    """The request handler: Host check, then ``/config.json``, a results file or a viewer file."""
+    config_etag = '"' + hashlib.sha256(CONFIG).hexdigest()[:32] + '"'
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        raw_host = request.headers.get("Host")
+        if raw_host is None and request.version >= (1, 1):
+            return _text(400, "missing Host header")
+        name = host_name(raw_host) if raw_host is not None else None
+        if check_host and raw_host is not None and not (name and (is_loopback(name) or name in allowed_hosts)):
+            shown = raw_host.strip()[:100].encode("ascii", "replace").decode()
+            resp = _text(421, f"bluff serve: Host {shown!r} is not served. This server listens on a loopback "
+                         "address and answers only to localhost or a loopback address (a protection against DNS "
+                         "rebinding); start it with --allow-host NAME to add a name.")
+            resp.force_close()
+            return resp
+        if request.method not in ("GET", "HEAD"):
+            return _text(405, "Method Not Allowed", Allow="GET, HEAD")
         try:
-            target, status, generated = self._resolve()
+            path = urllib.parse.unquote(urllib.parse.urlsplit(request.raw_path).path, errors="strict")
         except UnicodeDecodeError:
-            return self._error(HTTPStatus.BAD_REQUEST, "bad URL encoding", head)
-        if status is not None:
-            return self._error(status, status.phrase, head)
-        if generated is not None:
-            etag = '"' + hashlib.sha256(generated).hexdigest()[:32] + '"'
-            pre = self._precondition(etag, None)
-            if pre is not None:
-                return self._not_modified_or_failed(pre, etag, None, head)
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(generated)))
-            self._validators(etag, None)
-            self.end_headers()
-            if not head:
-                self.wfile.write(generated)
-            return
-        assert target is not None
+            return _text(400, "bad URL encoding")
+        if not path.startswith("/"):
+            return _text(400, "Bad Request")
+        if path == "/config.json":
+            tags = request.if_none_match or ()
+            status = 304 if any(t.value == "*" or f'"{t.value}"' == config_etag for t in tags) else 200
+            return web.Response(status=status, body=CONFIG if status == 200 else None,
+                                headers={"Content-Type": "application/json", "ETag": config_etag,
+                                         "Cache-Control": "no-cache"})
+        if path.startswith(RESULTS_PREFIX):
+            target = safe_join(results_dir, path[len(RESULTS_PREFIX):])
+        else:
+            target = safe_join(viewer_dir, path.lstrip("/") or "index.html")
         try:
-            f = open(target, "rb")
+            st = target.stat() if target is not None else None
         except OSError:
-            return self._error(HTTPStatus.NOT_FOUND, "Not Found", head)
-        with f:
-            st = os.fstat(f.fileno())
-            size, mtime, etag = st.st_size, st.st_mtime, file_etag(st)
-            pre = self._precondition(etag, mtime)
-            if pre is not None:
-                return self._not_modified_or_failed(pre, etag, mtime, head)
-            range_header = self.headers.get("Range")
-            if range_header and self._stale_copy(etag, mtime):
-                range_header = None  # the client's copy is another version: send the whole current file
-            rng = parse_range(range_header, size)
-            if rng == "unsatisfiable":
-                return self._error(
-                    HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                    "Range Not Satisfiable",
-                    head,
-                    {"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes", "ETag": etag},
-                )
-            if rng is None:
-                start, end, status = 0, size - 1, HTTPStatus.OK
-            else:
-                start, end = rng  # type: ignore[misc]
-                status = HTTPStatus.PARTIAL_CONTENT
-            length = max(0, end - start + 1)
-            self.send_response(status)
-            self.send_header("Content-Type", content_type(str(target)))
-            self.send_header("Content-Length", str(length))
-            self.send_header("Accept-Ranges", "bytes")
-            self._validators(etag, mtime)
-            if status == HTTPStatus.PARTIAL_CONTENT:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.end_headers()
-            if head:
-                return
-            f.seek(start)
-            left = length
-            while left > 0:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                left -= len(chunk)
-            if left > 0:  # the file shrank while we sent it: the declared length cannot be met
-                self.close_connection = True
+            st = None
+        if st is None:
+            return _text(404, "Not Found")
+        return _File(target, request.clone(headers=_rewrite_headers(request, st)))
+
+    return handle
 
 
-class BluffServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # listen backlog (socketserver's default of 5 stalls bursts of connections)
+class BluffServer:
+    """A bound socket and the aiohttp server behind it, with ``http.server``'s control methods:
+    ``serve_forever()`` (blocks), ``shutdown()`` (from another thread: stop and wait),
+    ``server_close()``."""
 
-    def handle_error(self, request, client_address):
-        """A client that went away is not a server error: one line, no traceback."""
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (*_DISCONNECTS, TimeoutError)):
-            if not getattr(self.RequestHandlerClass, "quiet", False):
-                sys.stderr.write(f"{client_address[0]} - connection ended ({type(exc).__name__})\n")
-            return
-        super().handle_error(request, client_address)
+    def __init__(self, sock: socket.socket, web_server: web.Server, loop: asyncio.AbstractEventLoop) -> None:
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self._web = web_server
+        self._loop = loop
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._done = threading.Event()
+
+    def serve_forever(self) -> None:
+        loop = self._loop
+        runner = web.ServerRunner(self._web, handle_signals=False, shutdown_timeout=2.0)
+        try:
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.SockSite(runner, self.socket).start())
+            self._stop = asyncio.Event()
+            self._started.set()
+            loop.run_until_complete(self._stop.wait())
+        finally:
+            self._started.set()
+            loop.run_until_complete(runner.cleanup())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+            self._done.set()
+
+    def connections(self) -> int:
+        """Open client connections (idle ones included)."""
+        return len(self._web.connections)
+
+    def shutdown(self) -> None:
+        self._started.wait()
+        if not self._done.is_set():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._done.wait()
+
+    def server_close(self) -> None:
+        self.socket.close()
 
 
 def make_server(
     root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, viewer_dir: str | os.PathLike | None = None,
     quiet: bool = False, allow_hosts: list[str] | tuple[str, ...] = (), idle_timeout: float = IDLE_TIMEOUT,
 ) -> BluffServer:
-    """A server (not yet running) for the results root ``root`` (a local folder).
+    """A server, bound but not yet running, for the results root ``root`` (a local folder).
 
     ``allow_hosts``: extra ``Host`` names answered while bound to a loopback address (localhost and
     loopback addresses always are). ``idle_timeout``: seconds a connection may stay silent before it
@@ -455,9 +340,7 @@ def make_server(
             f"bluff serve needs a local results folder, got {root_s!r}; to browse results on S3, "
             "run `bluff publish` and open the printed viewer URL"
         )
-    if root_s.startswith("file://"):
-        root_s = root_s[len("file://"):]
-    results = Path(root_s).expanduser()
+    results = Path(root_s.removeprefix("file://")).expanduser()
     if not results.is_dir():
         raise FileNotFoundError(f"results folder not found: {results}")
     if not (results / "manifest.json").is_file():
@@ -470,20 +353,19 @@ def make_server(
         )
     if idle_timeout is None or idle_timeout <= 0:
         raise ValueError(f"idle timeout must be > 0 seconds, got {idle_timeout}")
-    allowed = frozenset(n for n in (host_name(a) for a in allow_hosts) if n)
-    server_cls = BluffServer
-    if ":" in host:  # an IPv6 address
-        server_cls = type("BluffServer6", (BluffServer,), {"address_family": socket.AF_INET6})
-    handler = type(
-        "BluffHandler", (_Handler,),
-        {"viewer_dir": vdir.resolve(), "results_dir": results.resolve(), "quiet": quiet,
-         "timeout": float(idle_timeout), "allowed_hosts": allowed},
-    )
-    server = server_cls((host.strip("[]"), port), handler)
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=128)
+    logger = logging.Logger("bluff serve", logging.CRITICAL + 1 if quiet else logging.INFO)
+    logger.addHandler(_StderrLine())
     # The Host check protects loopback listeners (DNS rebinding); on other addresses anyone who can
     # reach the port is already a client, whatever name they use.
-    handler.check_host = is_loopback(str(server.server_address[0]))
-    return server
+    handler = make_handler(vdir.resolve(), results.resolve(), frozenset(n for n in map(host_name, allow_hosts) if n),
+                           check_host=is_loopback(str(sock.getsockname()[0])))
+    loop = asyncio.new_event_loop()
+    web_server = web.Server(handler, logger=logger, access_log=logger, access_log_class=_AccessLog,
+                            keepalive_timeout=float(idle_timeout), loop=loop)
+    return BluffServer(sock, web_server, loop)
 
 
 def server_url(server: BluffServer) -> str:
@@ -502,7 +384,8 @@ def start_server(
     Stop it with ``server.shutdown(); server.server_close()``. ``port=0`` picks a free port.
     """
     server = make_server(root, host, port, viewer_dir, quiet=quiet, allow_hosts=allow_hosts, idle_timeout=idle_timeout)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="bluff-serve", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name="bluff-serve", daemon=True).start()
+    server._started.wait()
     return server, server_url(server)
 
 
