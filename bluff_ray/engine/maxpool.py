@@ -1,0 +1,308 @@
+"""Max-pool that keeps no int64 indices: the backward recomputes each output's winning input.
+
+Why: ``max_pool2d_with_indices`` saves an int64 index for every output element and its NHWC CUDA
+kernels were 42 % of a GoogLeNet PGD step on an H200 (13 pools per forward); the indices were also a
+large share of the ~25 MB autograd keeps per attacked sample. Here the forward keeps only the input
+and the output (tensors the neighbouring convolutions keep anyway), and the backward finds, per
+output, the input position that won, with PyTorch's rule, then routes the gradient there.
+
+PyTorch's rule (CPU and CUDA kernels alike): scan the window clipped to the input (padding never
+wins) row by row, take a value when it is ``>`` the best so far or NaN; the first valid position
+starts the scan. So: the FIRST maximum in scan order wins, the LAST NaN wins a window holding NaN,
+and a window of -inf only is won by its first valid position. The gradients are therefore those of
+``F.max_pool2d`` exactly (ties included), up to the order in which a position that wins several
+overlapping windows sums their gradients.
+
+Two implementations of the same rule:
+- ``"torch"``: vectorised torch ops (one pass per window offset); the CPU path and the reference.
+- ``"triton"``: two Triton kernels (window scan, writing the output or a uint8 winner offset, and a
+  per-input gather that sums the gradients of the outputs it won, in a fixed order: no atomics).
+  Used for CUDA tensors when Triton imports; testable on a CPU with ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMPLS = ("auto", "torch", "triton")
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def output_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """PyTorch's ``pooling_output_shape``: the last window must start inside the input or left padding."""
+    num = n + 2 * p - d * (k - 1) - 1
+    o = (num + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (o - 1) * s >= n + p:
+        o -= 1
+    return o
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    cl = torch.channels_last
+    return cl if x.dim() == 4 and x.is_contiguous(memory_format=cl) and not x.is_contiguous() else \
+        torch.contiguous_format
+
+
+# ----------------------------------------------------------------------------- torch (reference)
+
+def _windows(x: torch.Tensor, oh: int, ow: int, k, s, p, d):
+    """Yield (offset index, strided view of the padded input at that window offset, validity mask)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k, s, p, d
+    h, w = x.shape[-2:]
+    need_h, need_w = (oh - 1) * sh + dh * (kh - 1) + 1, (ow - 1) * sw + dw * (kw - 1) + 1
+    xp = F.pad(x, (pw, max(0, need_w - w - pw), ph, max(0, need_h - h - ph)))
+    rows = torch.arange(oh, device=x.device) * sh - ph
+    cols = torch.arange(ow, device=x.device) * sw - pw
+    for i in range(kh):
+        r = rows + i * dh
+        vr = (r >= 0) & (r < h)
+        for j in range(kw):
+            c = cols + j * dw
+            valid = vr[:, None] & ((c >= 0) & (c < w))[None, :]
+            view = xp[..., i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+            yield i * kw + j, view, valid
+
+
+def winners_torch(x: torch.Tensor, y: torch.Tensor, k, s, p, d) -> torch.Tensor:
+    """uint8 [..., OH, OW]: the window offset ``i * kw + j`` of each output's winner (PyTorch's rule)."""
+    oh, ow = y.shape[-2:]
+    nan_y = torch.isnan(y)
+    win = torch.zeros(y.shape, dtype=torch.uint8, device=y.device)
+    found = torch.zeros(y.shape, dtype=torch.bool, device=y.device)
+    for idx, view, valid in _windows(x, oh, ow, k, s, p, d):
+        first = valid & (view == y) & ~found  # first maximum (== the pooled value) in scan order
+        nan = valid & nan_y & torch.isnan(view)  # a later NaN overrides an earlier one
+        win = torch.where(first | nan, idx, win)
+        found |= first
+    return win
+
+
+def _backward_torch(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p, d) -> torch.Tensor:
+    win = winners_torch(x, y, k, s, p, d)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k, s, p, d
+    h, w = x.shape[-2:]
+    oh, ow = y.shape[-2:]
+    need_h, need_w = (oh - 1) * sh + dh * (kh - 1) + 1, (ow - 1) * sw + dw * (kw - 1) + 1
+    gp = torch.zeros((*x.shape[:-2], max(need_h, h + ph), max(need_w, w + pw)), dtype=g.dtype, device=g.device)
+    zero = torch.zeros((), dtype=g.dtype, device=g.device)
+    for i in range(kh):
+        for j in range(kw):
+            view = gp[..., i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+            view += torch.where(win == i * kw + j, g, zero)
+    return gp[..., ph: ph + h, pw: pw + w].contiguous(memory_format=_memory_format(x))
+
+
+# ----------------------------------------------------------------------------- triton (CUDA)
+
+@functools.cache
+def _triton_kernels():
+    """Compile-on-first-use Triton kernels (imported lazily: the CPU path must not need Triton)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def scan(x_ptr, y_ptr, w_ptr, total, C, H, W, OH, OW,
+             sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+             KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+             PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+             WRITE_Y: tl.constexpr, WRITE_W: tl.constexpr, BLOCK: tl.constexpr):
+        # One lane per output element, channel fastest (coalesced for channels_last tensors).
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < total
+        c = offs % C
+        t = offs // C
+        ow = t % OW
+        t = t // OW
+        oh = t % OH
+        n = t // OH
+        base = x_ptr + n * sxn + c * sxc
+        best = tl.zeros([BLOCK], dtype=x_ptr.dtype.element_ty)
+        idx = tl.zeros([BLOCK], dtype=tl.int32)
+        seen = tl.zeros([BLOCK], dtype=tl.int1)
+        for i in tl.static_range(KH):
+            ih = oh * SH - PH + i * DH
+            for j in tl.static_range(KW):
+                iw = ow * SW - PW + j * DW
+                valid = live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                v = tl.load(base + ih * sxh + iw * sxw, mask=valid, other=0.0)
+                take = valid & ((v > best) | (v != v) | (seen == 0))
+                best = tl.where(take, v, best)
+                idx = tl.where(take, i * KW + j, idx)
+                seen = seen | valid
+        if WRITE_Y:
+            tl.store(y_ptr + n * syn + c * syc + oh * syh + ow * syw, best, mask=live)
+        if WRITE_W:
+            tl.store(w_ptr + offs, idx.to(tl.uint8), mask=live)
+
+    @triton.jit
+    def gather(g_ptr, w_ptr, gx_ptr, total, C, H, W, OH, OW,
+               sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+               KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+               PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+               F64: tl.constexpr, BLOCK: tl.constexpr):
+        # One lane per input element: sum the gradients of the outputs it won, outputs in row-major
+        # order (as PyTorch's CUDA backward), accumulating in fp32 (fp64 for fp64 tensors).
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < total
+        c = offs % C
+        t = offs // C
+        iw = t % W
+        t = t // W
+        ih = t % H
+        n = t // H
+        if F64:
+            acc = tl.zeros([BLOCK], dtype=tl.float64)
+        else:
+            acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for ii in tl.static_range(KH):
+            i = KH - 1 - ii  # a larger window row i means a smaller output row
+            nh = ih + PH - i * DH
+            oh = nh // SH
+            okh = (nh >= 0) & (nh % SH == 0) & (oh < OH)
+            for jj in tl.static_range(KW):
+                j = KW - 1 - jj
+                nw = iw + PW - j * DW
+                ow = nw // SW
+                ok = live & okh & (nw >= 0) & (nw % SW == 0) & (ow < OW)
+                won = tl.load(w_ptr + ((n * OH + oh) * OW + ow) * C + c, mask=ok, other=255)
+                hit = ok & (won.to(tl.int32) == i * KW + j)
+                gv = tl.load(g_ptr + n * sgn + c * sgc + oh * sgh + ow * sgw, mask=hit, other=0.0)
+                acc += gv.to(acc.dtype)
+        tl.store(gx_ptr + n * sxn + c * sxc + ih * sxh + iw * sxw, acc.to(gx_ptr.dtype.element_ty), mask=live)
+
+    return scan, gather
+
+
+BLOCK = 256
+
+
+def _scan_triton(x: torch.Tensor, oh: int, ow: int, k, s, p, d, write_y: bool):
+    scan, _ = _triton_kernels()
+    n, c, h, w = x.shape
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=_memory_format(x)) \
+        if write_y else None
+    win = None if write_y else torch.empty((n, oh, ow, c), dtype=torch.uint8, device=x.device)
+    total = n * c * oh * ow
+    if total:
+        ys = y.stride() if y is not None else (0, 0, 0, 0)
+        scan[(math.ceil(total / BLOCK),)](
+            x, y if y is not None else x, win if win is not None else x, total, c, h, w, oh, ow,
+            *x.stride(), *ys, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],
+            WRITE_Y=write_y, WRITE_W=not write_y, BLOCK=BLOCK)
+    return y if write_y else win
+
+
+def _backward_triton(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p, d) -> torch.Tensor:
+    _, gather = _triton_kernels()
+    n, c, h, w = x.shape
+    oh, ow = y.shape[-2:]
+    win = _scan_triton(x, oh, ow, k, s, p, d, write_y=False)
+    gx = torch.empty(x.shape, dtype=g.dtype, device=x.device, memory_format=_memory_format(x))
+    total = n * c * h * w
+    if total:
+        gather[(math.ceil(total / BLOCK),)](
+            g, win, gx, total, c, h, w, oh, ow, *g.stride(), *gx.stride(),
+            k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], F64=g.dtype == torch.float64, BLOCK=BLOCK)
+    return gx
+
+
+def triton_available() -> bool:
+    try:
+        _triton_kernels()
+        return True
+    except Exception:  # no Triton, or one that cannot build kernels here
+        return False
+
+
+# ----------------------------------------------------------------------------- autograd + module
+
+def _use_triton(x: torch.Tensor, impl: str) -> bool:
+    if impl == "triton":
+        return True
+    return impl == "auto" and x.is_cuda and triton_available()
+
+
+class _MaxPool2dRecompute(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, k, s, p, d, ceil_mode, impl):
+        oh = output_size(x.shape[-2], k[0], s[0], p[0], d[0], ceil_mode)
+        ow = output_size(x.shape[-1], k[1], s[1], p[1], d[1], ceil_mode)
+        if _use_triton(x, impl) and x.dim() == 4:
+            y = _scan_triton(x, oh, ow, k, s, p, d, write_y=True)
+        else:
+            y = F.max_pool2d(x, k, s, p, d, ceil_mode)
+        ctx.save_for_backward(x, y)
+        ctx.geometry = (k, s, p, d)
+        ctx.impl = impl
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        k, s, p, d = ctx.geometry
+        if _use_triton(x, ctx.impl) and x.dim() == 4:
+            gx = _backward_triton(g, x, y, k, s, p, d)
+        else:
+            gx = _backward_torch(g, x, y, k, s, p, d)
+        return gx, None, None, None, None, None, None
+
+
+def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               impl: str = "auto") -> torch.Tensor:
+    """``F.max_pool2d`` (same values, same gradients) that saves no indices for its backward.
+
+    ``impl``: "auto" (Triton for CUDA tensors when available, else torch), "torch" or "triton"
+    (forces the Triton kernels, e.g. on CPU tensors under ``TRITON_INTERPRET=1``).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown max-pool implementation {impl!r}; valid: {', '.join(IMPLS)}")
+    k = _pair(kernel_size)
+    s = _pair(stride if stride is not None and stride != () else kernel_size)
+    p, d = _pair(padding), _pair(dilation)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"padding {p} must be at most half the kernel size {k}")
+    if k[0] * k[1] > 255:
+        raise ValueError(f"kernel {k} has more than 255 positions (winners are stored as uint8)")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"max_pool2d wants (C, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dim() == 3:
+        return _MaxPool2dRecompute.apply(x.unsqueeze(0), k, s, p, d, bool(ceil_mode), impl).squeeze(0)
+    return _MaxPool2dRecompute.apply(x, k, s, p, d, bool(ceil_mode), impl)
+
+
+class MaxPool2dNoIndices(nn.MaxPool2d):
+    """``nn.MaxPool2d`` through :func:`max_pool2d`: still a MaxPool2d (code reading kernel_size,
+    stride, padding keeps working); the output keeps the input's memory format."""
+
+    def __init__(self, *args, impl: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.return_indices:
+            raise ValueError("MaxPool2dNoIndices cannot return indices")
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.impl)
+
+
+def swap_max_pools(module: nn.Module, impl: str = "auto") -> int:
+    """Replace, in place, every ``nn.MaxPool2d`` (subclasses included) under ``module`` by a
+    :class:`MaxPool2dNoIndices` with the same geometry; returns how many were replaced."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.MaxPool2d) and not isinstance(child, MaxPool2dNoIndices):
+            if child.return_indices:
+                raise ValueError(f"{name}: a max-pool that returns indices cannot be swapped")
+            setattr(module, name, MaxPool2dNoIndices(child.kernel_size, child.stride, child.padding, child.dilation,
+                                                     ceil_mode=child.ceil_mode, impl=impl))
+            count += 1
+        else:
+            count += swap_max_pools(child, impl)
+    return count
