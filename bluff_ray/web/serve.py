@@ -156,7 +156,7 @@ class _StderrLine(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
-        tail = f" ({type(exc).__name__}: {str(exc)[:200]})" if exc else ""
+        tail = f" ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})" if exc else ""
         print(record.getMessage()[:500] + tail, file=sys.stderr, flush=True)
 
 
