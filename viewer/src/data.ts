@@ -766,10 +766,12 @@ export function loadAssets(root: string): Promise<Map<string, NeuronAssets>> {
   return assetsPromise;
 }
 
-/** Where the results are: ?root=..., else config.json's "root" next to index.html, else "../". */
+/** Where the results are: ?root=..., else <meta name="bluff-root"> (the page `bluff publish` switches last),
+ * else config.json's "root" next to index.html, else "../". */
 export async function resolveRoot(param: string | null): Promise<string> {
   const base = new URL(".", window.location.href);
-  if (param) return new URL(param.endsWith("/") ? param : param + "/", base).href;
+  const pinned = param || document.querySelector<HTMLMetaElement>('meta[name="bluff-root"]')?.content;
+  if (pinned) return new URL(pinned.endsWith("/") ? pinned : pinned + "/", base).href;
   try {
     const res = await fetch(new URL("config.json", base).href, { cache: "no-cache" });
     if (res.ok) {
