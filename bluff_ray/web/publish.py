@@ -2,8 +2,20 @@
 
 Layout written under ``dest`` (e.g. ``s3://bucket/prefix``)::
 
-    <dest>/manifest.json, classes.parquet, pair_index/, nodes/, edges/, neurons/, ... (docs/FORMAT.md)
-    <dest>/viewer/index.html, assets/..., config.json  ({"root": "../"})
+    <dest>/runs/<id>/manifest.json, classes.parquet, pair_index/, nodes/, ...   one complete copy (docs/FORMAT.md)
+    <dest>/runs/<id>/viewer/index.html, assets/..., config.json ({"root": "../"})
+    <dest>/current.json       {"run": "runs/<id>/", ...}: the current copy, for programs
+    <dest>/index.html         the viewer, loading its assets and results from runs/<id>/  <- written last
+    <dest>/viewer/index.html  a redirect to ../index.html (links made before this layout)
+
+Why a new prefix per publish and a pointer written last: objects go up one by one, so writing over
+the previous copy showed a mix of two runs (or a 404) to anyone opening the viewer meanwhile. Here
+nothing reachable changes until ``index.html`` (one PUT: S3 replaces an object atomically) names the
+new copy; an interrupted publish leaves the old copy live and a partial prefix that nothing points
+at. After the switch every other ``runs/*`` prefix is deleted (stale objects of an older run, and
+leftovers of interrupted publishes). Shareable links are ``<dest>/index.html?original=..`` and
+always open the current copy. A root whose run is not finished (no ``finished`` time in its
+manifest, or a run lock present) is refused unless forced; any failure is one line, exit 2.
 
 Why each setting:
 - one PUT per object with an explicit ``Content-Type`` and no ``Content-Encoding``: byte ranges
@@ -29,7 +41,11 @@ import argparse
 import json
 import os
 import posixpath
+import re
+import secrets
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +53,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from bluff_ray.results.store import redact_url
+from bluff_ray.results.layout import LOCK_PATH
+from bluff_ray.results.store import Store, StorageError, redact_url
 from bluff_ray.web.serve import VIEWER_DIR, content_type
 
 CORS_RULE = {
@@ -48,12 +65,16 @@ CORS_RULE = {
     "ExposeHeaders": ["Content-Range", "Content-Length", "ETag"],
     "MaxAgeSeconds": 3600,
 }
-# Objects a rerun or a new publish may replace: browsers must revalidate them. The reduce rewrites
-# the global files (docs/FORMAT.md) at the end of every run.
-_MUTABLE = {"manifest.json", "classes.parquet", "pair_index.parquet", "neurons/index.parquet", "viewer/index.html",
-            "viewer/config.json"}
-_MUTABLE_PREFIXES = ("pair_index/", "rankings/", "overview/", "atlas/")
 _SINGLE_PUT = 4 * 2**30  # s3fs uses one PutObject below 2 * chunksize
+
+
+RUNS = "runs"  # <dest>/runs/<publish id>/: one complete copy each (results and viewer)
+POINTER = "index.html"  # the viewer, reading the current copy: written last (the commit point)
+CURRENT = "current.json"  # the current copy, for programs: {"run": "runs/<id>/", ...}
+LEGACY_VIEWER = "viewer/index.html"  # where earlier versions put the viewer: now a redirect to the pointer
+REDIRECT_HTML = ('<!doctype html><meta charset="utf-8"><title>Bluff</title>'
+                 '<script>location.replace("../index.html" + location.search + location.hash)</script>'
+                 '<a href="../index.html">Bluff viewer</a>\n')
 
 
 class PublishError(RuntimeError):
@@ -77,6 +98,8 @@ class PublishReport:
     cors: bool = False
     notes: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)  # files under the results root not uploaded
+    run: str = ""  # the prefix this publish wrote, "runs/<id>/"
+    removed: int = 0  # objects of older publishes deleted
 
     def skipped_summary(self) -> str:
         """What was skipped, by kind: e.g. "2 dot-files/folders, 1 temporary file, 1 link leaving the root"."""
@@ -108,11 +131,9 @@ def _kind(reason: str) -> str:
 
 
 def cache_control(rel: str) -> str:
-    if rel in _MUTABLE or rel.endswith(".json") or rel.startswith(_MUTABLE_PREFIXES):
-        return "no-cache"
-    if rel.startswith("viewer/assets/"):
-        return "public, max-age=31536000, immutable"  # content-hashed file names
-    return "public, max-age=300"
+    """Objects under ``runs/<id>/`` are never rewritten (a new publish writes a new prefix): cached for
+    good. The pointers change with every publish: revalidated on every use."""
+    return "public, max-age=31536000, immutable" if rel.startswith(RUNS + "/") else "no-cache"
 
 
 def _hidden(rel: str) -> bool:
@@ -251,18 +272,50 @@ def ensure_read_policy(client, bucket: str, prefix: str) -> None:
 
 
 def viewer_url(dest: str, storage_options: dict | None, region: str | None = None) -> str:
-    """The browser URL of the published viewer (path-style for custom endpoints)."""
+    """The browser URL of the published viewer, ``<dest>/index.html`` (path-style for custom endpoints)."""
     so = dict(storage_options or {})
     endpoint = so.get("endpoint_url") or (so.get("client_kwargs") or {}).get("endpoint_url")
     if dest.startswith("s3://"):
         bucket_key = dest[len("s3://"):].strip("/")
         bucket, _, prefix = bucket_key.partition("/")
-        key = (prefix + "/" if prefix else "") + "viewer/index.html"
+        key = (prefix + "/" if prefix else "") + POINTER
         if endpoint:
             return f"{endpoint.rstrip('/')}/{bucket}/{key}"
         host = f"{bucket}.s3.{region}.amazonaws.com" if region and region != "us-east-1" else f"{bucket}.s3.amazonaws.com"
         return f"https://{host}/{key}"
-    return dest.rstrip("/") + "/viewer/index.html"
+    return dest.rstrip("/") + "/" + POINTER
+
+
+def new_publish_id() -> str:
+    """A fresh prefix name: sortable by time, unique across concurrent publishers."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def pointer_html(viewer_index: str, run: str) -> str:
+    """The viewer's ``index.html`` for ``<dest>/``: its assets and its results root under ``run``
+    (``runs/<id>/``), named in a ``<meta name="bluff-root">`` that the viewer reads."""
+    html, n = re.subn(r'(src|href)="\./assets/', rf'\1="./{run}viewer/assets/', viewer_index)
+    if n == 0 or "<head>" not in html:
+        raise PublishError("the built viewer's index.html does not load ./assets/: rebuild it with `make viewer`")
+    return html.replace("<head>", f'<head>\n    <meta name="bluff-root" content="./{run}" />', 1)
+
+
+def check_finished(fs, root: str, results: str) -> None:
+    """Refuse a root whose run is not finished: no ``finished`` time in its manifest, or a run lock."""
+    try:
+        manifest = json.loads(fs.cat_file(posixpath.join(root, "manifest.json")))
+    except ValueError as e:
+        raise PublishError(f"{redact_url(results)}/manifest.json is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or not manifest.get("finished"):
+        raise PublishError(f"{redact_url(results)} is not a finished run (manifest.json has no 'finished' time): "
+                           "publish it when the run ends, or pass --force to publish it as it is")
+    if fs.exists(posixpath.join(root, LOCK_PATH)):
+        raise PublishError(f"{redact_url(results)} is locked by a run ({LOCK_PATH} is present): publish it when the "
+                           "run ends, or pass --force to publish it as it is")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:400]
 
 
 def publish(
@@ -273,63 +326,76 @@ def publish(
     viewer_dir: str | os.PathLike | None = None,
     results_storage_options: dict | None = None,
     quiet: bool = False,
+    force: bool = False,
+    on_object: Callable[[str], None] | None = None,
 ) -> PublishReport:
-    """Upload the built viewer to ``<dest>/viewer/`` and the results root's files to ``<dest>/``.
+    """Upload the results root and the built viewer under ``<dest>/runs/<id>/``, then switch the
+    pointers ``<dest>/current.json`` and ``<dest>/index.html`` (the last write: the commit point),
+    then delete the older ``runs/*``.
 
-    ``results`` is any fsspec URL or local folder holding ``manifest.json``; ``storage_options`` are
-    for ``dest`` (and for ``results`` too unless ``results_storage_options`` is given). On S3 the
-    objects are made public (``public=True``) and the bucket gets the viewer's CORS rule. Returns a
-    report whose ``viewer_url`` is the page to open.
+    ``results`` is any fsspec URL or local folder holding a finished run's ``manifest.json``
+    (``force``: publish an unfinished one); ``storage_options`` are for ``dest`` (and for
+    ``results`` too unless ``results_storage_options`` is given). On S3 the objects are made public
+    (``public=True``) and the bucket gets the viewer's CORS rule. ``on_object(key)`` is called after
+    each object is written. Returns a report whose ``viewer_url`` is the page to open.
     """
     so = dict(storage_options or {})
     rso = dict(results_storage_options if results_storage_options is not None else so)
-    vfiles = _viewer_files(Path(viewer_dir) if viewer_dir is not None else VIEWER_DIR)
+    vdir = Path(viewer_dir) if viewer_dir is not None else VIEWER_DIR
+    vfiles = _viewer_files(vdir)
     try:
         src_fs, src_root = fsspec.core.url_to_fs(results, **(rso if "://" in results else {}))
+        src_root = src_root.rstrip("/")
+        if not src_fs.exists(posixpath.join(src_root, "manifest.json")):
+            raise PublishError(f"{redact_url(results)} is not a results root (no manifest.json)")
+        if not force:
+            check_finished(src_fs, src_root, results)
+    except PublishError:
+        raise
     except Exception as e:
-        raise PublishError(f"cannot open results {redact_url(results)}: {e}") from None
-    src_root = src_root.rstrip("/")
-    if not src_fs.exists(posixpath.join(src_root, "manifest.json")):
-        raise PublishError(f"{redact_url(results)} is not a results root (no manifest.json)")
+        raise PublishError(f"cannot read results {redact_url(results)}: {_one_line(e)}") from None
     try:
-        dst_fs, dst_root = fsspec.core.url_to_fs(dest, **so)
-    except Exception as e:
-        raise PublishError(f"cannot open destination {redact_url(dest)}: {e}") from None
-    dst_root = dst_root.rstrip("/")
-    is_s3 = dest.startswith("s3://") or dest.startswith("s3a://")
+        dst = Store(dest, so)  # the storage timeouts and retries of results roots
+    except StorageError as e:
+        raise PublishError(str(e).replace("results root", "destination")) from None
+    is_s3 = dest.startswith(("s3://", "s3a://"))
     report = PublishReport(viewer_url=viewer_url(dest, so))
+    report.run = f"runs/{new_publish_id()}/"
     client = bucket = prefix = None
     acl_mode = "none"
     if is_s3:
-        bucket, _, prefix = dst_root.partition("/")
+        bucket, _, prefix = dst.root.partition("/")
         client = _boto_client(so)
         try:
             client.head_bucket(Bucket=bucket)
+            ensure_cors(client, bucket)  # before the switch: the new viewer must be readable once live
         except Exception as e:
-            raise PublishError(f"bucket {bucket!r} is not reachable at {redact_url(dest)}: {e}") from None
+            raise PublishError(f"bucket {bucket!r} is not reachable at {redact_url(dest)}: {_one_line(e)}") from None
+        report.cors = True
         acl_mode = "public-read" if public else "none"
 
     def put(rel: str, data: bytes) -> None:
         nonlocal acl_mode
-        path = f"{dst_root}/{rel}"
         if not is_s3:
-            dst_fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            dst_fs.pipe_file(path, data)
+            dst.write_bytes(rel, data)  # a temporary file renamed into place
         else:
+            path = dst.path(rel)
             extra = {"ContentType": content_type(rel), "CacheControl": cache_control(rel)}
             if acl_mode == "public-read":
                 extra["ACL"] = "public-read"
             try:
-                dst_fs.pipe_file(path, data, chunksize=_SINGLE_PUT, **extra)
+                dst.fs.pipe_file(path, data, chunksize=_SINGLE_PUT, **extra)
             except Exception as e:  # buckets with ObjectOwnership=BucketOwnerEnforced refuse ACLs
                 if acl_mode != "public-read" or "AccessControlListNotSupported" not in repr(e):
                     raise
                 acl_mode = "bucket-policy"
                 ensure_read_policy(client, bucket, prefix)
                 extra.pop("ACL")
-                dst_fs.pipe_file(path, data, chunksize=_SINGLE_PUT, **extra)
+                dst.fs.pipe_file(path, data, chunksize=_SINGLE_PUT, **extra)
         report.objects += 1
         report.bytes += len(data)
+        if on_object is not None:
+            on_object(rel)
 
     if isinstance(src_fs, LocalFileSystem):  # symbolic links are checked here (_walk_local)
         local, report.skipped = _walk_local(src_root)
@@ -341,21 +407,34 @@ def publish(
         for sk in report.skipped:
             if _kind(sk.reason) in ("outside", "broken"):
                 print(f"warning: not publishing {sk.rel}: {sk.reason}", file=sys.stderr)
-    for i, (rel, read) in enumerate(sources):
-        put(rel, read())
-        if not quiet and (i + 1) % 200 == 0:
-            print(f"  {i + 1}/{len(sources)} result files uploaded", file=sys.stderr)
-    for rel, path in vfiles:
-        put(f"viewer/{rel}", path.read_bytes())
-    put("viewer/config.json", json.dumps({"root": "../"}).encode())
+    run = report.run
+    try:
+        for i, (rel, read) in enumerate(sources):
+            put(run + rel, read())
+            if not quiet and (i + 1) % 200 == 0:
+                print(f"  {i + 1}/{len(sources)} result files uploaded", file=sys.stderr)
+        for rel, path in vfiles:
+            put(f"{run}viewer/{rel}", path.read_bytes())
+        put(f"{run}viewer/config.json", json.dumps({"root": "../"}).encode())
+        put(LEGACY_VIEWER, REDIRECT_HTML.encode())
+        put(CURRENT, (json.dumps({"run": run, "viewer": run + "viewer/index.html", "manifest": run + "manifest.json",
+                                  "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2)
+                      + "\n").encode())
+        put(POINTER, pointer_html((vdir / "index.html").read_text(), run).encode())  # the commit point
+    except PublishError:
+        raise
+    except Exception as e:  # network, permissions, a source file that vanished: the old copy stays live
+        raise PublishError(f"upload to {redact_url(dest)} failed after {report.objects} objects, so the published "
+                           f"copy is unchanged: {_one_line(e)}") from None
+    report.removed = _remove_older_runs(dst, run, report)
     if is_s3:
-        ensure_cors(client, bucket)
-        report.cors = True
         report.acl = acl_mode
         if not public:
             report.notes.append("objects are private: a browser can read them only with a bucket policy or a CDN in front")
     if not quiet:
-        print(f"published {report.objects} objects ({report.bytes / 1e6:.1f} MB) to {redact_url(dest)}")
+        print(f"published {report.objects} objects ({report.bytes / 1e6:.1f} MB) to {redact_url(dest)}/{run}")
+        if report.removed:
+            print(f"removed {report.removed} objects of older publishes")
         if report.skipped:
             print(f"skipped {len(report.skipped)} entries of the results root: {report.skipped_summary()}")
         print(f"viewer: {report.viewer_url}")
@@ -364,22 +443,44 @@ def publish(
     return report
 
 
+def _remove_older_runs(dst: Store, run: str, report: PublishReport) -> int:
+    """Delete every ``runs/*`` but ``run``: older publishes, and what interrupted ones left behind
+    (no pointer names them). A failure here is a note: those objects are unreachable anyway."""
+    removed = 0
+    try:
+        dst.fs.invalidate_cache(dst.path(RUNS))
+        if not dst.fs.exists(dst.path(RUNS)):
+            return 0
+        for path in dst.fs.ls(dst.path(RUNS), detail=False):
+            if posixpath.basename(path.rstrip("/")) != run.split("/")[1]:
+                removed += len(dst.fs.find(path))
+                dst.fs.rm(path, recursive=True)
+    except Exception as e:
+        report.notes.append(f"older publishes under {RUNS}/ were not all removed (they are unreachable): {_one_line(e)}")
+    return removed
+
+
 def _parse_options(items: list[str] | None) -> dict:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise PublishError(f"--storage-option expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = {"true": True, "false": False}.get(v.strip().lower(), v.strip())
-    return out
+    """``--storage-option`` as in ``bluff run`` (one parser: ``bluff_ray.run.config.parse_options``)."""
+    from bluff_ray.run.config import ConfigError, parse_options
+
+    try:
+        return parse_options(items)
+    except ConfigError as e:
+        raise PublishError(f"--storage-option: {e}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        publish(args.results, args.dest, storage_options=_parse_options(args.storage_option), public=not args.private)
+        publish(args.results, args.dest, storage_options=_parse_options(args.storage_option), public=not args.private,
+                force=args.force)
     except PublishError as e:
         print(f"bluff publish: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bluff publish: interrupted; the published copy is unchanged unless the viewer URL was already printed",
+              file=sys.stderr)
+        return 130
     return 0
 
 
@@ -389,7 +490,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         "publish",
         help="upload results and the viewer to S3 for browsing in any web browser",
         description=(
-            "Copy a results root to DEST (e.g. s3://bucket/prefix) and the built viewer to DEST/viewer/, one PUT "
+            "Copy a finished results root and the built viewer to a fresh prefix DEST/runs/<id>/ (DEST e.g. "
+            "s3://bucket/prefix), then switch DEST/index.html (the viewer) and DEST/current.json to it and delete "
+            "older copies: an interrupted publish leaves the previous copy live. One PUT "
             "per object with its content type and no content encoding; make the objects publicly readable "
             "(public-read ACL, or a bucket policy where the bucket refuses ACLs) and add a CORS rule "
             "(GET/HEAD from any origin, any request header, exposing Content-Range, Content-Length, ETag) so "
@@ -405,6 +508,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "credentials come from the standard AWS settings",
     )
     p.add_argument("--private", action="store_true", help="do not make the objects public (set up access yourself)")
+    p.add_argument("--force", action="store_true",
+                   help="publish a root whose run is not finished (no 'finished' time in manifest.json, or locked)")
     p.set_defaults(func=_run)
     return p
 

@@ -42,36 +42,46 @@ def test_publish_then_view_with_range_requests(page, big_results, s3_endpoint, m
     bucket = make_bucket("bluff-pub")  # private, no CORS: publish must set both
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     report = publish(str(big_results), f"s3://{bucket}/run1", storage_options=s3_options, quiet=True)
+    run = f"run1/{report.run}"  # run1/runs/<id>/
 
-    # every results file and the viewer arrived, with content types and no content encoding
+    # every results file and the viewer arrived under the new prefix, with content types and no content
+    # encoding; the pointers name it
     local = sorted(p.relative_to(big_results).as_posix() for p in big_results.rglob("*") if p.is_file())
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="run1/")["Contents"]}
-    assert {f"run1/{r}" for r in local} <= keys
-    assert "run1/viewer/index.html" in keys and "run1/viewer/config.json" in keys
+    assert {f"{run}{r}" for r in local} <= keys
+    assert f"{run}viewer/index.html" in keys and f"{run}viewer/config.json" in keys
+    assert {"run1/index.html", "run1/current.json", "run1/viewer/index.html"} <= keys
     assert report.objects == len(keys)
-    head = client.head_object(Bucket=bucket, Key=f"run1/{layout.part_path('nodes', 3, 0)}")
+    current = json.loads(client.get_object(Bucket=bucket, Key="run1/current.json")["Body"].read())
+    assert current["run"] == report.run and current["manifest"] == report.run + "manifest.json"
+    head = client.head_object(Bucket=bucket, Key=f"{run}{layout.part_path('nodes', 3, 0)}")
     assert head["ContentType"] == "application/vnd.apache.parquet"
     assert "ContentEncoding" not in head
-    assert client.head_object(Bucket=bucket, Key="run1/viewer/index.html")["ContentType"].startswith("text/html")
+    assert client.head_object(Bucket=bucket, Key="run1/index.html")["ContentType"].startswith("text/html")
+    assert client.head_object(Bucket=bucket, Key="run1/index.html")["CacheControl"] == "no-cache"
     rules = client.get_bucket_cors(Bucket=bucket)["CORSRules"]
     rule = next(r for r in rules if r.get("ID") == CORS_RULE["ID"])
     assert set(rule["AllowedMethods"]) == {"GET", "HEAD"}
     assert set(rule["ExposeHeaders"]) >= {"Content-Range", "Content-Length", "ETag"}
     # anonymous (unsigned) reads work, byte ranges included
-    anon = requests.get(f"{s3_endpoint}/{bucket}/run1/manifest.json", timeout=10)
+    anon = requests.get(f"{s3_endpoint}/{bucket}/{run}manifest.json", timeout=10)
     assert anon.status_code == 200 and json.loads(anon.content) == json.loads((big_results / "manifest.json").read_text())
-    rng = requests.get(f"{s3_endpoint}/{bucket}/run1/{layout.CLASSES_PATH}", headers={"Range": "bytes=0-3"}, timeout=10)
+    rng = requests.get(f"{s3_endpoint}/{bucket}/{run}{layout.CLASSES_PATH}", headers={"Range": "bytes=0-3"}, timeout=10)
     assert rng.status_code == 206 and rng.content == b"PAR1"
-    # publishing again is idempotent for the CORS configuration (one rule of ours)
-    publish(str(big_results), f"s3://{bucket}/run1", storage_options=s3_options, quiet=True)
+    # publishing again is idempotent for the CORS configuration (one rule of ours), and replaces the copy
+    report = publish(str(big_results), f"s3://{bucket}/run1", storage_options=s3_options, quiet=True)
     assert sum(r.get("ID") == CORS_RULE["ID"] for r in client.get_bucket_cors(Bucket=bucket)["CORSRules"]) == 1
+    assert f"run1/{report.run}" != run and report.removed == len(keys) - 3  # all but the three pointer objects
+    run = f"run1/{report.run}"
 
     # the viewer, served by the S3 endpoint, reads one pair with range requests
     o, t = 5, 9
     responses = []
     page.on("response", lambda r: responses.append(r))
-    assert report.viewer_url == f"{s3_endpoint}/{bucket}/run1/viewer/index.html"
-    page.goto(f"{report.viewer_url}?original={o}&target={t}")
+    assert report.viewer_url == f"{s3_endpoint}/{bucket}/run1/index.html"
+    # a link made before this layout (<dest>/viewer/index.html?...) lands on the pointer, query kept
+    page.goto(f"{s3_endpoint}/{bucket}/run1/viewer/index.html?original={o}&target={t}")
+    page.wait_for_url(f"{report.viewer_url}?original={o}&target={t}")
     wait_ready(page, f"{o}-{t}")
     _, nodes, _ = read_pair(big_results, o, t)
     assert page.locator("g.node").count() == len(nodes)
@@ -83,7 +93,7 @@ def test_publish_then_view_with_range_requests(page, big_results, s3_endpoint, m
     pair_files = {layout.part_path("nodes", o, row["part"]), layout.part_path("edges", o, row["part"])}
     fetched = {}
     for r in responses:
-        rel = r.url.split("/run1/", 1)[-1]
+        rel = r.url.split(f"/{run}", 1)[-1]
         if rel in pair_files:
             assert r.status == 206, (rel, r.status)
             assert r.request.headers.get("range", "").startswith("bytes=")
@@ -112,12 +122,13 @@ def test_publish_cli(tmp_path, s3_endpoint, make_bucket, capsys):
     root = make_results(tmp_path / "r", classes=2, assets=False)
     assert main(["publish", str(root), f"s3://{bucket}/x", "-S", f"endpoint_url={s3_endpoint}"]) == 0
     out = capsys.readouterr().out
-    assert f"viewer: {s3_endpoint}/{bucket}/x/viewer/index.html" in out
+    assert f"viewer: {s3_endpoint}/{bucket}/x/index.html" in out
     assert "secret" not in out.lower() and "bluff-test-key-id" not in out
-    assert requests.get(f"{s3_endpoint}/{bucket}/x/manifest.json", timeout=10).status_code == 200
+    run = requests.get(f"{s3_endpoint}/{bucket}/x/current.json", timeout=10).json()["run"]
+    assert requests.get(f"{s3_endpoint}/{bucket}/x/{run}manifest.json", timeout=10).status_code == 200
     # --private: the same upload, but anonymous reads are refused (so the public check above means something)
     assert main(["publish", str(root), f"s3://{bucket}/p", "-S", f"endpoint_url={s3_endpoint}", "--private"]) == 0
-    assert requests.get(f"{s3_endpoint}/{bucket}/p/manifest.json", timeout=10).status_code == 403
+    assert requests.get(f"{s3_endpoint}/{bucket}/p/current.json", timeout=10).status_code == 403
     assert main(["publish", str(tmp_path), f"s3://{bucket}/y", "-S", f"endpoint_url={s3_endpoint}"]) == 2
     assert "not a results root" in capsys.readouterr().err
 
@@ -157,10 +168,10 @@ def test_publish_skips_links_leaving_the_root_and_hidden_files(tmp_path, s3_endp
                       if p.is_file() and not p.is_symlink() and not any(q.startswith(".") for q in p.relative_to(root).parts)
                       and "nodes-alias" not in p.parts)
     bucket = make_bucket("bluff-skip")
-    report = publish(str(root), f"s3://{bucket}/run", storage_options=s3_options)
+    report = publish(str(root), f"s3://{bucket}/run", storage_options=s3_options, force=True)  # (the lock)
     out = capsys.readouterr()
 
-    objects = all_objects(boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1"), bucket, "run/")
+    objects = all_objects(boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1"), bucket, "run/" + report.run)
     results = {k: v for k, v in objects.items() if not k.startswith("viewer/")}
     aliases = {k for k in results if k.startswith("nodes-alias/")}
     assert sorted(set(results) - aliases - {"manifest-link.json"}) == expected
@@ -195,15 +206,19 @@ def test_publish_cli_reports_skipped(tmp_path, s3_endpoint, make_bucket, capsys)
     root = make_results(tmp_path / "r", classes=2, assets=False)
     (tmp_path / "key.pem").write_bytes(SECRET)
     os.symlink(tmp_path / "key.pem", root / "key.pem")
-    (root / ".bluff-lock.json").write_text("{}")
+    (root / ".bluff-lock.json").write_text("{}")  # a lock: refused unless forced
     bucket = make_bucket("bluff-cli-skip")
-    assert main(["publish", str(root), f"s3://{bucket}/x", "-S", f"endpoint_url={s3_endpoint}"]) == 0
+    assert main(["publish", str(root), f"s3://{bucket}/x", "-S", f"endpoint_url={s3_endpoint}"]) == 2
+    err = capsys.readouterr().err
+    assert "is locked by a run" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert main(["publish", str(root), f"s3://{bucket}/x", "-S", f"endpoint_url={s3_endpoint}", "--force"]) == 0
     out = capsys.readouterr()
     assert "warning: not publishing key.pem: symbolic link to" in out.err
     assert "skipped 2 entries of the results root: 1 dot-file/folder, 1 symbolic link leaving the root" in out.out
-    assert requests.get(f"{s3_endpoint}/{bucket}/x/key.pem", timeout=10).status_code in (403, 404)
-    assert requests.get(f"{s3_endpoint}/{bucket}/x/.bluff-lock.json", timeout=10).status_code in (403, 404)
-    assert requests.get(f"{s3_endpoint}/{bucket}/x/manifest.json", timeout=10).status_code == 200
+    run = requests.get(f"{s3_endpoint}/{bucket}/x/current.json", timeout=10).json()["run"]
+    assert requests.get(f"{s3_endpoint}/{bucket}/x/{run}key.pem", timeout=10).status_code in (403, 404)
+    assert requests.get(f"{s3_endpoint}/{bucket}/x/{run}.bluff-lock.json", timeout=10).status_code in (403, 404)
+    assert requests.get(f"{s3_endpoint}/{bucket}/x/{run}manifest.json", timeout=10).status_code == 200
 
 
 def test_publish_from_s3_skips_hidden_objects(tmp_path, s3_endpoint, make_bucket, s3_options):
@@ -217,9 +232,11 @@ def test_publish_from_s3_skips_hidden_objects(tmp_path, s3_endpoint, make_bucket
     fs.pipe(f"{src}/root/.bluff-lock.json", b"{}")
     fs.pipe(f"{src}/root/nodes/original=0/.tmp-part-0.parquet.x", b"half")
     dst = make_bucket("bluff-dst")
-    report = publish(f"s3://{src}/root", f"s3://{dst}/p", storage_options=s3_options, quiet=True)
+    with pytest.raises(PublishError, match="is locked by a run"):
+        publish(f"s3://{src}/root", f"s3://{dst}/p", storage_options=s3_options, quiet=True)
+    report = publish(f"s3://{src}/root", f"s3://{dst}/p", storage_options=s3_options, quiet=True, force=True)
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    keys = set(all_objects(client, dst, "p/"))
+    keys = set(all_objects(client, dst, "p/" + report.run))
     assert ".bluff-lock.json" not in keys and "nodes/original=0/.tmp-part-0.parquet.x" not in keys
     assert "manifest.json" in keys
     assert sorted(s.rel for s in report.skipped) == [".bluff-lock.json", "nodes/original=0/.tmp-part-0.parquet.x"]
