@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from bluff_ray.engine.featurevis import FeatureVisConfig, channel_activations, render_channels
 from bluff_ray.engine.models.base import ModelAdapter
 from bluff_ray.engine.patches import TOPK_SCHEMA, crop, crop_box, from_png, receptive_fields, to_png
+from bluff_ray.engine.settings import check, setting
 
 INDEX_PATH = "neurons/index.parquet"
 INDEX_SCHEMA = pa.schema(
@@ -59,27 +60,24 @@ class AssetConfig:
     fv_batch_size: neurons optimised together.
     """
 
-    enabled: bool = True
-    all_neurons: bool = False
-    n_patches: int = 8
-    fv_steps: int = 256
-    fv_size: int | None = None
-    seed: int = 0
-    png_min_px: int = 64
-    png_max_px: int = 128
-    fv_batch_size: int = 32
+    # Bounds: generous limits no real run needs.
+    enabled: bool = setting(True, "render neuron assets (feature visualisations and dataset-example patches)")
+    all_neurons: bool = setting(False, "render assets for every neuron instead of only the displayed ones")
+    n_patches: int = setting(8, "dataset-example patches per neuron", ge=0, le=1024)
+    fv_steps: int = setting(256, "feature-visualisation optimisation steps", ge=0, le=100_000)
+    fv_size: int | None = setting(None, "feature-visualisation side in pixels (default: the model input side, at "
+                                  "most 128)", ge=2, le=4096)
+    seed: int = setting(0, "feature-visualisation seed", ge=0, lt=2**63)
+    png_min_px: int = setting(64, "smaller PNGs are upscaled (nearest neighbour) to at least this side", ge=1,
+                              le=4096)
+    png_max_px: int = setting(128, "larger PNGs are downscaled to at most this side", ge=1, le=4096)
+    fv_batch_size: int = setting(32, "neurons optimised together in one feature-visualisation batch", ge=1,
+                                 le=65_536)
 
     def __post_init__(self) -> None:
-        if self.n_patches < 0:
-            raise ValueError(f"n_patches must be >= 0, got {self.n_patches}")
-        if self.fv_steps < 0:
-            raise ValueError(f"fv_steps must be >= 0, got {self.fv_steps}")
-        if self.fv_size is not None and self.fv_size < 2:
-            raise ValueError(f"fv_size must be >= 2 or None, got {self.fv_size}")
-        if not 1 <= self.png_min_px <= self.png_max_px:
-            raise ValueError(f"need 1 <= png_min_px <= png_max_px, got {self.png_min_px} and {self.png_max_px}")
-        if self.fv_batch_size < 1:
-            raise ValueError(f"fv_batch_size must be >= 1, got {self.fv_batch_size}")
+        check(self)  # types and bounds declared on the fields
+        if self.png_min_px > self.png_max_px:
+            raise ValueError(f"need png_min_px <= png_max_px, got {self.png_min_px} and {self.png_max_px}")
 
     def featurevis_config(self, adapter: ModelAdapter) -> FeatureVisConfig:
         size = self.fv_size or min(adapter.input_shape[1], DEFAULT_MAX_FV_SIZE)

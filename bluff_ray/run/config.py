@@ -1,299 +1,354 @@
-"""The run configuration: typed dataclasses, loading (TOML/YAML + CLI overrides), validation, hash.
+"""The run configuration: one declaration per field, validated by pydantic; loading, resolution, hash.
 
-A run is fully described by :class:`RunConfig`. It is loaded from a config file (TOML or YAML, the
-same keys as the dataclass fields; ``[attack]``, ``[pathways]`` and ``[assets]`` tables for the
-engine configs) and then overridden by command-line options. :func:`resolve` checks it against the
-model (class names, default strengths) and gives :class:`ResolvedRun`, whose :meth:`canonical`
-dict (only the fields that change results) is hashed into ``config_hash``: a rerun into the same
-results root must have the same hash, so stale and fresh partitions can never be mixed.
+A run is fully described by :class:`RunConfig`, a pydantic dataclass. Each field is declared once
+(``engine.settings.setting``: default, bounds, description); the nested ``[attack]``,
+``[pathways]`` and ``[assets]`` tables are the engine's own dataclasses, declared the same way.
+pydantic validates config files (TOML/YAML), command-line options and direct construction against
+those declarations, and :func:`add_arguments` generates the ``bluff run`` options and their
+``--help`` from them, so a new field is a new option without more code. Errors are
+:class:`ConfigError`: one line naming the dotted key (``attack.steps``).
+
+:func:`resolve` checks a config against the model (class names, default strengths) and gives
+:class:`ResolvedRun`. Its :meth:`~ResolvedRun.canonical` dict, hashed into ``config_hash``, is the
+results identity: only what changes a pair's numbers (model and weights, data, images, attack,
+pathway and causal settings, strengths, seed), not where results go, how fast they are computed,
+nor which classes, originals or pairs were selected (:meth:`~ResolvedRun.selection`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import os
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+import re
+import typing
+from collections import Counter
+from dataclasses import dataclass
+from typing import Annotated, Any, Iterable, Mapping, Sequence
 
+import pydantic
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError
+
+from bluff_ray.engine.attack import AttackConfig
+from bluff_ray.engine.pathways import PathwayConfig
+from bluff_ray.engine.settings import setting
 from bluff_ray.results import layout
 from bluff_ray.results.store import redact_url
 from bluff_ray.run.assets import AssetConfig
-from bluff_ray.engine.pathways import PathwayConfig
-
-
-def _default_attack():
-    from bluff_ray.engine.attack import AttackConfig
-
-    return AttackConfig()
 
 
 class ConfigError(ValueError):
     """A run configuration that cannot be used; the message says what to change."""
 
 
-# Fields that never change the numbers written (where, how fast, how verbose): left out of the hash.
-# Batch sizes are out too: random starts are drawn per fixed block of samples (attack.StartNoise),
-# so a sample's attack does not depend on the batch it ran in (up to float rounding).
-NON_RESULT_FIELDS = frozenset(
-    {"out", "storage_options", "num_workers", "progress", "model_cache", "device", "attack_batch_size",
-     "benign_batch_size", "worker_timeout_s", "node_cache"}
-)
-# Speed knobs inside the nested configs, also left out of the hash.
-NON_RESULT_NESTED = {"attack": {"compile"}, "pathways": {"batch_size"}}
+# ---------------------------------------------------------------------------------------------
+# KEY=VALUE: the one parser (--storage-option in run, publish and submit; --set; submit --env)
 
 
-@dataclass
-class RunConfig:
-    """Everything a ``bluff run`` needs. See ``FIELD_HELP`` for the meaning of each field."""
-
-    model: str = "digits"
-    weights: str | None = None
-    model_cache: str | None = None
-    data: str = "digits"
-    out: str = "./bluff-results"
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    classes: list[int | str] | None = None
-    originals: list[int | str] | None = None
-    pairs: list[str] | None = None
-    images_per_class: int | None = None
-    strengths: list[float] | None = None
-    seed: int = 0
-    target_chunk: int | None = None
-    num_workers: int | None = None
-    worker_timeout_s: float = 600.0
-    attack_batch_size: int | None = None
-    benign_batch_size: int = 256
-    device: str | None = None
-    node_cache: str | None = None
-    progress: bool = True
-    attack: Any = field(default_factory=_default_attack)
-    pathways: PathwayConfig = field(default_factory=PathwayConfig)
-    assets: AssetConfig = field(default_factory=AssetConfig)
-
-    def __post_init__(self) -> None:
-        validate(self)
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``"KEY=VALUE"`` -> ``("KEY", "VALUE")``: split at the first ``=``, both stripped, the key non-empty."""
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
 
 
-FIELD_HELP: dict[str, str] = {
-    "model": "model to explain: 'digits' (the offline demo net), 'googlenet' (torchvision InceptionV1) or "
-    "'rehearsal' (GoogLeNet's layers and 1,000 classes at 8x8 with seeded random weights: rehearse a full-scale run)",
-    "weights": "model weights: for googlenet 'torchvision' (the torch hub cache), a local .pth state_dict, an "
-    "fsspec URL (s3://...) or 'random' (benchmarks); for digits a state_dict path/URL (default: the cached or "
-    "freshly trained demo net); for rehearsal 'seed:<n>'",
-    "model_cache": "folder for the digits checkpoint cache (default $BLUFF_CACHE or ~/.cache/bluff_ray)",
-    "data": "image source: 'digits' (scikit-learn digits, test split), 'synthetic' (deterministic generated "
-    "images for any model; 8 per class unless images_per_class says otherwise) or an ImageFolder URL (local "
-    "path, s3://bucket/prefix, ...) holding one folder per class named by its wnid/class id",
-    "out": "results root: a local folder or an fsspec URL such as s3://bucket/prefix",
-    "storage_options": "fsspec options for the results root and an s3:// image source, KEY=VALUE "
-    "(repeatable; e.g. endpoint_url=http://127.0.0.1:9000, anon=false); never written to results or logs",
-    "classes": "classes to include, by id, wnid or name, comma separated (default: all classes of the model)",
-    "originals": "attack only these classes (toward every other selected class), by id, wnid or name, comma "
-    "separated (default: all selected classes); e.g. to split a run, or to rehearse 3 originals x 999 targets",
-    "pairs": "ordered pairs to compute as ORIGINAL:TARGET (ids, wnids or names), comma separated "
-    "(default: every ordered pair of the selected classes)",
-    "images_per_class": "use at most this many images per class (default: all)",
-    "strengths": "attack strengths (eps in the model's [0,1] input space), comma separated, ascending "
-    "(default: the model's default_strengths)",
-    "seed": "base random seed; every work unit derives its own seed from it, the class and the target chunk",
-    "target_chunk": "targets per work unit and per nodes/edges/causal file (default and maximum: as many as keep "
-    "a file's Parquet footer within the viewer's first 16 KiB read, 20 at 10 strengths)",
-    "num_workers": "Ray actors to run, one per GPU (or per CPU without GPUs); the run waits for them "
-    "(default: every GPU the cluster can have, from the autoscaler's node types where available, else those "
-    "present; without GPUs one per CPU)",
-    "worker_timeout_s": "seconds to wait for the requested workers to start (the autoscaler may need to launch "
-    "nodes); after that the run goes on with those ready, or stops if none is",
-    "attack_batch_size": "attacked samples per PGD batch per actor (default: chosen from the device's free memory "
-    "and the model's measured per-sample footprint; halved automatically on out-of-memory)",
-    "benign_batch_size": "images per forward pass in the benign stage",
-    "device": "torch device in the actors: 'cuda' or 'cpu' (default: cuda when the actor got a GPU)",
-    "node_cache": "folder on each node's local disk for decoded images shared by the actors there "
-    "(default $BLUFF_NODE_CACHE or <tmp>/bluff-node-cache)",
-    "progress": "show a progress bar",
-    "attack.method": "attack: pgd_l2 (the paper's), pgd_linf or fgsm",
-    "attack.steps": "PGD iterations",
-    "attack.step_ratio": "PGD step size as a fraction of eps",
-    "attack.random_start": "start PGD from a random point in the eps ball",
-    "attack.bf16": "on CUDA, run the attack under bfloat16 autocast (faster, slightly different numbers; ignored on CPU)",
-    "attack.compile": "on CUDA, run the attack through torch.compile with one static batch shape (ignored on CPU)",
-    "pathways.k": "top-k neurons per layer and condition for the roles (exploited takes k//2 per strength)",
-    "pathways.batch_size": "images per forward pass / influence chunk when summarising a pair",
-    "pathways.min_edge_influence": "store an edge when its influence exceeds this in some condition",
-    "pathways.causal": "run the activation-patching experiments (causal/ files, node effect, pair defused)",
-    "pathways.patch_images": "patch at most this many successfully attacked images per strength (single neurons: "
-    "half as many); bounds the patching cost",
-    "assets.enabled": "render neuron assets (feature visualisations and dataset-example patches)",
-    "assets.all_neurons": "render assets for every neuron instead of only the displayed ones",
-    "assets.n_patches": "dataset-example patches per neuron",
-    "assets.fv_steps": "feature-visualisation optimisation steps",
-    "assets.fv_size": "feature-visualisation side in pixels (default: the model input side, at most 128)",
-    "assets.seed": "feature-visualisation seed",
-    "assets.png_min_px": "smaller PNGs are upscaled (nearest neighbour) to at least this side",
-    "assets.png_max_px": "larger PNGs are downscaled to at most this side",
-    "assets.fv_batch_size": "neurons optimised together in one feature-visualisation batch",
-}
-
-NESTED = {"attack": _default_attack, "pathways": PathwayConfig, "assets": AssetConfig}
-# Set at the top level (``strengths``), because their default depends on the model.
-_NESTED_EXCLUDED = {"attack": {"strengths", "seed"}}
+def scalar(text: str) -> bool | int | float | str:
+    """A free-form option value: ``true``/``false`` (any case) are booleans, a number written the way
+    Python writes it back (``8``, ``0.5``; not ``08`` or ``1e3``) is a number, anything else stays text."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            if repr(kind(text)) == text:
+                return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
-def nested_fields(section: str) -> list[dataclasses.Field]:
-    cls = type(NESTED[section]()) if section == "attack" else NESTED[section]
-    return [f for f in dataclasses.fields(cls) if f.name not in _NESTED_EXCLUDED.get(section, set())]
-
-
-def validate(cfg: RunConfig) -> None:
-    """Checks that need no model (the model-dependent ones are in :func:`resolve`)."""
-    if not cfg.model:
-        raise ConfigError("model must be set")
-    if cfg.strengths is not None:
-        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in cfg.strengths):
-            raise ConfigError(f"strengths must be numbers, got {cfg.strengths!r}")
-        s = [float(x) for x in cfg.strengths]
-        if not s:
-            raise ConfigError("strengths must not be empty")
-        bad = [x for x in s if not math.isfinite(x) or x <= 0]
-        if bad:
-            raise ConfigError(f"strengths must be finite and > 0, got {bad}")
-        if any(b <= a for a, b in zip(s, s[1:])):
-            raise ConfigError(f"strengths must be strictly ascending, got {s}")
-        cfg.strengths = s
-    for name in ("images_per_class", "target_chunk", "num_workers"):
-        v = getattr(cfg, name)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ConfigError(f"{name} must be a positive integer or unset, got {v!r}")
-    for name in ("attack_batch_size",):
-        v = getattr(cfg, name)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ConfigError(f"{name} must be a positive integer or unset, got {v!r}")
-    for name in ("benign_batch_size",):
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-    if isinstance(cfg.worker_timeout_s, bool) or not isinstance(cfg.worker_timeout_s, (int, float)) \
-            or not math.isfinite(cfg.worker_timeout_s) or cfg.worker_timeout_s < 0:
-        raise ConfigError(f"worker_timeout_s must be a number of seconds >= 0, got {cfg.worker_timeout_s!r}")
-    from bluff_ray.engine.models import MODEL_NAMES
-
-    if cfg.model not in MODEL_NAMES:
-        close = difflib.get_close_matches(str(cfg.model), MODEL_NAMES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown model {cfg.model!r}{hint}; valid: {', '.join(MODEL_NAMES)}")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
-    if cfg.device not in (None, "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise ConfigError(f"device must be 'cpu', 'cuda' or unset, got {cfg.device!r}")
-    if not isinstance(cfg.storage_options, dict):
-        raise ConfigError("storage_options must be a mapping of KEY=VALUE")
+def parse_options(items: Iterable[str] | None) -> dict[str, Any]:
+    """Repeated ``KEY=VALUE`` storage options -> a dict (values by :func:`scalar`; the last one wins)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, value = parse_assignment(item)
+        out[key] = scalar(value)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading
+# The fields
 
 
-def _coerce(value: Any, default: Any, key: str) -> Any:
-    """Coerce a value from a file or the CLI to the type of the field's default (when known)."""
-    if value is None:
-        return None
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    try:
-        if isinstance(default, int) and not isinstance(value, bool):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a {type(default).__name__}, got {value!r}") from None
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    return value
+def _settings_class(engine_cls: type, drop: set[str], name: str) -> type:
+    """``engine_cls`` without the fields in ``drop`` (which live elsewhere in RunConfig): the same
+    field declarations, validated by the engine class itself (its ``__post_init__``)."""
+    hints = typing.get_type_hints(engine_cls)
+    fields = [(f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory,
+                                                        metadata=f.metadata))
+              for f in dataclasses.fields(engine_cls) if f.name not in drop]
+
+    def __post_init__(self) -> None:
+        engine_cls(**dataclasses.asdict(self))
+
+    cls = dataclasses.make_dataclass(name, fields, frozen=True, namespace={"__post_init__": __post_init__})
+    cls.__module__, cls.__doc__ = __name__, f"{engine_cls.__name__} without {', '.join(sorted(drop))}."
+    return cls
 
 
-def _unknown(key: str, valid: Sequence[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(valid), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown {where} key {key!r}{hint} (valid: {', '.join(sorted(valid))})")
+#: The ``[attack]`` table: AttackConfig's fields but ``strengths`` and ``seed``, whose one home is the
+#: top level (the default strengths depend on the model; the seed also seeds units and controls).
+AttackSettings = _settings_class(AttackConfig, {"strengths", "seed"}, "AttackSettings")
 
 
-def _build_nested(section: str, values: Mapping[str, Any], base: Any) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"[{section}] must be a table of keys, got {values!r}")
-    names = {f.name: f for f in nested_fields(section)}
-    changes = {}
-    for k, v in values.items():
-        if section == "attack" and k == "strengths":
-            raise ConfigError("set strengths at the top level (strengths = [...]), not in [attack]")
-        if k not in names:
-            raise _unknown(k, list(names), f"[{section}]")
-        changes[k] = _coerce(v, getattr(base, k), f"{section}.{k}")
-    try:
-        return dataclasses.replace(base, **changes)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid [{section}]: {e}") from e
-
-
-def _listify(value: Any) -> list | None:
-    if value is None:
-        return None
+def _split(value: Any) -> Any:
+    """``"a,b"`` (the command line) -> ``["a", "b"]``; a single value -> a one-item list."""
     if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)):
-        value = [value]
-    return list(value)
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value if value is None or isinstance(value, (list, tuple)) else [value]
+
+
+def _numbers(value: Any) -> Any:
+    items = _split(value)
+    try:
+        return None if items is None else [float(x) if isinstance(x, str) else x for x in items]
+    except ValueError:
+        raise ValueError(f"must be numbers, got {value!r}") from None
+
+
+def _ascending(values: list[float] | None) -> list[float] | None:
+    if values is not None and any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"must be strictly ascending, got {values}")
+    return values
+
+
+def _pairs(value: Any) -> Any:
+    items = _split(value)
+    return None if items is None else [f"{p[0]}:{p[1]}" if isinstance(p, (list, tuple)) and len(p) == 2 else p
+                                       for p in items]
+
+
+def _known_model(name: str) -> str:
+    from bluff_ray.engine.models import MODEL_NAMES
+
+    if name not in MODEL_NAMES:
+        close = difflib.get_close_matches(name, MODEL_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}; valid: {', '.join(MODEL_NAMES)}")
+    return name
+
+
+# Bounds on sizes no real run needs, so a typo cannot start an endless run (ImageNet's training set
+# has ~1,300 images per class; the footer limit caps target_chunk far lower, see resolve()).
+Classes = Annotated[Annotated[list[int | str], Field(min_length=1)] | None, BeforeValidator(_split)]
+Strength = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+Strengths = Annotated[Annotated[list[Strength], Field(min_length=1, max_length=100)] | None,
+                      BeforeValidator(_numbers), AfterValidator(_ascending)]
+Pairs = Annotated[Annotated[list[str], Field(min_length=1)] | None, BeforeValidator(_pairs)]
+ModelName = Annotated[str, AfterValidator(_known_model)]
+
+#: ``setting(..., identity=False)``: a field that never changes a pair's numbers (where results go,
+#: how fast they are computed, which pairs are selected): left out of the results identity.
+NOT_IDENTITY = {"identity": False}
+
+
+@pydantic.dataclasses.dataclass(config=ConfigDict(extra="forbid", strict=True, revalidate_instances="always"))
+class RunConfig:
+    """Everything a ``bluff run`` needs; each field's description is its ``--help`` text."""
+
+    model: ModelName = setting(
+        "digits", "model to explain: 'digits' (the offline demo net), 'googlenet' (torchvision InceptionV1) or "
+        "'rehearsal' (GoogLeNet's layers and 1,000 classes at 8x8 with seeded random weights: rehearse a full-scale "
+        "run)")
+    weights: str | None = setting(
+        None, "model weights: for googlenet 'torchvision' (the torch hub cache), a local .pth state_dict, an fsspec "
+        "URL (s3://...) or 'random' (benchmarks); for digits a state_dict path/URL (default: the cached or freshly "
+        "trained demo net); for rehearsal 'seed:<n>'")
+    model_cache: str | None = setting(
+        None, "folder for the digits checkpoint cache (default $BLUFF_CACHE or ~/.cache/bluff_ray)", **NOT_IDENTITY)
+    data: str = setting(
+        "digits", "image source: 'digits' (scikit-learn digits, test split), 'synthetic' (deterministic generated "
+        "images for any model; 8 per class unless images_per_class says otherwise) or an ImageFolder URL (local path, "
+        "s3://bucket/prefix, ...) holding one folder per class named by its wnid/class id")
+    out: str = setting("./bluff-results", "results root: a local folder or an fsspec URL such as s3://bucket/prefix",
+                       **NOT_IDENTITY)
+    storage_options: dict[str, Any] = setting(
+        dict, "fsspec options for the results root and an s3:// image source, KEY=VALUE (repeatable; e.g. "
+        "endpoint_url=http://127.0.0.1:9000, anon=false; true/false and plain numbers are typed); never written to "
+        "results or logs", **NOT_IDENTITY)
+    classes: Classes = setting(
+        None, "classes to include, by id, wnid or name, comma separated (default: all classes of the model)",
+        **NOT_IDENTITY)
+    originals: Classes = setting(
+        None, "attack only these classes (toward every other selected class), by id, wnid or name, comma separated "
+        "(default: all selected classes); e.g. to split a run, or to rehearse 3 originals x 999 targets",
+        **NOT_IDENTITY)
+    pairs: Pairs = setting(
+        None, "ordered pairs to compute as ORIGINAL:TARGET (ids, wnids or names), comma separated (default: every "
+        "ordered pair of the selected classes)", **NOT_IDENTITY)
+    images_per_class: int | None = setting(None, "use at most this many images per class (default: all)", ge=1,
+                                           le=100_000)
+    strengths: Strengths = setting(
+        None, "attack strengths (eps in the model's [0,1] input space), comma separated, ascending (default: the "
+        "model's default_strengths)")
+    seed: int = setting(0, "base random seed; every work unit derives its own seed from it, the class and the "
+                        "target chunk", ge=0, lt=2**63)
+    target_chunk: int | None = setting(
+        None, "targets per work unit and per nodes/edges/causal file (default and maximum: as many as keep a file's "
+        "Parquet footer within the viewer's first 16 KiB read, 20 at 10 strengths)", ge=1, le=10_000)
+    num_workers: int | None = setting(
+        None, "Ray actors to run, one per GPU (or per CPU without GPUs); the run waits for them (default: every GPU "
+        "the cluster can have, from the autoscaler's node types where available, else those present; without GPUs "
+        "one per CPU)", ge=1, le=100_000, **NOT_IDENTITY)
+    worker_timeout_s: float = setting(
+        600.0, "seconds to wait for the requested workers to start (the autoscaler may need to launch nodes); after "
+        "that the run goes on with those ready, or stops if none is", ge=0, le=7 * 86_400, allow_inf_nan=False,
+        **NOT_IDENTITY)
+    attack_batch_size: int | None = setting(
+        None, "attacked samples per PGD batch per actor (default: chosen from the device's free memory and the "
+        "model's measured per-sample footprint; halved automatically on out-of-memory)", ge=1, le=2**20,
+        **NOT_IDENTITY)
+    benign_batch_size: int = setting(256, "images per forward pass in the benign stage", ge=1, le=65_536,
+                                     **NOT_IDENTITY)
+    device: str | None = setting(
+        None, "torch device in the actors: 'cuda', 'cuda:N' or 'cpu' (default: cuda when the actor got a GPU)",
+        pattern=r"^(cpu|cuda(:[0-9]+)?)$", **NOT_IDENTITY)
+    node_cache: str | None = setting(
+        None, "folder on each node's local disk for decoded images shared by the actors there (default "
+        "$BLUFF_NODE_CACHE or <tmp>/bluff-node-cache)", **NOT_IDENTITY)
+    progress: bool = setting(True, "show a progress bar", **NOT_IDENTITY)
+    attack: AttackSettings = setting(AttackSettings, "the attack")  # type: ignore[valid-type]
+    pathways: PathwayConfig = setting(PathwayConfig, "the pair summary")
+    assets: AssetConfig = setting(AssetConfig, "the neuron assets")
+
+
+def _raise_config_errors(cls: type) -> None:
+    """Direct construction (``RunConfig(...)``, ``dataclasses.replace``) raises ConfigError too."""
+    init = cls.__init__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as e:
+            raise config_error(e) from None
+
+    cls.__init__ = __init__
+
+
+_raise_config_errors(RunConfig)
+_VALIDATOR = pydantic.TypeAdapter(RunConfig)
+
+
+def sections() -> dict[str, type]:
+    """The nested tables of RunConfig (``attack``, ``pathways``, ``assets``, any added later) -> class."""
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def field_table(cls: type = RunConfig) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Field name -> (its dataclasses.Field, its type without Optional/Annotated) for ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, _base(hints[f.name])) for f in dataclasses.fields(cls)}
+
+
+def _base(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line naming the dotted key
+
+# Keys people put in the wrong table, with what to do instead.
+_MOVED = {"attack.strengths": "set strengths at the top level (strengths = [...]), not in [attack]",
+          "attack.seed": "set seed at the top level (seed = N), not in [attack]"}
+
+
+def _dotted(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _unknown(key: str) -> ConfigError:
+    if key in _MOVED:
+        return ConfigError(_MOVED[key])
+    section, _, name = key.rpartition(".")
+    cls = sections().get(section, RunConfig) if section else RunConfig
+    valid = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    where = f"[{section}] key" if section else "config key"
+    return ConfigError(f"unknown {where} {name!r}{hint} (valid: {', '.join(sorted(valid))})")
+
+
+def config_error(e: ValidationError) -> ConfigError:
+    """The first error of a pydantic ValidationError as one line: ``attack.steps: input should be ..., got 0``."""
+    err = e.errors()[0]
+    key = _dotted(err["loc"]) or "config"
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        return _unknown(key)
+    msg = err["msg"].removeprefix("Value error, ")
+    msg = msg[0].lower() + msg[1:]
+    if err["type"] == "value_error" or "input" not in err:
+        return ConfigError(f"{key}: {msg}")
+    return ConfigError(f"{key}: {msg}, got {err['input']!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: defaults <- config file <- command line
+
+
+def _normalise(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Field names written with '-' (``images-per-class``) as '_', at the top level and in the tables
+    (not inside ``storage_options``, whose keys belong to fsspec)."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"the config must be a table of keys, got {values!r}")
+    nested = sections()
+    out = {}
+    for k, v in values.items():
+        k = str(k).replace("-", "_")
+        out[k] = {str(a).replace("-", "_"): b for a, b in v.items()} if k in nested and isinstance(v, Mapping) else v
+    return out
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; nested tables (``[attack]``, ``storage_options``) merge key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def build(values: Mapping[str, Any]) -> RunConfig:
+    """Validate a plain mapping (a parsed config file, merged overrides) into a RunConfig.
+
+    Strict JSON-mode validation: types as written (no ``"3"`` for 3, no ``true`` for 1), tables as
+    tables; the command line's text is typed per field before (:func:`typed_overrides`)."""
+    try:
+        text = json.dumps(_normalise(values), allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"unsupported value in the config: {e}") from None
+    try:
+        return _VALIDATOR.validate_json(text, strict=True)
+    except ValidationError as e:
+        raise config_error(e) from None
+
+
+def as_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
 
 
 def from_dict(values: Mapping[str, Any], base: RunConfig | None = None) -> RunConfig:
-    """Apply ``values`` (a parsed config file or CLI overrides) on top of ``base`` (defaults)."""
-    base = base or RunConfig()
-    top = {f.name: f for f in dataclasses.fields(RunConfig)}
-    changes: dict[str, Any] = {}
-    for k, v in values.items():
-        k = k.replace("-", "_")
-        if k not in top:
-            raise _unknown(k, list(top), "config")
-        if k in NESTED:
-            changes[k] = _build_nested(k, v, changes.get(k, getattr(base, k)))
-        elif k in ("classes", "pairs", "originals"):
-            items = _listify(v)
-            if k == "pairs" and items is not None:
-                items = [f"{p[0]}:{p[1]}" if isinstance(p, (list, tuple)) and len(p) == 2 else str(p) for p in items]
-            changes[k] = items
-        elif k == "strengths":
-            items = _listify(v)
-            if items is not None and any(isinstance(x, bool) for x in items):
-                raise ConfigError(f"strengths must be numbers, got {v!r}")
-            try:
-                changes[k] = None if items is None else [float(x) for x in items]
-            except (TypeError, ValueError):
-                raise ConfigError(f"strengths must be numbers, got {v!r}") from None
-        elif k == "storage_options":
-            if not isinstance(v, Mapping):
-                raise ConfigError("storage_options must be a table of KEY = VALUE")
-            changes[k] = {**getattr(base, k), **dict(v)}
-        elif k in ("weights", "model_cache", "device", "images_per_class", "target_chunk", "num_workers",
-                   "attack_batch_size", "node_cache"):
-            if k in ("images_per_class", "target_chunk", "num_workers", "attack_batch_size") and v is not None:
-                v = _coerce(v, 0, k)
-            changes[k] = v
-        else:
-            changes[k] = _coerce(v, getattr(base, k), k)
-    try:
-        return dataclasses.replace(base, **changes)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from e
+    """Apply ``values`` (a parsed config file or overrides, nested) on top of ``base`` (defaults)."""
+    return build(_merge(as_dict(base) if base is not None else {}, _normalise(values)))
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -316,30 +371,156 @@ def load_file(path: str) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as e:  # parse errors of either format
-        raise ConfigError(f"cannot parse {path}: {e}") from e
+        raise ConfigError(f"cannot parse {path}: {' '.join(str(e).split())}") from e
     if not isinstance(parsed, dict):
         raise ConfigError(f"{path} must hold a mapping of keys at the top level")
     return parsed
-
-
-def load(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the config file (if any), then the CLI ``overrides`` (dotted keys allowed)."""
-    cfg = from_dict(load_file(path)) if path else RunConfig()
-    if overrides:
-        cfg = from_dict(unflatten(overrides), cfg)
-    return cfg
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     """{"attack.steps": 5, "seed": 1} -> {"attack": {"steps": 5}, "seed": 1}."""
     out: dict[str, Any] = {}
     for k, v in flat.items():
-        if "." in k:
-            sec, sub = k.split(".", 1)
-            out.setdefault(sec, {})[sub] = v
-        else:
-            out[k] = v
+        head, _, rest = k.partition(".")
+        out = _merge(out, {head: {rest: v} if rest else v})
     return out
+
+
+def _field_for(key: str) -> tuple[dataclasses.Field, Any]:
+    """The declaration of a dotted key (``attack.steps``); ConfigError with close matches if unknown."""
+    section, _, name = key.replace("-", "_").partition(".")
+    section, name = (section, name) if name else ("", section)
+    cls = RunConfig
+    if section:
+        cls = sections().get(section)
+        if cls is None:
+            raise _unknown(section)
+    table = field_table(cls)
+    if name not in table or (not section and name in sections()):
+        raise _unknown(key.replace("-", "_"))
+    return table[name]
+
+
+def typed_value(key: str, text: Any) -> Any:
+    """Command-line text for ``key`` typed by its field: ``"5"`` -> 5 for an int, ``"false"`` -> False
+    for a bool; lists stay text (split by the field's validator); storage options by :func:`scalar`."""
+    if key.startswith("storage_options."):
+        return scalar(text) if isinstance(text, str) else text
+    f, typ = _field_for(key)
+    if not isinstance(text, str) or typing.get_origin(typ) in (list, dict):
+        return text
+    try:
+        return pydantic.TypeAdapter(typ | None if f.default is None else typ).validate_strings(text)
+    except ValidationError as e:
+        msg = e.errors()[0]["msg"]
+        raise ConfigError(f"{key}: {msg[0].lower() + msg[1:]}, got {text!r}") from None
+
+
+def typed_overrides(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted command-line overrides (text or values) -> a nested dict of typed values."""
+    return _normalise(unflatten({k: typed_value(k, v) for k, v in flat.items()}))
+
+
+def load(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the config file (if any), then the ``overrides`` (dotted keys; text is typed)."""
+    values = _normalise(load_file(path)) if path else {}
+    return build(_merge(values, typed_overrides(overrides or {})))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line, generated from the declarations
+
+
+def _number(x: Any) -> str:
+    return f"2^{x.bit_length() - 1}" if isinstance(x, int) and x >= 2**20 and x & (x - 1) == 0 else f"{x:,}"
+
+
+def _range(meta: Mapping[str, Any]) -> str:
+    """Bounds for the help: ``1..10,000``, ``> 0, <= 10``, ``>= 0, < 2^63``."""
+    if "le" in meta and "ge" in meta:
+        return f"{_number(meta['ge'])}..{_number(meta['le'])}"
+    lo = f">= {_number(meta['ge'])}" if "ge" in meta else f"> {_number(meta['gt'])}" if "gt" in meta else ""
+    hi = f"<= {_number(meta['le'])}" if "le" in meta else f"< {_number(meta['lt'])}" if "lt" in meta else ""
+    return ", ".join(x for x in (lo, hi) if x)
+
+
+def _help(f: dataclasses.Field, default: Any, show_default: bool = True, overridden: bool = False) -> str:
+    text = f.metadata.get("description", f.name)
+    if overridden:  # another default here (bluff demo): drop the field's own "(default: ...)"
+        text = re.sub(r" \(default: [^)]*\)$", "", text)
+    extra = [_range(f.metadata)] if _range(f.metadata) else []
+    if show_default and "default" not in text:
+        shown = "unset" if default is None else ",".join(map(str, default)) if isinstance(default, (list, tuple)) \
+            else str(default)
+        extra.append(f"default: {shown}")
+    return f"{text} ({'; '.join(extra)})" if extra else text
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace(".", "-").replace("_", "-")
+
+
+def _add(group: argparse._ArgumentGroup, key: str, f: dataclasses.Field, typ: Any, default: Any,
+         flags: Sequence[str] | None = None, overridden: bool = False) -> None:
+    names = list(flags or [_flag(key)])
+    if typing.get_origin(typ) is dict:  # storage_options: --storage-option KEY=VALUE, repeatable
+        group.add_argument(_flag(key).removesuffix("s"), dest=key, metavar="KEY=VALUE", action="append",
+                           default=argparse.SUPPRESS, help=_help(f, None, show_default=False))
+    elif typ is bool:
+        group.add_argument(*names, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=_help(f, default, overridden=overridden))
+    else:
+        metavar = "LIST" if typing.get_origin(typ) is list else getattr(typ, "__name__", "VALUE").upper()
+        group.add_argument(*names, dest=key, metavar=metavar.replace("STR", "TEXT"), default=argparse.SUPPRESS,
+                           help=_help(f, default, overridden=overridden))
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: Iterable[str] | None = None,
+                  defaults: Mapping[str, Any] | None = None, flags: Mapping[str, Sequence[str]] | None = None,
+                  title: str = "run configuration (also settable in the config file)") -> None:
+    """One option per RunConfig field (``--attack-steps`` for ``attack.steps``), help from its description.
+
+    ``only`` limits them to some dotted keys (``bluff demo``), ``defaults`` shows other defaults in the
+    help, ``flags`` renames options. Values arrive as text under the dotted key: :func:`from_args`."""
+    defaults = dict(defaults or {})
+    flags = dict(flags or {})
+    only = None if only is None else set(only)
+    base = RunConfig()
+    nested = sections()
+    group = parser.add_argument_group(title)
+    for name, (f, typ) in field_table().items():
+        if name in nested or (only is not None and name not in only):
+            continue
+        _add(group, name, f, typ, defaults.get(name, getattr(base, name)), flags.get(name), name in defaults)
+    for section, cls in nested.items():
+        keys = [(f"{section}.{n}", f, typ) for n, (f, typ) in field_table(cls).items()]
+        keys = [k for k in keys if only is None or k[0] in only]
+        if not keys:
+            continue
+        group = parser.add_argument_group(f"[{section}] options")
+        for key, f, typ in keys:
+            _add(group, key, f, typ, defaults.get(key, getattr(getattr(base, section), key.split(".")[1])),
+                 flags.get(key), key in defaults)
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="set_values", metavar="KEY=VALUE", action="append", default=[],
+                        help="set any config key, dotted for the tables (e.g. attack.steps=20); repeatable; the "
+                        "named options above take precedence")
+
+
+def from_args(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> RunConfig:
+    """Defaults <- ``base`` <- ``--config`` file <- ``--set`` <- the generated options in ``args``."""
+    flat: dict[str, Any] = {}
+    for item in getattr(args, "set_values", None) or []:
+        key, value = parse_assignment(item)
+        flat[key] = value
+    known = set(field_table()) | {f"{s}.{n}" for s, c in sections().items() for n in field_table(c)}
+    for key, value in vars(args).items():
+        if key in known:
+            flat[key] = parse_options(value) if key == "storage_options" else value
+    values = _normalise(load_file(args.config)) if getattr(args, "config", None) else {}
+    return build(_merge(_merge(_normalise(base or {}), values), typed_overrides(flat)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +532,7 @@ class ResolvedRun:
     """A RunConfig checked against the model: concrete class ids, pairs, strengths and chunking."""
 
     config: RunConfig
-    attack: Any  # AttackConfig with the resolved strengths
+    attack: AttackConfig  # the [attack] settings with the resolved strengths and the seed
     classes: tuple[int, ...]  # benign stage: every class used by some pair, ascending
     pairs: tuple[tuple[int, int], ...]  # (original, target), sorted
     target_chunk: int
@@ -362,34 +543,36 @@ class ResolvedRun:
         return tuple(self.attack.strengths)
 
     def canonical(self) -> dict[str, Any]:
-        """The fields that affect results, as plain JSON-able values (input of ``config_hash``)."""
-        c = self.config
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(RunConfig):
-            if f.name in NON_RESULT_FIELDS:
-                continue
-            v = getattr(c, f.name)
-            if f.name == "attack":
-                v = _plain(dataclasses.asdict(self.attack))
-            elif dataclasses.is_dataclass(v):
-                v = _plain(dataclasses.asdict(v))
-            if f.name in NON_RESULT_NESTED:
-                v = {key: x for key, x in v.items() if key not in NON_RESULT_NESTED[f.name]}
-            out[f.name] = v
-        out["data"] = redact_url(c.data)
-        out["weights"] = redact_url(c.weights) if c.weights else None
-        out["classes"] = list(self.classes)
-        # Explicit pairs only: the default (every ordered pair of ``classes``) is implied, and
-        # listing 999,000 pairs would make manifest.json megabytes for the viewer.
-        out["pairs"] = [list(p) for p in self.pairs] if c.pairs is not None else "all"
-        out["originals"] = sorted({o for o, _ in self.pairs}) if c.originals is not None else None
+        """The results identity (input of ``config_hash``), plain JSON: every field declared as changing
+        the numbers, with resolved strengths, redacted URLs and the model's identity; not the selection."""
+        out = _identity(self.config)
+        out["data"] = redact_url(self.config.data)
+        out["weights"] = redact_url(self.config.weights) if self.config.weights else None
         out["strengths"] = list(self.strengths)
-        out["target_chunk"] = self.target_chunk
-        out["model_identity"] = dict(self.model_identity)
+        out["model_identity"] = _plain(dict(self.model_identity))
         return out
+
+    def selection(self) -> dict[str, Any]:
+        """Which pairs this run computes (not part of the identity: a root can grow by selections)."""
+        c = self.config
+        return {"classes": list(self.classes),
+                # explicit pairs only: listing 999,000 default pairs would make manifest.json megabytes
+                "pairs": [list(p) for p in self.pairs] if c.pairs is not None else "all",
+                "originals": sorted({o for o, _ in self.pairs}) if c.originals is not None else None,
+                "target_chunk": self.target_chunk}
 
     def config_hash(self) -> str:
         return config_hash(self.canonical())
+
+
+def _identity(obj: Any) -> dict[str, Any]:
+    """The fields of dataclass ``obj`` (recursively) not declared ``identity=False``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("identity", True):
+            v = getattr(obj, f.name)
+            out[f.name] = _identity(v) if dataclasses.is_dataclass(v) else _plain(v)
+    return out
 
 
 def _plain(v: Any) -> Any:
@@ -420,78 +603,112 @@ def diff_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
     return out
 
 
+def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part, "<missing>") if isinstance(tree, Mapping) else "<missing>"
+    return tree
+
+
+def mismatch_message(root: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """Why a root holding results of canonical config ``old`` refuses a run of ``new``: the differing
+    fields, each with both values when they are short."""
+    names = diff_fields(old, new) or ["config_hash"]
+    parts = []
+    for name in names:
+        a, b = (json.dumps(_plain(_lookup(t, name)), default=str) for t in (old, new))
+        parts.append(f"{name} ({a} -> {b})" if len(a) + len(b) <= 60 and name != "config_hash" else name)
+    return (f"{root} already holds results of a different run configuration (differing: {', '.join(parts)}). "
+            "Use another output root, or pass --overwrite to delete those results.")
+
+
+class ClassIndex:
+    """A model's classes by id (int or digit string), wnid or name; built once, so resolving N tokens is O(N)."""
+
+    def __init__(self, class_ids: Sequence[str], class_names: Sequence[str]):
+        self.ids, self.names = list(class_ids), list(class_names)
+        self.by_id: dict[str, int] = {}
+        self.by_name: dict[str, int] = {}
+        for i, c in enumerate(self.ids):
+            self.by_id.setdefault(str(c), i)
+        for i, c in enumerate(self.names):
+            self.by_name.setdefault(str(c).lower(), i)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __call__(self, token: int | str) -> int:
+        n = len(self.ids)
+        if isinstance(token, bool):
+            raise ConfigError(f"invalid class {token!r}")
+        s = str(token).strip()
+        if isinstance(token, int) or s.lstrip("-").isdigit():
+            if s in self.by_id:  # digits: wnid "3" is class 3
+                return self.by_id[s]
+            i = int(s)
+            if not 0 <= i < n:
+                raise ConfigError(f"class id {i} out of range: the model has {n} classes (0..{n - 1})")
+            return i
+        if s in self.by_id:
+            return self.by_id[s]
+        if s.lower() in self.by_name:
+            return self.by_name[s.lower()]
+        candidates = list(self.by_name) + [c.lower() for c in self.by_id]
+        close = difflib.get_close_matches(s.lower(), candidates, n=5, cutoff=0.6)
+        hint = f" Close matches: {', '.join(repr(c) for c in close)}." if close else ""
+        raise ConfigError(f"unknown class {s!r}: not a class id, wnid or name of this model.{hint}")
+
+
 def resolve_class(token: int | str, class_ids: Sequence[str], class_names: Sequence[str]) -> int:
     """A class id (int or digit string), wnid or name -> logit index; unknown -> close matches."""
-    n = len(class_ids)
-    if isinstance(token, bool):
-        raise ConfigError(f"invalid class {token!r}")
-    if isinstance(token, int) or (isinstance(token, str) and token.strip().lstrip("-").isdigit()):
-        s = str(token).strip()
-        if s in class_ids:  # digits: wnid "3" is class 3
-            return class_ids.index(s)
-        i = int(s)
-        if not 0 <= i < n:
-            raise ConfigError(f"class id {i} out of range: the model has {n} classes (0..{n - 1})")
-        return i
-    t = str(token).strip()
-    if t in class_ids:
-        return class_ids.index(t)
-    lowered = [c.lower() for c in class_names]
-    if t.lower() in lowered:
-        return lowered.index(t.lower())
-    close = difflib.get_close_matches(t.lower(), lowered + [c.lower() for c in class_ids], n=5, cutoff=0.6)
-    hint = f" Close matches: {', '.join(repr(c) for c in close)}." if close else ""
-    raise ConfigError(f"unknown class {t!r}: not a class id, wnid or name of this model.{hint}")
+    return ClassIndex(class_ids, class_names)(token)
 
 
 def resolve(cfg: RunConfig, adapter, model_identity: Mapping[str, Any] | None = None) -> ResolvedRun:
-    """Check ``cfg`` against ``adapter`` and fix everything the hash depends on."""
-    ids, names = list(adapter.class_ids), list(adapter.class_names)
-    if cfg.classes is not None:
-        classes = sorted({resolve_class(c, ids, names) for c in cfg.classes})
-        if not classes:
-            raise ConfigError("classes is empty")
-    else:
-        classes = None
+    """Check ``cfg`` against ``adapter`` and fix everything the hash depends on; linear in the number
+    of classes and pairs (one index of the classes, sets for membership, a count per original)."""
+    index = ClassIndex(adapter.class_ids, adapter.class_names)
+    classes = sorted({index(c) for c in cfg.classes}) if cfg.classes is not None else None
     if cfg.pairs is not None and cfg.originals is not None:
         raise ConfigError("set either pairs or originals, not both")
     if cfg.pairs is not None:
-        pairs = set()
+        selected = set(classes) if classes is not None else None
+        pairs_set = set()
         for p in cfg.pairs:
             parts = str(p).split(":")
             if len(parts) != 2:
                 raise ConfigError(f"a pair is ORIGINAL:TARGET, got {p!r}")
-            o, t = (resolve_class(x, ids, names) for x in parts)
+            o, t = index(parts[0]), index(parts[1])
             if o == t:
                 raise ConfigError(f"pair {p!r}: original and target are the same class")
-            if classes is not None and (o not in classes or t not in classes):
+            if selected is not None and (o not in selected or t not in selected):
                 raise ConfigError(f"pair {p!r} uses a class outside the selected classes")
-            pairs.add((o, t))
-        pairs = sorted(pairs)
-        if not pairs:
-            raise ConfigError("pairs is empty")
+            pairs_set.add((o, t))
+        pairs = sorted(pairs_set)
         classes = sorted({c for p in pairs for c in p} | set(classes or []))
+        n_targets = max(Counter(o for o, _ in pairs).values())
     else:
-        classes = classes if classes is not None else list(range(len(ids)))
+        classes = classes if classes is not None else list(range(len(index)))
         if len(classes) < 2:
             raise ConfigError("need at least two classes to form a pair")
         originals = classes
         if cfg.originals is not None:
-            originals = sorted({resolve_class(c, ids, names) for c in cfg.originals})
-            outside = [c for c in originals if c not in set(classes)]
-            if not originals or outside:
-                raise ConfigError(f"originals must be a non-empty subset of the selected classes (outside: {outside})")
+            originals = sorted({index(c) for c in cfg.originals})
+            selected = set(classes)
+            outside = [c for c in originals if c not in selected]
+            if outside:
+                raise ConfigError(f"originals must be a subset of the selected classes (outside: {outside})")
         pairs = [(o, t) for o in originals for t in classes if o != t]
+        n_targets = len(classes) - 1
     strengths = cfg.strengths
     if strengths is None:
         strengths = adapter.metadata.get("default_strengths")
         if not strengths:
             raise ConfigError(f"model {adapter.name} has no default_strengths: set strengths")
     try:
-        attack = dataclasses.replace(cfg.attack, strengths=tuple(float(s) for s in strengths), seed=cfg.seed)
+        attack = AttackConfig(**dataclasses.asdict(cfg.attack), strengths=tuple(float(s) for s in strengths),
+                              seed=cfg.seed)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid attack config: {e}") from e
-    n_targets = max(sum(1 for p in pairs if p[0] == o) for o in {p[0] for p in pairs})
     limit = layout.max_targets_per_file(len(attack.strengths))
     if cfg.target_chunk is not None and cfg.target_chunk > limit:
         raise ConfigError(f"target_chunk {cfg.target_chunk} is too large: a nodes/edges file with more than {limit} "
