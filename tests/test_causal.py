@@ -1,17 +1,23 @@
-"""Activation patching (bluff_ray.engine.causal): exact in float64 on the digits net and on a hand-built
-network whose target logit is carried by a single channel."""
+"""Activation patching (bluff_ray.engine.causal): the recovery metric, the null control, dose-response
+curves and noising, exact in float64 on the digits net and on hand-built networks whose target
+logit is carried by one channel or spread evenly over all of them."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from bluff_ray.engine.attack import AttackConfig, attack_grid
-from bluff_ray.engine.causal import PATCH_IMAGES, Experiment, Patching, block_modules
-from bluff_ray.run.data import DigitsSource
+from bluff_ray.engine.causal import (Experiment, Patching, block_modules, curve_summary, null_draw, null_summary,
+                                     recovery, split_images)
 from bluff_ray.engine.models.digits import DIGITS_STRENGTHS, DigitsNet, digits_adapter
-from bluff_ray.results.rows import causal_table
+from bluff_ray.results.rows import causal_curve_table, causal_table
+from bluff_ray.run.data import DigitsSource
 
 from test_engine import FIXTURE
 
@@ -35,99 +41,30 @@ def attacked():
     return adapter, patching, ok.sum(1).tolist()
 
 
+def _ld(logits, original=3, target=8):
+    return logits[..., original] - logits[..., target]
+
+
 @pytest.mark.parametrize("layer", [0, 2, 3])
-def test_patching_every_channel_restores_the_benign_logits(attacked, layer):
+def test_patching_every_channel_recovers_all_and_none_nothing_both_directions(attacked, layer):
+    """R = 1 when every channel is patched, 0 when none is; noising every channel gives N = 1."""
     adapter, patching, _ = attacked
     n, c = patching.adversarial.shape[0], adapter.layers[layer].channels
     everything = Experiment({layer: torch.ones((n, c), dtype=torch.bool)})
-    nothing = Experiment({layer: torch.zeros((n, c), dtype=torch.bool)})
-    logits = patching.logits([everything, nothing])
+    nothing = Experiment({layer: torch.zeros(c, dtype=torch.bool)})
+    den = patching.logits([everything, nothing])
+    noi = patching.logits([everything, nothing], noising=True)
     with torch.no_grad():
-        benign = patching.model(patching.benign)
-        adversarial = patching.model(patching.adversarial)
-    torch.testing.assert_close(logits[0], benign, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(logits[1], adversarial, rtol=1e-10, atol=1e-10)
-    # every attack was a success (prediction 8) on images the model classified correctly (3):
-    assert (adversarial.argmax(1) == 8).all() and (benign.argmax(1) == 3).all()
-    defused_all = (logits[0].argmax(1) != 8).double().mean().item()
-    defused_none = (logits[1].argmax(1) != 8).double().mean().item()
-    assert (defused_all, defused_none) == (1.0, 0.0)
-
-
-def test_run_reports_per_layer_rows_controls_and_single_neuron_effects(attacked):
-    adapter, patching, n_success = attacked
-    names = adapter.layer_names
-    # mixed3b: channels 0..3 exploited, 4..7 original, 8, 9 both; other layers nothing displayed
-    displayed = [torch.tensor([], dtype=torch.long) for _ in names]
-    displayed[1] = torch.tensor([4, 5, 6, 7, 8, 9, 0, 1, 2, 3])
-    roles = ["original"] * 4 + ["both"] * 2 + ["exploited"] * 4
-    s = len(n_success)
-    vals = torch.rand(10, 2 + s, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    mask = torch.tensor([0] * 6 + [1] * 4)
-    a = patching.run(8, displayed, roles, mask, vals, n_success)
-    b = patching.run(8, displayed, roles, mask, vals, n_success)
-    rows = causal_table(a.table).to_pylist()
-    assert [r["layer"] for r in rows] == [*names, "all"]
-    r = rows[1]
-    assert (r["n_exploited"], r["n_random"], r["n_both"]) == (4, 4, 2)
-    assert rows[0]["n_exploited"] == 0 and all(np.isnan(rows[0]["defused_exploited"]))
-    assert rows[-1]["n_exploited"] == 4 and a.defused == tuple(rows[-1]["defused_exploited"])
-    # the exploited set of mixed3b patched alone equals that layer's "all" row (the only layer)
-    np.testing.assert_allclose(r["defused_exploited"], rows[-1]["defused_exploited"])
-    same = lambda t: [[np.nan_to_num(np.array(v, float), nan=-7).tolist() if isinstance(v, list) else v
-                       for v in row.values()] for row in t.to_pylist()]
-    assert same(causal_table(a.table)) == same(causal_table(b.table)) and np.array_equal(a.effect, b.effect, equal_nan=True)  # seeded controls
-    # effects: exploited neurons only; each is the defused fraction of patching that channel alone
-    assert np.isnan(a.effect[:6]).all() and np.isfinite(a.effect[6:]).all()
-    n = patching.adversarial.shape[0]
-    seg = np.repeat(np.arange(s), n_success)
-    for node, ch in zip(range(6, 10), (0, 1, 2, 3)):
-        m = torch.zeros((n, adapter.layers[1].channels), dtype=torch.bool)
-        m[:, ch] = True
-        d = (patching.logits([Experiment({1: m})])[0].argmax(1) != 8).numpy()
-        want = [d[seg == i][:PATCH_IMAGES // 2].mean() for i in range(s)]  # measured on the first images
-        np.testing.assert_allclose(a.effect[node], want)
-
-
-def _one_channel_net(channel: int, target: int, original: int):
-    """A digits-shaped net whose target logit is mixed4b's channel ``channel`` (global average) and
-    whose original logit is a constant: only that channel can carry an attack."""
-    torch.manual_seed(0)
-    net = DigitsNet().double().eval()
-    x = torch.rand(256, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    adapter = digits_adapter(net)
-    with torch.no_grad():
-        _, acts = adapter.forward_with_activations(x)
-        gap = acts["mixed4b"].mean(dim=(2, 3))[:, channel]
-        net.fc.weight.zero_()
-        net.fc.bias.fill_(-1e3)
-        net.fc.weight[target, channel] = 1.0
-        net.fc.bias[target] = 0.0
-        net.fc.bias[original] = float(gap.median())
-    high, low = x[gap > gap.median()], x[gap < gap.median()]
-    k = min(len(high), len(low))
-    return adapter, high[:k], low[:k]
-
-
-def test_single_channel_carrying_the_target_has_full_effect_and_others_none():
-    channel, target, original = 17, 8, 3
-    adapter, adversarial, benign = _one_channel_net(channel, target, original)
-    model = adapter.attack_model()
-    with torch.no_grad():
-        assert (model(adversarial).argmax(1) == target).all() and (model(benign).argmax(1) == original).all()
-    patching = Patching(model, block_modules(model, adapter.model, adapter.blocks), adapter.layer_names,
-                        [l.channels for l in adapter.layers], adversarial, benign, seed=3)
-    names = adapter.layer_names
-    displayed = [torch.tensor([], dtype=torch.long) for _ in names]
-    displayed[3] = torch.tensor([channel, 20, 31, 40])
-    roles = ["exploited"] * 4
-    n = adversarial.shape[0]
-    vals = torch.zeros(4, 3, dtype=torch.float64)
-    res = patching.run(target, displayed, roles, torch.ones(4, dtype=torch.long), vals, [n])
-    assert res.effect[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
-    row = causal_table(res.table).to_pylist()[3]
-    assert row["layer"] == "mixed4b" and row["defused_exploited"] == [1.0]
-    assert res.defused == (1.0,)
+        clean, adv = patching.model(patching.benign), patching.model(patching.adversarial)
+    torch.testing.assert_close(den[0], clean, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(den[1], adv, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(noi[0], adv, rtol=1e-10, atol=1e-10)
+    ld_c, ld_a = _ld(clean), _ld(adv)
+    assert (ld_c > 0).all() and (ld_a < 0).all()  # classified 3 before, 8 after the attack
+    np.testing.assert_allclose(recovery(_ld(den[0]), ld_c, ld_a).numpy(), 1.0, atol=1e-9)
+    np.testing.assert_allclose(recovery(_ld(den[1]), ld_c, ld_a).numpy(), 0.0, atol=1e-9)
+    noised = (ld_c - _ld(noi[0])) / (ld_c - ld_a)
+    np.testing.assert_allclose(noised.numpy(), 1.0, atol=1e-9)
 
 
 def test_one_pass_with_branching_rows_equals_patching_each_experiment_alone(attacked):
@@ -139,6 +76,141 @@ def test_one_pass_with_branching_rows_equals_patching_each_experiment_alone(atta
     exps = []
     for layers in ([3], [1], [0, 2], [2], [1, 3]):
         exps.append(Experiment({li: torch.rand((n, adapter.layers[li].channels), generator=g) < 0.3 for li in layers}))
-    together = patching.logits(exps)
-    for j, e in enumerate(exps):
-        torch.testing.assert_close(together[j], patching.logits([e])[0], rtol=1e-10, atol=1e-10)
+    for noising in (False, True):
+        together = patching.logits(exps, noising=noising)
+        for j, e in enumerate(exps):
+            torch.testing.assert_close(together[j], patching.logits([e], noising=noising)[0], rtol=1e-10, atol=1e-10)
+
+
+def test_statistics_against_hand_computation():
+    null = np.array([0.1, 0.2, 0.2, 0.3])
+    s = null_summary(0.2, null)
+    assert s["percentile"] == pytest.approx(100 * (1 + 0.5 * 2) / 4)
+    assert s["p"] == pytest.approx((1 + 3) / 5)  # 0.2, 0.2, 0.3 are >= 0.2
+    assert s["mean"] == pytest.approx(0.2) and s["sd"] == pytest.approx(np.std(null, ddof=1))
+    assert null_summary(1.0, null)["percentile"] == 100 and null_summary(1.0, null)["p"] == pytest.approx(1 / 5)
+    auc, k50 = curve_summary([1, 2, 4], [0.0, 0.5, 1.0], 4)
+    assert auc == pytest.approx(0.5) and k50 == pytest.approx(2.0)
+    assert curve_summary([1, 2, 4], [1.0, 1.0, 1.0], 4) == (pytest.approx(1.0), 1.0)
+    sel, held = split_images([5, 0, 3], cap=None)
+    assert [list(x) for x in sel] == [[0, 2, 4], [], [5, 7]] and [list(x) for x in held] == [[1, 3], [], [6]]
+    assert [list(x) for x in split_images([5], cap=1)[1]] == [[1]]
+
+
+def test_null_draws_exclude_the_set_and_are_the_same_in_another_process():
+    outside = np.setdiff1d(np.arange(64), [3, 17, 40])
+    draws = [null_draw(123, 8, 2, 4, j, outside) for j in range(32)]
+    assert all(len(d) == len(outside) and not set(d) & {3, 17, 40} for d in draws)
+    assert len({tuple(d[:3]) for d in draws}) > 16  # different draws differ
+    code = ("import json, numpy as np; from bluff_ray.engine.causal import null_draw; "
+            "o = np.setdiff1d(np.arange(64), [3, 17, 40]); "
+            "print(json.dumps([null_draw(123, 8, 2, 4, j, o).tolist() for j in range(32)]))")
+    other = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert other == [d.tolist() for d in draws]
+
+
+def _hand_built(weights_of, trained: bool = False):
+    """A digits-shaped float64 net whose target logit (8) is ``weights_of(gap_adv - gap_clean)`` . GAP
+    of mixed4b and whose original logit (3) is a constant. Untrained: random images as attacked/clean
+    pairs; trained (every mixed4b channel moves): digits 8 as "attacked", digits 3 as clean."""
+    if trained:
+        net = DigitsNet.empty()
+        net.load_state_dict(torch.load(FIXTURE / "digits_weights.pt", weights_only=True))
+        net = net.double().eval()
+        src = DigitsSource()
+        clean, adv = src.class_images(3, 24)[0].double(), src.class_images(8, 24)[0].double()
+    else:
+        torch.manual_seed(0)
+        net = DigitsNet().double().eval()
+        g = torch.Generator().manual_seed(0)
+        clean = torch.rand(24, 1, 8, 8, dtype=torch.float64, generator=g)
+        adv = (clean + 0.5 * torch.rand(24, 1, 8, 8, dtype=torch.float64, generator=g)).clamp(0, 1)
+    adapter = digits_adapter(net)
+    with torch.no_grad():
+        gap_c = adapter.forward_with_activations(clean)[1]["mixed4b"].mean(dim=(2, 3))
+        gap_a = adapter.forward_with_activations(adv)[1]["mixed4b"].mean(dim=(2, 3))
+        w = weights_of(gap_a - gap_c)
+        net.fc.weight.zero_()
+        net.fc.bias.fill_(-1e3)
+        net.fc.weight[8] = w
+        net.fc.bias[8] = 0.0
+        net.fc.bias[3] = float(((gap_a + gap_c) / 2 @ w).median())
+    model = adapter.attack_model()
+    patching = Patching(model, block_modules(model, adapter.model, adapter.blocks), adapter.layer_names,
+                        [l.channels for l in adapter.layers], adv, clean, seed=7, batch_size=64, patch_images=None)
+    return adapter, patching
+
+
+def _run(adapter, patching, fresh: int | None):
+    """``run`` with benign importances that put every mixed4b channel but ``fresh`` in O ∪ T (k = C - 1)."""
+    c = adapter.layers[-1].channels
+    imp = [torch.arange(l.channels, 0, -1, dtype=torch.float64) for l in adapter.layers]
+    if fresh is not None:
+        imp[-1] = torch.ones(c, dtype=torch.float64)
+        imp[-1][fresh] = 0.0
+    res = patching.run(3, 8, imp, imp, [patching.adversarial.shape[0]], k=c - 1)
+    rows = causal_table(res.table).to_pylist()
+    curve = causal_curve_table(res.table).to_pylist()
+    return res, rows, curve
+
+
+def test_one_channel_carrying_the_target_logit_recovers_everything():
+    channel = 17
+
+    def weights(delta):
+        w = torch.zeros(delta.shape[1], dtype=torch.float64)
+        w[channel] = 1.0 / delta[:, channel].mean()
+        return w
+
+    adapter, patching = _hand_built(weights)
+    res, rows, curve = _run(adapter, patching, fresh=channel)
+    row = next(r for r in rows if r["layer"] == "mixed4b" and r["set"] == "exploited")
+    assert row["n_neurons"] == 1
+    recovery_mean, null = row["recovery"][1], dict(zip(("mean", "sd", "q05", "q95", "percentile", "p", "draws"),
+                                                      row["null"]))
+    assert recovery_mean == pytest.approx(1.0, abs=1e-9)
+    assert null["mean"] == pytest.approx(0.0, abs=1e-9)  # no other channel moves the logits
+    assert null["percentile"] == 100.0 and null["p"] == pytest.approx(1 / (null["draws"] + 1))
+    assert row["noising"][0] == pytest.approx(1.0, abs=1e-9)  # N: the attacked channel alone breaks the clean run
+    ex = next(c for c in curve if c["layer"] == "mixed4b" and c["order"] == "exploited")
+    assert ex["k"][0] == 1 and ex["recovery"][0] == pytest.approx(1.0, abs=1e-9)
+    assert ex["recovery"][-1] == pytest.approx(1.0, abs=1e-9) and ex["k"][-1] == 64
+    assert res.effect[("mixed4b", channel)][0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_target_logit_spread_evenly_puts_the_exploited_curve_inside_the_null_band():
+    def weights(delta):  # every channel moves the target logit by the same amount on average
+        return 1.0 / delta.mean(dim=0)
+
+    adapter, patching = _hand_built(weights, trained=True)
+    with torch.no_grad():  # the construction is sound: every channel moved
+        d = adapter.forward_with_activations(patching.adversarial)[1]["mixed4b"].mean(dim=(2, 3)) - \
+            adapter.forward_with_activations(patching.benign)[1]["mixed4b"].mean(dim=(2, 3))
+    assert (d.mean(0).abs() > 1e-2).all()
+    _, rows, curve = _run(adapter, patching, fresh=None)
+    by = {c["order"]: c for c in curve if c["layer"] == "mixed4b"}
+    ex, rnd = by["exploited"], by["random"]
+    assert ex["k"] == rnd["k"] == [1, 2, 4, 8, 16, 32, 64]
+    for k, r, lo, hi in zip(ex["k"], ex["recovery"], rnd["q05"], rnd["q95"]):
+        assert lo - 1e-9 <= r <= hi + 1e-9, (k, r, lo, hi)
+    row = next(r for r in rows if r["layer"] == "mixed4b" and r["set"] == "exploited")
+    assert 5 <= row["null"][4] <= 95  # percentile: no more than chance
+
+
+def test_run_is_seeded_and_does_not_depend_on_the_batch_size(attacked):
+    adapter, patching, n_success = attacked
+    imp = [torch.linspace(1, 0, l.channels, dtype=torch.float64) for l in adapter.layers]
+    other = Patching(patching.model, patching.blocks, patching.names, patching.channels, patching.adversarial,
+                     patching.benign, seed=0, batch_size=3)
+    a = patching.run(3, 8, imp, imp, n_success, k=10)
+    b = other.run(3, 8, imp, imp, n_success, k=10)
+    ta, tb = causal_table(a.table), causal_table(b.table)
+    assert ta.num_rows > 0 and ta.column("set").to_pylist() == tb.column("set").to_pylist()
+    for col in ("recovery", "null", "matched", "noising"):
+        np.testing.assert_allclose(np.array(ta.column(col).to_pylist(), float),
+                                   np.array(tb.column(col).to_pylist(), float), rtol=1e-9, atol=1e-12)
+    # the held-out images are patched, the others selected: each strength's row counts the odd half
+    rows = ta.to_pylist()
+    for r in rows:
+        assert r["recovery"][0] == len(range(1, n_success[r["strength"]], 2))
+    assert {r["layer"] for r in rows} <= {*adapter.layer_names, "all"}

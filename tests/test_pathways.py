@@ -12,13 +12,14 @@ from bluff_ray.engine.influence import layer_influence
 from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
 from bluff_ray.engine.compute import PairRecords
 from bluff_ray.engine.pathways import PathwayConfig, summarize_pair
-from bluff_ray.results.layout import EDGES_SCHEMA, NODES_SCHEMA, PAIRS_SCHEMA
+from bluff_ray.results.layout import NODES_SCHEMA, PAIRS_SCHEMA, edges_schema
 from bluff_ray.results.rows import ROW_GROUP_UNSET, pair_tables, unit_tables
 
 
 
 def test_pathway_config_validation():
-    assert PathwayConfig() == PathwayConfig(k=10, batch_size=64, min_edge_influence=0.0, causal=True, patch_images=16)
+    assert PathwayConfig() == PathwayConfig(k=10, batch_size=64, min_edge_influence=0.0, causal=True, patch_images=8,
+                                            null_draws=16)
     for bad in (dict(k=1), dict(k=0), dict(batch_size=0), dict(min_edge_influence=float("nan"))):
         with pytest.raises(ValueError):
             PathwayConfig(**bad)
@@ -136,7 +137,7 @@ def _nan_safe(value):
 def test_pair_tables_and_parquet_round_trip(random_pair, tmp_path):
     _, _, _, s = random_pair
     t = pair_tables(PairRecords(s))
-    assert t["pairs"].schema == PAIRS_SCHEMA and t["nodes"].schema == NODES_SCHEMA and t["edges"].schema == EDGES_SCHEMA
+    assert t["pairs"].schema == PAIRS_SCHEMA and t["nodes"].schema == NODES_SCHEMA and t["edges"].schema == edges_schema(len(s.strengths))
     assert t["pairs"].num_rows == 1 and t["nodes"].num_rows == len(s.nodes) and t["edges"].num_rows == len(s.edges)
     row = t["pairs"].to_pylist()[0]
     assert row["target"] == 8 and row["n_images"] == 7 and row["n_success"] == [0, 3, 4]
@@ -207,7 +208,7 @@ def test_digit_pair_end_to_end():
     for e in edges:
         assert (e["src_layer"], e["src_channel"]) in shown and (e["dst_layer"], e["dst_channel"]) in shown
         assert layer_idx[e["dst_layer"]] == layer_idx[e["src_layer"]] + 1
-        vals = [e["influence_original"], e["influence_target"], *e["influence_attacked"]]
+        vals = [v for k, v in e.items() if k.startswith("influence_")]  # original, target, each strength
         assert max(np.nan_to_num(np.array(vals, dtype=float), nan=-1)) > 0
     assert row["n_nodes"] == len(nodes) and row["n_edges"] == len(edges) > 0
     assert row["n_exploited"] == len(exploited)
@@ -215,8 +216,15 @@ def test_digit_pair_end_to_end():
     for layer in adapter.layer_names:
         n_layer = sum(n["layer"] == layer for n in nodes)
         assert 10 <= n_layer <= 20 + 5 * len(strengths)
-    # the patching experiments ran: one causal row per layer plus "all", effects for exploited only
+    # the patching experiments ran on held-out images: rows per (strength, layer or "all", set), each
+    # with its null; curves at one strength; single-neuron recoveries for some displayed nodes
     causal = unit.causal.to_pylist()
-    assert [r["layer"] for r in causal] == [*adapter.layer_names, "all"]
-    assert causal[-1]["n_exploited"] == len(exploited)
-    assert all(np.isnan(n["effect"]).all() for n in nodes if n["role"] != "exploited")
+    assert causal and {r["set"] for r in causal} == {"exploited", "exploited_union", "top_original_target", "top_delta"}
+    assert {r["layer"] for r in causal} <= {*adapter.layer_names, "all"} and any(r["layer"] == "all" for r in causal)
+    for r in causal:
+        assert 1 <= r["recovery"][0] <= (row["n_success"][r["strength"]] // 2)  # held-out images only
+        if r["set"] == "exploited":
+            assert r["null"][6] == 16 and 0 < r["null"][5] <= 1  # draws, p
+    curves = unit.causal_curve.to_pylist()
+    assert len({c["strength"] for c in curves}) == 1 and {c["order"] for c in curves} == {"exploited", "delta", "random"}
+    assert any(np.isfinite(n["effect"]).any() for n in nodes)

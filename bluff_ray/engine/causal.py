@@ -1,62 +1,74 @@
-"""Activation patching: do the exploited neurons carry the attack? (docs/FORMAT.md ``causal/``)
+"""Activation patching: do the exploited neurons carry the attack, more than chance? (docs/FORMAT.md ``causal``)
 
-For the images a pair's attack turned into the target at a strength, replace the activations of
-a set of neurons by those of the same image before the attack, run the rest of the network, and
-count the images whose prediction is no longer the target ("defused"). Sets per layer: the pair's
-exploited neurons, a same-size random control from the layer's other displayed neurons (seeded),
-the layer's top ``both`` neurons at that strength, each exploited neuron alone; and the exploited
-(and control) sets of every layer at once.
+Per image, the logit difference LD = z_original - z_target. Denoising patches a set of neurons of
+the attacked image with their values on the same image before the attack and measures the
+recovery R = (LD_patched - LD_adv) / (LD_clean - LD_adv) (0: no effect, 1: the benign logit gap
+is back); noising patches the set's attacked values into the clean image, N = (LD_clean -
+LD_noised) / (LD_clean - LD_adv).
 
-Why it is cheap enough to run for every pair (the bench target is 10 % of the attack): all
-experiments that start at the same layer share one forward pass up to that layer; the batch is
-expanded there (one copy per experiment) by a forward hook, so only the rest of the network runs
-once per experiment. Patching uses the attack model (BatchNorm folded), the same function that
-decided the attack's success, so patching nothing changes no prediction.
+Why the design is what it is (an independent review found the earlier "defused" numbers showed
+nothing): the successful images of each strength are split in two; the exploited neurons are
+selected on one half (:func:`select`) and patched on the other (held-out) half. Each set is
+compared with a true null: ``draws`` sets of the same size drawn uniformly from the layer minus
+the set (seeded by :func:`bluff_ray.engine.seeds.derive_seed`, so they do not depend on the batch
+or the worker), and with a control matched on how much the attack moved each channel (median
+||a_adv - a_clean||, nearest-neighbour draws). Dose-response curves patch the first k channels
+of an order (exploited rank, |Δa| rank, random permutations) at k = 1, 2, 4, ... 32 and the whole
+layer, at the curve strength (the one with the most held-out images: the curves are the costly
+part). The "top original/target" set is a competing hypothesis, not a control.
+
+Cost: all experiments that start at the same layer share one forward pass up to that layer; the
+batch is expanded there (one copy per experiment) by a forward hook (:meth:`Patching.logits`).
+Patching uses the attack model (BatchNorm folded), the function that decided the attack's success.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from bluff_ray.engine.importance import median, role_codes
 from bluff_ray.engine.seeds import derive_seed
 
 ALL = "all"
-#: Patching is measured on at most this many successfully attacked images per strength (the first
-#: ones, in image order; ``pathways.patch_images``), single neurons on half as many: one experiment
-#: per exploited neuron would otherwise dominate the cost (bench/causal.py). Exploited and control
-#: sets use the same images, so their comparison is paired.
-PATCH_IMAGES = 16
+#: Null draws per set (and random orders per curve): the review standard is at least 16.
+NULL_DRAWS = 16
+#: Held-out images patched per strength at most (the first ones, in image order).
+PATCH_IMAGES = 8
+#: Dose-response points below the whole layer.
+CURVE_K = (1, 2, 4, 8, 16, 32)
+#: Candidates per channel of a matched draw: the channels nearest in |Δa| rank outside the set.
+MATCH_POOL = 4
+SETS = ("exploited", "exploited_union", "top_original_target", "top_delta")
+ORDERS = ("exploited", "delta", "random")
 
 
+# --- the records the engine returns -------------------------------------------------------------
 @dataclass
 class CausalRows:
-    """The pair's ``causal`` rows as columns (FORMAT.md; ``results.rows`` makes the Arrow table)."""
+    """The pair's ``causal`` and ``causal_curve`` rows as columns (``results.rows`` makes the tables)."""
 
     target: int
-    layer: list[str]
-    n_exploited: list[int]
-    n_random: list[int]
-    n_both: list[int]
-    defused_exploited: list[list[float]]
-    defused_random: list[list[float]]
-    defused_both: list[list[float]]
+    rows: dict[str, list] = field(default_factory=dict)
+    curve: dict[str, list] = field(default_factory=dict)
+
+    def add(self, table: str, **values) -> None:
+        cols = getattr(self, table)
+        for k, v in values.items():
+            cols.setdefault(k, []).append(v)
 
 
 @dataclass
 class PatchResult:
-    effect: np.ndarray  # [n_nodes, S] single-neuron defused fraction (NaN: not exploited / no success)
-    table: CausalRows  # the pair's causal rows
-    defused: tuple[float, ...]  # the "all" row's defused_exploited
-
-
-def control_seed(seed: int, target: int, layer: int, strength: int) -> int:
-    return derive_seed("control", seed, target, layer, strength)
+    effect: dict[tuple[str, int], np.ndarray]  # (layer, channel) -> [S] single-neuron R (NaN: not measured)
+    table: CausalRows
+    defused: tuple[float, ...]  # per strength, the all-layer exploited set's defused share (NaN: none)
 
 
 def block_modules(model: nn.Module, reference: nn.Module, blocks: Sequence[nn.Module]) -> list[nn.Module]:
@@ -72,156 +84,392 @@ def block_modules(model: nn.Module, reference: nn.Module, blocks: Sequence[nn.Mo
 
 @dataclass
 class Experiment:
-    """Channels to patch per layer index, as a bool mask [n_images, C] per patched layer."""
+    """Channels to patch per layer index, as a bool mask [n_images, C] (or [C], every image) per layer."""
 
     masks: dict[int, torch.Tensor]
 
 
+# --- statistics (pure functions, tested on their own) --------------------------------------------
+def recovery(ld_patched: torch.Tensor, ld_clean: torch.Tensor, ld_adv: torch.Tensor) -> torch.Tensor:
+    """R = (LD_patched - LD_adv) / (LD_clean - LD_adv); NaN where the gap is 0."""
+    gap = ld_clean - ld_adv
+    return torch.where(gap > 0, (ld_patched - ld_adv) / gap.clamp_min(1e-30), torch.full_like(gap, math.nan))
+
+
+def null_summary(value: float, null: np.ndarray) -> dict[str, float]:
+    """Mean, SD, 5/95 % quantiles of the null, the value's percentile in it (ties count half) and
+    p = (1 + #{null >= value}) / (m + 1)."""
+    null = np.asarray(null, np.float64)
+    null = null[np.isfinite(null)]
+    m = len(null)
+    if m == 0 or not math.isfinite(value):
+        return dict(mean=math.nan, sd=math.nan, q05=math.nan, q95=math.nan, percentile=math.nan, p=math.nan)
+    below, ties = float((null < value).sum()), float((null == value).sum())
+    return dict(mean=float(null.mean()), sd=float(null.std(ddof=1)) if m > 1 else 0.0,
+                q05=float(np.quantile(null, 0.05)), q95=float(np.quantile(null, 0.95)),
+                percentile=100.0 * (below + 0.5 * ties) / m, p=(1.0 + float((null >= value).sum())) / (m + 1))
+
+
+def curve_summary(ks: Sequence[int], r: Sequence[float], channels: int) -> tuple[float, float]:
+    """(area under R vs log2 k from k=1 to the whole layer, divided by log2 C; k50: the smallest k,
+    interpolated in log2 k, where R reaches 0.5)."""
+    x, y = np.log2(np.asarray(ks, np.float64)), np.asarray(r, np.float64)
+    if len(x) < 2 or not np.isfinite(y).all():
+        return math.nan, math.nan
+    auc = float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+    k50 = math.nan
+    if y[0] >= 0.5:
+        k50 = float(ks[0])
+    else:
+        for i in range(1, len(y)):
+            if y[i] >= 0.5:
+                f = (0.5 - y[i - 1]) / (y[i] - y[i - 1])
+                k50 = float(2 ** (x[i - 1] + f * (x[i] - x[i - 1])))
+                break
+    return auc, k50
+
+
+def split_images(n_success: Sequence[int], cap: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per strength, the rows (into the strength-by-strength batch) that select the neurons (even
+    positions) and the held-out rows that are patched (odd positions, the first ``cap``)."""
+    sel, held, start = [], [], 0
+    for n in n_success:
+        rows = np.arange(start, start + int(n))
+        sel.append(rows[0::2])
+        held.append(rows[1::2][:cap] if cap is not None else rows[1::2])
+        start += int(n)
+    return sel, held
+
+
+def null_draw(seed: int, target: int, layer: int, strength: int, draw: int, outside: np.ndarray) -> np.ndarray:
+    """A random order of the channels ``outside`` the set (its first n is a null set, its first
+    k a point of the random dose-response curve); a function of the seed path only."""
+    g = torch.Generator().manual_seed(derive_seed("causal-null", seed, target, layer, strength, draw))
+    return outside[torch.randperm(len(outside), generator=g).numpy()]
+
+
+def matched_draw(seed: int, target: int, layer: int, strength: int, draw: int, chosen: np.ndarray,
+                 delta: np.ndarray) -> np.ndarray:
+    """A set matched to ``chosen`` on |Δa|: for each of its channels, one of the MATCH_POOL channels
+    outside the set nearest in |Δa| rank (not yet drawn), uniformly."""
+    g = torch.Generator().manual_seed(derive_seed("causal-matched", seed, target, layer, strength, draw))
+    order = np.argsort(-delta, kind="stable")
+    rank = np.empty(len(delta), np.int64)
+    rank[order] = np.arange(len(delta))
+    free = np.ones(len(delta), bool)
+    free[chosen] = False
+    out = []
+    for c in chosen:
+        cand = np.flatnonzero(free)
+        if len(cand) == 0:
+            break
+        near = cand[np.argsort(np.abs(rank[cand] - rank[c]), kind="stable")[:MATCH_POOL]]
+        pick = int(near[int(torch.randint(len(near), (1,), generator=g))])
+        out.append(pick)
+        free[pick] = False
+    return np.asarray(out, np.int64)
+
+
+# --- selection on the first half -----------------------------------------------------------------
+@dataclass
+class LayerSelection:
+    """One layer's sets per strength, chosen on the selection images only."""
+
+    exploited: list[np.ndarray]  # per strength: exploited channels, in rank order
+    union: np.ndarray  # over strengths
+    top_ot: np.ndarray  # O ∪ T by max(original, target) importance, descending
+    exploited_rank: list[np.ndarray]  # per strength: every channel, exploited criterion order
+    delta: np.ndarray  # [S, C] median ||a_adv - a_clean|| per channel
+    channels: int = 0
+
+
+def select(layer_max: torch.Tensor, layer_delta: torch.Tensor, sel: Sequence[np.ndarray], imp_o: torch.Tensor,
+           imp_t: torch.Tensor, k: int) -> LayerSelection:
+    """Exploited neurons per strength (roles of FORMAT.md on the selection images), the orders."""
+    c = imp_o.shape[0]
+    s_count = len(sel)
+    ia = torch.full((s_count, c), math.nan, dtype=torch.float64)
+    delta = np.full((s_count, c), np.nan)
+    for s, rows in enumerate(sel):
+        if len(rows):
+            idx = torch.as_tensor(rows)
+            ia[s] = median(layer_max[idx].double(), dim=0)
+            delta[s] = median(layer_delta[idx].double(), dim=0).numpy()
+    io, it = imp_o.detach().double().cpu(), imp_t.detach().double().cpu()
+    _, mask = role_codes(io, it, ia, k)
+    mask = mask.numpy()
+    kk = min(k, c)
+    o = np.argsort(-io.numpy(), kind="stable")[:kk]
+    t = np.argsort(-it.numpy(), kind="stable")[:kk]
+    ot = np.union1d(o, t)
+    top_ot = ot[np.argsort(-np.maximum(io.numpy()[ot], it.numpy()[ot]), kind="stable")]
+    in_ot = np.zeros(c, bool)
+    in_ot[ot] = True
+    exploited, ranks = [], []
+    for s in range(s_count):
+        a = np.nan_to_num(ia[s].numpy(), nan=-np.inf)
+        rank = np.lexsort((np.arange(c), -a, in_ot))  # fresh channels first, by attacked importance
+        ranks.append(rank)
+        bit = (mask >> s) & 1
+        exploited.append(np.array([ch for ch in rank if bit[ch]], np.int64))
+    union = np.flatnonzero(mask > 0)
+    return LayerSelection(exploited, union, top_ot, ranks, delta, c)
+
+
+# --- the experiments -----------------------------------------------------------------------------
 class Patching:
     """The patching experiments of one pair (``run``) over its successfully attacked images.
 
     ``adversarial``: those images, strength by strength (``n_success[s]`` rows for strength s);
     ``benign``: the same images before the attack (row for row); ``model``/``blocks``: the
-    network the experiments run through and its mixed blocks; ``seed``: the unit's seed (the
-    random controls are seeded per target, layer and strength).
+    network the experiments run through and its mixed blocks; ``seed``: the pair's seed (null and
+    matched draws are derived from it per target, layer, strength and draw).
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], layer_names: Sequence[str],
                  channels: Sequence[int], adversarial: torch.Tensor, benign: torch.Tensor, seed: int,
-                 batch_size: int = 64, patch_images: int | None = PATCH_IMAGES, single_images: int | None = None):
+                 batch_size: int = 64, patch_images: int | None = PATCH_IMAGES, draws: int = NULL_DRAWS):
         if adversarial.shape != benign.shape:
             raise ValueError(f"adversarial {tuple(adversarial.shape)} and benign {tuple(benign.shape)} images differ")
+        if draws < 2:
+            raise ValueError(f"draws must be >= 2, got {draws}")
         self.model, self.blocks, self.names = model, list(blocks), list(layer_names)
         self.channels = list(channels)
         self.adversarial, self.benign = adversarial, benign
         self.seed, self.batch_size = int(seed), int(batch_size)
-        self.patch_images = patch_images
-        self.single_images = single_images or max(1, (patch_images or PATCH_IMAGES) // 2)
+        self.patch_images, self.draws = patch_images, int(draws)
 
     def _subset(self, rows: np.ndarray) -> "Patching":
         sub = torch.as_tensor(rows, device=self.adversarial.device, dtype=torch.long)
         return Patching(self.model, self.blocks, self.names, self.channels, self.adversarial[sub], self.benign[sub],
-                        self.seed, self.batch_size, patch_images=None, single_images=self.single_images)
+                        self.seed, self.batch_size, None, self.draws)
 
-    # --- the experiments --------------------------------------------------------------------------
-    def run(self, target: int, displayed: Sequence[torch.Tensor], node_role: Sequence[str],
-            node_mask: torch.Tensor, node_vals: torch.Tensor, n_success: Sequence[int]) -> PatchResult:
-        """Every experiment of the pair; see the module docstring and FORMAT.md ``causal``."""
+    def run(self, original: int, target: int, imp_o: Sequence[torch.Tensor], imp_t: Sequence[torch.Tensor],
+            n_success: Sequence[int], k: int) -> PatchResult:
+        """Every experiment of the pair: select on one half, patch the other (module docstring)."""
         s_count = len(n_success)
-        cap = self.patch_images
-        if cap is not None and max(n_success, default=0) > cap:  # the first ``cap`` images per strength
-            seg_all = np.repeat(np.arange(s_count), list(n_success))
-            rows = np.concatenate([np.flatnonzero(seg_all == s)[:cap] for s in range(s_count)])
-            capped = [min(int(v), cap) for v in n_success]
-            return self._subset(rows).run(target, displayed, node_role, node_mask, node_vals, capped)
-        n = self.adversarial.shape[0]
-        device = self.adversarial.device
-        seg = torch.repeat_interleave(torch.arange(s_count, device=device),
-                                      torch.as_tensor(list(n_success), device=device))
-        seg_h = np.repeat(np.arange(s_count), list(n_success))
-        roles = np.asarray(node_role, dtype=object)
-        starts = np.cumsum([0] + [len(d) for d in displayed])
-        groups: list[tuple[int, list[Experiment], list[tuple]]] = []  # (first layer, experiments, labels)
-        all_sets: dict[str, dict[int, torch.Tensor]] = {"exploited": {}, "random": {}, "both": {}}
-        counts: dict[int, tuple[int, int, int]] = {}
-        singles: list[int] = []  # node index of each single-neuron experiment, in order
-        single_exps: list[Experiment] = []
-        # single neurons: the first ``single_images`` successful images of each strength
-        sub_rows = np.concatenate([np.flatnonzero(seg_h == s)[:self.single_images] for s in range(s_count)]) \
-            if n else np.zeros(0, np.int64)
-        for li, chans in enumerate(displayed):
-            r = roles[starts[li]: starts[li + 1]]
-            ch = chans.numpy()
-            exploited = ch[r == "exploited"]
-            n_ex = len(exploited)
-            others = ch[r != "exploited"]
-            both_pos = np.flatnonzero(r == "both")
-            n_rand, n_both = min(n_ex, len(others)), min(n_ex, len(both_pos))
-            counts[li] = (n_ex, n_rand, n_both)
-            if n_ex == 0 or n == 0:
+        sel, held = split_images(n_success, self.patch_images)
+        out = CausalRows(int(target))
+        effect: dict[tuple[str, int], np.ndarray] = {}
+        defused = [math.nan] * s_count
+        if not any(len(h) for h in held):
+            return PatchResult(effect, out, tuple(defused))
+        picks = self._selection(sel, imp_o, imp_t, k)
+        counts = [len(h) for h in held]
+        curve_s = max(range(s_count), key=lambda s: (counts[s], s))
+        for s in range(s_count):
+            if not counts[s]:
                 continue
-            c = self.channels[li]
-            ex_mask = torch.zeros((n, c), dtype=torch.bool, device=device)
-            ex_mask[:, torch.as_tensor(exploited, device=device)] = True
-            rand_mask = torch.zeros_like(ex_mask)
-            for s in range(s_count):
-                rows = np.flatnonzero(seg_h == s)
-                if len(rows) == 0 or n_rand == 0:
+            part = self._subset(held[s])
+            base = part._baseline(original, target)
+            defused[s] = part._strength(out, effect, s, picks, base, original, target, curve=s == curve_s)
+        return PatchResult(effect, out, tuple(defused))
+
+    def _selection(self, sel, imp_o, imp_t, k) -> list[LayerSelection]:
+        rows = np.concatenate(sel) if sel else np.zeros(0, np.int64)
+        maxes, deltas = self._selection_stats(rows)
+        pos = np.full(self.adversarial.shape[0], -1)
+        pos[rows] = np.arange(len(rows))
+        local = [pos[r] for r in sel]
+        return [select(maxes[li], deltas[li], local, imp_o[li], imp_t[li], k) for li in range(len(self.names))]
+
+    @torch.no_grad()
+    def _selection_stats(self, rows: np.ndarray) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer: spatial max of the attacked activations [n, C] and ||a_adv - a_clean|| [n, C]."""
+        layers = list(range(len(self.names)))
+        maxes: list[list[torch.Tensor]] = [[] for _ in layers]
+        deltas: list[list[torch.Tensor]] = [[] for _ in layers]
+        for lo in range(0, len(rows), self.batch_size):
+            idx = torch.as_tensor(rows[lo: lo + self.batch_size], device=self.adversarial.device)
+            adv = self._activations(self.adversarial[idx], layers)
+            ben = self._activations(self.benign[idx], layers)
+            for li in layers:
+                maxes[li].append(adv[li].amax(dim=(2, 3)).cpu())
+                deltas[li].append((adv[li] - ben[li]).flatten(2).norm(dim=2).cpu())
+        empty = [torch.zeros((0, c)) for c in self.channels]
+        return ([torch.cat(m) if m else e for m, e in zip(maxes, empty)],
+                [torch.cat(d) if d else e for d, e in zip(deltas, empty)])
+
+    @torch.no_grad()
+    def _baseline(self, original: int, target: int) -> dict[str, torch.Tensor]:
+        clean, adv = self.model(_layout(self.benign)), self.model(_layout(self.adversarial))
+        return {"clean": (clean[:, original] - clean[:, target]).double(),
+                "adv": (adv[:, original] - adv[:, target]).double()}
+
+    def _strength(self, out: CausalRows, effect, s: int, picks: list[LayerSelection], base, original: int,
+                  target: int, curve: bool) -> float:
+        """All experiments of strength ``s`` on its held-out images; returns the all-layer defused share."""
+        plan = _Plan(self.channels)
+        all_sets: dict[str, dict[int, np.ndarray]] = {}
+        for li, pk in enumerate(picks):
+            ex = pk.exploited[s]
+            if len(ex) == 0:
+                continue
+            self._plan_layer(plan, li, s, pk, ex, target)
+            for name, chans in self._sets(pk, s, ex).items():
+                all_sets.setdefault(name, {})[li] = chans
+            if curve:
+                self._plan_curve(plan, li, s, pk, ex, target)
+        if all_sets:
+            self._plan_all(plan, s, all_sets, picks, target)
+        if not plan.exps:
+            return math.nan
+        den = self.logits([e for e, noise in plan.exps if not noise])
+        noi = self.logits([e for e, noise in plan.exps if noise], noising=True) if any(n for _, n in plan.exps) \
+            else None
+        return self._record(out, effect, s, plan, den, noi, base, original, target, picks)
+
+    # planning: each experiment gets a label; the numbers are read back by label in ``_record``
+    def _sets(self, pk: LayerSelection, s: int, ex: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(ex)
+        return {"exploited": ex, "exploited_union": pk.union, "top_original_target": pk.top_ot[:n],
+                "top_delta": np.argsort(-np.nan_to_num(pk.delta[s], nan=-np.inf), kind="stable")[:n]}
+
+    def _plan_layer(self, plan: "_Plan", li: int, s: int, pk: LayerSelection, ex: np.ndarray, target: int) -> None:
+        for name, chans in self._sets(pk, s, ex).items():
+            plan.add((li, "set", name), {li: chans})
+        outside = np.setdiff1d(np.arange(pk.channels), ex)
+        delta = np.nan_to_num(pk.delta[s], nan=0.0)
+        for j in range(self.draws):
+            plan.add((li, "null", j), {li: null_draw(self.seed, target, li, s, j, outside)[:len(ex)]})
+            plan.add((li, "matched", j), {li: matched_draw(self.seed, target, li, s, j, ex, delta)})
+            plan.add((li, "noise-null", j), {li: null_draw(self.seed, target, li, s, j, outside)[:len(ex)]},
+                     noise=True)
+        plan.add((li, "noise-set", "exploited"), {li: ex}, noise=True)
+        for ch in ex:
+            plan.add((li, "single", int(ch)), {li: np.array([ch])})
+
+    def _plan_curve(self, plan: "_Plan", li: int, s: int, pk: LayerSelection, ex: np.ndarray, target: int) -> None:
+        c = pk.channels
+        ks = [k for k in CURVE_K if k < c]
+        outside = np.setdiff1d(np.arange(c), ex)
+        orders = {"exploited": pk.exploited_rank[s],
+                  "delta": np.argsort(-np.nan_to_num(pk.delta[s], nan=-np.inf), kind="stable")}
+        for name, order in orders.items():
+            for kk in ks:
+                plan.add((li, "curve", name, kk), {li: order[:kk]})
+        for j in range(self.draws):
+            perm = null_draw(self.seed, target, li, s, j, outside)
+            for kk in ks:
+                if kk <= len(perm):
+                    plan.add((li, "curve", "random", kk, j), {li: perm[:kk]})
+        plan.add((li, "curve", "whole", c), {li: np.arange(c)})
+
+    def _plan_all(self, plan: "_Plan", s: int, sets: dict[str, dict[int, np.ndarray]], picks, target: int) -> None:
+        for name, per_layer in sets.items():
+            plan.add((ALL, "set", name), per_layer)
+        ex = sets["exploited"]
+        for j in range(self.draws):
+            nulls = {li: null_draw(self.seed, target, li, s, j, np.setdiff1d(np.arange(picks[li].channels), e))[:len(e)]
+                     for li, e in ex.items()}
+            plan.add((ALL, "null", j), nulls)
+            plan.add((ALL, "noise-null", j), nulls, noise=True)
+            plan.add((ALL, "matched", j), {li: matched_draw(self.seed, target, li, s, j, e,
+                                                            np.nan_to_num(picks[li].delta[s], nan=0.0))
+                                           for li, e in ex.items()})
+        plan.add((ALL, "noise-set", "exploited"), ex, noise=True)
+
+    def _record(self, out: CausalRows, effect, s: int, plan: "_Plan", den: torch.Tensor, noi, base,
+                original: int, target: int, picks: list[LayerSelection]) -> float:
+        ld_c, ld_a = base["clean"], base["adv"]
+        n_img = int(ld_c.shape[0])
+        noise_mask = [noise for _, noise in plan.exps]
+        parts_r, parts_p = [], []
+        for logits, noise in ((den, False), (noi, True)):
+            if logits is None or logits.shape[0] == 0:
+                continue
+            lg = logits.double()
+            ld = lg[:, :, original] - lg[:, :, target]  # [E, n]
+            parts_r.append(recovery(ld_c - (ld - ld_a), ld_c, ld_a) if noise else recovery(ld, ld_c, ld_a))
+            parts_p.append(lg.argmax(dim=2))
+        # one read-back: [E, n] recoveries and predictions, denoising rows first, then noising
+        r_all = torch.cat(parts_r).cpu().numpy()
+        p_all = torch.cat(parts_p).cpu().numpy()
+        order = [i for i, nz in enumerate(noise_mask) if not nz] + [i for i, nz in enumerate(noise_mask) if nz]
+        stats: dict[tuple, dict[str, float]] = {}
+        with warnings.catch_warnings():  # an experiment whose images all have a zero gap: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means, medians = np.nanmean(r_all, axis=1), np.nanmedian(r_all, axis=1)
+        restored, defused = (p_all == original).mean(axis=1), (p_all != target).mean(axis=1)
+        for row, i in enumerate(order):
+            stats[plan.labels[i]] = {"mean": float(means[row]), "median": float(medians[row]),
+                                     "restored": float(restored[row]), "defused": float(defused[row])}
+        ld_clean, ld_adv = float(ld_c.mean()), float(ld_a.mean())
+        groups = sorted({lab[0] for lab in plan.labels}, key=lambda g: (g == ALL, g if g != ALL else 0))
+        all_defused = math.nan
+        for g in groups:
+            layer = ALL if g == ALL else self.names[g]
+            null = np.array([stats[(g, "null", j)]["mean"] for j in range(self.draws)])
+            matched = np.array([stats[(g, "matched", j)]["mean"] for j in range(self.draws)])
+            noise_null = np.array([stats[(g, "noise-null", j)]["mean"] for j in range(self.draws)])
+            for name in SETS:
+                st = stats.get((g, "set", name))
+                if st is None:
                     continue
-                g = torch.Generator().manual_seed(control_seed(self.seed, target, li, s))
-                pick = others[torch.randperm(len(others), generator=g)[:n_rand].numpy()]
-                rand_mask[torch.as_tensor(rows, device=device)[:, None], torch.as_tensor(pick, device=device)[None, :]] = True
-            both_mask = torch.zeros_like(ex_mask)
-            if n_both:
-                # per strength, the n_both "both" neurons with the highest attacked importance
-                vals = node_vals[torch.as_tensor(starts[li] + both_pos, device=device), 2:]  # [nb, S]
-                order = torch.sort(torch.nan_to_num(vals, nan=float("-inf")), dim=0, descending=True,
-                                   stable=True).indices[:n_both]  # [n_both, S]
-                both_ch = torch.as_tensor(ch[both_pos], device=device)[order]  # [n_both, S]
-                per_image = both_ch.T[seg]  # [n, n_both]
-                both_mask.scatter_(1, per_image, True)
-            exps = [Experiment({li: ex_mask}), Experiment({li: rand_mask}), Experiment({li: both_mask})]
-            labels = [("layer", li, "exploited"), ("layer", li, "random"), ("layer", li, "both")]
-            groups.append((li, exps, labels))
-            for node in np.flatnonzero(r == "exploited"):
-                m = torch.zeros((len(sub_rows), c), dtype=torch.bool, device=device)
-                m[:, int(ch[node])] = True
-                single_exps.append(Experiment({li: m}))
-                singles.append(int(starts[li] + node))
-            all_sets["exploited"][li], all_sets["random"][li], all_sets["both"][li] = ex_mask, rand_mask, both_mask
-        if all_sets["exploited"]:
-            first = min(all_sets["exploited"])
-            groups.append((first, [Experiment(all_sets[k]) for k in ("exploited", "random", "both")],
-                           [("all", -1, k) for k in ("exploited", "random", "both")]))
+                n_neurons = self._set_size(plan, (g, "set", name))
+                primary = name == "exploited"
+                ns = null_summary(st["mean"], null) if primary else null_summary(math.nan, null)
+                ms = null_summary(st["mean"], matched) if primary else null_summary(math.nan, matched)
+                noise = stats[(g, "noise-set", "exploited")]["mean"] if primary else math.nan
+                nz = null_summary(noise, noise_null)
+                out.add("rows", strength=s, layer=layer, set=name, n_neurons=n_neurons, n_images=n_img,
+                        recovery_mean=st["mean"], recovery_median=st["median"], restored=st["restored"],
+                        defused=st["defused"], ld_clean=ld_clean, ld_adv=ld_adv,
+                        draws=self.draws, null_mean=ns["mean"], null_sd=ns["sd"], null_q05=ns["q05"],
+                        null_q95=ns["q95"], null_percentile=ns["percentile"], null_p=ns["p"],
+                        matched_mean=ms["mean"], matched_q95=ms["q95"], matched_percentile=ms["percentile"],
+                        matched_p=ms["p"], noising=noise, noising_null_mean=nz["mean"], noising_null_q95=nz["q95"],
+                        noising_percentile=nz["percentile"], noising_p=nz["p"])
+                if g == ALL and primary:
+                    all_defused = st["defused"]
+            if g != ALL:
+                for ch in picks[g].exploited[s]:
+                    effect.setdefault((self.names[g], int(ch)), np.full(len(picks[g].exploited), np.nan))[s] = \
+                        stats[(g, "single", int(ch))]["mean"]
+                self._record_curve(out, stats, s, g, picks[g].channels, n_img)
+        return all_defused
 
-        fractions: dict[tuple, torch.Tensor] = {}
-        if groups:
-            defused = self._defused(target, groups)  # per group: [n_exp, n] bool
-            for (_, _, labels), d in zip(groups, defused):
-                frac = _segment_mean(d.to(torch.float64), seg, s_count)  # [n_exp, S]
-                for label, f in zip(labels, frac):
-                    fractions[label] = f
-        if single_exps:
-            sub = torch.as_tensor(sub_rows, device=device)
-            d = self._subset(sub_rows).logits(single_exps).argmax(-1) != target
-            frac = _segment_mean(d.to(torch.float64), seg[sub], s_count)
-            for node, f in zip(singles, frac):
-                fractions[("single", -1, node)] = f
-        keys = list(fractions)
-        values = torch.stack([fractions[k] for k in keys]).cpu().numpy() if keys else np.zeros((0, s_count))
-        got = dict(zip(keys, values))
-        nan = np.full(s_count, np.nan)
-
-        rows = CausalRows(int(target), [], [], [], [], [], [], [])
-        for li, name in enumerate(self.names):
-            n_ex, n_rand, n_both = counts.get(li, (0, 0, 0))
-            self._row(rows, target, name, n_ex, n_rand, n_both,
-                      got.get(("layer", li, "exploited"), nan), got.get(("layer", li, "random"), nan) if n_rand else nan,
-                      got.get(("layer", li, "both"), nan) if n_both else nan)
-        tot = [sum(counts.get(li, (0, 0, 0))[j] for li in range(len(self.names))) for j in range(3)]
-        all_ex = got.get(("all", -1, "exploited"), nan)
-        self._row(rows, target, ALL, *tot, all_ex, got.get(("all", -1, "random"), nan) if tot[1] else nan,
-                  got.get(("all", -1, "both"), nan) if tot[2] else nan)
-        effect = np.full((len(node_role), s_count), np.nan, np.float32)
-        for node in singles:
-            effect[node] = got[("single", -1, node)]
-        return PatchResult(effect=effect, table=rows, defused=tuple(float(x) for x in all_ex))
+    def _record_curve(self, out: CausalRows, stats, s: int, li: int, c: int, n_img: int) -> None:
+        if (li, "curve", "whole", c) not in stats:
+            return
+        whole = stats[(li, "curve", "whole", c)]["mean"]
+        ks = [k for k in CURVE_K if k < c]
+        for name in ORDERS:
+            got_k, means, lo, hi = [], [], [], []
+            for kk in ks:
+                if name == "random":
+                    vals = np.array([stats[(li, "curve", "random", kk, j)]["mean"] for j in range(self.draws)
+                                     if (li, "curve", "random", kk, j) in stats])
+                    if not len(vals):
+                        continue
+                    got_k.append(kk)
+                    means.append(float(vals.mean()))
+                    lo.append(float(np.quantile(vals, 0.05)))
+                    hi.append(float(np.quantile(vals, 0.95)))
+                else:
+                    got_k.append(kk)
+                    means.append(stats[(li, "curve", name, kk)]["mean"])
+                    lo.append(math.nan)
+                    hi.append(math.nan)
+            got_k.append(c)
+            means.append(whole)
+            lo.append(whole if name == "random" else math.nan)
+            hi.append(whole if name == "random" else math.nan)
+            auc, k50 = curve_summary(got_k, means, c)
+            out.add("curve", strength=s, layer=self.names[li], order=name, k=[int(x) for x in got_k],
+                    recovery=means, q05=lo, q95=hi, auc=auc, k50=k50)
 
     @staticmethod
-    def _row(rows, target, layer, n_ex, n_rand, n_both, ex, rand, both) -> None:
-        rows.layer.append(layer)
-        rows.n_exploited.append(int(n_ex))
-        rows.n_random.append(int(n_rand))
-        rows.n_both.append(int(n_both))
-        rows.defused_exploited.append([float(x) for x in ex])
-        rows.defused_random.append([float(x) for x in rand])
-        rows.defused_both.append([float(x) for x in both])
+    def _set_size(plan: "_Plan", label) -> int:
+        e = plan.exps[plan.labels.index(label)][0]
+        return int(sum(int(m.sum()) for m in e.masks.values()))
 
     # --- forward passes ---------------------------------------------------------------------------
     @torch.no_grad()
-    def logits(self, experiments: Sequence[Experiment]) -> torch.Tensor:
-        """Logits [len(experiments), n, classes] of the adversarial images with each experiment's
-        neurons patched to their benign values.
+    def logits(self, experiments: Sequence[Experiment], noising: bool = False) -> torch.Tensor:
+        """Logits [len(experiments), n, classes]: denoising patches each experiment's neurons of the
+        adversarial images with their benign values; ``noising`` patches the benign images with the
+        adversarial values.
 
         One forward pass per chunk of images: the batch runs unpatched ("carrier" rows) up to the
         first layer an experiment patches, where that experiment's rows branch off the carrier, so
@@ -230,7 +478,8 @@ class Patching:
         exps = list(experiments)
         if any(not e.masks for e in exps):
             raise ValueError("an experiment must patch at least one layer")
-        n, m = self.adversarial.shape[0], len(exps)
+        base, source = (self.benign, self.adversarial) if noising else (self.adversarial, self.benign)
+        n, m = base.shape[0], len(exps)
         order = sorted(range(m), key=lambda j: min(exps[j].masks))  # rows in the order they branch off
         by_first: dict[int, list[int]] = {}
         for j in order:
@@ -240,23 +489,14 @@ class Patching:
         parts = []
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            benign = self._activations(self.benign[lo:hi], layers)
-            out = self._patched(self.adversarial[lo:hi], benign, exps, by_first, layers, lo, hi)
+            src = self._activations(source[lo:hi], layers)
+            out = self._patched(base[lo:hi], src, exps, by_first, layers, lo, hi)
             c = hi - lo
             rows = out[: m * c].view(m, c, -1)
             back = torch.empty_like(rows)
             back[torch.as_tensor(order, device=rows.device)] = rows
             parts.append(back)
-        return torch.cat(parts, dim=1) if parts else self.adversarial.new_empty((m, 0, 0))
-
-    def _defused(self, target: int, groups) -> list[torch.Tensor]:
-        exps = [e for _, g, _ in groups for e in g]
-        pred = self.logits(exps).argmax(-1) != target
-        out, i = [], 0
-        for _, g, _ in groups:
-            out.append(pred[i: i + len(g)])
-            i += len(g)
-        return out
+        return torch.cat(parts, dim=1) if parts else base.new_empty((m, 0, 0))
 
     def _activations(self, images: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
         acts: dict[int, torch.Tensor] = {}
@@ -269,7 +509,7 @@ class Patching:
                 h.remove()
         return acts
 
-    def _patched(self, images, benign, exps, by_first, layers, lo, hi) -> torch.Tensor:
+    def _patched(self, images, source, exps, by_first, layers, lo, hi) -> torch.Tensor:
         c = hi - lo
         active: list[int] = []  # experiments whose rows are in the batch, before the carrier rows
 
@@ -279,14 +519,14 @@ class Patching:
                 carrier = out[-c:]
                 rows = torch.cat([out[:-c], carrier.repeat(len(new), *([1] * (out.dim() - 1)))]) if new else out[:-c]
                 active.extend(new)
-                masks = [exps[j].masks.get(li) for j in active]
+                masks = [_rows_mask(exps[j].masks.get(li), lo, hi) for j in active]
                 if not any(x is not None for x in masks):
                     return out
                 like = next(x for x in masks if x is not None)
-                mask = torch.cat([(x if x is not None else torch.zeros_like(like))[lo:hi] for x in masks])
+                mask = torch.cat([(x if x is not None else torch.zeros_like(like)) for x in masks]).to(out.device)
                 k = len(active)
-                ben = benign[li].repeat(k, *([1] * (out.dim() - 1)))
-                rows = torch.where(mask.view(k * c, -1, *([1] * (out.dim() - 2))), ben, rows)
+                src = source[li].repeat(k, *([1] * (out.dim() - 1)))
+                rows = torch.where(mask.view(k * c, -1, *([1] * (out.dim() - 2))), src, rows)
                 return torch.cat([rows, carrier])
             return branch
 
@@ -298,13 +538,30 @@ class Patching:
                 h.remove()
 
 
+class _Plan:
+    """Experiments of one strength, with labels and direction (denoising/noising)."""
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        self.channels = list(channels)
+        self.labels: list[tuple] = []
+        self.exps: list[tuple[Experiment, bool]] = []
+
+    def add(self, label: tuple, chans: dict[int, np.ndarray], noise: bool = False) -> None:
+        masks = {}
+        for li, ch in chans.items():
+            m = torch.zeros(self.channels[li], dtype=torch.bool)
+            m[torch.as_tensor(np.asarray(ch, np.int64))] = True
+            masks[li] = m
+        self.labels.append(label)
+        self.exps.append((Experiment(masks), noise))
+
+
+def _rows_mask(m: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:
+    """The rows lo..hi of a [n, C] mask; a [C] mask holds for every image."""
+    if m is None:
+        return None
+    return m.expand(hi - lo, -1) if m.dim() == 1 else m[lo:hi]
+
+
 def _layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-def _segment_mean(values: torch.Tensor, seg: torch.Tensor, n_seg: int) -> torch.Tensor:
-    """[m, n] values, seg [n] segment ids -> [m, n_seg] means (NaN for an empty segment)."""
-    total = torch.zeros((values.shape[0], n_seg), dtype=values.dtype, device=values.device)
-    total.index_add_(1, seg, values)
-    count = torch.bincount(seg, minlength=n_seg).to(values.dtype)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))

@@ -28,7 +28,7 @@ from bluff_ray.engine.attack import AttackConfig, Batching, attack_stream
 from bluff_ray.engine.causal import Patching, PatchResult, block_modules
 from bluff_ray.engine.importance import segment_median
 from bluff_ray.engine.models.base import ModelAdapter
-from bluff_ray.engine.pathways import PairSummary, PathwayConfig, summarize_pair
+from bluff_ray.engine.pathways import PairSummary, PathwayConfig, importance_of, summarize_pair
 
 
 @dataclass
@@ -62,32 +62,18 @@ class BenignStats:
 def benign_stats(adapter: ModelAdapter, images: torch.Tensor, class_id: int, n_examples: int = 0,
                  batch_size: int = 256) -> BenignStats:
     """Correctness, importance and (``n_examples`` > 0) example candidates of one class, one pass."""
-    from bluff_ray.engine.patches import TOPK_SCHEMA, spatial_max as max_and_argmax, topk_rows
+    from bluff_ray.engine.patches import spatial_argmax, topk_rows, topk_table
 
-    device = adapter.device
-    names = adapter.layer_names
-    per_layer: dict[str, list[tuple[torch.Tensor, ...]]] = {n: [] for n in names}
-    correct = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start: start + batch_size].to(device)
-        logits, acts = adapter.forward_with_activations(batch)
-        correct.append(logits.argmax(1) == class_id)
-        for n in names:
-            per_layer[n].append(max_and_argmax(acts[n]))
+    correct, maxima = adapter.activations(images, batch_size=batch_size, reduce=lambda _layer, act: spatial_argmax(act),
+                                          logits=lambda out: out.argmax(1) == class_id)
     importance, parts = {}, []
     for info in adapter.layers:
-        chunks = per_layer[info.name]
-        vals = torch.cat([c[0] for c in chunks]) if chunks else torch.empty(0, info.channels, device=device)
+        vals, ys, xs = maxima[info.name]
         importance[info.name] = segment_median(vals, [vals.shape[0]])[0].float().cpu().numpy()
-        if n_examples > 0 and chunks:
-            ys, xs = torch.cat([c[1] for c in chunks]), torch.cat([c[2] for c in chunks])
+        if n_examples > 0 and vals.shape[0]:
             parts.append(topk_rows(info.name, vals.float().cpu(), ys.cpu(), xs.cpu(), class_id, n_examples))
-    topk = None
-    if n_examples > 0:
-        from bluff_ray.engine.patches import _table
-
-        topk = _table(parts) if parts else TOPK_SCHEMA.empty_table()
-    ok = torch.cat(correct).cpu().numpy() if correct else np.zeros(0, bool)
+    topk = topk_table(parts) if n_examples > 0 else None
+    ok = correct.cpu().numpy()
     return BenignStats(int(class_id), int(images.shape[0]), ok, importance, topk)
 
 
@@ -140,7 +126,8 @@ def compute_unit(
     x_all = original.images.to(device)
     src = torch.nonzero(original.correct.to(device)).flatten()
     x_att = x_all[src]
-    model = adapter.attack_model(compiled=attack_cfg.compile and device.type == "cuda")
+    model = adapter.attack_model(compiled=attack_cfg.compile and device.type == "cuda", step=attack_cfg.step,
+                                 bf16=attack_cfg.bf16)
     eager = adapter.attack_model()
     blocks = block_modules(eager, adapter.model, adapter.blocks) if pathway_cfg.causal else None
     imp_o = original.importance
@@ -149,7 +136,8 @@ def compute_unit(
     n_att, s_count = x_att.shape[0], len(attack_cfg.strengths)
     t0 = time.perf_counter()
     stream = attack_stream(model, x_att, [t.class_id for t in targets], attack_cfg, batching, seed, progress,
-                           pad=attack_cfg.compile and device.type == "cuda")
+                           pad=(attack_cfg.compile or attack_cfg.cuda_graphs) and device.type == "cuda",
+                           verify=eager)
     for ti, adv, ok in stream:
         t1 = time.perf_counter()
         timings["attack"] += t1 - t0
@@ -163,20 +151,31 @@ def compute_unit(
         )
         patch = None
         if pathway_cfg.causal:  # a separate step after the summary, on the same attacked images
-            rows = torch.arange(n_att, device=device).expand(s_count, n_att)[ok]
-            patching = Patching(eager, blocks, adapter.layer_names, [l.channels for l in adapter.layers], flat,
-                                x_att[rows], seed=seed, batch_size=pathway_cfg.batch_size,
-                                patch_images=pathway_cfg.patch_images)
-            node_vals = torch.as_tensor(summary.node_values, device=device)
-            patch = patching.run(target.class_id, [torch.as_tensor(d, dtype=torch.long) for d in summary.displayed],
-                                 summary.node_role, torch.as_tensor(summary.exploited_mask), node_vals, counts)
-            del patching
+            t_p = time.perf_counter()
+            patch = patch_pair(adapter, eager, blocks, original, target, x_att, flat, ok, counts, pathway_cfg, seed)
+            timings["patching"] = timings.get("patching", 0.0) + time.perf_counter() - t_p
         records.append(PairRecords(summary, patch))
         del adv, ok, flat
         t0 = time.perf_counter()
         timings["summary"] += t0 - t1
     timings["attack"] += time.perf_counter() - t0
     return UnitRecords(records, tuple(t.class_id for t in targets), int(part), n_att * s_count * len(targets), timings)
+
+
+def patch_pair(adapter: ModelAdapter, eager, blocks, original: ClassData, target: ClassData, x_att: torch.Tensor,
+               flat: torch.Tensor, ok: torch.Tensor, counts: Sequence[int], cfg: PathwayConfig,
+               seed: int) -> PatchResult:
+    """The pair's activation-patching experiments (:mod:`causal`) on its successful attacks."""
+    device = adapter.device
+    n_att, s_count = x_att.shape[0], ok.shape[0]
+    rows = torch.arange(n_att, device=device).expand(s_count, n_att)[ok]
+    names = adapter.layer_names
+    imp_o = original.importance or importance_of(adapter, original.images, cfg.batch_size)
+    imp_t = target.importance or importance_of(adapter, target.images, cfg.batch_size)
+    patching = Patching(eager, blocks, names, [l.channels for l in adapter.layers], flat, x_att[rows], seed=seed,
+                        batch_size=cfg.batch_size, patch_images=cfg.patch_images, draws=cfg.null_draws)
+    return patching.run(original.class_id, target.class_id, [imp_o[n] for n in names], [imp_t[n] for n in names],
+                        counts, cfg.k)
 
 
 def class_data(adapter: ModelAdapter, class_id: int, images: torch.Tensor, stats: BenignStats | None) -> ClassData:
@@ -200,10 +199,11 @@ MEMORY_FRACTION = 0.6
 CPU_BUDGET_BYTES = 4 * 2**30
 
 
-def per_sample_bytes(adapter: ModelAdapter, bf16: bool = False) -> int:
+def per_sample_bytes(adapter: ModelAdapter, bf16: bool = False, step: str = "reference") -> int:
     """Bytes autograd keeps per attacked sample (the tensors saved for the input gradient), measured
-    by a saved-tensors hook on one small forward pass of the attack model on the adapter's device."""
-    model = adapter.attack_model()
+    by a saved-tensors hook on one small forward pass of the attack model (``step``'s variant) on
+    the adapter's device."""
+    model = adapter.attack_model(step=step, bf16=bf16)
     device = adapter.device
     dtype = next(model.parameters()).dtype
     x = torch.rand(2, *adapter.input_shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -227,11 +227,11 @@ def per_sample_bytes(adapter: ModelAdapter, bf16: bool = False) -> int:
     return max(1, total // 2)
 
 
-def auto_batch_size(adapter: ModelAdapter, bf16: bool = False) -> int:
+def auto_batch_size(adapter: ModelAdapter, bf16: bool = False, step: str = "reference") -> int:
     """An attack batch that fits the device: free memory (CUDA) or a fixed budget (CPU) divided by
     the measured per-sample footprint, with room for the pair summaries; halved on OOM later."""
     device = adapter.device
-    per = per_sample_bytes(adapter, bf16)
+    per = per_sample_bytes(adapter, bf16, step)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = free * MEMORY_FRACTION

@@ -24,6 +24,7 @@ import torch
 from bluff_ray.engine.importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max_activations
 from bluff_ray.engine.influence import layer_influence
 from bluff_ray.engine.models.base import ModelAdapter
+from bluff_ray.engine.settings import check, setting
 
 
 @dataclass(frozen=True)
@@ -35,25 +36,27 @@ class PathwayConfig:
     min_edge_influence: an edge is kept if its influence exceeds this in at least one condition
         (FORMAT.md: 0.0, i.e. it transmits something through the ReLU somewhere).
     causal: run the activation-patching experiments (causal/ files, ``effect``, ``defused``).
-    patch_images: patch at most this many successfully attacked images per strength (the first
-        ones); single neurons on half as many. Bounds the patching cost (bench/causal.py).
+    patch_images: patch at most this many held-out successful images per strength (the first ones;
+        the other half selects the neurons). Bounds the patching cost (bench/causal.py).
+    null_draws: seeded random sets per null control (and random orders per dose-response curve).
     """
 
-    k: int = 10
-    batch_size: int = 64
-    min_edge_influence: float = 0.0
-    causal: bool = True
-    patch_images: int = 16
+    # Bounds: generous limits no real run needs (GoogLeNet's widest layer has 1,024 channels).
+    k: int = setting(10, "top-k neurons per layer and condition for the roles (exploited takes k//2 per strength)",
+                     ge=2, le=1024)
+    batch_size: int = setting(64, "images per forward pass / influence chunk when summarising a pair", ge=1,
+                              le=65_536, identity=False)
+    min_edge_influence: float = setting(0.0, "store an edge when its influence exceeds this in some condition",
+                                        allow_inf_nan=False)
+    causal: bool = setting(True, "run the activation-patching experiments (causal/ files, node effect, pair "
+                           "defused)")
+    patch_images: int = setting(8, "patch at most this many held-out successful images per strength (the other "
+                                "half selects the neurons); bounds the patching cost", ge=1, le=10_000)
+    null_draws: int = setting(16, "random sets per null control and random dose-response order (patching)", ge=16,
+                              le=1024)
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
-            raise ValueError(f"k must be an integer >= 2 (exploited takes k//2 per strength), got {self.k!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if isinstance(self.patch_images, bool) or not isinstance(self.patch_images, int) or self.patch_images < 1:
-            raise ValueError(f"patch_images must be an integer >= 1, got {self.patch_images!r}")
-        if not math.isfinite(self.min_edge_influence):
-            raise ValueError(f"min_edge_influence must be finite, got {self.min_edge_influence!r}")
+        check(self)  # types and bounds declared on the fields
 
 
 @dataclass(frozen=True)
