@@ -10,8 +10,9 @@
    ``compute_unit``) pair results as the reference step, in float64 on the digits net.
 3. The fast pool keeps fewer bytes per attacked sample (no int64 indices).
 
-Gradients are compared with integer-valued output gradients so that the sums at positions that
-win several overlapping windows are exact in any order: the claim is about which input wins.
+Gradients are compared with integer-valued output gradients (sums at positions that win several
+overlapping windows exact in any order: which input wins) and with random float64 ones (the sums
+also run in PyTorch's order: bitwise equal).
 """
 
 from __future__ import annotations
@@ -68,10 +69,17 @@ def check_exact(impl: str, geometries=GEOMETRIES, sizes=SIZES) -> int:
                 ya = F.max_pool2d(xa, k, s, p, 1, ceil)
                 yb = max_pool2d(xb, k, s, p, 1, ceil, impl=impl)
                 assert torch.equal(ya, yb), (k, s, p, ceil, h, w, cl)
-                go = torch.randint(-3, 4, ya.shape, generator=torch.Generator().manual_seed(si)).double()
+                gen = torch.Generator().manual_seed(si)
+                go = torch.randint(-3, 4, ya.shape, generator=gen).double()
+                ya.backward(go, retain_graph=True)
+                yb.backward(go, retain_graph=True)
+                assert torch.equal(xa.grad, xb.grad), (impl, k, s, p, ceil, h, w, cl)
+                # Arbitrary float64 gradients too: the sums run in PyTorch's order (outputs row-major).
+                xa.grad = xb.grad = None
+                go = torch.randn(ya.shape, generator=gen, dtype=torch.float64)
                 ya.backward(go)
                 yb.backward(go)
-                assert torch.equal(xa.grad, xb.grad), (impl, k, s, p, ceil, h, w, cl)
+                assert torch.equal(xa.grad, xb.grad), (impl, k, s, p, ceil, h, w, cl, "float")
                 assert yb.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
                 cases += 1
     return cases
@@ -140,6 +148,122 @@ def test_triton_kernels_on_cuda_exact_in_float64():
             ya.backward(go)
             yb.backward(go)
             assert torch.equal(xa.grad, xb.grad), (k, s, p, ceil, cl)
+
+
+# ----------------------------------------------------------------------------- the fast attack step
+
+FIXTURE = Path(__file__).parent / "fixtures" / "v1_unit"
+
+
+@pytest.fixture(scope="module")
+def digits64():
+    """The checked-in digits unit's net in float64 (test_engine's fixture), and its class data."""
+    import json
+
+    from bluff_ray.engine.compute import benign_stats, class_data
+    from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
+    from bluff_ray.run.data import DigitsSource
+
+    meta = json.loads((FIXTURE / "unit.json").read_text())
+    net = DigitsNet.empty()
+    net.load_state_dict(torch.load(FIXTURE / "digits_weights.pt", weights_only=True))
+    adapter = digits_adapter(net.double().eval())
+    src = DigitsSource()
+
+    def data(c):
+        x = src.class_images(c, meta["images_per_class"])[0].double()
+        return class_data(adapter, c, x, benign_stats(adapter, x, c))
+
+    return meta, adapter, data(meta["original"]), [data(t) for t in meta["targets"]]
+
+
+def test_fast_model_swaps_every_pool_and_computes_the_same_function(digits64):
+    from torch import nn
+
+    from bluff_ray.engine.maxpool import MaxPool2dNoIndices
+
+    _, adapter, original, _ = digits64
+    ref, fast = adapter.attack_model(), adapter.attack_model(step="fast")
+    assert fast is adapter.attack_model(step="fast", bf16=True)  # bf16 weights only on CUDA
+    pools = [m for m in fast.modules() if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 5 and all(isinstance(m, MaxPool2dNoIndices) for m in pools)  # 4 branch pools + stage pool
+    assert not any(isinstance(m, MaxPool2dNoIndices) for m in ref.modules())  # the reference model is untouched
+    x = original.images.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(ref(x), fast(x))
+
+
+@pytest.mark.parametrize("method", ["pgd_l2", "pgd_linf", "fgsm"])
+def test_fast_step_gives_the_reference_attack_bitwise_in_float64(digits64, method):
+    """Same adversarial images and success counts per strength, every method, float64 on the CPU."""
+    from bluff_ray.engine.attack import AttackConfig, attack_grid
+
+    meta, adapter, original, _ = digits64
+    x = original.images
+    grids = {}
+    for step in ("reference", "fast"):
+        cfg = AttackConfig(method=method, strengths=(0.3, 0.6, 1.0), steps=4, step=step)
+        grids[step] = attack_grid(adapter.attack_model(step=step), x, [5, 8], cfg, batch_size=16, seed=3)
+    ref, fast = grids["reference"], grids["fast"]
+    assert torch.equal(ref.adv, fast.adv)
+    assert torch.equal(ref.n_success, fast.n_success)
+    assert (ref.adv - x).abs().amax() > 0.01  # the attack moved the images
+
+
+def test_fast_step_gives_the_reference_pair_results(digits64):
+    """compute_unit with step="fast": the same pair rows (success, importance, roles), nodes and
+    edges as the reference step, in float64."""
+    from bluff_ray.engine.attack import AttackConfig
+    from bluff_ray.engine.compute import compute_unit
+    from bluff_ray.engine.pathways import PathwayConfig
+    from bluff_ray.results.rows import unit_tables
+
+    meta, adapter, original, targets = digits64
+    out = {}
+    for step in ("reference", "fast"):
+        cfg = AttackConfig(strengths=tuple(meta["strengths"]), steps=3, seed=meta["seed"], step=step)
+        out[step] = unit_tables(compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(causal=False),
+                                             seed=11, batching=32))
+    for kind in ("pairs", "nodes", "edges"):
+        a, b = getattr(out["reference"], kind), getattr(out["fast"], kind)
+        assert a.num_rows > 0, kind
+        assert a.schema == b.schema, kind
+        assert repr(a.to_pylist()) == repr(b.to_pylist()), kind  # exact floats (repr round-trips), NaN == NaN
+    assert sum(out["fast"].pairs.column("n_success").to_pylist()[0]) > 0  # some attacks succeeded
+
+
+def test_fast_pool_keeps_fewer_bytes_per_sample():
+    """Saved-tensor bytes per attacked sample (engine.compute.per_sample_bytes) on GoogLeNet
+    (random weights, 224x224, fp32 on the CPU): the int64 indices of its 13 max-pools are gone.
+    Measured here: 35.3 MB reference, 23.9 MB fast."""
+    from bluff_ray.engine.compute import per_sample_bytes
+    from bluff_ray.engine.models import load_model
+
+    adapter = load_model("googlenet", weights="random")
+    ref, fast = per_sample_bytes(adapter), per_sample_bytes(adapter, step="fast")
+    # The indices alone: 8 bytes per pooled output element, summed over the 13 pools.
+    x = torch.zeros(1, *adapter.input_shape)
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: outputs.append(o.numel()))
+             for m in adapter.model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    with torch.no_grad():
+        adapter.model.eval()(x)
+    for h in hooks:
+        h.remove()
+    assert len(outputs) == 13
+    index_bytes = 8 * sum(outputs)
+    # Fast keeps each pool's output instead (4 bytes per element in fp32) where nothing else does.
+    assert ref - fast >= index_bytes - 4 * sum(outputs), (ref, fast, index_bytes)
+    assert fast < 0.75 * ref
+
+
+def test_step_option_is_checked():
+    from bluff_ray.engine.attack import AttackConfig
+
+    with pytest.raises(ValueError, match="unknown attack step"):
+        AttackConfig(step="turbo")
+    with pytest.raises(ValueError, match="exclude"):
+        AttackConfig(cuda_graphs=True, compile=True)
 
 
 if __name__ == "__main__":  # the subprocess of test_triton_kernels_under_the_interpreter

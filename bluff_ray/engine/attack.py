@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -31,10 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from bluff_ray.engine.seeds import derive_seed
+from bluff_ray.engine.settings import check, setting
 
 log = logging.getLogger("bluff_ray.engine.attack")
 
 METHODS = ("pgd_l2", "pgd_linf", "fgsm")
+#: Attack-step variants (``AttackConfig.step``); both run the same loop, only the model differs
+#: (``ModelAdapter.attack_model(step=...)``): "reference" is the BatchNorm-folded channels_last
+#: model under bf16 autocast on CUDA; "fast" swaps its max-pools for
+#: :class:`~bluff_ray.engine.maxpool.MaxPool2dNoIndices` and, with ``bf16`` on CUDA, holds bf16
+#: weights so a step casts only its input. Which one is the default is decided on a GPU
+#: (``bench/gpu.py``; see BENCHMARKS.md).
+STEPS = ("reference", "fast")
 DEFAULT_STRENGTHS = tuple(round(0.05 * i, 2) for i in range(1, 11))
 
 
@@ -48,16 +57,28 @@ class AttackConfig:
     ``torch.compile`` with one static batch shape (ignored on the CPU, where it was slower).
     """
 
-    method: str = "pgd_l2"
-    strengths: tuple[float, ...] = DEFAULT_STRENGTHS
-    steps: int = 50
-    step_ratio: float = 0.2  # step = eps * ratio (the paper: eps / 5)
-    random_start: bool = True
-    seed: int = 0
-    bf16: bool = False
-    compile: bool = False
+    method: str = setting("pgd_l2", "attack: pgd_l2 (the paper's), pgd_linf or fgsm")
+    strengths: tuple[float, ...] = setting(DEFAULT_STRENGTHS, "eps values, ascending (a run sets them at the top level)")
+    # Bounds: no real run needs more than 10,000 PGD steps (the paper uses 50) or a step above 10 eps.
+    steps: int = setting(50, "PGD iterations", ge=1, le=10_000)
+    step_ratio: float = setting(0.2, "PGD step size as a fraction of eps (the paper: 1/5)", gt=0, le=10,
+                                allow_inf_nan=False)
+    random_start: bool = setting(True, "start PGD from a random point in the eps ball")
+    seed: int = setting(0, "random-start seed (a run derives it from its top-level seed)", ge=0, lt=2**63)
+    bf16: bool = setting(False, "on CUDA, run the attack under bfloat16 autocast (faster, slightly different "
+                         "numbers; ignored on CPU)")
+    compile: bool = setting(False, "on CUDA, run the attack through torch.compile with one static batch shape "
+                            "(ignored on CPU)", identity=False)
+    step: str = setting("reference", "how the attack model runs the step: 'reference' (autocast per step) or "
+                        "'fast' (max-pools without saved indices, bf16 weights cast once on CUDA)")
+    cuda_graphs: bool = setting(False, "on CUDA, capture the fixed-shape forward + input-gradient step once per "
+                                "batch shape as a CUDA graph and replay it")
 
     def __post_init__(self) -> None:
+        if self.step not in STEPS:
+            raise ValueError(f"unknown attack step {self.step!r}; valid: {', '.join(STEPS)}")
+        if self.cuda_graphs and self.compile:
+            raise ValueError("attack.cuda_graphs and attack.compile exclude each other (choose one)")
         if self.method not in METHODS:
             raise ValueError(f"unknown attack method {self.method!r}; valid: {', '.join(METHODS)}")
         try:
@@ -71,10 +92,7 @@ class AttackConfig:
         if any(b <= a for a, b in zip(strengths, strengths[1:])):
             raise ValueError(f"strengths must be strictly ascending, got {strengths}")
         object.__setattr__(self, "strengths", strengths)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
-        if not (math.isfinite(self.step_ratio) and self.step_ratio > 0):
-            raise ValueError(f"step_ratio must be > 0, got {self.step_ratio!r}")
+        check(self)  # types and bounds declared on the fields
 
 
 def random_start(
@@ -98,19 +116,77 @@ def random_start(
     return z.to(device)
 
 
-def _loss_grad(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp: bool) -> torch.Tensor:
+def _loss_grad(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp: bool,
+               cast: torch.dtype | None = None) -> torch.Tensor:
     """Gradient of the summed target cross-entropy w.r.t. the input only.
 
     Sum, not mean: the per-sample gradient must not shrink with the batch size (it is normalised
-    per sample anyway, and a mean over 10^4 samples could underflow in bf16).
+    per sample anyway, and a mean over 10^4 samples could underflow in bf16). ``cast``: the
+    model's weight dtype when it differs from the input's (bf16 weights of the "fast" step): the
+    input is cast once inside the graph, so the gradient comes back in the input's dtype.
     """
     x = x.detach().requires_grad_(True)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
     with torch.enable_grad(), ctx:
-        logits = model(x)
+        logits = model(x if cast is None else x.to(cast))
         loss = F.cross_entropy(logits.float(), targets, reduction="sum")
     (g,) = torch.autograd.grad(loss, x)
     return g
+
+
+def _weight_dtype(model: nn.Module) -> torch.dtype | None:
+    p = next(model.parameters(), None)
+    return None if p is None else p.dtype
+
+
+#: Captured CUDA graphs per model: {model: {(shape, dtype, amp, cast): (graph, x, targets, grad)}}.
+_GRAPHS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _graphed_step(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp: bool,
+                  cast: torch.dtype | None) -> torch.Tensor:
+    """``_loss_grad`` replayed from a CUDA graph captured once per (model, batch shape).
+
+    The returned gradient is the graph's static output buffer: valid until the next call with the
+    same shape (the loop consumes it before that).
+    """
+    cache = _GRAPHS.setdefault(model, {})
+    key = (tuple(x.shape), x.dtype, tuple(x.stride()), amp, cast)
+    if key not in cache:
+        sx, st = x.detach().clone(), targets.clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN plans, Triton builds)
+            for _ in range(2):
+                _loss_grad(model, sx, st, amp, cast)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            sg = _loss_grad(model, sx, st, amp, cast)
+        cache[key] = (graph, sx, st, sg)
+        log.info("captured a CUDA graph of the attack step for batch shape %s", tuple(x.shape))
+    graph, sx, st, sg = cache[key]
+    sx.copy_(x)
+    st.copy_(targets)
+    graph.replay()
+    return sg
+
+
+def make_step(model: nn.Module, cfg: AttackConfig, device: torch.device,
+              dtype: torch.dtype = torch.float32) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The attack's step function ``(adv, targets) -> input gradient`` for ``model`` and ``cfg``.
+
+    The loop is the same for every variant; only this function differs. A model with
+    lower-precision weights than the input (the "fast" bf16 model) gets the input cast once per
+    step; otherwise ``cfg.bf16`` on CUDA means autocast. ``cfg.cuda_graphs`` on CUDA replays a
+    captured graph (ignored on the CPU, like ``compile``).
+    """
+    w = _weight_dtype(model)
+    cast = w if w is not None and w != dtype and w in (torch.bfloat16, torch.float16) else None
+    amp = cfg.bf16 and device.type == "cuda" and cast is None
+    if cfg.cuda_graphs and device.type == "cuda":
+        return lambda x, t: _graphed_step(model, x, t, amp, cast)
+    return lambda x, t: _loss_grad(model, x, t, amp, cast)
 
 
 def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +223,7 @@ def attack(
         return x.clone()
     if bool((eps_t < 0).any()):
         raise ValueError("eps must be >= 0")
-    amp = cfg.bf16 and device.type == "cuda"
+    step = make_step(model, cfg, device, x.dtype)
     if x.dim() == 4:  # the layout convs want on CPUs and GPUs alike (see ModelAdapter.attack_model)
         x = x.contiguous(memory_format=torch.channels_last)
     was_training = model.training
@@ -155,7 +231,7 @@ def attack(
     try:
         eps_v = _per_sample(eps_t, x)
         if cfg.method == "fgsm":
-            g = _loss_grad(model, x, targets, amp)
+            g = step(x, targets)
             return (x - eps_v * g.sign()).clamp(0, 1).detach()
 
         if start is not None:
@@ -169,7 +245,7 @@ def attack(
             adv = x.clone()
         alpha = eps_v * cfg.step_ratio
         for _ in range(cfg.steps):
-            g = _loss_grad(model, adv, targets, amp)
+            g = step(adv, targets)
             if cfg.method == "pgd_l2":
                 gn = _per_sample(g.flatten(1).norm(dim=1), x) + 1e-10
                 adv = adv - alpha * g / gn
@@ -287,6 +363,7 @@ def attack_stream(
     seed: int | None = None,
     progress: Callable[[int], object] | None = None,
     pad: bool = False,
+    verify: nn.Module | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Attack every image toward every target at every strength; yield each target as soon as done.
 
@@ -298,7 +375,9 @@ def attack_stream(
     seeded with ``seed`` (default ``cfg.seed``), so results do not depend on the batch size up to
     float rounding. On an out-of-memory error the batch is halved (``batching`` remembers it) and
     the same samples are attacked again. ``pad`` pads the last batch to the full size (one static
-    shape for a compiled model).
+    shape for a compiled model or a CUDA graph). ``verify``: the model whose prediction on the
+    adversarial image decides success (default ``model``; e.g. the fp32 reference model when
+    ``model`` is the bf16 "fast" one).
     """
     targets = _check_grid_inputs(images, targets)
     if not isinstance(batching, Batching):
@@ -326,7 +405,7 @@ def attack_stream(
             hi = min(lo + batching.size, total)
             try:
                 a, ok = _attack_batch(model, images, tgt_all, str_all, cfg, noise, lo, hi, n, s_count,
-                                      batching.size if pad else None)
+                                      batching.size if pad else None, verify)
             except torch.OutOfMemoryError:
                 if batching.size == 1:
                     raise
@@ -351,7 +430,7 @@ def attack_stream(
         model.train(was_training)
 
 
-def _attack_batch(model, images, tgt_all, str_all, cfg, noise, lo, hi, n, s_count, pad_to):
+def _attack_batch(model, images, tgt_all, str_all, cfg, noise, lo, hi, n, s_count, pad_to, verify=None):
     idx = torch.arange(lo, hi, device=images.device)
     img_i, rest = idx % n, idx // n
     s_i, t_i = rest % s_count, rest // s_count
@@ -365,8 +444,10 @@ def _attack_batch(model, images, tgt_all, str_all, cfg, noise, lo, hi, n, s_coun
         if start is not None:
             start = torch.cat([start, start[:1].expand(fill, *start.shape[1:])])
     a = attack(model, x, tg, eps, cfg, start=start)
+    check = model if verify is None else verify
+    w = _weight_dtype(check)
     with torch.no_grad():
-        pred = model(a).argmax(1)
+        pred = check(a.to(w) if w in (torch.bfloat16, torch.float16) else a).argmax(1)
     return a[:m], (pred == tg)[:m]
 
 

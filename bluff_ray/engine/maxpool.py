@@ -93,8 +93,10 @@ def _backward_torch(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p, 
     need_h, need_w = (oh - 1) * sh + dh * (kh - 1) + 1, (ow - 1) * sw + dw * (kw - 1) + 1
     gp = torch.zeros((*x.shape[:-2], max(need_h, h + ph), max(need_w, w + pw)), dtype=g.dtype, device=g.device)
     zero = torch.zeros((), dtype=g.dtype, device=g.device)
-    for i in range(kh):
-        for j in range(kw):
+    # Offsets in reverse scan order = the outputs a position won in row-major order, the order in
+    # which PyTorch's kernels sum them: float64 results are then bitwise PyTorch's.
+    for i in reversed(range(kh)):
+        for j in reversed(range(kw)):
             view = gp[..., i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
             view += torch.where(win == i * kw + j, g, zero)
     return gp[..., ph: ph + h, pw: pw + w].contiguous(memory_format=_memory_format(x))

@@ -22,7 +22,7 @@ so attack strengths (eps) are always measured in [0, 1] pixel space.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -104,7 +104,7 @@ class ModelAdapter:
     load_image: Callable[..., torch.Tensor]
     metadata: dict = field(default_factory=dict)
     _attack_model: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
-    _compiled: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+    _variants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def layer_names(self) -> list[str]:
@@ -119,10 +119,11 @@ class ModelAdapter:
             self.model.to(device)
         else:
             self.model.to(device=device, dtype=dtype)
-        self._attack_model = self._compiled = None
+        self._attack_model = None
+        self._variants = {}
         return self
 
-    def attack_model(self, compiled: bool = False) -> nn.Module:
+    def attack_model(self, compiled: bool = False, step: str = "reference", bf16: bool = False) -> nn.Module:
         """The classifier as the attack's hot loop wants it, built once: an eval-mode copy with each
         conv unit's BatchNorm folded into its conv and channels_last weights.
 
@@ -132,14 +133,36 @@ class ModelAdapter:
         explanation code (importance, influence) keeps using ``model`` with its BatchNorms.
         ``compiled``: the same model through ``torch.compile`` (built once; the pipeline asks for
         it only on CUDA, with ``attack.compile``).
+
+        ``step="fast"`` (``attack.step``): a copy whose max-pools keep no int64 indices for the
+        backward (:mod:`bluff_ray.engine.maxpool`; same values and gradients), and with ``bf16``
+        on CUDA, bf16 weights (cast once here, instead of autocast casting them every step; the
+        attack casts its input). ``bf16`` is ignored for the reference step (autocast does it) and
+        on the CPU. Each variant is built once.
         """
         if self._attack_model is None:
             self._attack_model = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
+        if step not in ("reference", "fast"):
+            raise ValueError(f"unknown attack step {step!r}; valid: reference, fast")
+        half = step == "fast" and bf16 and self.device.type == "cuda"
+        key = (step, half)
+        if key not in self._variants:
+            if step == "reference":
+                self._variants[key] = self._attack_model
+            else:
+                import copy
+
+                from bluff_ray.engine.maxpool import swap_max_pools
+
+                fast = copy.deepcopy(self._attack_model)
+                swap_max_pools(fast)
+                self._variants[key] = fast.to(torch.bfloat16) if half else fast
+        model = self._variants[key]
         if not compiled:
-            return self._attack_model
-        if self._compiled is None:  # one static shape (the attack pads its last batch)
-            self._compiled = torch.compile(self._attack_model, dynamic=False)
-        return self._compiled
+            return model
+        if (key, "compiled") not in self._variants:  # one static shape (the attack pads its last batch)
+            self._variants[(key, "compiled")] = torch.compile(model, dynamic=False)
+        return self._variants[(key, "compiled")]
 
     def forward_with_activations(
         self, x: torch.Tensor, layers: Sequence[str] | None = None
@@ -161,3 +184,43 @@ class ModelAdapter:
             for h in handles:
                 h.remove()
         return logits, acts
+
+    @torch.no_grad()
+    def activations(
+        self,
+        images: torch.Tensor,
+        layers: Sequence[str] | None = None,
+        batch_size: int = 64,
+        reduce: Callable[[str, torch.Tensor], Any] | None = None,
+        logits: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """The one batched activation collector: runs the model over ``images`` (moved to the
+        device, and to ``dtype`` if given) ``batch_size`` at a time, so only one batch of full
+        activation maps is ever held, and returns (``logits(batch logits)`` concatenated over the
+        batches, or None without ``logits``; {layer: ``reduce(layer, activation)`` concatenated
+        over the batches}) for the requested layers (all by default). ``reduce`` (default: the
+        maps themselves) may return a tensor or a tuple of tensors (then a tuple of
+        concatenations). Zero images give empty results of the right shapes (one empty forward).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if images.dim() != 4:
+            raise ValueError(f"images must be [N,C,H,W], got shape {tuple(images.shape)}")
+        names = [n for n in self.layer_names if layers is None or n in set(layers)]
+        parts: dict[str, list[Any]] = {n: [] for n in names}
+        heads: list[torch.Tensor] = []
+        for start in range(0, max(1, images.shape[0]), batch_size):
+            batch = images[start : start + batch_size].to(self.device, dtype)
+            out, acts = self.forward_with_activations(batch, names)
+            if logits is not None:
+                heads.append(logits(out))
+            for n in names:
+                parts[n].append(acts[n] if reduce is None else reduce(n, acts[n]))
+
+        def cat(chunks: list[Any]) -> Any:
+            if isinstance(chunks[0], tuple):
+                return tuple(torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0])))
+            return torch.cat(chunks)
+
+        return (torch.cat(heads) if logits is not None else None), {n: cat(parts[n]) for n in names}
