@@ -51,31 +51,16 @@ def importance(acts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {layer: median(spatial_max(a), dim=0) for layer, a in acts.items()}
 
 
-@torch.no_grad()
 def spatial_max_activations(
     adapter: ModelAdapter, images: torch.Tensor, batch_size: int = 64
 ) -> dict[str, torch.Tensor]:
     """Per-image spatial max of every mixed layer, {layer: [N,C]} on the adapter's device, in the
     model's dtype (the pair summary keeps working on them there, without a host sync).
 
-    Runs the model in batches so that only one batch of full activation maps is ever held; the
-    [N,C] maxima are all importance needs.
+    Collected batch by batch (``ModelAdapter.activations``): the [N,C] maxima are all importance
+    needs, so no full activation map outlives its batch.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if images.dim() != 4:
-        raise ValueError(f"images must be [N,C,H,W], got shape {tuple(images.shape)}")
-    device = adapter.device
-    dtype = next(adapter.model.parameters()).dtype
-    parts: dict[str, list[torch.Tensor]] = {l.name: [] for l in adapter.layers}
-    for start in range(0, images.shape[0], batch_size):
-        _, acts = adapter.forward_with_activations(images[start : start + batch_size].to(device))
-        for name in parts:
-            parts[name].append(spatial_max(acts[name]))
-    return {
-        l.name: torch.cat(parts[l.name]) if parts[l.name] else torch.empty(0, l.channels, device=device, dtype=dtype)
-        for l in adapter.layers
-    }
+    return adapter.activations(images, batch_size=batch_size, reduce=lambda _layer, act: spatial_max(act))[1]
 
 
 def ranked_channels(values: torch.Tensor) -> list[int]:
@@ -86,11 +71,6 @@ def ranked_channels(values: torch.Tensor) -> list[int]:
         raise ValueError("cannot rank importances containing NaN")
     order = torch.sort(-values.detach().cpu().double(), stable=True).indices
     return order.tolist()
-
-
-def top_k(values: torch.Tensor, k: int) -> list[int]:
-    """The first ``k`` channels of :func:`ranked_channels` (all of them if fewer than k)."""
-    return ranked_channels(values)[:k]
 
 
 def segment_median(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:

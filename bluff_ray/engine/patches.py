@@ -36,8 +36,9 @@ TOPK_SCHEMA = pa.schema(
 )
 
 
-def spatial_max(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[N,C,H,W] -> (max value, argmax row, argmax column), each [N,C]; first max wins."""
+def spatial_argmax(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[N,C,H,W] -> (max value, argmax row, argmax column), each [N,C]; first max wins (the values
+    are ``importance.spatial_max``'s; the positions place the example crops)."""
     n, c, h, w = acts.shape
     flat = acts.reshape(n, c, h * w)
     idx = torch.argmax(flat, dim=-1)
@@ -65,14 +66,14 @@ def topk_rows(
     }
 
 
-def _table(parts: list[dict[str, np.ndarray]]) -> pa.Table:
+def topk_table(parts: list[dict[str, np.ndarray]]) -> pa.Table:
+    """TOPK_SCHEMA rows from ``topk_rows`` parts."""
     if not parts:
         return TOPK_SCHEMA.empty_table()
     cols = {name: np.concatenate([p[name] for p in parts]) for name in TOPK_SCHEMA.names}
     return pa.Table.from_pydict(cols, schema=TOPK_SCHEMA)
 
 
-@torch.no_grad()
 def class_topk(
     adapter: ModelAdapter, images: torch.Tensor, class_id: int, n: int, batch_size: int = 64
 ) -> pa.Table:
@@ -87,18 +88,10 @@ def class_topk(
         raise ValueError(f"images must be [N,{','.join(map(str, adapter.input_shape))}], got {list(images.shape)}")
     if len(images) == 0:
         return TOPK_SCHEMA.empty_table()
-    device = adapter.device
-    per_layer: dict[str, list[tuple[torch.Tensor, ...]]] = {name: [] for name in adapter.layer_names}
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device)
-        _, acts = adapter.forward_with_activations(batch)
-        for name in adapter.layer_names:
-            per_layer[name].append(tuple(t.float().cpu() for t in spatial_max(acts[name])))
-    parts = []
-    for name in adapter.layer_names:
-        vals, ys, xs = (torch.cat([b[i] for b in per_layer[name]]) for i in range(3))
-        parts.append(topk_rows(name, vals, ys, xs, class_id, n))
-    return _table(parts)
+    _, maxima = adapter.activations(
+        images, batch_size=batch_size, reduce=lambda _layer, act: tuple(t.float().cpu() for t in spatial_argmax(act))
+    )
+    return topk_table([topk_rows(name, *maxima[name], class_id, n) for name in adapter.layer_names])
 
 
 def merge_topk(tables: list[pa.Table], n: int) -> pa.Table:
