@@ -231,3 +231,57 @@ def test_submit_dry_run_cli():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "entrypoint: python -m bluff_ray.cli run --config deploy/imagenet.toml --classes 0,1" in proc.stdout
+
+
+@pytest.mark.parametrize("where, text, extra, env, found", [
+    ("run.toml", 'model = "digits"\n[storage_options]\nsecret = "wJalrXUtnFEMI"\n', [], {}, "storage_options.secret"),
+    ("run.toml", 'model = "digits"\n[storage_options]\nkey = "AKIAEXAMPLE"\n', [], {}, "storage_options.key"),
+    ("run.yaml", "storage_options:\n  client_kwargs: {aws_secret_access_key: x}\n", [], {},
+     "storage_options.client_kwargs.aws_secret_access_key"),
+    ("run.yaml", "storage_options: {token: abc, password: p}\n", [], {}, "storage_options.token"),
+    ("run.toml", 'out = "s3://AKIA:secret@bucket/results"\n', [], {}, "out (credentials in the URL)"),
+    ("run.toml", 'data = "https://host/val?X-Amz-Signature=abc"\n', [], {}, "data (credentials in the URL)"),
+    ("run.toml", 'model = "digits"\n', ["--set", "storage_options.password=p"], {}, "storage_options.password"),
+    ("run.toml", 'model = "digits"\n', ["--weights", "s3://u:p@b/w.pth"], {}, "weights (credentials in the URL)"),
+    ("run.toml", 'model = "digits"\n', [], {"AWS_SECRET_ACCESS_KEY": "x"}, "AWS_SECRET_ACCESS_KEY"),
+    ("run.toml", 'model = "digits"\n', [], {"AWS_SESSION_TOKEN": "x"}, "AWS_SESSION_TOKEN"),
+])
+def test_submit_refuses_secrets_from_any_source(tmp_path, where, text, extra, env, found):
+    """A config file travels with the job and its command line and environment show in the Ray dashboard:
+    a secret from any of them is refused before anything is sent, naming where it is."""
+    conf = tmp_path / where
+    conf.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(found)) as e:
+        submit.build_request(str(conf), str(tmp_path), extra, env)
+    assert "IAM role" in str(e.value)
+    # the same without the secret goes through
+    clean = tmp_path / f"clean{conf.suffix}"
+    clean.write_text("storage_options: {endpoint_url: 'http://127.0.0.1:9000', anon: false}\n" if where.endswith(
+        "yaml") else '[storage_options]\nendpoint_url = "http://127.0.0.1:9000"\n')
+    req = submit.build_request(str(clean), str(tmp_path), ["--set", "storage_options.anon=true"], {"LOG_LEVEL": "1"})
+    assert req.runtime_env["env_vars"] == {"LOG_LEVEL": "1"}
+
+
+def test_submit_cli_refuses_a_config_secret_in_one_line(tmp_path):
+    conf = tmp_path / "run.toml"
+    conf.write_text('[storage_options]\nsecret = "wJalrXUtnFEMI-do-not-ship"\n')
+    proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--config", str(conf), "--working-dir",
+                           str(tmp_path), "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "storage_options.secret" in proc.stderr, proc.stderr
+    assert "wJalrXUtnFEMI" not in proc.stderr  # the value itself is never printed
+    # invalid run options after -- are refused here too, naming the key, not on the cluster
+    proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--config", "deploy/imagenet.toml",
+                           "--dry-run", "--", "--attack-steps", "1000000000000"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "attack.steps" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_imagenet_target_chunk_comment_names_the_footer_limit():
+    from bluff_ray.results import layout
+
+    text = (DEPLOY / "imagenet.toml").read_text()
+    assert "2 GiB" not in text and "16 KiB" in text and "bluff run --help" in text
+    assert config.load(str(DEPLOY / "imagenet.toml")).target_chunk is None
+    help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
+    assert f"16 KiB read, {layout.max_targets_per_file(10)} at 10 strengths" in help_text

@@ -199,7 +199,8 @@ class RunConfig:
                         "target chunk", ge=0, lt=2**63)
     target_chunk: int | None = setting(
         None, "targets per work unit and per nodes/edges/causal file (default and maximum: as many as keep a file's "
-        "Parquet footer within the viewer's first 16 KiB read, 20 at 10 strengths)", ge=1, le=10_000)
+        f"Parquet footer within the viewer's first 16 KiB read, {layout.max_targets_per_file(10)} at 10 strengths)",
+        ge=1, le=10_000)
     num_workers: int | None = setting(
         None, "Ray actors to run, one per GPU (or per CPU without GPUs); the run waits for them (default: every GPU "
         "the cluster can have, from the autoscaler's node types where available, else those present; without GPUs "

@@ -4,8 +4,12 @@ The job ships the code (``working_dir``, honouring .gitignore/.rayignore) and ru
 ``python -m bluff_ray.cli run --config <file>`` on the head node; torch, ray and the other
 dependencies come from the cluster image (deploy/Dockerfile), not from a runtime-env pip install
 (slow and fragile at scale). The config file must lie inside the working dir so it travels with it.
-Credentials are never put in the entrypoint: give the workers an IAM role/instance profile, or
-set the standard AWS variables on the cluster.
+Credentials never travel with the job, from any source: a config file (it is uploaded with the
+working dir), ``bluff run`` options after ``--`` or ``--env`` values holding a storage secret
+(``storage_options`` keys such as ``secret``, ``key``, ``token``, ``password``; user:password@ or a
+signed query in a URL; secret-looking variable names) are refused, because the Ray dashboard shows
+all of them. Give the workers an IAM role/instance profile, or set the standard AWS variables on
+the cluster.
 
 Authentication (Ray's token authentication, since Ray 2.52; on by default for local clusters since
 2.59 and for all clusters from 2.61): Ray's ``JobSubmissionClient`` sends
@@ -24,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
 
 ENTRY_MODULE = "bluff_ray.cli"
 EXCLUDES = [".venv", "viewer/node_modules", "bluff-results", ".git", "**/__pycache__", "*.egg-info"]
@@ -38,6 +44,13 @@ HOW_TO_AUTH = (
     "RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH=FILE (or RAY_AUTH_TOKEN, or the file ~/.ray/auth_token). "
     "`ray get-auth-token` on the head node prints the cluster's token (deploy/README.md, \"Authentication\")."
 )
+
+
+# Words that make a storage option, URL query parameter or environment variable a secret.
+SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "key", "signature", "session")
+SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY|SESSION_KEY", re.I)
+NO_SECRETS = ("the Ray dashboard shows a job's files, command line and environment to anyone who can open it: give "
+              "the cluster's nodes an IAM role/instance profile, or set the standard AWS variables on the cluster")
 
 
 class SubmitError(RuntimeError):
@@ -78,6 +91,48 @@ def local_token_path() -> str | None:
     return os.path.realpath(path) if os.path.isfile(path) else None
 
 
+def _secret_keys(options: Mapping[str, Any], prefix: str = "storage_options") -> Iterator[str]:
+    for k, v in options.items():
+        name = f"{prefix}.{k}"
+        if isinstance(v, Mapping):
+            yield from _secret_keys(v, name)
+        elif any(w in str(k).lower() for w in SECRET_WORDS):
+            yield name
+
+
+def secrets_in(cfg) -> list[str]:
+    """Where a run configuration holds a secret: storage option keys (``storage_options.secret``, nested
+    ``client_kwargs`` too) and URLs with user:password@ or a signed/token query (``data``)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    found = list(_secret_keys(cfg.storage_options))
+    for name in ("out", "data", "weights", "model_cache", "node_cache"):
+        url = getattr(cfg, name)
+        if not url or "://" not in str(url):
+            continue
+        parts = urlsplit(str(url))
+        query = [k for k, _ in parse_qsl(parts.query)]
+        if "@" in parts.netloc or any(w in k.lower() for k in query for w in SECRET_WORDS):
+            found.append(f"{name} (credentials in the URL)")
+    return found
+
+
+def _job_config(cfg_path: str, extra_args: list[str]):
+    """The RunConfig the job's ``bluff run --config FILE [extra args]`` will see (the config options among
+    the extra args; others are left to the cluster's ``bluff run``)."""
+    from bluff_ray.run import config
+
+    parser = argparse.ArgumentParser(prog="bluff run", add_help=False, exit_on_error=False)
+    parser.add_argument("--config")
+    config.add_arguments(parser)
+    config.add_set_argument(parser)
+    try:
+        args, _ = parser.parse_known_args(["--config", cfg_path, *extra_args])
+    except argparse.ArgumentError as e:
+        raise config.ConfigError(f"options after --: {e}") from None
+    return config.from_args(args)
+
+
 def build_request(
     config: str,
     working_dir: str = ".",
@@ -88,30 +143,34 @@ def build_request(
     entrypoint_num_cpus: float | None = None,
 ) -> JobRequest:
     """The job for ``bluff run --config CONFIG [extra args]`` with ``working_dir`` shipped."""
-    from bluff_ray.run.config import load
-
     wd = os.path.abspath(working_dir)
     cfg_path = os.path.abspath(config)
     if not os.path.isdir(wd):
         raise ValueError(f"working dir not found: {working_dir}")
     if os.path.commonpath([wd, cfg_path]) != wd:
         raise ValueError(f"the config file {config} must be inside the working dir {working_dir} to be shipped")
-    load(cfg_path)  # fail here, not on the cluster, when the config is invalid
+    for arg in extra_args or []:
+        if arg.startswith("--storage-option"):
+            raise ValueError("do not pass --storage-option to a submitted job (it would show in the job's command "
+                             "line): use the cluster's IAM role or AWS environment instead")
+    job_cfg = _job_config(cfg_path, list(extra_args or []))  # fail here, not on the cluster, when invalid
     token_file = local_token_path()
     if token_file and os.path.commonpath([os.path.realpath(wd), token_file]) == os.path.realpath(wd):
         raise ValueError(f"the Ray auth token file {token_file} lies inside the working dir {working_dir}, which is "
                          "uploaded with the job (and readable by anyone who can open the cluster's dashboard): "
                          "keep it outside, e.g. in ~/.ray/")
     rel = os.path.relpath(cfg_path, wd)
-    for arg in extra_args or []:
-        if arg.startswith("--storage-option"):
-            raise ValueError("do not pass --storage-option to a submitted job (it would show in the job's command "
-                             "line): use the cluster's IAM role or AWS environment instead")
     for key in env or {}:
         if key.upper() in AUTH_ENV:
             raise ValueError(f"do not pass {key} to the job (--env values show in the Ray dashboard): the cluster's "
                              "nodes hold its token and its drivers use it; the token for submitting goes in "
                              "--auth-token-path or RAY_AUTH_TOKEN_PATH")
+        if SECRET_ENV.search(key):
+            raise ValueError(f"do not pass the secret {key} with --env: {NO_SECRETS}")
+    found = secrets_in(job_cfg)
+    if found:
+        raise ValueError(f"the job's run configuration ({config} and the options after --) holds secrets "
+                         f"({', '.join(found)}): {NO_SECRETS}")
     cmd = ["python", "-m", ENTRY_MODULE, "run", "--config", rel, *(extra_args or [])]
     runtime_env: dict = {"working_dir": wd, "excludes": list(EXCLUDES)}
     if env:
@@ -269,10 +328,13 @@ def _follow(client, job_id: str) -> None:
 
 
 def _kv(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    k, v = text.split("=", 1)
-    return k, v
+    """``--env KEY=VALUE`` with the one KEY=VALUE parser (values stay text: they are environment values)."""
+    from bluff_ray.run.config import ConfigError, parse_assignment
+
+    try:
+        return parse_assignment(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(subparsers) -> None:
