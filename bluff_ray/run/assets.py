@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from bluff_ray.engine.featurevis import FeatureVisConfig, channel_activations, render_channels
+from bluff_ray.engine.featurevis import FeatureVisConfig, render_channels
 from bluff_ray.engine.models.base import ModelAdapter
 from bluff_ray.engine.patches import TOPK_SCHEMA, crop, crop_box, from_png, receptive_fields, to_png
 from bluff_ray.engine.settings import check, setting
@@ -170,15 +170,12 @@ def render_feature_vis(
             pngs[n] = store.read_bytes(feature_vis_path(*n))
     rows = []
     if neurons:
-        device = adapter.device
         imgs = torch.stack([_image_at_size(pngs[n], fv_cfg.size) for n in neurons])
-        with torch.no_grad():
-            acts = []
-            for s in range(0, len(neurons), fv_cfg.batch_size):
-                batch = imgs[s : s + fv_cfg.batch_size].to(device, _dtype(adapter))
-                _, mx = channel_activations(adapter, batch, neurons[s : s + fv_cfg.batch_size])
-                acts.append(mx.float().cpu())
-        act = torch.cat(acts).tolist()
+        _, maxima = adapter.activations(
+            imgs, sorted({layer for layer, _ in neurons}), fv_cfg.batch_size,
+            reduce=lambda _layer, a: a.amax(dim=(2, 3)).float().cpu(), dtype=_dtype(adapter),
+        )  # image b is neuron b's feature visualisation: its own channel's max
+        act = [float(maxima[layer][b, int(channel)]) for b, (layer, channel) in enumerate(neurons)]
         for (layer, channel), a in zip(neurons, act):
             rows.append(
                 dict(layer=layer, channel=int(channel), kind="feature_vis", rank=0,
@@ -257,13 +254,7 @@ def _write_class_patches(adapter, store, source, class_id, rows, rfs, cfg) -> No
     pos = {idx: i for i, idx in enumerate(need)}
     sub = images[need]
     layers = sorted({r["layer"] for r in rows})
-    with torch.no_grad():
-        acts: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
-        for s in range(0, len(sub), 64):
-            _, a = adapter.forward_with_activations(sub[s : s + 64].to(adapter.device, _dtype(adapter)), layers)
-            for l in layers:
-                acts[l].append(a[l].float().cpu())
-        maps = {l: torch.cat(v) for l, v in acts.items()}
+    _, maps = adapter.activations(sub, layers, 64, reduce=lambda _layer, a: a.float().cpu(), dtype=_dtype(adapter))
     for r in rows:  # check every row before writing any: a changed source writes nothing
         fmap = maps[r["layer"]][pos[r["image_index"]], r["channel"]]
         got, want = float(fmap.amax()), float(r["activation"])
