@@ -313,3 +313,41 @@ def test_target_chunk_defaults_to_and_is_capped_by_the_footer_limit():
     assert resolve(many, a).target_chunk == min(limit, len(a.class_ids) - 1)
     with pytest.raises(ConfigError, match="too large"):
         resolve(RunConfig(target_chunk=limit + 1), a)
+
+
+class _Counting(list):
+    """A class list that counts the scans resolve() makes of it (iterations, index, membership)."""
+
+    scans = 0
+
+    def __iter__(self):
+        type(self).scans += 1
+        return super().__iter__()
+
+    def index(self, *a):
+        type(self).scans += 1000
+        return super().index(*a)
+
+    def __contains__(self, x):
+        type(self).scans += 1000
+        return super().__contains__(x)
+
+
+def test_resolve_is_linear_in_classes_and_originals():
+    """1,000 classes x 1,000 originals (999,000 pairs), named by wnid and name, resolve in well under a
+    second (the quadratic version took 15 s); names are looked up in one ClassIndex, so the model's class
+    lists are read a constant number of times, never scanned per token. BENCHMARKS.md has the scaling
+    ratio (bench/resolve.py)."""
+    n = 1000
+    ids, names = _Counting(f"n{i:08d}" for i in range(n)), _Counting(f"class {i}" for i in range(n))
+    a = fake_adapter(names=names, ids=ids)
+    a.class_ids, a.class_names = ids, names
+    _Counting.scans = 0
+    tokens = [f"n{i:08d}" if i % 2 else f"Class {i}" for i in range(n)]
+    r = resolve(RunConfig(classes=tokens, originals=list(range(n))), a)
+    assert len(r.pairs) == n * (n - 1) == 999_000 and r.classes == tuple(range(n))
+    assert r.pairs[:2] == ((0, 1), (0, 2)) and r.pairs[-1] == (999, 998)
+    assert _Counting.scans <= 4, _Counting.scans
+    explicit = resolve(RunConfig(pairs=[f"{o}:{(o + 1) % n}" for o in range(n)]), a)
+    assert len(explicit.pairs) == n and explicit.target_chunk == 1
+    assert _Counting.scans <= 8, _Counting.scans
