@@ -1,7 +1,17 @@
-"""The reduce at full scale: 999,000 pairs fed unit by unit, then every global file written.
+"""Results at full scale: the reduce at 999,000 pairs, and the bytes of one pair (storage, viewer).
 
     .venv/bin/python bench/scale.py --out /tmp/bluff-scale            # 1,000 classes, all pairs
     .venv/bin/python bench/scale.py --classes 100 --out /tmp/s100     # quicker
+    .venv/bin/python bench/scale.py --storage ROOT                    # bytes per pair, before/after
+
+``--storage ROOT`` reads the pairs of a real results root (schema 2 or 3; e.g. a rehearsal run at
+50 images x 50 steps, see BENCHMARKS.md) and writes their tables again, side by side in one run,
+with the schema-2 writer (its settings are kept below as ``v2_*``) and with today's writer
+(``results.layout``/``results.rows``), plus the other encodings that were considered. The real
+pairs are repeated to fill a whole unit of ``targets_per_file`` row groups, so footers are full
+size. Reported per pair: bytes on disk by table, and the bytes the viewer reads to open the pair
+(its suffix reads of the nodes/edges footers plus the pair's column chunks outside them), for the
+first graph and in full.
 
 Pair rows and atlas contributions are synthetic but shaped like the rehearsal model's (GoogLeNet's
 nine mixed layers, ~180 displayed and ~15 exploited neurons per pair, 10 strengths), and go
@@ -23,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,11 +69,195 @@ def unit(rng, original: int, part: int, targets: np.ndarray, total: int) -> tupl
     return pairs, UnitAtlas(displayed, exploited)
 
 
+# --- bytes per pair (--storage) --------------------------------------------------------------------
+
+KEYS = ["target", "src_layer", "src_channel", "dst_layer", "dst_channel"]
+
+
+def edge_matrix(t: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """(key columns, float32 [n, 2 + S] influences: original, target, each strength) of an edges
+    table in schema 2 (``influence_attacked`` list) or 3 (``influence_attacked_<i>`` columns)."""
+    cols = [np.asarray(t.column("influence_original"), np.float32), np.asarray(t.column("influence_target"), np.float32)]
+    if "influence_attacked" in t.schema.names:
+        att = np.array(t.column("influence_attacked").to_pylist(), np.float32).reshape(t.num_rows, -1)
+    else:
+        names = sorted((n for n in t.schema.names if n.startswith("influence_attacked_")), key=lambda n: int(n.rsplit("_", 1)[1]))
+        att = np.stack([np.asarray(t.column(n), np.float32) for n in names], 1)
+    return t.select(KEYS), np.concatenate([np.stack(cols, 1), att], 1)
+
+
+def v2_edges(keys: pa.Table, m: np.ndarray) -> pa.Table:
+    """Schema 2's edges: exact float32, the attacked influences in one list column."""
+    s = m.shape[1] - 2
+    offsets = pa.array(np.arange(0, (len(m) + 1) * s, s, dtype=np.int32))
+    lst = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(m[:, 2:]).reshape(-1)))
+    return keys.append_column("influence_original", pa.array(m[:, 0])).append_column(
+        "influence_target", pa.array(m[:, 1])).append_column("influence_attacked", lst)
+
+
+def wide_edges(keys: pa.Table, m: np.ndarray, values: np.ndarray | None = None, type_=pa.float32()) -> pa.Table:
+    names = ["influence_original", "influence_target"] + [layout.influence_column(i) for i in range(m.shape[1] - 2)]
+    v = m if values is None else values
+    for j, n in enumerate(names):
+        keys = keys.append_column(pa.field(n, type_), pa.array(v[:, j], type_))
+    return keys
+
+
+#: The schema-2 writer's settings (before this round): snappy, dictionary everywhere, no checksums.
+V2_OPTIONS = dict(compression="snappy", write_statistics=["target"])
+
+
+def write_grouped(t: pa.Table, groups: list[int], **options) -> bytes:
+    """``t`` (sorted by target) with one row group per target, with the given pyarrow options."""
+    sink = pa.BufferOutputStream()
+    col = np.asarray(t.column("target"))
+    with pq.ParquetWriter(sink, t.schema, **options) as w:
+        for g in groups:
+            idx = np.flatnonzero(col == g)
+            part = t.slice(int(idx[0]), len(idx)) if len(idx) else t.slice(0, 0)
+            w.write_table(part, row_group_size=max(1, part.num_rows))
+    return sink.getvalue().to_pybytes()
+
+
+def open_bytes(data: bytes, rg: int, columns: list[str] | None, tail: int) -> int:
+    """Bytes the viewer fetches to read ``columns`` (None = all) of row group ``rg``: its suffix read
+    of ``tail`` bytes (footer), then the column chunks (or the parts of them) before that suffix."""
+    md = pq.ParquetFile(pa.BufferReader(data)).metadata
+    start_tail = max(0, len(data) - tail)
+    total = min(tail, len(data))
+    if layout.footer_size(data) + 8 > tail:  # a footer larger than the first read costs a second request
+        total += layout.footer_size(data) + 8 - tail
+    r = md.row_group(rg)
+    for i in range(r.num_columns):
+        c = r.column(i)
+        top = c.path_in_schema.split(".")[0]
+        if columns is not None and top not in columns:
+            continue
+        lo = c.dictionary_page_offset or c.data_page_offset
+        hi = lo + c.total_compressed_size
+        total += max(0, min(hi, start_tail) - lo)
+    return total
+
+
+def storage(root: str, targets_per_file: int | None) -> int:
+    import glob
+    import json
+
+    manifest = json.load(open(os.path.join(root, "manifest.json")))
+    S = len(manifest["strengths"])
+    k = targets_per_file or layout.max_targets_per_file(S)
+    edges, nodes, causal, markers, pairs = [], [], [], [], 0
+    for f in sorted(glob.glob(os.path.join(root, "edges", "*", "*.parquet"))):
+        pf = pq.ParquetFile(f)
+        for i in range(pf.metadata.num_row_groups):
+            if pf.metadata.row_group(i).num_rows:
+                edges.append(edge_matrix(pf.read_row_group(i)))
+                pairs += 1
+        nf = pq.ParquetFile(f.replace("/edges/", "/nodes/"))
+        nodes += [nf.read_row_group(i) for i in range(nf.metadata.num_row_groups) if nf.metadata.row_group(i).num_rows]
+        cf = f.replace("/edges/", "/causal/")
+        if os.path.exists(cf):
+            causal.append(os.path.getsize(cf) / pq.ParquetFile(cf).metadata.num_row_groups)
+        markers.append(os.path.getsize(f.replace("/edges/", "/pairs/")) / pf.metadata.num_row_groups)
+    if not edges:
+        print(f"no edges under {root}")
+        return 2
+    n_edges = [len(m) for _, m in edges]
+    print(f"{root}: {pairs} pairs with connections ({S} strengths), repeated to fill units of {k} targets; "
+          f"connections per pair: median {int(np.median(n_edges)):,}, max {max(n_edges):,}\n")
+
+    def unit_of(make) -> tuple[pa.Table, list[int]]:
+        """k row groups (targets 0..k-1) cycling through the real pairs."""
+        parts = []
+        for g in range(k):
+            keys, m = edges[g % len(edges)]
+            keys = keys.set_column(0, "target", pa.array(np.full(len(m), g, np.int32)))
+            parts.append(make(keys, m))
+        return pa.concat_tables(parts), list(range(k))
+
+    def nodes_unit() -> pa.Table:
+        return pa.concat_tables([nodes[g % len(nodes)].set_column(0, "target", pa.array(np.full(nodes[g % len(nodes)].num_rows, g, np.int32)))
+                                 for g in range(k)])
+
+    rounded = lambda keys, m: wide_edges(keys, m, layout.round_influence(m))  # noqa: E731
+    scale = lambda m: np.maximum(np.nan_to_num(np.abs(m)).max(0), 1e-30)  # noqa: E731
+    int16 = lambda keys, m: wide_edges(keys, m, np.nan_to_num(np.round(m / scale(m) * 32767), nan=-32768), pa.int16())  # noqa: E731
+    infl = ["influence_original", "influence_target"] + [layout.influence_column(i) for i in range(S)]
+    stats = dict(write_statistics=["target"])
+    no_dict = lambda extra: dict(use_dictionary=KEYS, **extra)  # noqa: E731
+    options = [  # name, readers, table maker, pyarrow options
+        ("schema 2 (before): list<float32>, snappy", "all", v2_edges, V2_OPTIONS),
+        ("one column per condition, exact float32, snappy", "all", wide_edges, dict(compression="snappy", **stats)),
+        ("one column per condition, exact float32, zstd, no dictionary", "all", wide_edges,
+         dict(compression="zstd", use_dictionary=False, **stats)),
+        ("per condition, 8-bit-significand float32, snappy", "all", rounded, dict(compression="snappy", **no_dict(stats))),
+        ("per condition, 8-bit-significand, BYTE_STREAM_SPLIT + snappy", "not fastparquet", rounded,
+         dict(compression="snappy", column_encoding={n: "BYTE_STREAM_SPLIT" for n in infl}, **no_dict(stats))),
+        ("per condition, 8-bit-significand, BYTE_STREAM_SPLIT + zstd", "not fastparquet", rounded,
+         dict(compression="zstd", column_encoding={n: "BYTE_STREAM_SPLIT" for n in infl}, **no_dict(stats))),
+        ("per condition, int16 with a per-column scale, DELTA_BINARY_PACKED", "all (values x scale)", int16,
+         dict(compression="snappy", column_encoding={n: "DELTA_BINARY_PACKED" for n in infl}, **no_dict(stats))),
+        ("**chosen: per condition, 8-bit-significand float32, zstd, no dictionary**", "all", rounded,
+         dict(layout.PARTITION_OPTIONS, **stats)),
+    ]
+    first = KEYS + ["influence_target", "influence_original", layout.influence_column(S // 2)]
+    print("| edges encoding | readers | edges bytes per pair on disk | edges footer | edges bytes to open a pair: first graph / full |")
+    print("|---|---|---|---|---|")
+    for name, readers, make, opts in options:
+        t, groups = unit_of(make)
+        data = write_grouped(t, groups, **opts)
+        tail = layout.VIEWER_TAIL_BYTES if make is v2_edges else layout.EDGES_TAIL_BYTES
+        fg = np.median([open_bytes(data, g, first if make is not v2_edges else None, tail) for g in groups])
+        full = np.median([open_bytes(data, g, None, tail) for g in groups])
+        print(f"| {name} | {readers} | {len(data) / k / 1000:.1f} KB | {layout.footer_size(data) / 1024:.1f} KiB | "
+              f"{fg / 1000:.1f} / {full / 1000:.1f} KB |")
+    # the writers themselves, before and after, every table
+    t2, groups = unit_of(v2_edges)
+    t3, _ = unit_of(lambda keys, m: wide_edges(keys, m, layout.round_influence(m)))
+    n_t = nodes_unit()
+    before = {"edges": write_grouped(t2, groups, **V2_OPTIONS), "nodes": write_grouped(n_t, groups, **V2_OPTIONS)}
+    after = {"edges": layout.table_to_parquet(t3, "target", groups, footer_limit=layout.footer_limit("edges")),
+             "nodes": layout.table_to_parquet(n_t, "target", groups, footer_limit=layout.footer_limit("nodes"))}
+    side = {"causal": float(np.mean(causal)) if causal else 0.0, "pairs marker": float(np.mean(markers))}
+    print("\n| bytes per pair | schema 2 writer (before) | schema 3 writer (after) |\n|---|---|---|")
+    tot = [0.0, 0.0]
+    for kind in ("edges", "nodes"):
+        b, a = len(before[kind]) / k, len(after[kind]) / k
+        tot[0] += b
+        tot[1] += a
+        print(f"| {kind} | {b / 1000:.1f} KB | {a / 1000:.1f} KB |")
+    for kind, b in side.items():  # not rewritten: as the root holds them
+        tot[0] += b
+        tot[1] += b
+        print(f"| {kind} (as in the root) | {b / 1000:.1f} KB | {b / 1000:.1f} KB |")
+    print(f"| **on disk per pair** | **{tot[0] / 1000:.1f} KB** | **{tot[1] / 1000:.1f} KB** |")
+    print(f"| 999,000 pairs | {tot[0] * 999000 / 1e9:.0f} GB | {tot[1] * 999000 / 1e9:.0f} GB |")
+    fg_b = [open_bytes(before["nodes"], g, None, layout.VIEWER_TAIL_BYTES)
+            + open_bytes(before["edges"], g, None, layout.VIEWER_TAIL_BYTES) for g in groups]
+    fg_a = [open_bytes(after["nodes"], g, None, layout.VIEWER_TAIL_BYTES)
+            + open_bytes(after["edges"], g, first, layout.EDGES_TAIL_BYTES) for g in groups]
+    full_a = [open_bytes(after["nodes"], g, None, layout.VIEWER_TAIL_BYTES)
+              + open_bytes(after["edges"], g, None, layout.EDGES_TAIL_BYTES) for g in groups]
+    print(f"| to open a pair, first graph (nodes + edges, footers included; median / max over row groups) | "
+          f"{np.median(fg_b) / 1000:.1f} / {max(fg_b) / 1000:.1f} KB | {np.median(fg_a) / 1000:.1f} / {max(fg_a) / 1000:.1f} KB |")
+    print(f"| to open a pair, all strengths | {np.median(fg_b) / 1000:.1f} KB | {np.median(full_a) / 1000:.1f} KB |")
+    return 0
+
+
+# --- the reduce at 999,000 pairs ---------------------------------------------------------------------
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--storage", metavar="ROOT", help="bytes per pair of this results root's pairs, before/after")
+    ap.add_argument("--targets-per-file", type=int, help="with --storage: row groups per file (default: layout.max_targets_per_file)")
     args = ap.parse_args(argv)
+    if args.storage:
+        return storage(args.storage, args.targets_per_file)
+    if not args.out:
+        ap.error("--out is required (or --storage ROOT)")
     n = args.classes
     layers = [LayerSpec(a, b) for a, b in zip(NAMES, WIDTHS)]
     total = sum(WIDTHS)
@@ -105,6 +300,8 @@ def main(argv=None) -> int:
     print("| global files | objects | bytes |\n|---|---|---|")
     for top, (count, b) in sorted(sizes.items()):
         print(f"| {top} | {count:,} | {b / 2**20:,.1f} MiB |")
+    # Resume read volume and driver memory at 50,000 units (issue 19 item 4) are measured by the
+    # pipeline's resume bench; add them here, before vs after, next to the marker size above.
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -32,7 +33,7 @@ def _arrow_type(spec: str) -> pa.DataType:
 
 @pytest.mark.parametrize("heading,schema", [
     ("classes.parquet", layout.CLASSES_SCHEMA), ("importance/", layout.IMPORTANCE_SCHEMA),
-    ("pairs/", layout.PAIRS_SCHEMA), ("nodes/", layout.NODES_SCHEMA), ("edges/", layout.EDGES_SCHEMA),
+    ("pairs/", layout.PAIRS_SCHEMA), ("nodes/", layout.NODES_SCHEMA), ("edges/", layout.edges_schema(1)),
     ("causal/", layout.CAUSAL_SCHEMA), ("rankings/", layout.RANKING_SCHEMA), ("overview/", layout.OVERVIEW_SCHEMA),
     ("atlas/", layout.ATLAS_SCHEMA),
 ])
@@ -83,3 +84,54 @@ def test_grouped_files_have_one_row_group_per_target_even_empty():
         layout.table_to_parquet(t.take([2, 0]), "target", [0, 2])
     with pytest.raises(ValueError, match="not in groups"):
         layout.table_to_parquet(t, "target", [0, 1])
+
+
+def test_influence_rounding_is_round_to_nearest_even_with_8_significant_bits():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.standard_normal(20000) * 10.0 ** rng.integers(-6, 6, 20000),
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, 3.0e38]]).astype(np.float32)
+    r = layout.round_influence(x)
+    assert r.dtype == np.float32 and np.isnan(r[-3]) and np.isnan(r).sum() == 1
+    finite = np.isfinite(x) & (np.abs(x) > 1e-37)
+    rel = np.abs(r[finite].astype(np.float64) - x[finite]) / np.abs(x[finite].astype(np.float64))
+    assert rel.max() <= 2.0 ** -(layout.INFLUENCE_MANTISSA_BITS + 1)  # the documented bound (FORMAT.md)
+    # independent reference: round-half-even of the significand scaled to 8 bits, in float64
+    m, e = np.frexp(x[finite].astype(np.float64))
+    ref = np.ldexp(np.round(m * 2 ** (layout.INFLUENCE_MANTISSA_BITS + 1)), e - layout.INFLUENCE_MANTISSA_BITS - 1)
+    assert np.array_equal(r[finite].astype(np.float64), ref)
+    assert np.array_equal(np.signbit(r[:-3]), np.signbit(x[:-3])) and r[-5] == np.inf and r[-4] == -np.inf
+    assert r[-7] == 0 and r[-6] == 0 and np.signbit(r[-6])
+    assert layout.round_influence(r).tobytes() == r.tobytes()  # idempotent: rewriting changes nothing
+
+
+def test_edges_store_about_two_bytes_per_influence_readable_by_pyarrow_duckdb_and_fastparquet(tmp_path):
+    import duckdb
+    import fastparquet
+
+    rng = np.random.default_rng(0)
+    n, s = 4000, 10
+    raw = (rng.lognormal(0, 2, (n, 2 + s)) * np.where(rng.random((n, 2 + s)) < 0.2, -1, 1)).astype(np.float32)
+    vals = layout.round_influence(raw)
+    names = ["influence_original", "influence_target"] + [layout.influence_column(i) for i in range(s)]
+    t = pa.table({"target": pa.array(np.zeros(n, np.int32)), "src_layer": ["mixed4a"] * n,
+                  "src_channel": pa.array(rng.integers(0, 512, n).astype(np.int32)), "dst_layer": ["mixed4b"] * n,
+                  "dst_channel": pa.array(np.sort(rng.integers(0, 512, n)).astype(np.int32)),
+                  **{c: pa.array(vals[:, j]) for j, c in enumerate(names)}}, schema=layout.edges_schema(s))
+    data = layout.table_to_parquet(t, "target", [0], footer_limit=layout.footer_limit("edges"))
+    f = pq.ParquetFile(pa.BufferReader(data))
+    for j, c in enumerate(names):
+        col = f.metadata.row_group(0).column(5 + j)
+        assert col.path_in_schema == c and col.compression == "ZSTD" and "RLE_DICTIONARY" not in col.encodings
+        assert col.total_compressed_size < 2.15 * n, (c, col.total_compressed_size)  # 2 bytes a value, not 4
+    assert f.metadata.row_group(0).column(2).compression == "ZSTD"  # keys too (layout.PARTITION_OPTIONS)
+    # the same values unrounded take twice the bytes: the rounding, not zstd alone, halves them
+    exact = t.set_column(5, "influence_original", pa.array(raw[:, 0]))
+    f2 = pq.ParquetFile(pa.BufferReader(layout.table_to_parquet(exact, "target", [0])))
+    assert f2.metadata.row_group(0).column(5).total_compressed_size > 1.7 * f.metadata.row_group(0).column(5).total_compressed_size
+    path = tmp_path / "edges.parquet"
+    path.write_bytes(data)
+    assert pq.read_table(path).equals(t)
+    got = duckdb.connect().execute(f"select {', '.join(names)} from read_parquet('{path}')").fetchnumpy()
+    assert all(np.array_equal(got[c], vals[:, j]) for j, c in enumerate(names))
+    df = fastparquet.ParquetFile(str(path)).to_pandas()
+    assert all(np.array_equal(df[c].to_numpy(), vals[:, j]) for j, c in enumerate(names))

@@ -81,7 +81,7 @@ def test_plan_units_and_seeds_are_deterministic():
 def test_demo_results_every_pair_once_with_format_schema(demo_results):
     s = Store(demo_results)
     manifest = s.read_json("manifest.json")
-    assert manifest["schema_version"] == layout.SCHEMA_VERSION == 2
+    assert manifest["schema_version"] == layout.SCHEMA_VERSION == 3
     for key in ("model", "layers", "attack", "strengths", "input_space", "k", "images_per_class", "config_hash",
                 "classes", "pairs_total", "targets_per_file", "causal", "versions", "created", "finished",
                 "pairs_done", "landing"):
@@ -94,10 +94,10 @@ def test_demo_results_every_pair_once_with_format_schema(demo_results):
         targets = [t for t in DEMO_CLASSES if t != o]
         assert idx.column("target").to_pylist() == targets
         pairs += [(o, t) for t in targets]
-        for kind, schema in (("nodes", layout.NODES_SCHEMA), ("edges", layout.EDGES_SCHEMA),
+        for kind, schema in (("nodes", layout.NODES_SCHEMA), ("edges", layout.edges_schema(10)),
                              ("causal", layout.CAUSAL_SCHEMA)):
             data = s.read_bytes(layout.part_path(kind, o, 0))
-            assert layout.footer_size(data) + 8 <= layout.VIEWER_TAIL_BYTES  # one range request
+            assert layout.footer_size(data) <= layout.footer_limit(kind)  # one range request
             f = pq.ParquetFile(pa.BufferReader(data))
             assert f.schema_arrow.remove_metadata().equals(schema), kind
             assert f.metadata.num_row_groups == len(targets)

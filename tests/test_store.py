@@ -20,7 +20,7 @@ def test_one_row_group_per_target_including_empty_ones(tmp_path):
     assert [f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups)] == [2, 0, 1]
     assert f.read_row_group(2).column("v").to_pylist() == [2.5]
     col = f.metadata.row_group(0).column(0)
-    assert col.compression == "SNAPPY" and col.statistics.has_min_max
+    assert col.compression == "ZSTD" and col.statistics.has_min_max  # partition files: zstd (layout.PARTITION_OPTIONS)
     with pytest.raises(ValueError, match="sorted"):
         table_to_parquet(t.take([2, 0, 1]), group_by="target", groups=[1, 4])
     with pytest.raises(ValueError, match="not in groups"):

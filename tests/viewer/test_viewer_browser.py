@@ -16,6 +16,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from bluff_ray.results import layout
+
 from viewer_helpers import expected_edges, expected_highlight, expected_width, node_id, shot, wait_ready
 from viewer_synth import CLASS_NAMES, make_results, make_v1_root, manifest, pair_index, read_pair
 
@@ -651,7 +653,8 @@ def test_startup_and_pair_bytes_do_not_grow_with_pairs(browser, serve_root, mid_
         for k, v in f.items():
             if k.startswith(("nodes/", "edges/")):  # one footer read plus the pair's row group, nothing else
                 p = Path(root) / k
-                assert v <= min(16384, p.stat().st_size) + row_group_span(p, row["row_group"]), (k, v)
+                tail = layout.EDGES_TAIL_BYTES if k.startswith("edges/") else layout.VIEWER_TAIL_BYTES
+                assert v <= min(tail, p.stat().st_size) + row_group_span(p, row["row_group"]), (k, v)
         costs[name] = dict(startup=startup, pair=pair, ms=min(d["ms"] for d in runs), pairs=len(all_pairs(root)))
     print("viewer costs:", costs)
     big, small = costs["1000"], costs["30"]
@@ -678,7 +681,8 @@ def test_opening_another_pair_reads_only_its_row_groups(page, serve_root, scale_
     assert sum(pair.values()) < 100 * 1024, pair
     for k, v in pair.items():  # one footer read plus the pair's row group, nothing else
         p = Path(scale_results) / k
-        assert v <= min(16384, p.stat().st_size) + row_group_span(p, row["row_group"]), (k, v)
+        tail = layout.EDGES_TAIL_BYTES if k.startswith("edges/") else layout.VIEWER_TAIL_BYTES
+        assert v <= min(tail, p.stat().st_size) + row_group_span(p, row["row_group"]), (k, v)
     assert page.locator("g.node").count() == len(nodes)
     assert before  # the landing load fetched something
     # the causal rows, through the data layer
@@ -745,7 +749,7 @@ def test_version1_root_says_to_rerun(page, serve_root, tmp_path, version):
     page.wait_for_selector("#error:not([hidden])")
     msg = page.text_content("#error")
     assert "older bluff_ray" in msg and "bluff run" in msg and "--overwrite" in msg and "manifest.json" in msg
-    assert "schema version 2" in msg
+    assert f"schema version {layout.SCHEMA_VERSION}" in msg
     shot(page, "error-version1")
 
 

@@ -32,8 +32,14 @@ def _act(n: dict, s: int) -> float:
 
 
 def _inf(e: dict, s: int) -> float:
-    v = e["influence_original"] if s == 0 else e["influence_attacked"][s - 1]
+    v = e["influence_original"] if s == 0 else e[f"influence_attacked_{s - 1}"]  # FORMAT.md edges, schema 3
     return math.nan if v is None else float(v)
+
+
+def _conditions(e: dict) -> list:
+    """An edge row's influences: original, target, then every strength."""
+    return [e["influence_original"], e["influence_target"]] + [
+        e[k] for k in sorted((k for k in e if k.startswith("influence_attacked_")), key=lambda k: int(k.rsplit("_", 1)[1]))]
 
 
 def _score(value_at, item, s: int, criterion: str) -> float:
@@ -88,7 +94,7 @@ def expected_width(e: dict, edges: list[dict], s: int) -> float:
         float(v)
         for x in edges
         if x["src_layer"] == e["src_layer"]
-        for v in [x["influence_original"], x["influence_target"], *x["influence_attacked"]]
+        for v in _conditions(x)
         if v is not None and not math.isnan(v)
     ]
     mx = max(vals)

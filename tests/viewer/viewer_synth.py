@@ -1,4 +1,4 @@
-"""Results roots that follow docs/FORMAT.md (schema version 2), made without the pipeline.
+"""Results roots that follow docs/FORMAT.md (the current schema version), made without the pipeline.
 
 Why: the viewer and server tests need data with known properties the real pipeline cannot
 promise on a 3-class digits run: a class name that looks like HTML (must render as text), a long
@@ -158,13 +158,14 @@ def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
         vals = rng.normal(0.3, 0.5, size=(len(hi), len(lo), S + 2))
         for a, d in enumerate(hi):  # FORMAT order: destination neuron, then source neuron (node order)
             for b, s_ in enumerate(lo):
-                v = vals[a, b]
+                v = layout.round_influence(vals[a, b])  # stored with 8 significant bits (FORMAT.md Precision)
                 att = [float(x) if ok[i] else math.nan for i, x in enumerate(v[2:])]
                 if not any(x > 0 for x in [float(v[0]), float(v[1]), *att]):
                     continue  # FORMAT: only edges positive in at least one condition
                 edges.append(dict(target=t, src_layer=s_["layer"], src_channel=s_["channel"], dst_layer=d["layer"],
                                   dst_channel=d["channel"], influence_original=float(v[0]),
-                                  influence_target=float(v[1]), influence_attacked=att))
+                                  influence_target=float(v[1]),
+                                  **{layout.influence_column(i): x for i, x in enumerate(att)}))
     causal_rows: list[dict] = []
     all_row = None
     for layer in LAYERS + ["all"]:
@@ -190,7 +191,7 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
                  targets_per_file: int | None = None, originals: Iterable[int] | None = None,
                  with_files: Iterable[tuple[int, int]] | str | None = None, names: list[str] | None = None,
                  target_chunk: int | None = None, causal: bool = True) -> Path:
-    """Write a schema-version-2 results root under ``root`` and return its path.
+    """Write a results root (schema version ``layout.SCHEMA_VERSION``) under ``root`` and return its path.
 
     - ``originals``: the classes computed as originals (default: all but the last of the small
       root's 5 classes, else all); every other class is a target of each of them.
@@ -295,13 +296,13 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
             nodes_t = None
             if picked:
                 groups = [int(t) for t in unit]
-                for kind, schema in (("nodes", layout.NODES_SCHEMA), ("edges", layout.EDGES_SCHEMA),
+                for kind, schema in (("nodes", layout.NODES_SCHEMA), ("edges", layout.edges_schema(S)),
                                      ("causal", layout.CAUSAL_SCHEMA)):
                     t_ = pa.Table.from_pylist(tables[kind], schema=schema)
                     if kind == "nodes":
                         nodes_t = t_
                     store.write_bytes(layout.part_path(kind, o, part), layout.table_to_parquet(
-                        t_, "target", groups, footer_limit=layout.FOOTER_LIMIT))
+                        t_, "target", groups, footer_limit=layout.footer_limit(kind)))
                 store.write_bytes(layout.part_path("pairs", o, part), layout.table_to_parquet(pairs))
             agg.add_unit(o, part, pairs, nodes_t)
 

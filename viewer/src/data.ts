@@ -1,4 +1,4 @@
-// Reading a results root (docs/FORMAT.md, schema version 2) over HTTP: JSON with fetch, Parquet with
+// Reading a results root (docs/FORMAT.md, schema version 3) over HTTP: JSON with fetch, Parquet with
 // hyparquet over range requests. Nothing here reads a file whose size grows with the number of
 // pairs: startup reads manifest.json and a few columns of classes.parquet; picking an original reads
 // its pair_index partition; a pair reads the footers and its own row groups of its nodes/edges (then
@@ -7,9 +7,10 @@
 // neuron) and the per-class statistics columns of classes.parquet. Every byte fetched is counted
 // (window.__bluff.traffic) so tests and the benchmark can check those costs.
 import { asyncBufferFromUrl, cachedAsyncBuffer, parquetMetadataAsync, parquetReadObjects } from "hyparquet";
-import type { AsyncBuffer, FileMetaData } from "hyparquet";
+import type { AsyncBuffer, Compressors, FileMetaData } from "hyparquet";
+import { decompress as zstdDecompress } from "fzstd";
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 export interface LayerInfo {
   name: string;
@@ -93,7 +94,10 @@ export interface PairData {
   original: number;
   target: number;
   nodes: NodeRow[];
+  /** `inf[s]` is NaN until strength index s is read (see `loadPair`'s `first`, then `loadRest`) */
   edges: EdgeRow[];
+  /** Read the edge influences of the strengths `loadPair` left out (in place); false when there were none. */
+  loadRest: () => Promise<boolean>;
 }
 
 export interface CausalRow {
@@ -171,7 +175,9 @@ async function bodyBytes(res: Response, rel: string, range = "", cache = "defaul
  */
 export const TAIL = 16 * 1024;
 export const SMALL_TAIL = 8 * 1024;
-const tailFor = (rel: string) => (/^(nodes|edges|causal|rankings)\//.test(rel) ? TAIL : SMALL_TAIL);
+/** edges files: a column chunk per condition and row group (layout.EDGES_TAIL_BYTES) */
+export const EDGES_TAIL = 32 * 1024;
+const tailFor = (rel: string) => (rel.startsWith("edges/") ? EDGES_TAIL : /^(nodes|causal|rankings)\//.test(rel) ? TAIL : SMALL_TAIL);
 
 type Want = { suffix: number } | { start: number; end: number };
 type Ranged = { status: number; headers: Headers; body: ArrayBuffer; size: number };
@@ -319,6 +325,9 @@ interface ReadOptions {
   utf8?: boolean;
 }
 
+/** Edge influences are zstd-compressed (docs/FORMAT.md, Precision); everything else is snappy. */
+const compressors: Compressors = { ZSTD: (input, outputLength) => zstdDecompress(input, new Uint8Array(outputLength)) };
+
 async function readRows(root: string, rel: string, columns: string[], opt: ReadOptions = {}): Promise<Record<string, unknown>[]> {
   const { file, meta } = await openParquet(root, rel);
   checkColumns(rel, meta, columns);
@@ -342,6 +351,7 @@ async function readRows(root: string, rel: string, columns: string[], opt: ReadO
       rowEnd,
       useOffsetIndex: opt.useOffsetIndex,
       utf8: opt.utf8,
+      compressors,
     })) as Record<string, unknown>[];
   } catch (e) {
     if (e instanceof DataError) throw e;
@@ -465,11 +475,23 @@ export async function findPair(root: string, original: number, target: number): 
 
 const ROLE_SET = new Set<string>(ROLES);
 
-/** The nodes and edges of one pair: only its row group of each partition file is fetched. */
-export async function loadPair(root: string, manifest: Manifest, pair: PairRow): Promise<PairData> {
+/** The edges column of strength index s (0 = benign original, i >= 1 = attacked at strengths[i-1]). */
+export const influenceColumn = (s: number) => (s === 0 ? "influence_original" : `influence_attacked_${s - 1}`);
+const EDGE_KEYS = ["target", "src_layer", "src_channel", "dst_layer", "dst_channel", "influence_target"];
+
+/**
+ * The nodes and edges of one pair: only its row group of each partition file is fetched, and of the
+ * edges only the influences of the strength indexes in `first` (default: all) and of the benign
+ * original. The others are NaN until `loadRest()` reads them (docs/FORMAT.md: one column per
+ * condition, so the first graph costs a quarter of the pair's connections).
+ */
+export async function loadPair(root: string, manifest: Manifest, pair: PairRow, first?: number[]): Promise<PairData> {
   const layerIndex = new Map(manifest.layers.map((l, i) => [l.name, i]));
   const nodesRel = paths.part("nodes", pair.original, pair.part);
   const edgesRel = paths.part("edges", pair.original, pair.part);
+  const S = manifest.strengths.length;
+  const all = Array.from({ length: S + 1 }, (_, i) => i);
+  const wanted = first === undefined ? all : [...new Set([0, ...first.filter((s) => Number.isInteger(s) && s >= 0 && s <= S)])];
   const [nodeRows, edgeRows] = await Promise.all([
     readRows(
       root,
@@ -477,14 +499,8 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow):
       ["target", "layer", "channel", "role", "importance_original", "importance_target", "importance_attacked", "exploited_mask", "effect"],
       { rowGroup: pair.rowGroup },
     ),
-    readRows(
-      root,
-      edgesRel,
-      ["target", "src_layer", "src_channel", "dst_layer", "dst_channel", "influence_original", "influence_target", "influence_attacked"],
-      { rowGroup: pair.rowGroup },
-    ),
+    readRows(root, edgesRel, [...EDGE_KEYS, ...wanted.map(influenceColumn)], { rowGroup: pair.rowGroup }),
   ]);
-  const S = manifest.strengths.length;
   const nodes: NodeRow[] = nodeRows.map((r) => {
     if (num(r.target) !== pair.target)
       throw new DataError(nodesRel, `row group ${pair.rowGroup} holds target ${num(r.target)}, not ${pair.target} (pair_index out of date?)`);
@@ -510,19 +526,31 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow):
   const edges: EdgeRow[] = edgeRows.map((r) => {
     if (num(r.target) !== pair.target)
       throw new DataError(edgesRel, `row group ${pair.rowGroup} holds target ${num(r.target)}, not ${pair.target}`);
-    const att = numList(r.influence_attacked);
-    if (att.length !== S) throw new DataError(edgesRel, `influence_attacked has ${att.length} values, expected ${S}`);
     const li = layerIndex.get(String(r.src_layer));
     if (li === undefined) throw new DataError(edgesRel, `unknown layer ${String(r.src_layer)}`);
+    const inf = new Array<number>(S + 1).fill(NaN);
+    for (const s of wanted) inf[s] = num(r[influenceColumn(s)]);
     return {
       src: `${String(r.src_layer)}-${num(r.src_channel)}`,
       dst: `${String(r.dst_layer)}-${num(r.dst_channel)}`,
       srcLayerIndex: li,
-      inf: [num(r.influence_original), ...att],
+      inf,
       infTarget: num(r.influence_target),
     };
   });
-  return { original: pair.original, target: pair.target, nodes, edges };
+  let rest = all.filter((s) => !wanted.includes(s));
+  const loadRest = async (): Promise<boolean> => {
+    if (!rest.length) return false;
+    const todo = rest;
+    const rows = await readRows(root, edgesRel, todo.map(influenceColumn), { rowGroup: pair.rowGroup });
+    if (rows.length !== edges.length) throw new DataError(edgesRel, `row group ${pair.rowGroup} changed while it was read`);
+    rows.forEach((r, i) => {
+      for (const s of todo) edges[i].inf[s] = num(r[influenceColumn(s)]);
+    });
+    rest = [];
+    return true;
+  };
+  return { original: pair.original, target: pair.target, nodes, edges, loadRest };
 }
 
 /**

@@ -464,7 +464,8 @@ async function openPair(o: number, t: number): Promise<void> {
     return;
   }
   try {
-    const data = await loadPair(root, manifest, p);
+    // the edge influences of the strengths on screen first; the rest after the graph is drawn
+    const data = await loadPair(root, manifest, p, view.compare ? [view.weaker, view.stronger] : [view.s]);
     if (token !== loadToken) return;
     pairRow = p;
     pairData = data;
@@ -480,8 +481,14 @@ async function openPair(o: number, t: number): Promise<void> {
       debug.firstGraphMs = performance.now();
       debug.firstGraphBytes = { ...traffic.byFile };
     }
-    debug.state = "ready";
     void loadPairCausal(p, token);
+    if (await data.loadRest()) {
+      if (token !== loadToken) return;
+      // edge widths span every condition (highlight.widthScales): redraw with all of them
+      graph.setPair(data, manifest.layers.map((l) => l.name), { original: nameOf(o), target: nameOf(t) });
+      refresh(false);
+    }
+    debug.state = "ready";
   } catch (e) {
     fail(`Could not load the pair ${nameOf(o)} → ${nameOf(t)}.`, e);
   }
