@@ -221,19 +221,10 @@ def _influence_medians(adapter: ModelAdapter, images: torch.Tensor, sizes: Seque
     """Per transition q (1..L-1): the median over each condition's images of the per-image influence
     between displayed channels, [n_conditions, len(dst), len(src)] on the device."""
     names = adapter.layer_names
-    device = adapter.device
-    per_image: list[list[torch.Tensor]] = [[] for _ in names[1:]]
-    for start in range(0, images.shape[0], batch_size):
-        _, acts = adapter.forward_with_activations(images[start: start + batch_size].to(device))
-        for q in range(1, len(names)):
-            per_image[q - 1].append(layer_influence(adapter, q, acts[names[q - 1]], displayed[q - 1], displayed[q],
-                                                    batch_size=batch_size))
-    out = []
-    for q in range(1, len(names)):
-        shape = (len(displayed[q]), len(displayed[q - 1]))
-        stacked = torch.cat(per_image[q - 1]) if per_image[q - 1] else images.new_empty((0, *shape))
-        out.append(segment_median(stacked, sizes))
-    return out
+    q_of = {name: q for q, name in enumerate(names[:-1], start=1)}  # block q-1's output feeds transition q
+    _, per_image = adapter.activations(images, names[:-1], batch_size, reduce=lambda name, act: layer_influence(
+        adapter, q_of[name], act, displayed[q_of[name] - 1], displayed[q_of[name]], batch_size=batch_size))
+    return [segment_median(per_image[names[q - 1]], sizes) for q in range(1, len(names))]
 
 
 def _as_batch(attacked: torch.Tensor | Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
