@@ -460,21 +460,13 @@ def _remove_older_runs(dst: Store, run: str, report: PublishReport) -> int:
     return removed
 
 
-def _parse_options(items: list[str] | None) -> dict:
-    """``--storage-option`` as in ``bluff run`` (one parser: ``bluff_ray.run.config.parse_options``)."""
-    from bluff_ray.run.config import ConfigError, parse_options
-
-    try:
-        return parse_options(items)
-    except ConfigError as e:
-        raise PublishError(f"--storage-option: {e}") from None
-
-
 def _run(args: argparse.Namespace) -> int:
+    from bluff_ray.run.config import ConfigError, parse_options  # the one KEY=VALUE parser (as in bluff run)
+
     try:
-        publish(args.results, args.dest, storage_options=_parse_options(args.storage_option), public=not args.private,
+        publish(args.results, args.dest, storage_options=parse_options(args.storage_option), public=not args.private,
                 force=args.force)
-    except PublishError as e:
+    except (PublishError, ConfigError) as e:
         print(f"bluff publish: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
