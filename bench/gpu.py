@@ -118,7 +118,7 @@ def pipeline_rate(n_images: int, steps: int, bf16: bool, originals: int, device)
     import ray
 
     from bluff_ray.run.config import load
-    from bluff_ray.run.pipeline import run
+    from bluff_ray.run.driver import run
 
     out = tempfile.mkdtemp(prefix="bluff-gpu-bench-")
     cfg = load(None, {"model": "googlenet", "weights": "random", "data": "synthetic", "out": out,

@@ -48,7 +48,7 @@ def main() -> int:
     import torch
 
     from bluff_ray.run.config import RunConfig
-    from bluff_ray.run.pipeline import run
+    from bluff_ray.run.driver import run
 
     base = RunConfig()
     classes = [int(c) for c in args.classes.split(",")]

@@ -181,7 +181,7 @@ def demo_config(out: str, **overrides):
 def demo_results(ray_session, tmp_path_factory):
     """A results root written by the real pipeline: digits classes 0,1,2 (6 ordered pairs), default
     strengths, assets enabled; returns its local path (str)."""
-    from bluff_ray.run.pipeline import run
+    from bluff_ray.run.driver import run
 
     out = str(tmp_path_factory.mktemp("demo-results") / "root")
     summary = run(demo_config(out))

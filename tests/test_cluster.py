@@ -57,3 +57,50 @@ def test_a_cluster_that_gains_workers_after_the_run_started_gets_one_actor_per_w
     assert got["waited"], got["stderr"]  # the driver said it was waiting before the node came
     assert got["rc"] == 0, got["stderr"]
     assert "pairs written: 6" in got["stdout"] and "with 2 worker(s)" in got["stdout"], got["stdout"]
+
+
+def _cluster_config(groups, max_resources=None):
+    from ray.core.generated.autoscaler_pb2 import ClusterConfig
+
+    config = ClusterConfig()
+    for name, resources, lo, hi in groups:
+        g = config.node_group_configs.add()
+        g.name, g.min_count, g.max_count = name, lo, hi
+        g.resources.update(resources)
+    config.max_resources.update(max_resources or {})
+    return config
+
+
+def test_autoscaler_limits_follow_the_node_groups_and_the_cluster_cap():
+    from bluff_ray.run.cluster import limits_from_cluster_config
+
+    head = ("head", {"CPU": 8}, 1, 1)
+    gpus = ("gpu", {"CPU": 16, "GPU": 4}, 0, 4)
+    assert limits_from_cluster_config(_cluster_config([head, gpus])) == {"CPU": 72, "GPU": 16}
+    assert limits_from_cluster_config(_cluster_config([head, gpus], {"GPU": 10})) == {"CPU": 72, "GPU": 10}
+    assert limits_from_cluster_config(_cluster_config([head, ("gpu", {"GPU": 1}, 0, -1)]))["GPU"] == sys.maxsize
+    assert limits_from_cluster_config(_cluster_config([head, ("gpu", {"GPU": 4}, 2, 2)])) is None  # fixed
+    assert limits_from_cluster_config(_cluster_config([])) is None
+
+
+@pytest.mark.ray
+def test_autoscaler_limits_read_what_the_autoscaler_published_in_the_gcs(ray_session):
+    """The published cluster config (the GCS key-value entry the autoscaler writes) is read through
+    the public GCS client, and agrees with Ray's own (private) reading of the same entry."""
+    import ray
+    from ray.experimental.internal_kv import internal_kv_get_gcs_client
+
+    from bluff_ray.run.cluster import CLUSTER_CONFIG_KEY, CLUSTER_CONFIG_NAMESPACE, autoscaler_limits
+
+    assert autoscaler_limits(ray) is None  # a local Ray: no autoscaler
+    client = internal_kv_get_gcs_client()
+    config = _cluster_config([("head", {"CPU": 2}, 1, 1), ("gpu", {"CPU": 8, "GPU": 2}, 0, 3)])
+    client.internal_kv_put(CLUSTER_CONFIG_KEY, config.SerializeToString(), True, CLUSTER_CONFIG_NAMESPACE)
+    try:
+        assert autoscaler_limits(ray) == {"CPU": 26, "GPU": 6}
+        from ray._private.state import state  # test only: the reference reading
+
+        assert dict(state.get_max_resources_from_cluster_config()) == {"CPU": 26, "GPU": 6}
+    finally:
+        client.internal_kv_del(CLUSTER_CONFIG_KEY, False, CLUSTER_CONFIG_NAMESPACE)
+    assert autoscaler_limits(ray) is None

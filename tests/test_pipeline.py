@@ -22,9 +22,10 @@ import pytest
 import torch
 
 from bluff_ray.results import layout
-from bluff_ray.run import pipeline
+from bluff_ray.run import driver
 from bluff_ray.run.config import RunConfig
-from bluff_ray.run.pipeline import RunError, Unit, plan_units, run, unit_seed
+from bluff_ray.run.driver import RunError, run
+from bluff_ray.run.plan import Unit, plan_units, unit_seed
 from bluff_ray.results.store import Store, StorageError
 
 from conftest import DEMO_CLASSES, SUPPORT, demo_config
@@ -135,11 +136,12 @@ def test_demo_results_equal_a_direct_compute_unit(demo_results):
     """The pipeline's numbers for original 0 equal engine.compute_unit called directly."""
     from bluff_ray.run.data import DigitsSource
     from bluff_ray.engine.compute import class_data, compute_unit
+    from bluff_ray.results.rows import unit_tables
     from bluff_ray.engine.models import load_model
 
     cfg = demo_config(demo_results)
     adapter = load_model("digits")
-    resolved = pipeline.resolve_run(cfg, adapter)
+    resolved = driver.resolve_run(cfg, adapter)
     unit = plan_units(resolved.pairs, resolved.target_chunk)[0]
     assert unit.original == 0 and unit.targets == (1, 2)
     src = DigitsSource()
@@ -151,8 +153,8 @@ def test_demo_results_equal_a_direct_compute_unit(demo_results):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the CPU actors
     try:
-        direct = compute_unit(adapter, data[0], [data[1], data[2]], resolved.attack, cfg.pathways,
-                              seed=unit_seed(cfg.seed, 0, 0), batching=cfg.attack_batch_size)
+        direct = unit_tables(compute_unit(adapter, data[0], [data[1], data[2]], resolved.attack, cfg.pathways,
+                                          seed=unit_seed(cfg.seed, 0, 0), batching=cfg.attack_batch_size))
     finally:
         torch.set_num_threads(threads)
     s = Store(demo_results)
@@ -228,10 +230,10 @@ def test_atlas_counts_equal_a_duckdb_query_over_the_nodes(demo_results):
 def test_killed_actor_is_survived_with_identical_results(reference, tmp_path):
     killed: list[int] = []
 
-    def kill_first(status: dict) -> None:
-        if status["kind"] == "pairs" and not killed:
-            killed.append(status["pid"])
-            os.kill(status["pid"], signal.SIGKILL)  # the actor process, mid-run (its next unit is queued)
+    def kill_first(status) -> None:
+        if status.kind == "pairs" and not killed:
+            killed.append(status.pid)
+            os.kill(status.pid, signal.SIGKILL)  # the actor process, mid-run (its next unit is queued)
 
     summary = run(small_config(str(tmp_path)), on_unit_done=kill_first)
     assert killed and not summary.failed and summary.pairs_written == 6
@@ -243,14 +245,14 @@ def test_killed_actor_is_survived_with_identical_results(reference, tmp_path):
 def test_permanently_dead_actor_leaves_the_pool_and_loses_no_unit(reference, tmp_path, monkeypatch):
     """An actor whose restarts are used up (a lost node) leaves the pool; its units finish on the
     other worker; the results equal a fault-free run."""
-    monkeypatch.setattr(pipeline, "MAX_RESTARTS", 0)
-    monkeypatch.setattr(pipeline, "MAX_TASK_RETRIES", 0)
+    monkeypatch.setattr(driver, "MAX_RESTARTS", 0)
+    monkeypatch.setattr(driver, "MAX_TASK_RETRIES", 0)
     killed: list[int] = []
 
-    def kill_first(status: dict) -> None:
-        if status["kind"] == "pairs" and not killed:
-            killed.append(status["pid"])
-            os.kill(status["pid"], signal.SIGKILL)
+    def kill_first(status) -> None:
+        if status.kind == "pairs" and not killed:
+            killed.append(status.pid)
+            os.kill(status.pid, signal.SIGKILL)
 
     summary = run(small_config(str(tmp_path)), on_unit_done=kill_first)
     assert killed and not summary.failed and summary.pairs_written == 6
@@ -264,10 +266,10 @@ class Interrupted(Exception):
 
 
 def test_interrupted_run_resumes_without_duplicates_or_recomputation(reference, tmp_path):
-    done: list[dict] = []
+    done: list = []
 
-    def stop_after_two(status: dict) -> None:
-        if status["kind"] == "pairs":
+    def stop_after_two(status) -> None:
+        if status.kind == "pairs":
             done.append(status)
             if len(done) == 2:
                 raise Interrupted("simulated crash of the driver")
@@ -319,7 +321,7 @@ def test_resume_reads_finished_units_in_parallel_rounds(reference, tmp_path, mon
     agg = Aggregate([str(i) for i in range(10)], [LayerSpec("mixed3a", 40), LayerSpec("mixed3b", 56),
                                                   LayerSpec("mixed4a", 64), LayerSpec("mixed4b", 64)], 10)
     t0 = time.perf_counter()
-    pipeline._read_finished(store, units, agg)
+    driver.read_finished(store, units, agg)
     wall = time.perf_counter() - t0
     reads = [l for l in log.read_text().splitlines() if " read " in l]
     assert len(reads) == len(units)  # one request per unit, nothing read twice
@@ -394,8 +396,8 @@ def test_preflight_fails_before_the_model_or_any_ray_work(ray_session, monkeypat
     def no_model(*_a, **_k):
         raise AssertionError("the model was loaded before the storage check")
 
-    monkeypatch.setattr(pipeline, "plan_pool", no_workers)
-    monkeypatch.setattr(pipeline, "load_run_model", no_model)
+    monkeypatch.setattr(driver, "plan_pool", no_workers)
+    monkeypatch.setattr(driver, "load_run_model", no_model)
     with pytest.raises(StorageError, match="not writable"):
         run(small_config("s3://bucket-x/root", storage_options={"endpoint_url": "http://127.0.0.1:1"}))
     blocker = tmp_path / "a-file"
@@ -492,7 +494,7 @@ def test_concurrent_runs_into_one_root_are_refused(ray_session, tmp_path):
     started, release = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
-    def hold(status: dict) -> None:
+    def hold(status) -> None:
         started.set()
         release.wait(60)
 
@@ -536,10 +538,10 @@ def test_a_storage_outage_during_the_reduce_ends_in_a_summary(ray_session, tmp_p
     flag = tmp_path / "outage"
     monkeypatch.setenv("BLUFF_TEST_FS_FAIL", str(flag))
     root = tmp_path / "root"
-    units: list[dict] = []
+    units: list = []
 
-    def outage_after_last(status: dict) -> None:
-        if status["kind"] == "pairs":
+    def outage_after_last(status) -> None:
+        if status.kind == "pairs":
             units.append(status)
             if len(units) == 2:
                 flag.write_text("down")

@@ -15,7 +15,7 @@ import pytest
 
 from bluff_ray.results import layout
 from bluff_ray.run.config import load
-from bluff_ray.run.pipeline import run
+from bluff_ray.run.driver import run
 
 pytestmark = pytest.mark.ray
 

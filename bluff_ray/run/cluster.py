@@ -89,24 +89,54 @@ def plan_pool(now: dict, most: dict | None, num_workers: int | None, device: str
     return PoolPlan(use_gpu, size, ceiling, grow)
 
 
+#: Where the autoscaler publishes the cluster config in the GCS internal key-value store (a
+#: serialized ``autoscaler_pb2.ClusterConfig``; Ray Data and Ray Train read the same entry).
+CLUSTER_CONFIG_NAMESPACE = b"__autoscaler"
+CLUSTER_CONFIG_KEY = b"__autoscaler_cluster_config"
+
+
+def limits_from_cluster_config(config) -> dict | None:
+    """The most resources a cluster config's node groups can provide ({"GPU": 16, ...}, capped by
+    its ``max_resources``; ``sys.maxsize`` for an unlimited group), or None when no group can grow
+    (a fixed cluster: the resources present are what there is). ``config``: an
+    ``autoscaler_pb2.ClusterConfig``."""
+    if not any(g.max_count == -1 or g.max_count > g.min_count
+               for g in config.node_group_configs if g.resources and g.max_count != 0):
+        return None
+    limits: dict[str, int] = {}
+    for g in config.node_group_configs:
+        for key, amount in g.resources.items():
+            total = limits.setdefault(key, 0)
+            if g.max_count == 0 or amount == 0 or total == sys.maxsize:
+                continue
+            limits[key] = sys.maxsize if g.max_count == -1 else total + int(amount) * g.max_count
+    cap = dict(config.max_resources)
+    return {k: min(v, int(cap.get(k, sys.maxsize))) for k, v in limits.items()} or None
+
+
 def autoscaler_limits(ray) -> dict | None:
     """The most resources the cluster's autoscaler can provide ({"GPU": 16, ...}), or None.
 
-    Read from the cluster config the autoscaler publishes in the GCS (the same source and the same
-    "can it scale" rule as Ray Data); None on a cluster that cannot grow (a fixed or local one),
-    where the resources present are what there is, or that may still gain nodes by hand.
+    Read from the cluster config the autoscaler publishes in the GCS internal key-value store
+    (the same entry and the same "can it scale" rule as Ray Data) through the GCS client of
+    ``ray.experimental.internal_kv``, not Ray's private state API. None on a cluster that cannot
+    grow (a fixed or local one), where the resources present are what there is, or that may
+    still gain nodes by hand.
     """
     try:
-        from ray._private.state import state
+        from ray.core.generated.autoscaler_pb2 import ClusterConfig
+        from ray.experimental.internal_kv import internal_kv_get_gcs_client
 
-        config = state.get_cluster_config()
-        if not config or not any(g.max_count == -1 or g.max_count > g.min_count
-                                 for g in config.node_group_configs if g.resources and g.max_count != 0):
+        client = internal_kv_get_gcs_client()  # set by ray.init in the driver
+        if client is None:
             return None
-        limits = state.get_max_resources_from_cluster_config()
-    except Exception:  # private API: fall back to the resources present
+        data = client.internal_kv_get(CLUSTER_CONFIG_KEY, CLUSTER_CONFIG_NAMESPACE)
+        if not data:
+            return None
+        return limits_from_cluster_config(ClusterConfig.FromString(data))
+    except Exception as e:  # an unreadable entry: fall back to the resources present
+        log.debug("no autoscaler limits: %s", error_reason(e))
         return None
-    return dict(limits) if limits else None
 
 
 @dataclass
@@ -200,7 +230,7 @@ class WorkerPool:
                         ray.get(ref)
                         w.ready = True
                     except Exception as e:  # the constructor failed (e.g. no GPU, bad weights)
-                        self._mark_dead(w, _reason(e))
+                        self._mark_dead(w, error_reason(e))
                     continue
                 task, w = inflight.pop(ref)
                 w.load -= 1
@@ -210,14 +240,14 @@ class WorkerPool:
                     if _is_actor_death(ray, e):
                         transient = _is_unavailable(ray, e)
                         if not transient:
-                            self._mark_dead(w, _reason(e))
+                            self._mark_dead(w, error_reason(e))
                         if task.requeued < MAX_REQUEUE:
                             task.requeued += 1
                             queue.insert(0, task)
                         else:
-                            on_fail(task, f"its worker died {task.requeued + 1} times: {_reason(e)}")
+                            on_fail(task, f"its worker died {task.requeued + 1} times: {error_reason(e)}")
                     else:
-                        on_fail(task, _reason(e))
+                        on_fail(task, error_reason(e))
                 else:
                     on_done(task, result)
             if not self.ready and queue:
@@ -269,7 +299,8 @@ def _is_unavailable(ray, e: BaseException) -> bool:
     return isinstance(e, getattr(ray.exceptions, "ActorUnavailableError", ()))
 
 
-def _reason(e: BaseException) -> str:
+def error_reason(e: BaseException) -> str:
+    """One line for an exception (a Ray task error's cause, its last line): reports, not tracebacks."""
     cause = getattr(e, "cause", None)
     if cause is not None:
         e = cause
