@@ -51,6 +51,21 @@ const TOP = 64;
 const GROUP_GAP = 26;
 const NODE_GAP = 4;
 
+type NodeSel = d3.Selection<SVGGElement, NodeRow, SVGGElement, unknown>;
+
+/** The highlighted neurons at the strength(s) shown (GraphView.highlights). */
+interface Highlights {
+  /** the set that selects the connections (compare mode: the pointer chosen for edges) */
+  edges: Set<string>;
+  /** the strength index of the connections' influence */
+  edgeS: number;
+  /** compare mode: the sets at the weaker and the stronger pointer (null otherwise) */
+  weak: Set<string> | null;
+  strong: Set<string> | null;
+  /** highlighted at any strength shown */
+  has: (id: string) => boolean;
+}
+
 export interface GraphSummary {
   shownNodes: number;
   highlighted: number;
@@ -196,39 +211,80 @@ export class GraphView {
     return pos;
   }
 
+  /** Draw the pair for view state `v`: each step below does one part of the picture. */
   update(v: ViewState, animate = false): GraphSummary {
     const data = this.data;
     const summary: GraphSummary = { shownNodes: 0, highlighted: 0, edges: 0, glyphs: { both: 0, weaker: 0, stronger: 0, none: 0 } };
     if (!data) return summary;
-    const L = this.layers.length;
+    const hl = this.highlights(data.nodes, v);
+    const shown = this.shownIds(data.nodes, v, hl);
+    const { full, dur } = this.placeNodes(v, shown, animate);
+    this.drawTitles(v, full.groupX);
+    this.drawLayerLabels();
+    const shownNodes = data.nodes.filter((n) => shown.has(n.id));
+    summary.shownNodes = shownNodes.length;
+    const nodeSel = this.drawNodes(v, shownNodes, full.pos, dur);
+    this.markHighlights(nodeSel, hl, summary);
+    const rmax = this.drawEffectRings(nodeSel, v);
+    summary.edges = this.drawEdges(data.edges, v, hl, shown, dur);
+    this.svg
+      .attr("viewBox", `0 0 ${W} ${TOP + this.layers.length * this.rowH + 10}`)
+      .attr("data-pair", `${data.original}-${data.target}`)
+      .attr("data-state", "ready")
+      .attr("data-edges", summary.edges)
+      .attr("data-rings", v.effectRings ? "1" : "0")
+      .attr("data-ring-max", rmax)
+      .attr("data-highlighted", summary.highlighted);
+    return summary;
+  }
 
-    // what is highlighted, at which strength
-    const weakSet = v.compare ? highlightedNodes(data.nodes, v.weaker, v.criterion, v.neuronPct) : null;
-    const strongSet = v.compare ? highlightedNodes(data.nodes, v.stronger, v.criterion, v.neuronPct) : null;
-    const edgeS = v.compare ? (v.compareEdges === "weaker" ? v.weaker : v.stronger) : v.s;
-    const hl = v.compare ? (v.compareEdges === "weaker" ? weakSet! : strongSet!) : highlightedNodes(data.nodes, v.s, v.criterion, v.neuronPct);
-    const isHl = (id: string) => (v.compare ? weakSet!.has(id) || strongSet!.has(id) : hl.has(id));
+  /**
+   * What is highlighted, at which strength: one set (`edges`, at strength `edgeS`, selects the
+   * connections) or, in compare mode, one per pointer (`weak`, `strong`).
+   */
+  private highlights(nodes: NodeRow[], v: ViewState): Highlights {
+    if (!v.compare) {
+      const hl = highlightedNodes(nodes, v.s, v.criterion, v.neuronPct);
+      return { edges: hl, edgeS: v.s, weak: null, strong: null, has: (id) => hl.has(id) };
+    }
+    const weak = highlightedNodes(nodes, v.weaker, v.criterion, v.neuronPct);
+    const strong = highlightedNodes(nodes, v.stronger, v.criterion, v.neuronPct);
+    const useWeak = v.compareEdges === "weaker";
+    return {
+      edges: useWeak ? weak : strong,
+      edgeS: useWeak ? v.weaker : v.stronger,
+      weak,
+      strong,
+      has: (id) => weak.has(id) || strong.has(id),
+    };
+  }
 
-    let shown: Set<string>;
-    if (v.filter === "pinned") shown = new Set(data.nodes.filter((n) => v.pins.has(n.id)).map((n) => n.id));
-    else if (v.filter === "highlighted") shown = new Set(data.nodes.filter((n) => isHl(n.id)).map((n) => n.id));
-    else shown = new Set(data.nodes.map((n) => n.id));
+  /** The neurons the filter shows: all, the pinned ones, or the highlighted ones. */
+  private shownIds(nodes: NodeRow[], v: ViewState, hl: Highlights): Set<string> {
+    if (v.filter === "pinned") return new Set(nodes.filter((n) => v.pins.has(n.id)).map((n) => n.id));
+    if (v.filter === "highlighted") return new Set(nodes.filter((n) => hl.has(n.id)).map((n) => n.id));
+    return new Set(nodes.map((n) => n.id));
+  }
 
+  /** Positions for the shown neurons (`this.pos`), and the animation time: only when the set changed. */
+  private placeNodes(v: ViewState, shown: Set<string>, animate: boolean): { full: ReturnType<GraphView["fullLayout"]>; dur: number } {
     const full = this.fullLayout();
     const layoutKey = v.filter + ":" + [...shown].sort().join(",");
     const relayout = layoutKey !== this.lastLayoutKey;
     const first = this.lastLayoutKey === "";
     this.lastLayoutKey = layoutKey;
     this.pos = v.filter === "full" ? full.pos : this.compactLayout(shown);
-    const dur = animate && relayout && !first ? 1500 : 0;
+    return { full, dur: animate && relayout && !first ? 1500 : 0 };
+  }
 
-    // titles and layer labels
+  /** Group titles over the role columns (full layout only), cut to fit (fitTitles). */
+  private drawTitles(v: ViewState, groupX: Record<Role, [number, number]>): void {
     const titleData =
       v.filter === "full"
         ? ROLES.map((r) => ({
             role: r,
             text: r === "original" ? this.titles.original : r === "target" ? this.titles.target : r === "both" ? "BOTH" : "EXPLOITED BY ATTACK",
-            x: (full.groupX[r][0] + full.groupX[r][1]) / 2,
+            x: (groupX[r][0] + groupX[r][1]) / 2,
           }))
         : [];
     const titles = this.gTitles
@@ -248,6 +304,10 @@ export class GraphView {
       .attr("data-full", (d) => d.text);
     titles.select("title").text((d) => d.text);
     fitTitles(titles.nodes(), titleData.map((d) => ({ ...d, fixed: d.role === "both" || d.role === "exploited" })));
+  }
+
+  private drawLayerLabels(): void {
+    const L = this.layers.length;
     this.gLayers
       .selectAll<SVGTextElement, string>("text.layer-label")
       .data(this.layers, (d) => d)
@@ -256,10 +316,10 @@ export class GraphView {
       .attr("x", 8)
       .attr("y", (_d, i) => TOP + (L - 1 - i) * this.rowH + this.size / 2 + 4)
       .text((d) => d);
+  }
 
-    // nodes
-    const shownNodes = data.nodes.filter((n) => shown.has(n.id));
-    summary.shownNodes = shownNodes.length;
+  /** One group per shown neuron (entering at its full-layout place), moved to `this.pos`. */
+  private drawNodes(v: ViewState, shownNodes: NodeRow[], fullPos: Map<string, Pos>, dur: number): NodeSel {
     const sz = this.size;
     const self = this;
     const nodeSel = this.gNodes
@@ -276,7 +336,7 @@ export class GraphView {
             .attr("role", "button")
             .attr("aria-label", (d) => `neuron ${d.id}, ${d.role}`)
             .attr("transform", (d) => {
-              const p = full.pos.get(d.id)!;
+              const p = fullPos.get(d.id)!;
               return `translate(${p.x},${p.y})`;
             });
           g.append("rect").attr("class", "outer").attr("rx", 3).attr("ry", 3);
@@ -308,27 +368,31 @@ export class GraphView {
       const p = this.pos.get(d.id)!;
       return `translate(${p.x},${p.y})`;
     });
-
     nodeSel
       .select<SVGRectElement>("rect.outer")
       .attr("width", sz)
       .attr("height", sz)
       .attr("fill", (d) => ROLE_COLOR[d.role]);
-    const isPinned = (id: string) => v.pins.has(id);
-    nodeSel.classed("pinned", (d) => isPinned(d.id));
+    nodeSel.classed("pinned", (d) => v.pins.has(d.id));
     nodeSel
       .select<SVGTextElement>("text.node-label")
       .attr("x", sz / 2)
       .attr("y", -4)
       .style("font-size", () => (v.filter === "full" ? null : "9px"))
       .text((d) => String(d.channel));
+    return nodeSel;
+  }
 
-    if (v.compare) {
+  /** Highlighted neurons opaque; in compare mode, a glyph per neuron (glyph()); counts into `summary`. */
+  private markHighlights(nodeSel: NodeSel, hl: Highlights, summary: GraphSummary): void {
+    const sz = this.size;
+    if (hl.weak && hl.strong) {
+      const [weak, strong] = [hl.weak, hl.strong];
       nodeSel.each(function (d) {
-        const gl = glyph(weakSet!.has(d.id), strongSet!.has(d.id));
+        const gl = glyph(weak.has(d.id), strong.has(d.id));
         summary.glyphs[gl] += 1;
         const g = d3.select(this).attr("data-glyph", gl).attr("data-highlighted", gl === "none" ? "0" : "1");
-        g.select("rect.outer").attr("fill-opacity", strongSet!.has(d.id) ? 1 : 0.12);
+        g.select("rect.outer").attr("fill-opacity", strong.has(d.id) ? 1 : 0.12);
         const inner = g.select("rect.inner");
         if (gl === "weaker" || gl === "stronger") {
           inner
@@ -343,13 +407,17 @@ export class GraphView {
       });
       summary.highlighted = summary.glyphs.both + summary.glyphs.weaker + summary.glyphs.stronger;
     } else {
-      nodeSel.attr("data-glyph", null).attr("data-highlighted", (d) => (hl.has(d.id) ? "1" : "0"));
-      nodeSel.select("rect.outer").attr("fill-opacity", (d) => (hl.has(d.id) ? 1 : 0.1));
+      const on = hl.edges;
+      nodeSel.attr("data-glyph", null).attr("data-highlighted", (d) => (on.has(d.id) ? "1" : "0"));
+      nodeSel.select("rect.outer").attr("fill-opacity", (d) => (on.has(d.id) ? 1 : 0.1));
       nodeSel.select("rect.inner").attr("display", "none").attr("data-fill", null);
-      summary.highlighted = shownNodes.filter((n) => hl.has(n.id)).length;
+      summary.highlighted = nodeSel.data().filter((n) => on.has(n.id)).length;
     }
+  }
 
-    // causal effect rings (exploited neurons; the stronger strength in compare mode)
+  /** Causal effect rings on exploited neurons (the stronger strength in compare mode); returns ringMax. */
+  private drawEffectRings(nodeSel: NodeSel, v: ViewState): number {
+    const sz = this.size;
     const es = v.compare ? v.stronger : v.s;
     const rmax = ringMax(sz);
     nodeSel.each(function (d) {
@@ -370,13 +438,17 @@ export class GraphView {
       else ring.attr("display", "none").attr("stroke-width", 0);
       g.attr("data-ring", v.effectRings && d.role === "exploited" ? String(w) : null);
     });
+    return rmax;
+  }
 
-    // edges
+  /** Connections among the shown neurons (all among pinned ones; else the selected ones); returns their count. */
+  private drawEdges(edges: EdgeRow[], v: ViewState, hl: Highlights, shown: Set<string>, dur: number): number {
+    const sz = this.size;
+    const edgeS = hl.edgeS;
     const drawn: EdgeRow[] =
       v.filter === "pinned"
-        ? edgesAmong(data.edges, shown, edgeS)
-        : selectedEdges(data.edges, hl, edgeS, v.criterion, v.edgePct).filter((e) => shown.has(e.src) && shown.has(e.dst));
-    summary.edges = drawn.length;
+        ? edgesAmong(edges, shown, edgeS)
+        : selectedEdges(edges, hl.edges, edgeS, v.criterion, v.edgePct).filter((e) => shown.has(e.src) && shown.has(e.dst));
     this.ensureGradients();
     const path = (e: EdgeRow) => {
       const a = this.pos.get(e.src)!; // lower (source layer)
@@ -410,16 +482,7 @@ export class GraphView {
       .classed("flow", (e) => this.hovered !== null && (e.src === this.hovered || e.dst === this.hovered));
     edgeSel.interrupt();
     (dur ? edgeSel.transition().duration(dur) : edgeSel).attr("d", path);
-
-    this.svg
-      .attr("viewBox", `0 0 ${W} ${TOP + L * this.rowH + 10}`)
-      .attr("data-pair", `${data.original}-${data.target}`)
-      .attr("data-state", "ready")
-      .attr("data-edges", summary.edges)
-      .attr("data-rings", v.effectRings ? "1" : "0")
-      .attr("data-ring-max", rmax)
-      .attr("data-highlighted", summary.highlighted);
-    return summary;
+    return drawn.length;
   }
 
   private ensureGradients(): void {
