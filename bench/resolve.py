@@ -44,10 +44,9 @@ def old_config(commit: str = "3bf6741"):
     """config.py as it was at ``commit`` (the quadratic resolve), loaded beside this tree's."""
     text = subprocess.run(["git", "show", f"{commit}:bluff_ray/run/config.py"], capture_output=True, text=True,
                           check=True).stdout
-    path = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
-    path.write(text)
-    path.close()
-    spec = importlib.util.spec_from_file_location("old_config", path.name)
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(text)
+    spec = importlib.util.spec_from_file_location("old_config", f.name)
     module = importlib.util.module_from_spec(spec)
     sys.modules["old_config"] = module
     spec.loader.exec_module(module)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from bluff_ray import __version__
 
@@ -55,9 +55,9 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _run_and_report(cfg, overwrite: bool, ray_address: str | None) -> int:
+    from bluff_ray.results.store import StorageError
     from bluff_ray.run.config import ConfigError
     from bluff_ray.run.driver import RunError, run
-    from bluff_ray.results.store import StorageError
 
     try:
         summary = run(cfg, overwrite=overwrite, ray_address=ray_address)
@@ -151,9 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace results of a different configuration already in --out")
     d.set_defaults(func=cmd_demo)
 
-    from bluff_ray.web import publish
-    from bluff_ray.web import serve
     from bluff_ray.run import submit
+    from bluff_ray.web import publish, serve
 
     submit.register(sub)
     serve.register(sub)

@@ -8,6 +8,8 @@ import json
 import pytest
 
 from bluff_ray import cli
+from bluff_ray.engine.models.base import ModelAdapter
+from bluff_ray.results.store import redact_url
 from bluff_ray.run.config import (
     ConfigError,
     RunConfig,
@@ -20,8 +22,6 @@ from bluff_ray.run.config import (
     resolve,
     sections,
 )
-from bluff_ray.results.store import redact_url
-from bluff_ray.engine.models.base import ModelAdapter
 
 
 def fake_adapter(names=("zero", "one", "two", "three"), ids=None, strengths=(0.5, 1.0)) -> ModelAdapter:
@@ -141,16 +141,20 @@ def test_bluff_run_refuses_an_endless_attack_in_one_line_with_exit_2(tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
-def test_one_key_value_parser_for_storage_options():
-    """--storage-option means the same in run, publish and submit: true/false are booleans, numbers
-    written plainly are numbers, anything else (even 08 or 1e3, e.g. a key) stays text."""
+def test_one_key_value_parser_for_storage_options(monkeypatch):
+    """--storage-option means the same in run and publish: true/false are booleans, numbers written
+    plainly are numbers, anything else (even 08 or 1e3, e.g. a key) stays text."""
     from bluff_ray.web import publish
 
     items = ["anon=false", "endpoint_url=http://h:9=x", "max_concurrency=8", "key=0123", "secret=1e3", " k = v "]
     want = {"anon": False, "endpoint_url": "http://h:9=x", "max_concurrency": 8, "key": "0123", "secret": "1e3",
             "k": "v"}
     assert parse_options(items) == want
-    assert publish._parse_options(items) == want
+    seen = {}
+    monkeypatch.setattr(publish, "publish", lambda *a, storage_options=None, **k: seen.update(storage_options))
+    argv = ["publish", "./r", "s3://b/p", *[a for i in items for a in ("--storage-option", i)]]
+    cli.main(argv)
+    assert seen == want
     args = cli.build_parser().parse_args(["run", *[a for i in items for a in ("--storage-option", i)]])
     assert cli.config_from_args(args).storage_options == want
 

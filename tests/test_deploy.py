@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 from bluff_ray import cli
-from bluff_ray.run import config
-from bluff_ray.run import submit
+from bluff_ray.run import config, submit
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -150,7 +149,7 @@ def test_readme_says_the_driver_is_bluff_run_and_waits_for_its_workers():
 
 def test_dockerfile_installs_the_package_and_checks_the_entry_point():
     docker = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-py3\d+-gpu", docker, re.M)
+    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-py3\d+-gpu", docker, re.MULTILINE)
     assert "pip install --no-cache-dir ." in docker and "import bluff_ray.cli" in docker
 
 
@@ -158,7 +157,7 @@ def test_dockerfile_pins_a_cuda12_torch_from_the_pytorch_index():
     """The -gpu Ray image is CUDA 12.1: torch must be a CUDA 12 build from PyTorch's index, pinned, never the
     PyPI default (CUDA 13.0 for torch 2.14.1, driver 580+)."""
     docker = (DEPLOY / "Dockerfile").read_text()
-    index = re.search(r"^ARG TORCH_INDEX_URL=(https://download\.pytorch\.org/whl/cu(\d+))$", docker, re.M)
+    index = re.search(r"^ARG TORCH_INDEX_URL=(https://download\.pytorch\.org/whl/cu(\d+))$", docker, re.MULTILINE)
     assert index and index.group(2).startswith("12"), "torch must come from a CUDA 12 index"
     install = next(line for line in docker.splitlines() if "torch==" in line and "pip install" in line)
     assert "--index-url ${TORCH_INDEX_URL}" in install
@@ -182,7 +181,7 @@ def test_readme_attack_batch_table_follows_its_rule():
     for kind, mb in FOOTPRINT_MB.items():
         assert f"{mb} MB" in README
     assert "floor(0.85 x (GPU memory - 1.5 GiB) / footprint)" in README
-    rows = re.findall(r"^\| (\w+) \| ([^|]+?) \| (\d+) \| (\d+) \| (\d+) \|$", README, re.M)
+    rows = re.findall(r"^\| (\w+) \| ([^|]+?) \| (\d+) \| (\d+) \| (\d+) \|$", README, re.MULTILINE)
     assert {r[0] for r in rows} == {"g5", "g6", "p4d", "p4de", "p5", "p5e"}
     gpus = {r[0]: r[1] for r in rows}
     assert gpus["g5"].startswith("A10G") and gpus["g6"].startswith("L4") and gpus["p5e"].startswith("H200")
@@ -266,14 +265,15 @@ def test_submit_cli_refuses_a_config_secret_in_one_line(tmp_path):
     conf = tmp_path / "run.toml"
     conf.write_text('[storage_options]\nsecret = "wJalrXUtnFEMI-do-not-ship"\n')
     proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--config", str(conf), "--working-dir",
-                           str(tmp_path), "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+                           str(tmp_path), "--dry-run"], check=False, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "storage_options.secret" in proc.stderr, proc.stderr
     assert "wJalrXUtnFEMI" not in proc.stderr  # the value itself is never printed
     # invalid run options after -- are refused here too, naming the key, not on the cluster
     proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--config", "deploy/imagenet.toml",
-                           "--dry-run", "--", "--attack-steps", "1000000000000"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+                           "--dry-run", "--", "--attack-steps", "1000000000000"], check=False, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "attack.steps" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 

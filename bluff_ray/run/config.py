@@ -21,13 +21,15 @@ import argparse
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import json
 import os
 import re
 import typing
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterable, Mapping, Sequence
+from typing import Annotated, Any
 
 import pydantic
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError
@@ -121,7 +123,7 @@ def _numbers(value: Any) -> Any:
 
 
 def _ascending(values: list[float] | None) -> list[float] | None:
-    if values is not None and any(b <= a for a, b in zip(values, values[1:])):
+    if values is not None and any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"must be strictly ascending, got {values}")
     return values
 
@@ -227,7 +229,7 @@ class RunConfig:
     assets: AssetConfig = setting(AssetConfig, "the neuron assets")
 
 
-def _raise_config_errors(cls: type) -> None:
+def _raise_config_errors(cls: Any) -> None:
     """Direct construction (``RunConfig(...)``, ``dataclasses.replace``) raises ConfigError too."""
     init = cls.__init__
 
@@ -391,11 +393,9 @@ def _field_for(key: str) -> tuple[dataclasses.Field, Any]:
     """The declaration of a dotted key (``attack.steps``); ConfigError with close matches if unknown."""
     section, _, name = key.replace("-", "_").partition(".")
     section, name = (section, name) if name else ("", section)
-    cls = RunConfig
-    if section:
-        cls = sections().get(section)
-        if cls is None:
-            raise _unknown(section)
+    cls: type | None = sections().get(section) if section else RunConfig
+    if cls is None:
+        raise _unknown(section)
     table = field_table(cls)
     if name not in table or (not section and name in sections()):
         raise _unknown(key.replace("-", "_"))

@@ -32,8 +32,9 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 ENTRY_MODULE = "bluff_ray.cli"
 EXCLUDES = [".venv", "viewer/node_modules", "bluff-results", ".git", "**/__pycache__", "*.egg-info"]
@@ -48,7 +49,7 @@ HOW_TO_AUTH = (
 
 # Words that make a storage option, URL query parameter or environment variable a secret.
 SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "key", "signature", "session")
-SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY|SESSION_KEY", re.I)
+SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY|SESSION_KEY", re.IGNORECASE)
 NO_SECRETS = ("the Ray dashboard shows a job's files, command line and environment to anyone who can open it: give "
               "the cluster's nodes an IAM role/instance profile, or set the standard AWS variables on the cluster")
 
