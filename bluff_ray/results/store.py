@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from bluff_ray.results.layout import table_to_parquet
@@ -42,11 +43,15 @@ def redact_url(url: str | None) -> str | None:
 #: Parallel requests when many small objects are read (resume, reduce): a round of this many GETs
 #: costs about one request's latency.
 READ_CONCURRENCY = 32
-#: Seconds the storage preflight may take before the run gives up on the endpoint.
-PREFLIGHT_TIMEOUT_S = 60.0
+#: Seconds the storage preflight may take before the run gives up on the endpoint (a safety net:
+#: the probe's own timeouts below end it sooner).
+PREFLIGHT_TIMEOUT_S = 9.0
 # s3fs/botocore defaults for endpoints that accept a connection and never answer: bounded
 # connect/read timeouts and standard retries (overridable with storage_options config_kwargs).
 S3_CONFIG = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 5, "mode": "standard"}}
+# The preflight probe asks once, with short timeouts: a closed port, a black hole or an unknown
+# host is reported in seconds (the run's own requests keep S3_CONFIG's patience).
+PROBE_S3_CONFIG = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 1, "mode": "standard"}}
 # mkstemp creates 0600 files; results should get the usual permissions (0666 minus the umask) so
 # that a web server running as another user can serve a local results folder.
 _UMASK = os.umask(0)
@@ -62,17 +67,46 @@ class CorruptFile(StorageError):
     """A results file exists but cannot be decoded (truncated JSON, garbled Parquet page, ...)."""
 
 
+def open_url(url: str, storage_options: dict | None = None, probe: bool = False) -> tuple[AbstractFileSystem, str]:
+    """``(filesystem, path)`` of ``url``: the one place bluff_ray opens fsspec filesystems.
+
+    Results, images and weights all come through here, so an S3 endpoint that stalls is bounded by
+    the same timeouts and retries (``S3_CONFIG``; ``probe``: ``PROBE_S3_CONFIG`` and no s3fs-level
+    retries, for the preflight). ``storage_options`` go to the filesystem only; ``config_kwargs``
+    in them override the defaults key by key.
+    """
+    options = dict(storage_options or {})
+    s3 = str(url).startswith(("s3://", "s3a://"))
+    if s3:
+        options["config_kwargs"] = {**(PROBE_S3_CONFIG if probe else S3_CONFIG), **dict(options.get("config_kwargs") or {})}
+        if probe:
+            options["skip_instance_cache"] = True  # its retries are changed below: never share it
+    fs, path = fsspec.core.url_to_fs(str(url), **options)
+    if s3 and probe:
+        fs.retries = 1  # s3fs retries connection errors itself (5 times, backing off) on top of botocore
+    return fs, path
+
+
+def read_url(url: str, storage_options: dict | None = None) -> bytes:
+    """The whole object at ``url`` (a local path or fsspec URL), through ``open_url``.
+
+    Raises FileNotFoundError naming the URL (credentials removed) when nothing is there.
+    """
+    fs, path = open_url(url, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"not found: {redact_url(url)}") from None
+
+
 class Store:
     """Relative paths under one root URL; every write is one whole object."""
 
-    def __init__(self, url: str, storage_options: dict | None = None):
+    def __init__(self, url: str, storage_options: dict | None = None, probe: bool = False):
         self.url = str(url).rstrip("/") or str(url)
         self.storage_options = dict(storage_options or {})
-        options = dict(self.storage_options)
-        if self.url.startswith(("s3://", "s3a://")):
-            options["config_kwargs"] = {**S3_CONFIG, **dict(options.get("config_kwargs") or {})}
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+            self.fs, self.root = open_url(self.url, self.storage_options, probe=probe)
         except (ImportError, ValueError, TypeError) as e:
             raise StorageError(f"cannot open results root {redact_url(self.url)}: {e}") from None
         self.root = self.root.rstrip("/")
@@ -219,14 +253,17 @@ class Store:
     def preflight(self, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
         """Write, read back and delete a probe object: fail fast, before any compute is spent.
 
-        An endpoint that accepts connections but never answers must not hang the run: the probe
-        runs in a thread and ``StorageError`` is raised after ``timeout_s`` seconds.
+        The probe asks once with short timeouts (``PROBE_S3_CONFIG``), so a closed port, an
+        endpoint that accepts connections but never answers, or an unknown host fail in seconds;
+        it also runs in a thread and ``StorageError`` is raised after ``timeout_s`` seconds whatever
+        the filesystem does.
         """
         outcome: list[BaseException | None] = []
+        prober = Store(self.url, self.storage_options, probe=True) if not self.local else self
 
         def probe() -> None:
             try:
-                self._probe()
+                prober._probe()
                 outcome.append(None)
             except BaseException as e:  # handed to the caller's thread
                 outcome.append(e)
