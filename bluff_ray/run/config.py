@@ -300,8 +300,8 @@ def config_error(e: ValidationError) -> ConfigError:
         return _unknown(key)
     msg = err["msg"].removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
-    if err["type"] == "value_error" or "input" not in err:
-        return ConfigError(f"{key}: {msg}")
+    if err["type"] == "value_error" or "input" not in err or key.startswith("storage_options"):
+        return ConfigError(f"{key}: {msg}")  # (never echo a storage option: it may be a secret)
     return ConfigError(f"{key}: {msg}, got {err['input']!r}")
 
 
