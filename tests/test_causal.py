@@ -176,6 +176,8 @@ def test_one_channel_carrying_the_target_logit_recovers_everything():
     assert ex["k"][0] == 1 and ex["recovery"][0] == pytest.approx(1.0, abs=1e-9)
     assert ex["recovery"][-1] == pytest.approx(1.0, abs=1e-9) and ex["k"][-1] == 64
     assert res.effect[("mixed4b", channel)][0] == pytest.approx(1.0, abs=1e-9)
+    neuron = next(r for r in rows if r["set"] == f"neuron:{channel}")  # alone, against single random channels
+    assert neuron["recovery"][1] == pytest.approx(1.0, abs=1e-9) and neuron["null"][4] == 100.0
 
 
 def test_target_logit_spread_evenly_puts_the_exploited_curve_inside_the_null_band():

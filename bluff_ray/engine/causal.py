@@ -427,6 +427,7 @@ class Patching:
                     effect.setdefault((self.names[g], int(ch)), np.full(len(picks[g].exploited), np.nan))[s] = \
                         stats[(g, "single", int(ch))]["mean"]
                 self._record_curve(out, stats, s, g, picks[g].channels, n_img)
+                self._record_neurons(out, stats, s, g, picks[g].exploited[s], n_img, ld_clean, ld_adv)
         return all_defused
 
     def _record_curve(self, out: CausalRows, stats, s: int, li: int, c: int, n_img: int) -> None:
@@ -458,6 +459,25 @@ class Patching:
             auc, k50 = curve_summary(got_k, means, c)
             out.add("curve", strength=s, layer=self.names[li], order=name, k=[int(x) for x in got_k],
                     recovery=means, q05=lo, q95=hi, auc=auc, k50=k50)
+
+    def _record_neurons(self, out: CausalRows, stats, s: int, li: int, exploited: np.ndarray, n_img: int,
+                        ld_clean: float, ld_adv: float) -> None:
+        """At the curve strength: each exploited neuron alone against single random channels of the
+        layer minus the set (the random order's k = 1 draws), one row ``set = "neuron:<channel>"``."""
+        null = np.array([stats[(li, "curve", "random", 1, j)]["mean"] for j in range(self.draws)
+                         if (li, "curve", "random", 1, j) in stats])
+        if not len(null):
+            return
+        for ch in exploited:
+            st = stats[(li, "single", int(ch))]
+            ns = null_summary(st["mean"], null)
+            out.add("rows", strength=s, layer=self.names[li], set=f"neuron:{int(ch)}", n_neurons=1, n_images=n_img,
+                    recovery_mean=st["mean"], recovery_median=st["median"], restored=st["restored"],
+                    defused=st["defused"], ld_clean=ld_clean, ld_adv=ld_adv, draws=len(null), null_mean=ns["mean"],
+                    null_sd=ns["sd"], null_q05=ns["q05"], null_q95=ns["q95"], null_percentile=ns["percentile"],
+                    null_p=ns["p"], matched_mean=math.nan, matched_q95=math.nan, matched_percentile=math.nan,
+                    matched_p=math.nan, noising=math.nan, noising_null_mean=math.nan, noising_null_q95=math.nan,
+                    noising_percentile=math.nan, noising_p=math.nan)
 
     @staticmethod
     def _set_size(plan: "_Plan", label) -> int:

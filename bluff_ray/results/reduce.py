@@ -75,6 +75,9 @@ class Aggregate:
         self.exploited = np.zeros((total, s), np.int64)
         self.effect_sum = np.zeros((total, s), np.float64)
         self.effect_n = np.zeros((total, s), np.int64)
+        self.tested_n = np.zeros(total, np.int64)
+        self.tested_recovery = np.zeros(total, np.float64)
+        self.tested_percentile = np.zeros(total, np.float64)
         self.by_original = np.zeros((total, self.n_classes), np.int32)
         self.by_target = np.zeros((total, self.n_classes), np.int32)
 
@@ -95,6 +98,7 @@ class Aggregate:
         if atlas is None:
             return
         np.add.at(self.displayed, atlas.displayed.column("neuron").to_numpy().astype(np.int64), 1)
+        self._add_tested(atlas)
         ex = atlas.exploited
         if ex.num_rows == 0:
             return
@@ -106,10 +110,24 @@ class Aggregate:
         mask = ex.column("exploited_mask").to_numpy().astype(np.int64)
         bits = (mask[:, None] >> np.arange(self.n_strengths)[None, :]) & 1
         np.add.at(self.exploited, ei, bits)
-        effect = _list_matrix(ex.column("effect"), self.n_strengths, np.float64)
-        ok = np.isfinite(effect)
-        np.add.at(self.effect_sum, ei, np.where(ok, effect, 0.0))
-        np.add.at(self.effect_n, ei, ok.astype(np.int64))
+
+    def _add_tested(self, atlas: "UnitAtlas") -> None:
+        """Measured single-neuron effects (any displayed node with a finite ``effect``) and, from the
+        ``causal`` rows ``neuron:<channel>``, each tested neuron's recovery and null percentile."""
+        if atlas.effects is not None and atlas.effects.num_rows:
+            ei = atlas.effects.column("neuron").to_numpy().astype(np.int64)
+            effect = _list_matrix(atlas.effects.column("effect"), self.n_strengths, np.float64)
+            ok = np.isfinite(effect)
+            np.add.at(self.effect_sum, ei, np.where(ok, effect, 0.0))
+            np.add.at(self.effect_n, ei, ok.astype(np.int64))
+        if atlas.tested is not None and atlas.tested.num_rows:
+            ti = atlas.tested.column("neuron").to_numpy().astype(np.int64)
+            rec = atlas.tested.column("recovery").to_numpy().astype(np.float64)
+            pct = atlas.tested.column("percentile").to_numpy().astype(np.float64)
+            ok = np.isfinite(rec) & np.isfinite(pct)
+            np.add.at(self.tested_n, ti[ok], 1)
+            np.add.at(self.tested_recovery, ti[ok], rec[ok])
+            np.add.at(self.tested_percentile, ti[ok], pct[ok])
 
     def displayed_neurons(self) -> list[tuple[str, int]]:
         """(layer, channel) of every neuron displayed in some pair."""
@@ -224,6 +242,11 @@ class Aggregate:
             "n_exploited_any": pa.array(self.exploited_any, pa.int32()),
             "n_exploited": pa.array(list(self.exploited.astype(np.int32)), pa.list_(pa.int32())),
             "mean_effect": pa.array(list(mean_effect.astype(np.float32)), pa.list_(pa.float32())),
+            "n_tested": pa.array(self.tested_n, pa.int32()),
+            "mean_recovery": pa.array(np.where(self.tested_n > 0, self.tested_recovery / np.maximum(self.tested_n, 1),
+                                               np.nan).astype(np.float32)),
+            "null_percentile": pa.array(np.where(self.tested_n > 0, self.tested_percentile
+                                                 / np.maximum(self.tested_n, 1), np.nan).astype(np.float32)),
             "top_originals": pa.array(top_o, pa.list_(pa.int32())),
             "top_original_counts": pa.array(top_oc, pa.list_(pa.int32())),
             "top_targets": pa.array(top_t, pa.list_(pa.int32())),
@@ -241,21 +264,32 @@ class UnitAtlas:
     """What the atlas needs from one unit, small enough to travel in the unit's marker metadata.
 
     ``displayed``: (target, neuron) per displayed node; ``exploited``: (target, neuron,
-    exploited_mask, effect) per exploited node. ``neuron`` is the global index (layer offset +
-    channel, layers in model order).
+    exploited_mask, effect) per exploited node; ``effects``: (neuron, effect) per node with a
+    measured single-neuron effect; ``tested``: (neuron, recovery, percentile) per causal
+    ``neuron:<channel>`` row. ``neuron`` is the global index (layer offset + channel, layers in
+    model order).
     """
 
     displayed: pa.Table
     exploited: pa.Table
+    effects: pa.Table | None = None
+    tested: pa.Table | None = None
 
     def metadata(self) -> dict[bytes, bytes]:
-        return {b"bluff.displayed": _ipc(self.displayed), b"bluff.exploited": _ipc(self.exploited)}
+        meta = {b"bluff.displayed": _ipc(self.displayed), b"bluff.exploited": _ipc(self.exploited)}
+        if self.effects is not None:
+            meta[b"bluff.effects"] = _ipc(self.effects)
+        if self.tested is not None:
+            meta[b"bluff.tested"] = _ipc(self.tested)
+        return meta
 
     @classmethod
     def from_metadata(cls, meta: dict[bytes, bytes] | None) -> "UnitAtlas | None":
         if not meta or b"bluff.displayed" not in meta or b"bluff.exploited" not in meta:
             return None
-        return cls(_from_ipc(meta[b"bluff.displayed"]), _from_ipc(meta[b"bluff.exploited"]))
+        return cls(_from_ipc(meta[b"bluff.displayed"]), _from_ipc(meta[b"bluff.exploited"]),
+                   _from_ipc(meta[b"bluff.effects"]) if b"bluff.effects" in meta else None,
+                   _from_ipc(meta[b"bluff.tested"]) if b"bluff.tested" in meta else None)
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -273,8 +307,9 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(base64.b64decode(data))).read_all()
 
 
-def unit_atlas(nodes: pa.Table, offsets: dict[str, int], n_strengths: int) -> UnitAtlas:
-    """The compact atlas contribution of a unit's nodes table."""
+def unit_atlas(nodes: pa.Table, offsets: dict[str, int], n_strengths: int,
+               causal: pa.Table | None = None) -> UnitAtlas:
+    """The compact atlas contribution of a unit's nodes table (and its ``causal`` rows)."""
     layers = nodes.column("layer").to_pylist()
     try:
         base = np.array([offsets[l] for l in layers], dtype=np.int64)
@@ -291,7 +326,27 @@ def unit_atlas(nodes: pa.Table, offsets: dict[str, int], n_strengths: int) -> Un
         "exploited_mask": pa.array(nodes.column("exploited_mask").to_numpy()[ex].astype(np.int32), pa.int32()),
         "effect": pa.array(list(eff), pa.list_(pa.float32())) if len(eff) else pa.array([], pa.list_(pa.float32())),
     })
-    return UnitAtlas(displayed, exploited)
+    all_eff = _list_matrix(nodes.column("effect"), n_strengths, np.float32) if nodes.num_rows else \
+        np.zeros((0, n_strengths), np.float32)
+    has = np.isfinite(all_eff).any(axis=1)
+    effects = pa.table({"neuron": pa.array(neuron[has], pa.int32()),
+                        "effect": pa.array(list(all_eff[has]), pa.list_(pa.float32())) if has.any()
+                        else pa.array([], pa.list_(pa.float32()))})
+    return UnitAtlas(displayed, exploited, effects, _tested(causal, offsets))
+
+
+def _tested(causal: pa.Table | None, offsets: dict[str, int]) -> pa.Table | None:
+    """(neuron, recovery, null percentile) of the causal rows ``set = "neuron:<channel>"``."""
+    if causal is None:
+        return None
+    sets = causal.column("set").to_pylist()
+    keep = [i for i, s in enumerate(sets) if s.startswith("neuron:")]
+    layers = causal.column("layer").to_pylist()
+    rec, null = causal.column("recovery").to_pylist(), causal.column("null").to_pylist()
+    neuron = [offsets[layers[i]] + int(sets[i].split(":", 1)[1]) for i in keep]
+    return pa.table({"neuron": pa.array(neuron, pa.int32()),
+                     "recovery": pa.array([rec[i][1] for i in keep], pa.float32()),
+                     "percentile": pa.array([null[i][4] for i in keep], pa.float32())})
 
 
 def _group_nanmean(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import duckdb
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -848,69 +849,77 @@ def test_failed_asset_index_is_retried(page, serve_root, synth_results):
 
 # --- causal panel, neuron effects, effect rings -----------------------------------------------------------------
 
-SETS = ("exploited", "random", "both")
-
-
 def _fin(v) -> bool:
-    return v is not None and not math.isnan(v)
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
 def _pct(v: float) -> str:
-    return f"{math.floor(100 * v + 0.5)}%"  # JavaScript Math.round
+    return f"{math.floor(100 * v + 0.5)}%" if _fin(v) else "—"
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _verdict(p: float) -> str:
+    return "no null control" if not _fin(p) else "more than chance" if p >= 95 else \
+        "less than chance" if p <= 5 else "no more than chance"
+
+
+def _row(rows: list[dict], layer: str, i: int) -> dict | None:
+    return next((r for r in rows if r["layer"] == layer and r["strength"] == i and r["set"] == "exploited"), None)
+
+
 def expected_causal_sentence(rows: list[dict], pair: dict, eps: list[float], s: int) -> str:
-    """The panel's sentence at strength index s (0 benign), from the causal rows and the pair row."""
+    """What the panel must say, from the stored numbers alone (docs/FORMAT.md causal/)."""
     if s == 0:
-        return ("Strength 0 shows benign images: patching needs a successful attack. Move the strength slider right to "
-                "see how many attacks patching the exploited neurons undoes.")
+        return ("Strength 0 shows benign images: patching needs a successful attack. Move the strength slider right "
+                "to see what patching the exploited neurons does.")
     e = f"eps {eps[s - 1]:.2f}"
-    n_s = pair["n_success"][s - 1]
-    if n_s == 0:
-        return f"No attack succeeded at {e}: there is no successful attack to undo."
-    a = next(r for r in rows if r["layer"] == "all")
-    if a["n_exploited"] == 0:
-        return "This pair has no exploited neurons: there is nothing to patch."
-    x, r, b = (a[f"defused_{k}"][s - 1] for k in SETS)
-    ctrl_r = f"{_plural(a['n_random'], 'random displayed neuron')}: {_pct(r)}" if a["n_random"] and _fin(r) \
-        else "no random control: no other displayed neuron"
-    ctrl_b = f"top {_plural(a['n_both'], chr(39) + 'both' + chr(39) + ' neuron')}: {_pct(b)}" if a["n_both"] and _fin(b) \
-        else "no 'both' neurons to compare"
-    back = "its benign value" if a["n_exploited"] == 1 else "their benign values"
-    return (f"Patching the {_plural(a['n_exploited'], 'exploited neuron')} back to {back} undoes {_pct(x)} of the "
-            f"{_plural(n_s, 'successful attack')} at {e} ({ctrl_r}; {ctrl_b}).")
+    if not pair["n_success"][s - 1]:
+        return f"No attack succeeded at {e}: there is nothing to patch."
+    r = _row(rows, "all", s - 1)
+    if r is None or not _fin(r["recovery"][1]):
+        return (f"No patching result at {e}: too few successful attacks to select neurons on one half and patch "
+                "the other, or no exploited neuron selected.")
+    n, rec, null, noi = r["n_neurons"], r["recovery"], r["null"], r["noising"]
+    these = "this neuron" if n == 1 else f"these {n} neurons"
+    return (f"Patching the {_plural(n, 'exploited neuron')} (all layers; selected on other images) in "
+            f"{_plural(int(rec[0]), 'held-out attacked image')} at {e} recovers {_pct(rec[1])} of the logit gap; "
+            f"random sets of {n} recover {_pct(null[0])} (percentile {math.floor(null[4] + 0.5)}: {_verdict(null[4])}). "
+            f"Put into the clean images, the attacked values of {these} close {_pct(noi[0])} of the gap; random sets "
+            f"{_pct(noi[1])} (percentile {math.floor(noi[3] + 0.5)}: {_verdict(noi[3])}).")
 
 
-def causal_cells(page) -> dict:
-    return {(c["layer"], c["set"]): c for c in page.eval_on_selector_all(
-        "#causal-table td.causal-cell", """tds => tds.map(t => ({layer: t.dataset.layer, set: t.dataset.set,
-            n: Number(t.dataset.n), value: Number(t.dataset.value), weaker: t.dataset.weaker === undefined ? null : Number(t.dataset.weaker),
-            text: t.querySelector('.causal-label').textContent,
-            bars: [...t.querySelectorAll('.causal-bar')].map(b => b.style.width)}))""")}
+def check_causal_table(page, rows: list[dict], s: int) -> None:
+    """The table's numbers are the stored exploited rows at strength s: R, null mean, percentile, matched."""
+    got = page.eval_on_selector_all("#causal-table tbody tr", """trs => trs.map(tr => [tr.dataset.layer,
+        ...['exploited', 'null', 'percentile', 'matched'].map(c => Number(tr.querySelector('.causal-cell.' + c).dataset.value))])""")
+    want = [r for r in rows if r["strength"] == s - 1 and r["set"] == "exploited"]
+    assert [g[0] for g in got] == [r["layer"] for r in want] and want
+    for g, r in zip(got, want):
+        for value, stored in zip(g[1:], (r["recovery"][1], r["null"][0], r["null"][4], r["matched"][0])):
+            assert (value == pytest.approx(stored, rel=1e-6)) if _fin(stored) else math.isnan(value)
 
 
-def check_causal_table(page, rows: list[dict], strengths_shown: list[int]) -> None:
-    cells = causal_cells(page)
-    assert [r["layer"] for r in rows][-1] == "all"
-    assert page.eval_on_selector_all("#causal-table tbody tr", "trs => trs.map(t => t.dataset.layer)") == [r["layer"] for r in rows]
-    for r in rows:
-        for k in SETS:
-            c = cells[(r["layer"], k)]
-            vals = [r[f"defused_{k}"][s - 1] for s in strengths_shown]
-            assert c["n"] == r[f"n_{k}"]
-            for got, want in ((c["value"], vals[-1]), (c["weaker"], vals[0] if len(vals) == 2 else None)):
-                if want is None:
-                    assert got is None
-                elif _fin(want):
-                    assert got == pytest.approx(want, rel=1e-6)
-                else:
-                    assert got is None or math.isnan(got)
-            assert c["text"] == " → ".join(_pct(v) if _fin(v) else "—" for v in vals) + f" ({r[f'n_{k}']})"
-            assert c["bars"] == [f"{math.floor(100 * v + 0.5) if _fin(v) else 0}%" for v in vals]
+def check_causal_curve(page, curves: list[dict]) -> None:
+    """The drawn dose-response points of the selected layer are the stored causal_curve values."""
+    layer = page.input_value("#causal-curve-layer")
+    want = {c["order"]: c for c in curves if c["layer"] == layer}
+    assert set(want) == {"exploited", "delta", "random"}
+    for order, c in want.items():
+        pts = page.eval_on_selector_all(f"#causal-curve g.curve[data-order='{order}'] circle",
+                                        "cs => cs.map(c => [Number(c.dataset.k), Number(c.dataset.r)])")
+        assert [p[0] for p in pts] == c["k"]
+        np.testing.assert_allclose([p[1] for p in pts], c["recovery"], rtol=1e-6)
+
+
+def read_curves(root, o: int, t: int) -> list[dict]:
+    from viewer_synth import read_pair as _rp
+
+    row = _rp(root, o, t)[0]
+    f = pq.ParquetFile(Path(root) / layout.part_path("causal_curve", o, row["part"]))
+    return f.read_row_group(row["row_group"]).to_pylist()
 
 
 def sentences(page) -> list[str]:
@@ -918,18 +927,14 @@ def sentences(page) -> list[str]:
 
 
 def test_causal_panel_matches_the_stored_rows(page, serve_root, synth_results):
-    from viewer_synth import NO_EXPLOITED, read_causal
+    """The sentence, the table and the dose-response curve say what the stored numbers say."""
+    from viewer_synth import read_causal
 
     eps = manifest(synth_results)["strengths"]
-    # a pair without success at the weakest strength (and with exploited neurons)
     o, t = next((o, t) for o, t in all_pairs(synth_results)
-                if read_pair(synth_results, o, t)[0]["n_success"][0] == 0 and (o, t) != NO_EXPLOITED)
+                if read_pair(synth_results, o, t)[0]["n_success"][0] == 0 and read_curves(synth_results, o, t))
     pair = read_pair(synth_results, o, t)[0]
-    rows = read_causal(synth_results, o, t)
-    # the synthetic root's known properties: a layer without exploited neurons, NaN without success
-    empty = [r for r in rows if r["layer"] != "all" and r["n_exploited"] == 0]
-    assert empty and all(not _fin(v) for r in empty for v in r["defused_exploited"])
-    assert all(not _fin(r[f"defused_{k}"][0]) for r in rows for k in SETS)
+    rows, curves = read_causal(synth_results, o, t), read_curves(synth_results, o, t)
     url = serve_root(synth_results)
     page.goto(f"{url}?original={o}&target={t}&eps={eps[5]}")
     wait_ready(page, f"{o}-{t}")
@@ -938,43 +943,22 @@ def test_causal_panel_matches_the_stored_rows(page, serve_root, synth_results):
         if s != 6:
             page.eval_on_selector("#strength", f"el => {{ el.value = '{s}'; el.dispatchEvent(new Event('input')); }}")
         assert sentences(page) == [expected_causal_sentence(rows, pair, eps, s)]
-        assert sentences(page)[0].startswith(f"Patching the {next(r for r in rows if r['layer'] == 'all')['n_exploited']} exploited")
-        assert page.is_visible("#causal-table")
-        check_causal_table(page, rows, [s])
-    # the layer without exploited neurons says so (no "NaN %")
-    c = causal_cells(page)[(empty[0]["layer"], "exploited")]
-    assert c["text"] == "— (0)" and "NaN" not in page.text_content("#causal-panel")
-    assert "no exploited neuron in this layer" in page.get_attribute(
-        f"#causal-table td.causal-cell.exploited[data-layer='{empty[0]['layer']}']", "title")
+        if _row(rows, "all", s - 1):
+            check_causal_table(page, rows, s)
+    assert "NaN" not in page.text_content("#causal-panel")
+    check_causal_curve(page, curves)
+    other = [c["layer"] for c in curves if c["layer"] != page.input_value("#causal-curve-layer")]
+    if other:
+        page.select_option("#causal-curve-layer", other[0])
+        check_causal_curve(page, curves)
     shot(page, "causal-panel")
     # no successful attack at the strength: said, no table
     page.eval_on_selector("#strength", "el => { el.value = '1'; el.dispatchEvent(new Event('input')); }")
-    assert sentences(page) == [f"No attack succeeded at eps {eps[0]:.2f}: there is no successful attack to undo."]
+    assert sentences(page) == [f"No attack succeeded at eps {eps[0]:.2f}: there is nothing to patch."]
     assert page.is_hidden("#causal-table")
-    # strength 0: patching needs an attack
     page.keyboard.press("ArrowLeft")
     assert page.input_value("#strength") == "0"
     assert sentences(page) == [expected_causal_sentence(rows, pair, eps, 0)]
-    assert page.is_hidden("#causal-table")
-    # compare mode: both strengths (the weaker has no success here)
-    page.check("#compare")
-    page.eval_on_selector("#weaker", "el => { el.value = '1'; el.dispatchEvent(new Event('input')); }")
-    w, st = int(page.input_value("#weaker")), int(page.input_value("#stronger"))
-    assert w == 1
-    assert sentences(page) == [f"Weaker, eps {eps[w - 1]:.2f}: " + expected_causal_sentence(rows, pair, eps, w),
-                               f"Stronger, eps {eps[st - 1]:.2f}: " + expected_causal_sentence(rows, pair, eps, st)]
-    check_causal_table(page, rows, [w, st])
-    page.eval_on_selector("#weaker", "el => { el.value = '3'; el.dispatchEvent(new Event('input')); }")
-    assert sentences(page)[0] == f"Weaker, eps {eps[2]:.2f}: " + expected_causal_sentence(rows, pair, eps, 3)
-    check_causal_table(page, rows, [3, st])
-    shot(page, "causal-compare")
-    # a pair without any exploited neuron
-    o2, t2 = NO_EXPLOITED
-    page.goto(f"{url}?original={o2}&target={t2}&eps={eps[5]}")
-    wait_ready(page, f"{o2}-{t2}")
-    page.wait_for_selector("#causal-panel[data-state='ready']")
-    assert sentences(page) == ["This pair has no exploited neurons: there is nothing to patch."]
-    check_causal_table(page, read_causal(synth_results, o2, t2), [6])
 
 
 def test_causal_panel_hidden_without_patching(page, serve_root, synth_results, tmp_path):
@@ -1049,7 +1033,7 @@ def test_neuron_effect_detail_and_rings(page, serve_root, synth_results):
     page.wait_for_selector(f"#detail[data-id='{node_id(ex)}'] .effect")
     assert float(page.get_attribute("#detail .effect", "data-value")) == pytest.approx(ex["effect"][s - 1], rel=1e-6)
     assert page.text_content("#detail .effect-text") == (
-        f"Patching it alone undoes {_pct(ex['effect'][s - 1])} of the successful attacks at eps {eps[s - 1]:.2f}.")
+        f"Patching it alone recovers {_pct(ex['effect'][s - 1])} of the logit gap at eps {eps[s - 1]:.2f} (held-out images).")
     bars = page.eval_on_selector_all("#detail rect.effect-bar", "rs => rs.map(r => [Number(r.dataset.strength), Number(r.dataset.value)])")
     want = [(i + 1, v) for i, v in enumerate(ex["effect"]) if _fin(v)]
     assert [b[0] for b in bars] == [w[0] for w in want]
@@ -1108,7 +1092,7 @@ def atlas_rows(page) -> list[dict]:
 def expected_atlas_order(root, key: str, i: int, desc: bool, where: str = "true") -> list[str]:
     """The atlas's neuron order from DuckDB: value descending then file row; ascending = the finite
     values reversed (ties too); NaN last in file order."""
-    v = {"any": "n_exploited_any", "at": f"n_exploited[{i + 1}]", "effect": f"mean_effect[{i + 1}]",
+    v = {"any": "n_exploited_any", "at": f"n_exploited[{i + 1}]", "effect": "mean_recovery",
          "displayed": "n_displayed"}[key]
     src = (f"(select layer || '-' || channel as id, cast({v} as double) as v, file_row_number as r "
            f"from read_parquet('{root}/atlas/neurons.parquet', file_row_number = true) where {where})")
@@ -1144,7 +1128,8 @@ def test_atlas_at_1000_classes(page, serve_root, scale_results):
     n = pq.ParquetFile(f"{scale_results}/atlas/neurons.parquet").metadata.num_rows
     assert page.get_attribute("#atlas", "data-total") == str(n)
     assert page.locator("#atlas-table tbody tr").count() == 50  # a page, not every neuron
-    assert [r["id"] for r in atlas_rows(page)] == expected_atlas_order(scale_results, "any", 0, True)[:50]
+    # the default order: the measured effect alone (mean recovery), not how often a neuron is labelled exploited
+    assert [r["id"] for r in atlas_rows(page)] == expected_atlas_order(scale_results, "effect", 0, True)[:50]
     # sort by pairs exploiting at a strength: the same top neurons as DuckDB, both directions, page 2
     page.select_option("#atlas-strength", "6")
     page.click("#atlas-table th[data-key=at]")
@@ -1326,6 +1311,7 @@ def test_causal_panel_on_pipeline_results(page, serve_root, demo_results):
     for s in (len(eps), len(eps) // 2):
         page.eval_on_selector("#strength", f"el => {{ el.value = '{s}'; el.dispatchEvent(new Event('input')); }}")
         assert sentences(page) == [expected_causal_sentence(rows, pair, eps, s)]
-        if pair["n_success"][s - 1]:
-            check_causal_table(page, rows, [s])
+        if _row(rows, "all", s - 1):
+            check_causal_table(page, rows, s)
+    check_causal_curve(page, read_curves(demo_results, o, t))
     shot(page, "causal-pipeline")

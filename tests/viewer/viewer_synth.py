@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from bluff_ray.results import layout
-from bluff_ray.results.reduce import Aggregate, LayerSpec, landing_view, write_global
+from bluff_ray.results.reduce import Aggregate, LayerSpec, landing_view, unit_atlas, write_global
 from bluff_ray.results.store import Store
 
 LAYERS = ["mixed3a", "mixed3b", "mixed4a", "mixed4b"]
@@ -166,22 +166,72 @@ def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
                                   dst_channel=d["channel"], influence_original=float(v[0]),
                                   influence_target=float(v[1]),
                                   **{layout.influence_column(i): x for i, x in enumerate(att)}))
-    causal_rows: list[dict] = []
-    all_row = None
-    for layer in LAYERS + ["all"]:
-        rows = nodes if layer == "all" else [n for n in nodes if n["layer"] == layer]
-        n_ex = sum(n["role"] == "exploited" for n in rows)
-        n_rand = min(n_ex, sum(n["role"] != "exploited" for n in rows))
-        n_both = min(n_ex, sum(n["role"] == "both" for n in rows))
+    causal_rows, curve_rows = _causal_rows(rng, t, nodes, ok, causal)
+    defused = [math.nan] * S
+    for r in causal_rows:
+        if r["layer"] == "all" and r["set"] == "exploited":
+            defused[r["strength"]] = r["recovery"][4]
+    return nodes, edges, (causal_rows, curve_rows) if causal else ([], []), defused
 
-        def frac(n):
-            return [float(rng.random()) if ok[s] and n and causal else math.nan for s in range(S)]
 
-        row = dict(target=t, layer=layer, n_exploited=n_ex, n_random=n_rand, n_both=n_both,
-                   defused_exploited=frac(n_ex), defused_random=frac(n_rand), defused_both=frac(n_both))
-        causal_rows.append(row)
-        all_row = row
-    return nodes, edges, causal_rows if causal else [], all_row["defused_exploited"]
+CAUSAL_SETS = ("exploited", "exploited_union", "top_original_target", "top_delta")
+
+
+def _causal_rows(rng: np.random.Generator, t: int, nodes: list[dict], ok: np.ndarray,
+                 causal: bool) -> tuple[list[dict], list[dict]]:
+    """FORMAT.md causal/ and causal_curve/ rows: per strength with a success and layer with exploited
+    neurons, the four sets (random numbers, but the statistics' shapes and ranges are the real ones)."""
+    if not causal:
+        return [], []
+    S, rows, curves = len(STRENGTHS), [], []
+    counts = {l: sum(n["layer"] == l and n["role"] == "exploited" for n in nodes) for l in LAYERS}
+    for s in range(S):
+        if not ok[s]:
+            continue
+        n_img = int(rng.integers(1, 9))
+        for layer in LAYERS + ["all"]:
+            n = sum(counts.values()) if layer == "all" else counts[layer]
+            if n == 0:
+                continue
+            null = sorted(float(x) for x in rng.uniform(-0.05, 0.4, 16))
+            for name in CAUSAL_SETS:
+                r = float(rng.uniform(-0.05, 0.9))
+                primary = name == "exploited"
+                pctl = 100.0 * (sum(x < r for x in null) + 0.5 * sum(x == r for x in null)) / 16
+                p = (1 + sum(x >= r for x in null)) / 17
+                nan = math.nan
+                rows.append(dict(
+                    target=t, strength=s, layer=layer, set=name, n_neurons=n,
+                    recovery=[n_img, r, r, float(rng.random()), float(rng.random()), 5.0, -2.0],
+                    null=[float(np.mean(null)), float(np.std(null, ddof=1)), null[0], null[-1], pctl, p, 16]
+                    if primary else [nan] * 6 + [16],
+                    matched=[float(np.mean(null)), null[-1], pctl, p] if primary else [nan] * 4,
+                    noising=[r, float(np.mean(null)), null[-1], pctl, p] if primary else [nan] * 5))
+    best = int(np.argmax(ok)) if ok.any() else -1
+    for s in range(S - 1, -1, -1):  # the curve strength: the strongest with a success (synthetic)
+        if ok[s]:
+            best = s
+            break
+    if best >= 0:
+        for layer in LAYERS:
+            if not counts[layer]:
+                continue
+            ks = [k for k in (1, 2, 4, 8, 16, 32) if k < CHANNELS] + [CHANNELS]
+            for order in ("exploited", "delta", "random"):
+                r = sorted(float(x) for x in rng.uniform(0, 1, len(ks)))
+                r[-1] = 1.0
+                lo = [max(0.0, x - 0.1) for x in r] if order == "random" else [math.nan] * len(ks)
+                hi = [min(1.0, x + 0.1) for x in r] if order == "random" else [math.nan] * len(ks)
+                curves.append(dict(target=t, strength=best, layer=layer, order=order, k=ks, recovery=r, q05=lo,
+                                   q95=hi, summary=[float(np.mean(r)), 2.0]))
+        for nd in nodes:  # each exploited neuron alone against single random channels
+            if nd["role"] == "exploited":
+                r, pctl = float(rng.uniform(-0.02, 0.3)), float(rng.integers(0, 17) * 100 / 16)
+                rows.append(dict(target=t, strength=best, layer=nd["layer"], set=f"neuron:{nd['channel']}", n_neurons=1,
+                                 recovery=[4, r, r, 0.0, 0.0, 5.0, -2.0], null=[0.02, 0.03, 0.0, 0.08, pctl, 0.5, 16],
+                                 matched=[math.nan] * 4, noising=[math.nan] * 5))
+    rows.sort(key=lambda x: x["strength"])
+    return rows, curves
 
 
 # --- the root ---------------------------------------------------------------------------------------
@@ -261,7 +311,7 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
             part = j // tpf
             unit = targets[j:j + tpf]
             picked = [k for k, t in enumerate(unit) if files_for is None or (o, int(t)) in files_for]
-            tables = {"nodes": [], "edges": [], "causal": []}
+            tables = {"nodes": [], "edges": [], "causal": [], "causal_curve": []}
             for k in picked:
                 idx = j + k
                 t = int(unit[k])
@@ -270,7 +320,8 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
                     causal=causal, no_exploited=small and (o, t) == NO_EXPLOITED)
                 tables["nodes"] += nodes
                 tables["edges"] += edges
-                tables["causal"] += causal_rows
+                tables["causal"] += causal_rows[0]
+                tables["causal_curve"] += causal_rows[1]
                 r["n_nodes"][idx] = len(nodes)
                 r["n_edges"][idx] = len(edges)
                 r["n_exploited"][idx] = sum(n["role"] == "exploited" for n in nodes)
@@ -297,14 +348,16 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
             if picked:
                 groups = [int(t) for t in unit]
                 for kind, schema in (("nodes", layout.NODES_SCHEMA), ("edges", layout.edges_schema(S)),
-                                     ("causal", layout.CAUSAL_SCHEMA)):
+                                     ("causal", layout.CAUSAL_SCHEMA),
+                                     ("causal_curve", layout.CAUSAL_CURVE_SCHEMA)):
                     t_ = pa.Table.from_pylist(tables[kind], schema=schema)
                     if kind == "nodes":
                         nodes_t = t_
                     store.write_bytes(layout.part_path(kind, o, part), layout.table_to_parquet(
                         t_, "target", groups, footer_limit=layout.footer_limit(kind)))
                 store.write_bytes(layout.part_path("pairs", o, part), layout.table_to_parquet(pairs))
-            agg.add_unit(o, part, pairs, nodes_t)
+            agg.add_unit(o, part, pairs, atlas=unit_atlas(nodes_t, agg.offsets, S, pa.Table.from_pylist(
+                tables["causal"], schema=layout.CAUSAL_SCHEMA)) if nodes_t is not None else None)
 
     # 3. the global files, and the manifest
     benign = {c: {"n_images": int(n_img[c]), "n_correct": int(n_correct[c]), "n_skipped": 0} for c in range(classes)}

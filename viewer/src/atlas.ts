@@ -8,8 +8,9 @@
 //
 // - Neurons: searchable by neuron id (`mixed4d-123`; an exact id comes first) and by the name of a
 //   class among its top originals/targets; sortable by pairs exploiting it at any strength, at the
-//   chosen strength (n_exploited[i]), by its mean single-neuron effect there (mean_effect[i]) and by
-//   pairs displaying it; descending, then atlas row order (layer, channel); ascending is the finite
+//   chosen strength (n_exploited[i]), by its measured effect alone (mean_recovery, with its mean null
+//   percentile; the default order) and by pairs displaying it; descending, then atlas row order
+//   (layer, channel); ascending is the finite
 //   part reversed; NaN last. PAGE_ROWS rows per page (never more in the DOM).
 // - A row (click or Enter) opens the neuron's detail: its pictures, counts and effect per strength,
 //   its top classes as links that open the pair explorer filtered to that class, and its top pair.
@@ -18,6 +19,7 @@
 // Names are data: they are only ever set with textContent.
 import type { AtlasNeuron, ClassInfo, ClassStats, Manifest, NeuronAssets } from "./data";
 import { DataError, findPair, loadAssets, loadAtlas, loadClassStats, traffic } from "./data";
+import { verdict as verdictOf } from "./causal";
 import { fillStrengths } from "./picker";
 
 export const ATLAS_PAGE_ROWS = 50;
@@ -101,7 +103,7 @@ class Pager {
 
 export class NeuronAtlas {
   sIndex = 0;
-  by: NeuronSort = "any";
+  by: NeuronSort = "effect";
   desc = true;
   classBy: ClassSort = "original";
   classDesc = true;
@@ -293,7 +295,7 @@ export class NeuronAtlas {
     const i = this.sIndex;
     if (this.by === "any") return n.nExploitedAny;
     if (this.by === "at") return n.nExploited[i] ?? NaN;
-    if (this.by === "effect") return n.meanEffect[i] ?? NaN;
+    if (this.by === "effect") return n.meanRecovery;
     return n.nDisplayed;
   }
 
@@ -318,7 +320,7 @@ export class NeuronAtlas {
     this.msg.hidden = true;
     const eps = this.manifest!.strengths[this.sIndex].toFixed(2);
     d.querySelector("#atlas-at-head")!.textContent = `Pairs at eps ${eps}`;
-    d.querySelector("#atlas-effect-head")!.textContent = `Mean effect at eps ${eps}`;
+    d.querySelector("#atlas-effect-head")!.textContent = "Effect alone (percentile)";
     d.querySelectorAll<HTMLTableCellElement>("#atlas-table th[data-key]").forEach((th) =>
       th.setAttribute("aria-sort", th.dataset.key === this.by ? (this.desc ? "descending" : "ascending") : "none"),
     );
@@ -352,7 +354,8 @@ export class NeuronAtlas {
     tr.dataset.id = n.id;
     tr.dataset.any = String(n.nExploitedAny);
     tr.dataset.at = String(n.nExploited[i]);
-    tr.dataset.effect = String(n.meanEffect[i]);
+    tr.dataset.effect = String(n.meanRecovery);
+    tr.dataset.percentile = String(n.nullPercentile);
     tr.dataset.displayed = String(n.nDisplayed);
     const th = el("td", "thumb");
     th.append(el("span", "thumb-none", "·"));
@@ -360,7 +363,7 @@ export class NeuronAtlas {
       [n.id, "nid"],
       [String(n.nExploitedAny), "num any"],
       [String(n.nExploited[i]), "num at"],
-      [pct(n.meanEffect[i]), "num effect"],
+      [n.nTested > 0 ? `${pct(n.meanRecovery)} (${Math.round(n.nullPercentile)})` : "—", "num effect"],
       [String(n.nDisplayed), "num displayed"],
       [this.classList(n.topOriginals, n.topOriginalCounts, 3), "classes originals"],
       [this.classList(n.topTargets, n.topTargetCounts, 3), "classes targets"],
@@ -431,9 +434,10 @@ export class NeuronAtlas {
         "p",
         "atlas-detail-summary",
         `Exploited in ${n.nExploitedAny} of the ${n.nDisplayed} pairs that display it (${n.nExploited[i]} at ${e}). ` +
-          (Number.isFinite(n.meanEffect[i])
-            ? `Patching it alone undoes ${pct(n.meanEffect[i])} of the successful attacks at ${e}, on average over those pairs.`
-            : `No single-neuron effect measured at ${e}.`),
+          (n.nTested > 0
+            ? `Patched alone in ${n.nTested} ${n.nTested === 1 ? "pair" : "pairs"}, it recovers ${pct(n.meanRecovery)} of the logit gap on average; ` +
+              `its mean percentile among single random neurons of its layer is ${Math.round(n.nullPercentile)} (${verdictOf(n.nullPercentile)}).`
+            : "Never tested alone against random neurons."),
       ),
     );
     // pictures

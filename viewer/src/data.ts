@@ -100,14 +100,45 @@ export interface PairData {
   loadRest: () => Promise<boolean>;
 }
 
+/** One row of causal/ (docs/FORMAT.md): a set patched at a strength, its recovery and controls. */
 export interface CausalRow {
+  strength: number; // 0-based into manifest.strengths
   layer: string; // a layer name, or "all"
-  nExploited: number;
-  nRandom: number;
-  nBoth: number;
-  defusedExploited: number[];
-  defusedRandom: number[];
-  defusedBoth: number[];
+  set: string; // exploited, exploited_union, top_original_target, top_delta, neuron:<channel>
+  nNeurons: number;
+  nImages: number; // held-out images patched
+  recovery: number; // mean R
+  restored: number;
+  defused: number;
+  nullMean: number;
+  nullQ05: number;
+  nullQ95: number;
+  nullPercentile: number;
+  nullP: number;
+  draws: number;
+  matchedMean: number;
+  matchedPercentile: number;
+  noising: number;
+  noisingNullMean: number;
+  noisingPercentile: number;
+}
+
+/** One row of causal_curve/: R after patching the first k channels of an order. */
+export interface CurveRow {
+  strength: number;
+  layer: string;
+  order: string; // exploited, delta, random
+  k: number[];
+  recovery: number[];
+  q05: number[];
+  q95: number[];
+  auc: number;
+  k50: number;
+}
+
+export interface CausalData {
+  rows: CausalRow[];
+  curves: CurveRow[];
 }
 
 export interface NeuronAssets {
@@ -177,7 +208,7 @@ export const TAIL = 16 * 1024;
 export const SMALL_TAIL = 8 * 1024;
 /** edges files: a column chunk per condition and row group (layout.EDGES_TAIL_BYTES) */
 export const EDGES_TAIL = 32 * 1024;
-const tailFor = (rel: string) => (rel.startsWith("edges/") ? EDGES_TAIL : /^(nodes|causal|rankings)\//.test(rel) ? TAIL : SMALL_TAIL);
+const tailFor = (rel: string) => (rel.startsWith("edges/") ? EDGES_TAIL : /^(nodes|causal|causal_curve|rankings)\//.test(rel) ? TAIL : SMALL_TAIL);
 
 type Want = { suffix: number } | { start: number; end: number };
 type Ranged = { status: number; headers: Headers; body: ArrayBuffer; size: number };
@@ -383,7 +414,7 @@ export const paths = {
   atlas: "atlas/neurons.parquet",
   assetIndex: "neurons/index.parquet",
   pairIndex: (o: number) => `pair_index/original=${o}/part-0.parquet`,
-  part: (kind: "nodes" | "edges" | "causal", o: number, j: number) => `${kind}/original=${o}/part-${j}.parquet`,
+  part: (kind: "nodes" | "edges" | "causal" | "causal_curve", o: number, j: number) => `${kind}/original=${o}/part-${j}.parquet`,
   ranking: (key: string) => `rankings/${key}.parquet`,
 };
 
@@ -554,29 +585,70 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow, 
 }
 
 /**
- * The pair's activation-patching rows (causal/, one per layer then "all"): one more footer request
- * and the pair's row group, like nodes and edges. Read after the pair's graph is drawn.
+ * The pair's activation-patching rows (causal/, per strength, layer or "all", and set) and its
+ * dose-response curves (causal_curve/): one more footer request and the pair's row group in each,
+ * like nodes and edges. Read after the pair's graph is drawn.
  */
-export async function loadCausal(root: string, pair: PairRow): Promise<CausalRow[]> {
+export async function loadCausal(root: string, pair: PairRow): Promise<CausalData> {
   const rel = paths.part("causal", pair.original, pair.part);
-  const rows = await readRows(
-    root,
-    rel,
-    ["target", "layer", "n_exploited", "n_random", "n_both", "defused_exploited", "defused_random", "defused_both"],
-    { rowGroup: pair.rowGroup },
-  );
-  return rows.map((r) => {
-    if (num(r.target) !== pair.target) throw new DataError(rel, `row group ${pair.rowGroup} holds target ${num(r.target)}, not ${pair.target}`);
-    return {
-      layer: String(r.layer),
-      nExploited: num(r.n_exploited),
-      nRandom: num(r.n_random),
-      nBoth: num(r.n_both),
-      defusedExploited: numList(r.defused_exploited),
-      defusedRandom: numList(r.defused_random),
-      defusedBoth: numList(r.defused_both),
-    };
-  });
+  const relCurve = paths.part("causal_curve", pair.original, pair.part);
+  const [rows, curves] = await Promise.all([
+    readRows(root, rel, ["target", "strength", "layer", "set", "n_neurons", "recovery", "null", "matched", "noising"], {
+      rowGroup: pair.rowGroup,
+    }),
+    readRows(root, relCurve, ["target", "strength", "layer", "order", "k", "recovery", "q05", "q95", "summary"], {
+      rowGroup: pair.rowGroup,
+    }),
+  ]);
+  const check = (file: string, r: Record<string, unknown>) => {
+    if (num(r.target) !== pair.target) throw new DataError(file, `row group ${pair.rowGroup} holds target ${num(r.target)}, not ${pair.target}`);
+  };
+  const at = (xs: number[], i: number) => (xs[i] === undefined ? NaN : xs[i]);
+  return {
+    rows: rows.map((r) => {
+      check(rel, r);
+      const rec = numList(r.recovery);
+      const nul = numList(r.null);
+      const mat = numList(r.matched);
+      const noi = numList(r.noising);
+      return {
+        strength: num(r.strength),
+        layer: String(r.layer),
+        set: String(r.set),
+        nNeurons: num(r.n_neurons),
+        nImages: at(rec, 0),
+        recovery: at(rec, 1),
+        restored: at(rec, 3),
+        defused: at(rec, 4),
+        nullMean: at(nul, 0),
+        nullQ05: at(nul, 2),
+        nullQ95: at(nul, 3),
+        nullPercentile: at(nul, 4),
+        nullP: at(nul, 5),
+        draws: at(nul, 6),
+        matchedMean: at(mat, 0),
+        matchedPercentile: at(mat, 2),
+        noising: at(noi, 0),
+        noisingNullMean: at(noi, 1),
+        noisingPercentile: at(noi, 3),
+      };
+    }),
+    curves: curves.map((r) => {
+      check(relCurve, r);
+      const summary = numList(r.summary);
+      return {
+        strength: num(r.strength),
+        layer: String(r.layer),
+        order: String(r.order),
+        k: numList(r.k),
+        recovery: numList(r.recovery),
+        q05: numList(r.q05),
+        q95: numList(r.q95),
+        auc: at(summary, 0),
+        k50: at(summary, 1),
+      };
+    }),
+  };
 }
 
 // --- neuron atlas ---------------------------------------------------------------------------------------
@@ -592,8 +664,13 @@ export interface AtlasNeuron {
   nExploitedAny: number;
   /** per strength (0-based into manifest.strengths): pairs exploiting it at that strength */
   nExploited: number[];
-  /** per strength: mean single-neuron defused fraction over the pairs where it was measured (NaN: none) */
+  /** per strength: mean single-neuron recovery over the pairs where it was measured (NaN: none) */
   meanEffect: number[];
+  /** pairs where it was tested alone against single random channels (causal rows neuron:<channel>) */
+  nTested: number;
+  /** its mean recovery in those tests, and its mean percentile among the random channels (NaN: none) */
+  meanRecovery: number;
+  nullPercentile: number;
   topOriginals: number[];
   topOriginalCounts: number[];
   topTargets: number[];
@@ -607,6 +684,9 @@ const ATLAS_COLUMNS = [
   "n_exploited_any",
   "n_exploited",
   "mean_effect",
+  "n_tested",
+  "mean_recovery",
+  "null_percentile",
   "top_originals",
   "top_original_counts",
   "top_targets",
@@ -643,6 +723,9 @@ export function loadAtlas(root: string, manifest: Manifest): Promise<AtlasNeuron
           nExploitedAny: num(r.n_exploited_any),
           nExploited,
           meanEffect,
+          nTested: num(r.n_tested),
+          meanRecovery: num(r.mean_recovery),
+          nullPercentile: num(r.null_percentile),
           topOriginals: numList(r.top_originals),
           topOriginalCounts: numList(r.top_original_counts),
           topTargets: numList(r.top_targets),

@@ -1,7 +1,7 @@
 // The detail view of one neuron: id, feature visualisation, dataset examples, and its median
 // activation over attack strengths with the original (green) and target (blue) reference lines.
-// An exploited neuron also shows its own causal effect (nodes.effect): the share of the pair's
-// successful attacks that patching this neuron alone back to its benign value undoes, at the
+// A neuron measured alone shows its own causal effect (nodes.effect): the recovery R of the logit
+// gap when patching this neuron alone back to its benign value on held-out images, at the
 // current strength (a sentence) and at every strength (small bars under the activation chart).
 import * as d3 from "d3";
 import type { NeuronAssets, NodeRow } from "./data";
@@ -30,7 +30,7 @@ export class DetailView {
     text.className = "effect-text";
     const e = s >= 1 ? `eps ${strengths[s].toFixed(2)}` : "";
     if (s === 0) text.textContent = "Causal effect: strength 0 is benign; patching needs a successful attack.";
-    else if (Number.isFinite(v)) text.textContent = `Patching it alone undoes ${Math.round(100 * v)}% of the successful attacks at ${e}.`;
+    else if (Number.isFinite(v)) text.textContent = `Patching it alone recovers ${Math.round(100 * v)}% of the logit gap at ${e} (held-out images).`;
     else if (!(nSuccess[s - 1] > 0)) text.textContent = `Causal effect: no successful attack at ${e}.`;
     else text.textContent = `Causal effect: not measured at ${e}.`;
     box.append(text);
