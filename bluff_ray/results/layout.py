@@ -20,7 +20,6 @@ Why the files are cut the way they are (999,000 pairs must stay cheap to read):
 
 from __future__ import annotations
 
-import io
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -332,10 +331,6 @@ def table_to_parquet(
     return data
 
 
-def read_parquet_bytes(data: bytes, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(data), columns=columns)
-
-
 def _footer_per_target(schema: pa.Schema, n_strengths: int) -> tuple[int, int]:
     """(fixed bytes, bytes per extra row group) of a partition file's footer for ``schema``."""
     sizes = []
@@ -371,10 +366,6 @@ def max_targets_per_file(n_strengths: int, limit: int = FOOTER_LIMIT) -> int:
         fixed, per = _footer_per_target(schema, n_strengths)
         worst = min(worst, int((cap * 0.9 - fixed) // per))
     return max(1, worst)
-
-
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
 
 
 def with_column(table: pa.Table, name: str, values: Sequence[Any], type_: pa.DataType) -> pa.Table:

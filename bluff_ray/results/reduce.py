@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -420,10 +420,9 @@ def landing_view(original: np.ndarray, target: np.ndarray, success: np.ndarray, 
     return {"original": int(original[best]), "target": int(target[best]), "strength": s + 1}
 
 
-def write_global(store, agg: Aggregate, class_ids: Sequence[str], benign: dict[int, dict],
-                 originals: Iterable[int] | None = None) -> None:
+def write_global(store, agg: Aggregate, class_ids: Sequence[str], benign: dict[int, dict]) -> None:
     """Write pair_index partitions, rankings, overview, atlas and classes.parquet through ``store``."""
-    for o in (agg.originals() if originals is None else originals):
+    for o in agg.originals():
         store.write_bytes(layout.pair_index_path(o), layout.table_to_parquet(agg.pair_index(o)))
     for key, (table, n_valid) in agg.rankings().items():
         store.write_bytes(layout.ranking_path(key), layout.table_to_parquet(
