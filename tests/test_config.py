@@ -182,7 +182,7 @@ def test_one_key_value_parser_for_storage_options(monkeypatch):
         ({"seed": "3"}, "seed: input should be a valid integer, got '3'"),  # files are typed: no "3" for 3
         ({"device": "gpu"}, "device: string should match pattern"),
         ({"images_per_class": 10**9}, "images_per_class: input should be less than or equal to 100000"),
-        ({"storage_options": "secret=abc"}, "storage_options: input should be a valid dictionary$"),
+        ({"storage_options": "secret=abc"}, "storage_options: input should be an object$"),
     ],
 )
 def test_invalid_values_are_refused_with_a_clear_message(values, message):
