@@ -216,3 +216,37 @@ def test_run_is_seeded_and_does_not_depend_on_the_batch_size(attacked):
     for r in rows:
         assert r["recovery"][0] == len(range(1, n_success[r["strength"]], 2))
     assert {r["layer"] for r in rows} <= {*adapter.layer_names, "all"}
+
+
+def test_atlas_ranks_neurons_by_their_measured_effect_and_null_percentile():
+    """reduce: the atlas's mean recovery and null percentile of a neuron are the means over the
+    pairs' ``neuron:<channel>`` rows; effects come from every node that has one."""
+    import pyarrow as pa
+
+    from bluff_ray.results import layout
+    from bluff_ray.results.reduce import Aggregate, LayerSpec, UnitAtlas, unit_atlas
+
+    layers = [LayerSpec("mixed3a", 4), LayerSpec("mixed3b", 6)]
+    agg = Aggregate(["a", "b", "c"], layers, 2)
+    nan = float("nan")
+    for part, (targets, tested) in enumerate((([1, 2], [(1, "mixed3b", 2, 0.5, 100.0), (2, "mixed3b", 2, 0.1, 50.0)]),
+                                               ([1], [(1, "mixed3a", 0, -0.1, 0.0)]))):
+        nodes = pa.table({"target": pa.array(targets, pa.int32()), "layer": ["mixed3b"] * len(targets),
+                          "channel": pa.array([2] * len(targets), pa.int32()), "role": ["original"] * len(targets),
+                          "exploited_mask": pa.array([0] * len(targets), pa.int32()),
+                          "effect": [[0.4, nan]] * len(targets)})
+        causal = pa.Table.from_pylist([dict(target=t, strength=1, layer=layer, set=f"neuron:{ch}", n_neurons=1,
+                                            recovery=[4, r, r, 0, 0, 1, -1], null=[0, 0, 0, 0, p, 0.1, 16],
+                                            matched=[nan] * 4, noising=[nan] * 5)
+                                       for t, layer, ch, r, p in tested], schema=layout.CAUSAL_SCHEMA)
+        atlas = unit_atlas(nodes, agg.offsets, 2, causal)
+        pairs = pa.Table.from_pylist([dict(target=t, n_images=4, n_success=[1, 2], success_rate=[0.25, 0.5], n_nodes=1,
+                                           n_edges=0, n_exploited=0, defused=[nan, 0.0], row_group=i, part=part)
+                                      for i, t in enumerate(targets)], schema=layout.PAIRS_SCHEMA)
+        agg.add_unit(0, part, pairs, atlas=UnitAtlas.from_metadata(atlas.metadata()))  # as it travels in the marker
+    rows = {(r["layer"], r["channel"]): r for r in agg.atlas().to_pylist()}
+    b2, a0 = rows[("mixed3b", 2)], rows[("mixed3a", 0)]
+    assert b2["n_tested"] == 2 and b2["mean_recovery"] == pytest.approx(0.3) and b2["null_percentile"] == 75.0
+    assert a0["n_tested"] == 1 and a0["mean_recovery"] == pytest.approx(-0.1) and a0["null_percentile"] == 0.0
+    assert b2["mean_effect"][0] == pytest.approx(0.4) and np.isnan(b2["mean_effect"][1])  # any node with an effect
+    assert rows[("mixed3a", 1)]["n_tested"] == 0 and np.isnan(rows[("mixed3a", 1)]["mean_recovery"])
