@@ -173,7 +173,7 @@ def test_one_key_value_parser_for_storage_options(monkeypatch):
         ({"attack": {"seed": 1}}, "top level"),
         ({"attack": {"steps": 10**12}}, "attack.steps: input should be less than or equal to 10000"),
         ({"attack": {"steps": 2.5}}, "attack.steps: input should be a valid integer"),
-        ({"attack": 3}, "attack: input should be an object"),
+        ({"attack": 3}, r"attack: must be a table of keys \(KEY = VALUE\), got 3"),
         ({"pathways": {"k": 1}}, "pathways.k: input should be greater than or equal to 2"),
         ({"pathways": {"min_edge_influence": float("nan")}}, "pathways.min_edge_influence: input should be a finite"),
         ({"assets": {"fv_steps": 10**9}}, "assets.fv_steps: input should be less than or equal to 100000"),
@@ -182,7 +182,7 @@ def test_one_key_value_parser_for_storage_options(monkeypatch):
         ({"seed": "3"}, "seed: input should be a valid integer, got '3'"),  # files are typed: no "3" for 3
         ({"device": "gpu"}, "device: string should match pattern"),
         ({"images_per_class": 10**9}, "images_per_class: input should be less than or equal to 100000"),
-        ({"storage_options": "secret=abc"}, "storage_options: input should be an object$"),
+        ({"storage_options": "secret=abc"}, r"storage_options: must be a table of keys \(KEY = VALUE\)$"),
     ],
 )
 def test_invalid_values_are_refused_with_a_clear_message(values, message):

@@ -300,6 +300,8 @@ def config_error(e: ValidationError) -> ConfigError:
         return _unknown(key)
     msg = err["msg"].removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:]
+    if err["type"] in ("dict_type", "dataclass_type"):  # pydantic's JSON word "object"
+        msg = "must be a table of keys (KEY = VALUE)"
     if err["type"] == "value_error" or "input" not in err or key.startswith("storage_options"):
         return ConfigError(f"{key}: {msg}")  # (never echo a storage option: it may be a secret)
     return ConfigError(f"{key}: {msg}, got {err['input']!r}")
