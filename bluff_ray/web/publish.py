@@ -38,6 +38,7 @@ Credentials come from the standard AWS settings or ``storage_options`` (``key``,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import posixpath
@@ -54,7 +55,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from bluff_ray.results.layout import LOCK_PATH
-from bluff_ray.results.store import Store, StorageError, redact_url
+from bluff_ray.results.store import StorageError, Store, redact_url
 from bluff_ray.web.serve import VIEWER_DIR, content_type
 
 CORS_RULE = {
@@ -352,7 +353,7 @@ def publish(
             check_finished(src_fs, src_root, results)
     except PublishError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - whatever the storage raises, one line
         raise PublishError(f"cannot read results {redact_url(results)}: {_one_line(e)}") from None
     try:
         dst = Store(dest, so)  # the storage timeouts and retries of results roots
@@ -369,7 +370,7 @@ def publish(
         try:
             client.head_bucket(Bucket=bucket)
             ensure_cors(client, bucket)  # before the switch: the new viewer must be readable once live
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever the storage raises, one line
             raise PublishError(f"bucket {bucket!r} is not reachable at {redact_url(dest)}: {_one_line(e)}") from None
         report.cors = True
         acl_mode = "public-read" if public else "none"
@@ -389,6 +390,7 @@ def publish(
                 if acl_mode != "public-read" or "AccessControlListNotSupported" not in repr(e):
                     raise
                 acl_mode = "bucket-policy"
+                assert bucket is not None and prefix is not None
                 ensure_read_policy(client, bucket, prefix)
                 extra.pop("ACL")
                 dst.fs.pipe_file(path, data, chunksize=_SINGLE_PUT, **extra)
@@ -402,7 +404,7 @@ def publish(
         sources = [(rel, lambda p=real: Path(p).read_bytes()) for rel, real in local]
     else:
         rels, report.skipped = _walk(src_fs, src_root)
-        sources = [(rel, lambda p=posixpath.join(src_root, rel): src_fs.cat_file(p)) for rel in rels]
+        sources = [(rel, functools.partial(src_fs.cat_file, posixpath.join(src_root, rel))) for rel in rels]
     if not quiet:
         for sk in report.skipped:
             if _kind(sk.reason) in ("outside", "broken"):
@@ -423,7 +425,7 @@ def publish(
         put(POINTER, pointer_html((vdir / "index.html").read_text(), run).encode())  # the commit point
     except PublishError:
         raise
-    except Exception as e:  # network, permissions, a source file that vanished: the old copy stays live
+    except Exception as e:  # noqa: BLE001 - network, permissions, a vanished source file: the old copy stays live
         raise PublishError(f"upload to {redact_url(dest)} failed after {report.objects} objects, so the published "
                            f"copy is unchanged: {_one_line(e)}") from None
     report.removed = _remove_older_runs(dst, run, report)
@@ -455,13 +457,16 @@ def _remove_older_runs(dst: Store, run: str, report: PublishReport) -> int:
             if posixpath.basename(path.rstrip("/")) != run.split("/")[1]:
                 removed += len(dst.fs.find(path))
                 dst.fs.rm(path, recursive=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a note, not a failure: nothing points at those objects
         report.notes.append(f"older publishes under {RUNS}/ were not all removed (they are unreachable): {_one_line(e)}")
     return removed
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bluff_ray.run.config import ConfigError, parse_options  # the one KEY=VALUE parser (as in bluff run)
+    from bluff_ray.run.config import (  # the one KEY=VALUE parser (as in bluff run)
+        ConfigError,
+        parse_options,
+    )
 
     try:
         publish(args.results, args.dest, storage_options=parse_options(args.storage_option), public=not args.private,

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from multidict import CIMultiDict
 
 VIEWER_DIR = Path(__file__).resolve().parents[1] / "_viewer"
 RESULTS_PREFIX = "/results/"
@@ -168,8 +169,8 @@ class _AccessLog(AbstractAccessLogger):
         self.logger.info('%s - "%s %s HTTP/%d.%d" %d %s', request.remote, request.method,
                          request.raw_path[:300], v.major, v.minor, response.status,
                          response.body_length or "-")
-        if getattr(response, "disconnected", None):
-            self.logger.info("%s - client disconnected (%s)", request.remote, response.disconnected)
+        if gone := getattr(response, "disconnected", None):
+            self.logger.info("%s - client disconnected (%s)", request.remote, gone)
 
 
 class _File(web.FileResponse):
@@ -182,15 +183,15 @@ class _File(web.FileResponse):
         self.disconnected: str | None = None
 
     @property
-    def last_modified(self):  # noqa: ANN201 - aiohttp API
+    def last_modified(self):
         return web.StreamResponse.last_modified.fget(self)
 
     @last_modified.setter
-    def last_modified(self, value) -> None:  # noqa: ANN001
+    def last_modified(self, value) -> None:
         # aiohttp rounds up: Last-Modified would be later than the file (and the Date) by up to a second
-        web.StreamResponse.last_modified.fset(self, int(value) if isinstance(value, float) else value)
+        web.StreamResponse.last_modified.fset(self, int(value) if isinstance(value, float) else value)  # type: ignore[attr-defined]
 
-    async def prepare(self, request):  # noqa: ANN001 - aiohttp API
+    async def prepare(self, request):
         try:
             return await super().prepare(self._view)
         except ConnectionError as e:  # aiohttp ends the connection; the access log says so in one line
@@ -202,7 +203,7 @@ def _http_date(ts: int) -> str:
     return formatdate(ts, usegmt=True)
 
 
-def _rewrite_headers(request: web.BaseRequest, st: os.stat_result) -> dict:
+def _rewrite_headers(request: web.BaseRequest, st: os.stat_result) -> CIMultiDict[str]:
     """The request's headers with the conditional and range headers turned into what aiohttp, given
     them, answers as this server must (see the module docstring)."""
     h = request.headers.copy()
@@ -273,7 +274,7 @@ def make_handler(viewer_dir: Path, results_dir: Path, allowed_hosts: frozenset[s
             st = target.stat() if target is not None else None
         except OSError:
             st = None
-        if st is None:
+        if target is None or st is None:
             return _text(404, "Not Found")
         return _File(target, request.clone(headers=_rewrite_headers(request, st)))
 
@@ -317,6 +318,7 @@ class BluffServer:
     def shutdown(self) -> None:
         self._started.wait()
         if not self._done.is_set():
+            assert self._stop is not None
             self._loop.call_soon_threadsafe(self._stop.set)
             self._done.wait()
 
@@ -356,7 +358,8 @@ def make_server(
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=128)
-    logger = logging.Logger("bluff serve", logging.CRITICAL + 1 if quiet else logging.INFO)
+    # this server's own logger (not in logging's registry: quiet or not per server), one line per record
+    logger = logging.Logger("bluff serve", logging.CRITICAL + 1 if quiet else logging.INFO)  # noqa: LOG001
     logger.addHandler(_StderrLine())
     # The Host check protects loopback listeners (DNS rebinding); on other addresses anyone who can
     # reach the port is already a client, whatever name they use.

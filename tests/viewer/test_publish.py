@@ -10,11 +10,11 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 import requests
+from viewer_helpers import expected_highlight, shot, wait_ready
+from viewer_synth import make_results, read_pair
 
 from bluff_ray.results import layout
 from bluff_ray.web.publish import CORS_RULE, PublishError, publish
-from viewer_helpers import expected_highlight, shot, wait_ready
-from viewer_synth import make_results, read_pair
 
 pytestmark = [pytest.mark.s3, pytest.mark.browser]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import boto3
 import pytest
+from viewer_synth import make_results
 
 import bluff_ray.web.publish as publish_mod
 from bluff_ray.web.publish import PublishError, publish
 from bluff_ray.web.serve import VIEWER_DIR
-from viewer_synth import make_results
 
 pytestmark = [pytest.mark.s3]
 
@@ -155,8 +155,8 @@ def test_network_failure_mid_publish_is_one_line_and_changes_nothing(roots, clie
         flaky = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
         flaky.start()
         host, port = flaky.get_host_and_port()
-        stop = functools.partial(lambda n, key: flaky.stop() if n() == 10 else None,
-                                 iter(range(1, 10**6)).__next__)
+        stop = functools.partial(lambda n, server, key: server.stop() if n() == 10 else None,
+                                 iter(range(1, 10**6)).__next__, flaky)
         t0 = time.monotonic()
         if attempt == 0:
             with pytest.raises(PublishError) as e:
@@ -164,8 +164,8 @@ def test_network_failure_mid_publish_is_one_line_and_changes_nothing(roots, clie
                         storage_options={"endpoint_url": f"http://{host}:{port}", **no_retry})
             message = str(e.value)
         else:
-            def failing(*args, storage_options, **kwargs):
-                return publish(*args, storage_options={**storage_options, **no_retry}, on_object=stop, **kwargs)
+            def failing(*args, storage_options, on_object=stop, **kwargs):
+                return publish(*args, storage_options={**storage_options, **no_retry}, on_object=on_object, **kwargs)
 
             monkeypatch.setattr(publish_mod, "publish", failing)
             assert main(["publish", str(b), f"s3://{bucket}/site", "-S", f"endpoint_url=http://{host}:{port}"]) == 2

@@ -56,7 +56,7 @@ def served(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("outside the root")
     os.symlink(secret, root / "escape.txt")
-    server, url = start_server(root, viewer_dir=_fake_viewer(tmp_path))
+    server, _url = start_server(root, viewer_dir=_fake_viewer(tmp_path))
     host, port = server.server_address[:2]
     yield Served(host, port, data, f, server)
     server.shutdown()
