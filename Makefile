@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.bluff-installed
 VIEWER  := bluff_ray/_viewer/index.html
 VIEWER_SRC := $(shell find viewer/src viewer/index.html viewer/package.json viewer/vite.config.ts viewer/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: install viewer browser demo test bench clean
+.PHONY: install viewer browser lint demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,7 +38,13 @@ browser:
 demo: install viewer
 	$(BIN)/bluff demo
 
-test: install viewer browser
+# Lint, format and type checks (seconds; pyproject's [tool.ruff] and [tool.mypy]) before the tests.
+lint: install
+	$(BIN)/ruff check bluff_ray tests bench
+	$(BIN)/ruff format --check bluff_ray tests bench
+	$(BIN)/mypy
+
+test: install viewer browser lint
 	$(BIN)/python -m pytest
 
 bench: install
