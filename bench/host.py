@@ -136,9 +136,9 @@ def run_new(n_images: int, targets: list[int], steps: int) -> dict:
     load_engine(HERE)
     from bluff_ray.engine.attack import AttackConfig, StartNoise
     from bluff_ray.engine.compute import ClassData, benign_stats, class_data, compute_unit
-    from bluff_ray.results.rows import unit_tables
     from bluff_ray.engine.models.googlenet import load_googlenet
     from bluff_ray.engine.pathways import PathwayConfig
+    from bluff_ray.results.rows import unit_tables
 
     adapter = _random_googlenet(load_googlenet)
     x, tx = _images(n_images, targets)

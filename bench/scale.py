@@ -95,9 +95,10 @@ def v2_edges(keys: pa.Table, m: np.ndarray) -> pa.Table:
         "influence_target", pa.array(m[:, 1])).append_column("influence_attacked", lst)
 
 
-def wide_edges(keys: pa.Table, m: np.ndarray, values: np.ndarray | None = None, type_=pa.float32()) -> pa.Table:
+def wide_edges(keys: pa.Table, m: np.ndarray, values: np.ndarray | None = None, type_: pa.DataType | None = None) -> pa.Table:
     names = ["influence_original", "influence_target"] + [layout.influence_column(i) for i in range(m.shape[1] - 2)]
     v = m if values is None else values
+    type_ = type_ or pa.float32()
     for j, n in enumerate(names):
         keys = keys.append_column(pa.field(n, type_), pa.array(v[:, j], type_))
     return keys

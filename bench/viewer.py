@@ -125,7 +125,8 @@ def run(root: Path, loads: int, s3: bool) -> list[dict]:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
         moto.start()
-        endpoint = "http://%s:%d" % moto.get_host_and_port()
+        host, port = moto.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bluff-bench")
         report = publish(str(root), "s3://bluff-bench/run", storage_options={"endpoint_url": endpoint}, quiet=True)
         sources.append(("moto S3 (127.0.0.1)", report.viewer_url))

@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bluff_ray.engine.patches import class_topk, from_png, merge_topk
+from bluff_ray.results.store import Store
 from bluff_ray.run.assets import (
     INDEX_PATH,
     INDEX_SCHEMA,
@@ -21,8 +23,6 @@ from bluff_ray.run.assets import (
     write_index,
 )
 from bluff_ray.run.data import DigitsSource
-from bluff_ray.engine.patches import class_topk, from_png, merge_topk
-from bluff_ray.results.store import Store
 
 NEURONS = [("mixed3a", 3), ("mixed4b", 20)]
 CFG = AssetConfig(n_patches=3, fv_steps=16)

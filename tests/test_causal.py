@@ -13,12 +13,19 @@ import pytest
 import torch
 
 from bluff_ray.engine.attack import AttackConfig, attack_grid
-from bluff_ray.engine.causal import (Experiment, Patching, block_modules, curve_summary, null_draw, null_summary,
-                                     recovery, split_images)
+from bluff_ray.engine.causal import (
+    Experiment,
+    Patching,
+    block_modules,
+    curve_summary,
+    null_draw,
+    null_summary,
+    recovery,
+    split_images,
+)
 from bluff_ray.engine.models.digits import DIGITS_STRENGTHS, DigitsNet, digits_adapter
 from bluff_ray.results.rows import causal_curve_table, causal_table
 from bluff_ray.run.data import DigitsSource
-
 from test_engine import FIXTURE
 
 

@@ -12,7 +12,6 @@ import sys as _sys
 import pytest
 
 from bluff_ray.run.cluster import PoolError, plan_pool
-
 from conftest import SUPPORT
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bluff_ray.engine.models.digits import DigitsNet, digits_adapter, digits_split
 from bluff_ray.run.data import CachedSource, ImageFolderSource, make_source
-from bluff_ray.engine.models.digits import digits_adapter, DigitsNet, digits_split
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,8 @@ def test_node_cache_reads_each_class_once_and_notices_a_changed_folder(tmp_path)
 
     from PIL import Image
 
-    from bluff_ray.run.data import CachedSource, ImageFolderSource, NodeCache
     from bluff_ray.engine.models import load_model
+    from bluff_ray.run.data import CachedSource, ImageFolderSource, NodeCache
 
     adapter = load_model("digits")
     folder = tmp_path / "images" / "3"

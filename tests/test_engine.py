@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from bluff_ray.engine.attack import START_BLOCK, AttackConfig, Batching, StartNoise, random_start
-from bluff_ray.run.data import DigitsSource
 from bluff_ray.engine.compute import benign_stats, class_data, compute_unit
-from bluff_ray.results import layout
-from bluff_ray.results.rows import unit_tables
 from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
 from bluff_ray.engine.pathways import PathwayConfig
+from bluff_ray.results import layout
+from bluff_ray.results.rows import unit_tables
+from bluff_ray.run.data import DigitsSource
 from bluff_ray.run.plan import unit_seed
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v1_unit"

@@ -16,7 +16,6 @@ from bluff_ray.engine.importance import (
 )
 
 
-
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10])
 @pytest.mark.parametrize("dim", [0, 1, -1])
 def test_median_equals_numpy(n, dim):

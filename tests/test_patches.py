@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -24,7 +23,6 @@ from bluff_ray.engine.patches import (
     receptive_fields,
     to_png,
 )
-
 
 
 @pytest.fixture(scope="module")

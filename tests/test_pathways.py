@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from bluff_ray.engine.compute import PairRecords
 from bluff_ray.engine.influence import layer_influence
 from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
-from bluff_ray.engine.compute import PairRecords
 from bluff_ray.engine.pathways import PathwayConfig, summarize_pair
 from bluff_ray.results.layout import NODES_SCHEMA, PAIRS_SCHEMA, edges_schema
 from bluff_ray.results.rows import ROW_GROUP_UNSET, pair_tables, unit_tables
-
 
 
 def test_pathway_config_validation():

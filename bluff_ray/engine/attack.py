@@ -24,13 +24,14 @@ from __future__ import annotations
 import logging
 import math
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from bluff_ray.engine.seeds import derive_seed
 from bluff_ray.engine.settings import check, setting
 
@@ -140,7 +141,7 @@ def _weight_dtype(model: nn.Module) -> torch.dtype | None:
 
 
 #: Captured CUDA graphs per model: {model: {(shape, dtype, amp, cast): (graph, x, targets, grad)}}.
-_GRAPHS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _graphed_step(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp: bool,

@@ -31,8 +31,8 @@ which other neurons share its batch or on which Ray actor renders it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,7 @@ important channels into the four groups the viewer draws (original / both / targ
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

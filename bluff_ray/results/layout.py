@@ -20,7 +20,8 @@ Why the files are cut the way they are (999,000 pairs must stay cheap to read):
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

@@ -34,7 +34,7 @@ def _now() -> float:
 
 
 def _iso(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _process_alive(pid: int) -> bool:
@@ -114,7 +114,7 @@ class RunLock:
         except Exception:  # gone already, or storage down: a stale lock is taken over later
             pass
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 

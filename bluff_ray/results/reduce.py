@@ -11,8 +11,8 @@ rankings, the overview matrix, the atlas and classes.parquet.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -83,7 +83,7 @@ class Aggregate:
 
     # --- feeding ----------------------------------------------------------------------------------
     def add_unit(self, original: int, part: int, pairs: pa.Table, nodes: pa.Table | None = None,
-                 atlas: "UnitAtlas | None" = None) -> None:
+                 atlas: UnitAtlas | None = None) -> None:
         """One finished unit: its ``pairs/`` rows and, for the atlas, either its nodes (columns
         ``target, layer, channel, role, exploited_mask, effect``) or their compact ``UnitAtlas``.
         A unit added twice counts once."""
@@ -111,7 +111,7 @@ class Aggregate:
         bits = (mask[:, None] >> np.arange(self.n_strengths)[None, :]) & 1
         np.add.at(self.exploited, ei, bits)
 
-    def _add_tested(self, atlas: "UnitAtlas") -> None:
+    def _add_tested(self, atlas: UnitAtlas) -> None:
         """Measured single-neuron effects (any displayed node with a finite ``effect``) and, from the
         ``causal`` rows ``neuron:<channel>``, each tested neuron's recovery and null percentile."""
         if atlas.effects is not None and atlas.effects.num_rows:
@@ -284,7 +284,7 @@ class UnitAtlas:
         return meta
 
     @classmethod
-    def from_metadata(cls, meta: dict[bytes, bytes] | None) -> "UnitAtlas | None":
+    def from_metadata(cls, meta: dict[bytes, bytes] | None) -> UnitAtlas | None:
         if not meta or b"bluff.displayed" not in meta or b"bluff.exploited" not in meta:
             return None
         return cls(_from_ipc(meta[b"bluff.displayed"]), _from_ipc(meta[b"bluff.exploited"]),

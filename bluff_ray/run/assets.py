@@ -13,8 +13,9 @@ is written last (``write_index``), once every shard has returned its rows.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -118,7 +119,7 @@ def select_neurons(adapter: ModelAdapter, shown: Iterable[tuple[str, int]], cfg:
 
 
 # Receptive fields per model (a pass over the model; the reduce calls us once per shard).
-_RF_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_RF_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _receptive_fields(adapter: ModelAdapter) -> dict:

@@ -7,8 +7,8 @@ seed, so a retried or resumed unit writes the same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -21,8 +21,9 @@ so attack strengths (eps) are always measured in [0, 1] pixel space.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,7 +115,7 @@ class ModelAdapter:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "ModelAdapter":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ModelAdapter:
         if dtype is None:
             self.model.to(device)
         else:
