@@ -17,6 +17,7 @@ from torchvision.models.googlenet import BasicConv2d
 from torchvision.transforms import functional as TF
 
 from bluff_ray.engine.models import MODEL_NAMES, load_model
+from bluff_ray.run.models import load_model as run_load_model
 from bluff_ray.engine.models import digits as digits_mod
 from bluff_ray.engine.models.base import BRANCHES, ModelAdapter
 from bluff_ray.engine.models.digits import DigitsTrainConfig, digits_split, train_digits
@@ -162,7 +163,7 @@ def test_digits_weights_from_fsspec_url(digits):
     torch.save(digits.model.state_dict(), buf)
     with fsspec.open("memory://h1/digits.pt", "wb") as f:
         f.write(buf.getvalue())
-    other = load_model("digits", weights="memory://h1/digits.pt")
+    other = run_load_model("digits", weights="memory://h1/digits.pt")  # URLs: the run layer reads them
     x, _ = digits_split("test")
     with torch.no_grad():
         assert torch.equal(other.model(x[:32]), digits.model(x[:32]))
@@ -293,7 +294,7 @@ def test_googlenet_weights_from_file_and_fsspec_give_identical_logits(tv_googlen
     x = torch.rand(2, 3, 96, 96)
     out = []
     for w in (str(path), f"file://{path}", "memory://h1/googlenet.pth"):
-        a = load_model("googlenet", weights=w)
+        a = run_load_model("googlenet", weights=w)
         assert a.metadata["weights"] == w and not a.model.training
         with torch.no_grad():
             out.append(a.model(x))
@@ -310,7 +311,7 @@ def test_googlenet_missing_or_bad_weights_name_the_options(tmp_path, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     for w in ("torchvision", str(tmp_path / "nope.pth"), "memory://h1/nope.pth"):
         with pytest.raises(FileNotFoundError) as e:
-            load_model("googlenet", weights=w)
+            run_load_model("googlenet", weights=w)
         msg = str(e.value)
         assert "torchvision" in msg and ".pth" in msg and "s3://" in msg and "file" in msg
     bad = tmp_path / "bad.pth"
@@ -348,3 +349,23 @@ def test_rehearsal_model_has_googlenets_layers_and_fits_the_synthetic_data():
     assert acc > 0.9
     with pytest.raises(ValueError, match="seed:<n>"):
         load_model("rehearsal", weights="/some/file.pth")
+
+
+def test_the_engine_reads_no_urls_the_run_layer_does(digits, tmp_path):
+    """engine.models.load_model refuses a URL (no I/O in the engine); run.models.load_model reads it
+    through the store's opener and hands the engine a state dict; local files work in both."""
+    buf = io.BytesIO()
+    torch.save(digits.model.state_dict(), buf)
+    with fsspec.open("memory://h2/digits.pt", "wb") as f:
+        f.write(buf.getvalue())
+    with pytest.raises(ValueError, match="run.models.load_model"):
+        load_model("digits", weights="memory://h2/digits.pt")
+    a = run_load_model("digits", weights="memory://h2/digits.pt")
+    (tmp_path / "d.pt").write_bytes(buf.getvalue())
+    b = load_model("digits", weights=str(tmp_path / "d.pt"))
+    c = load_model("digits", weights=digits.model.state_dict())
+    x, _ = digits_split("test")
+    with torch.no_grad():
+        ref = digits.model(x[:16])
+        assert all(torch.equal(m.model(x[:16]), ref) for m in (a, b, c))
+    assert a.metadata["weights"] == "memory://h2/digits.pt" and b.metadata["weights"] == str(tmp_path / "d.pt")

@@ -50,7 +50,7 @@ def test_failed_local_write_keeps_the_old_object(tmp_path, monkeypatch):
     def fail(*_a, **_k):
         raise OSError("disk gone")
 
-    monkeypatch.setattr("bluff_ray.results.store.os.replace", fail)
+    monkeypatch.setattr("bluff_ray.localfile.os.replace", fail)
     with pytest.raises(OSError, match="disk gone"):
         s.write_bytes("f.bin", b"new")
     assert s.read_bytes("f.bin") == b"old"

@@ -11,17 +11,16 @@ only. Error messages name the URL (with any ``user:secret@`` removed), never the
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import posixpath
 import re
-import tempfile
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from bluff_ray.localfile import TEMP_PREFIX, atomic_write, temp_beside
 from bluff_ray.results.layout import table_to_parquet
 
 T = TypeVar("T")
@@ -52,11 +52,6 @@ S3_CONFIG = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempt
 # The preflight probe asks once, with short timeouts: a closed port, a black hole or an unknown
 # host is reported in seconds (the run's own requests keep S3_CONFIG's patience).
 PROBE_S3_CONFIG = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 1, "mode": "standard"}}
-# mkstemp creates 0600 files; results should get the usual permissions (0666 minus the umask) so
-# that a web server running as another user can serve a local results folder.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
 
 
 class StorageError(RuntimeError):
@@ -132,14 +127,16 @@ class Store:
     def write_bytes(self, rel: str, data: bytes) -> None:
         path = self.path(rel)
         if self.local:
-            with _local_temp(path, data) as tmp:
-                os.replace(tmp, path)
+            atomic_write(path, data)
         else:
             self.fs.pipe_file(path, bytes(data))
 
     def write_table(self, rel: str, table: pa.Table, group_by: str | None = None, groups: Iterable[Any] | None = None,
-                    footer_limit: int | None = None) -> None:
-        self.write_bytes(rel, table_to_parquet(table, group_by, groups, footer_limit=footer_limit))
+                    footer_limit: int | None = None) -> bytes:
+        """Write ``table`` as one Parquet object; returns the bytes written (unit markers record them)."""
+        data = table_to_parquet(table, group_by, groups, footer_limit=footer_limit)
+        self.write_bytes(rel, data)
+        return data
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
@@ -152,7 +149,7 @@ class Store:
         """
         path = self.path(rel)
         if self.local:
-            with _local_temp(path, data) as tmp:
+            with temp_beside(path, data) as tmp:
                 try:
                     os.link(tmp, path)  # fails if the name exists, unlike rename
                 except FileExistsError:
@@ -205,7 +202,7 @@ class Store:
         except (pa.ArrowException, OSError, ValueError) as e:
             raise self._corrupt(rel, e) from None
 
-    def _corrupt(self, rel: str, e: BaseException) -> "CorruptFile":
+    def _corrupt(self, rel: str, e: BaseException) -> CorruptFile:
         return CorruptFile(f"{self.uri(rel)} is not a readable Parquet file ({_describe(e)}): delete it to have it "
                            "recomputed, or pass --overwrite")
 
@@ -237,7 +234,7 @@ class Store:
                 out.append(p[len(root):])
             elif p.lstrip("/").startswith(root.lstrip("/")):
                 out.append(p.lstrip("/")[len(root.lstrip("/")):])
-        return sorted(r for r in out if not posixpath.basename(r).startswith(".tmp-"))
+        return sorted(r for r in out if not posixpath.basename(r).startswith(TEMP_PREFIX))
 
     def refresh(self) -> None:
         """Forget cached listings: another process (an actor, an earlier run) may have written."""
@@ -265,7 +262,7 @@ class Store:
             try:
                 prober._probe()
                 outcome.append(None)
-            except BaseException as e:  # handed to the caller's thread
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 outcome.append(e)
 
         t = threading.Thread(target=probe, name="bluff-preflight", daemon=True)
@@ -283,17 +280,17 @@ class Store:
         where = redact_url(self.url)
         try:
             self.write_bytes(rel, probe)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure of the probe is the answer
             raise StorageError(f"results root {where} is not writable: {_describe(e)}") from None
         try:
             back = self.read_bytes(rel)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure of the probe is the answer
             raise StorageError(f"results root {where}: wrote a probe object but cannot read it back: {_describe(e)}") from None
         if back != probe:
             raise StorageError(f"results root {where}: the probe object read back differs from what was written")
         try:
             self.fs.rm(self.path(rel))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure of the probe is the answer
             raise StorageError(f"results root {where}: cannot delete the probe object {rel}: {_describe(e)}") from None
 
 
@@ -315,23 +312,6 @@ class _CheckedParquetFile(pq.ParquetFile):
             return super().read_row_group(*a, **kw)
         except (pa.ArrowException, OSError, ValueError) as e:
             raise self._on_error(e) from None
-
-
-@contextlib.contextmanager
-def _local_temp(path: str, data: bytes):
-    """``data`` in a temporary file next to ``path`` (usual permissions), removed afterwards unless
-    the caller renamed it into place."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, FILE_MODE)
-        yield tmp
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _describe(e: BaseException) -> str:

@@ -18,13 +18,13 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Protocol
 
-import fsspec
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from bluff_ray.engine.models.rehearsal import synthetic_pattern
-from bluff_ray.results.store import redact_url
+from bluff_ray.localfile import atomic_write
+from bluff_ray.results.store import open_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ImageFolderSource:
 
     def __init__(self, url: str, adapter, storage_options: dict | None = None):
         self.url = str(url).rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.fs, self.root = open_url(self.url, storage_options)  # the store's timeouts and retries
         self.root = self.root.rstrip("/")
         self.class_ids = list(adapter.class_ids)
         self.load_image = adapter.load_image
@@ -159,7 +159,7 @@ class NodeCache:
     a changed folder is read again.
     """
 
-    def __init__(self, source: "ImageFolderSource", folder: str, key: str):
+    def __init__(self, source: ImageFolderSource, folder: str, key: str):
         self.source = source
         self.folder = os.path.join(folder, key)
         os.makedirs(self.folder, exist_ok=True)
@@ -184,26 +184,14 @@ class NodeCache:
                         return x, int(meta["n_skipped"])
                 x, n_skipped = self.source.class_images(class_id, max_images)
                 arr = _to_uint8(x)
-                _atomic_np(stem + ".npy", arr if arr is not None else x.numpy())
-                _atomic_text(stem + ".json", json.dumps({"n_skipped": n_skipped, "listing": listing,
-                                                         "skipped": self.source.skipped_files.get(int(class_id), [])}))
+                buf = io.BytesIO()
+                np.save(buf, arr if arr is not None else x.numpy())
+                atomic_write(stem + ".npy", buf.getvalue())
+                atomic_write(stem + ".json", json.dumps({"n_skipped": n_skipped, "listing": listing,
+                                                         "skipped": self.source.skipped_files.get(int(class_id), [])}).encode())
                 return x, n_skipped
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _atomic_np(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class CachedSource:

@@ -51,11 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from bluff_ray.results.layout import LOCK_PATH
-from bluff_ray.results.store import StorageError, Store, redact_url
+from bluff_ray.results.store import StorageError, Store, open_url, redact_url
 from bluff_ray.web.serve import VIEWER_DIR, content_type
 
 CORS_RULE = {
@@ -345,7 +344,7 @@ def publish(
     vdir = Path(viewer_dir) if viewer_dir is not None else VIEWER_DIR
     vfiles = _viewer_files(vdir)
     try:
-        src_fs, src_root = fsspec.core.url_to_fs(results, **(rso if "://" in results else {}))
+        src_fs, src_root = open_url(results, rso if "://" in results else {})
         src_root = src_root.rstrip("/")
         if not src_fs.exists(posixpath.join(src_root, "manifest.json")):
             raise PublishError(f"{redact_url(results)} is not a results root (no manifest.json)")

@@ -5,35 +5,42 @@ from __future__ import annotations
 import os
 
 from bluff_ray.engine.models.base import BRANCHES, LayerInfo, ModelAdapter
+from bluff_ray.engine.models.weights import is_url
 
 MODEL_NAMES = ("digits", "googlenet", "rehearsal")
 
 
 def load_model(
     name: str,
-    weights: str | None = None,
+    weights: str | dict | None = None,
     cache_dir: str | os.PathLike | None = None,
     device: str = "cpu",
-    storage_options: dict | None = None,
+    weights_source: str | None = None,
 ) -> ModelAdapter:
     """Load a model by name, in eval mode, on ``device``.
 
+    ``weights`` is a name, a local file or a state dict; a URL (``s3://...``) is fetched by the run
+    layer: ``bluff_ray.run.models.load_model`` takes the same arguments plus ``storage_options``,
+    reads it and passes the state dict here, with the URL as ``weights_source``.
+
     - ``"digits"``: ``weights=None`` reads (or trains and caches) the demo net in ``cache_dir``
-      (default ``$BLUFF_CACHE`` or ``~/.cache/bluff_ray``); else a state_dict path / fsspec URL.
+      (default ``$BLUFF_CACHE`` or ``~/.cache/bluff_ray``); else a state_dict file or dict.
     - ``"googlenet"``: ``weights`` is ``"torchvision"`` (default; the torch hub cache), a local
-      state_dict file, an fsspec URL such as ``s3://bucket/googlenet.pth``, or ``"random"``
-      (seeded random weights: benchmarks and rehearsals only).
+      state_dict file or dict, or ``"random"`` (seeded random weights: benchmarks and rehearsals only).
     - ``"rehearsal"``: GoogLeNet's nine mixed layers and 1,000 classes on 3x8x8 inputs with seeded
       random weights (``models/rehearsal.py``); ``weights`` may be ``"seed:<n>"``.
     """
+    if isinstance(weights, str) and is_url(weights):
+        raise ValueError(f"weights {weights!r} is a URL: load it with bluff_ray.run.models.load_model, which reads "
+                         "it with the storage timeouts and retries")
     if name == "digits":
         from bluff_ray.engine.models.digits import load_digits_model
 
-        adapter = load_digits_model(weights, cache_dir=cache_dir, storage_options=storage_options)
+        adapter = load_digits_model(weights, cache_dir=cache_dir, weights_source=weights_source)
     elif name == "googlenet":
         from bluff_ray.engine.models.googlenet import load_googlenet
 
-        adapter = load_googlenet(weights or "torchvision", storage_options=storage_options)
+        adapter = load_googlenet(weights or "torchvision", weights_source=weights_source)
     elif name == "rehearsal":
         from bluff_ray.engine.models.rehearsal import rehearsal_adapter
 

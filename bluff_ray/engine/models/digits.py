@@ -38,7 +38,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,8 @@ from torchvision.transforms import functional as TF
 from bluff_ray.engine.models.base import LayerInfo, ModelAdapter
 
 log = logging.getLogger("bluff_ray.engine.models")
-from bluff_ray.engine.models.weights import read_state_dict
+from bluff_ray.engine.models.weights import state_dict_of
+from bluff_ray.localfile import atomic_write
 
 #: 10 evenly spaced L2 strengths in [0,1] pixel space on 64-d inputs (see module docstring).
 DIGITS_STRENGTHS = tuple(round(0.1 * i, 2) for i in range(1, 11))
@@ -226,22 +226,6 @@ def eval_accuracy(net: nn.Module, split_seed: int = 0) -> float:
     return (net(x.to(dev)).argmax(1).cpu() == y).float().mean().item()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def digits_adapter(net: DigitsNet, metadata: dict | None = None) -> ModelAdapter:
     """Wrap a DigitsNet (eval mode) as a ModelAdapter."""
     net.eval()
@@ -296,7 +280,7 @@ def train_digits(
         ckpt = {"state_dict": net.state_dict(), "config": dataclasses.asdict(cfg), "seed": seed, "test_accuracy": accuracy}
         torch.save(ckpt, buf)
         data = buf.getvalue()
-        _atomic_write(path, data)
+        atomic_write(path, data)
         log.info("digits model trained in %.0f s: test accuracy %.3f", time.perf_counter() - t0, accuracy)
     net.eval()
     meta = {
@@ -312,15 +296,17 @@ def train_digits(
 
 
 def load_digits_model(
-    weights: str | None = None, cache_dir: str | os.PathLike | None = None, storage_options: dict | None = None
+    weights: str | dict | None = None, cache_dir: str | os.PathLike | None = None, weights_source: str | None = None
 ) -> ModelAdapter:
-    """``weights=None``: the cached/trained default; otherwise a state_dict path or fsspec URL."""
+    """``weights=None``: the cached/trained default; otherwise a local state_dict file or the state dict
+    itself (a URL is fetched by ``bluff_ray.run.models.load_model``, named by ``weights_source``)."""
     if weights is None:
         return train_digits(cache_dir=cache_dir)
+    source = weights_source or (weights if isinstance(weights, str) else "state dict")
     net = DigitsNet.empty()
     try:
-        net.load_state_dict(read_state_dict(weights, storage_options))
+        net.load_state_dict(state_dict_of(weights))
     except RuntimeError as e:
-        raise ValueError(f"{weights!r} is not a DigitsNet state_dict: {e}") from e
+        raise ValueError(f"{source!r} is not a DigitsNet state_dict: {e}") from e
     net.eval()
-    return digits_adapter(net, {"weights": weights, "test_accuracy": eval_accuracy(net)})
+    return digits_adapter(net, {"weights": source, "test_accuracy": eval_accuracy(net)})

@@ -25,7 +25,7 @@ from torchvision.models import GoogLeNet, GoogLeNet_Weights
 from torchvision.transforms import functional as TF
 
 from bluff_ray.engine.models.base import LayerInfo, ModelAdapter
-from bluff_ray.engine.models.weights import read_state_dict
+from bluff_ray.engine.models.weights import read_state_dict, state_dict_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -138,18 +138,24 @@ def _torchvision_cache_path() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
+def weights_help() -> str:
+    """What ``weights`` may be (for error messages)."""
+    return WEIGHT_OPTIONS.format(cache=_torchvision_cache_path())
+
+
 def load_googlenet(
-    weights: str | None = "torchvision",
-    storage_options: dict | None = None,
+    weights: str | dict | None = "torchvision",
     transform_input: bool = True,
+    weights_source: str | None = None,
 ) -> ModelAdapter:
     """GoogLeNet with real weights.
 
     ``weights``: ``"torchvision"`` (default; IMAGENET1K_V1 read from the torch hub cache only, since
-    a cluster node may have no internet), or a local path / fsspec URL of a state_dict
-    (``s3://``, ``memory://``, ``file://`` ...; ``storage_options`` go to fsspec). Auxiliary-head
-    keys (``aux1.*``, ``aux2.*``) are ignored. ``transform_input`` must match how the weights were
-    trained: True for torchvision's ported IMAGENET1K_V1 weights (also when copied to a file/S3).
+    a cluster node may have no internet), a local state_dict file, or the state dict itself (a URL
+    is fetched by ``bluff_ray.run.models.load_model``, which passes the state dict and the URL as
+    ``weights_source``). Auxiliary-head keys (``aux1.*``, ``aux2.*``) are ignored.
+    ``transform_input`` must match how the weights were trained: True for torchvision's ported
+    IMAGENET1K_V1 weights (also when copied to a file/S3).
     """
     cache = _torchvision_cache_path()
     options = WEIGHT_OPTIONS.format(cache=cache)
@@ -165,17 +171,17 @@ def load_googlenet(
         source = f"torchvision:IMAGENET1K_V1 ({os.path.basename(cache)})"
     else:
         try:
-            state = read_state_dict(weights, storage_options)
+            state = state_dict_of(weights)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}. {options}") from e
-        source = weights
+        source = weights_source or (weights if isinstance(weights, str) else "state dict")
     state = {k.removeprefix("net."): v for k, v in state.items() if k not in ("mean", "std")}
     state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
     net = GoogLeNet(num_classes=1000, aux_logits=False, transform_input=transform_input, init_weights=False)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{weights!r} is not a torchvision GoogLeNet state_dict: {e}") from e
+        raise ValueError(f"{source!r} is not a torchvision GoogLeNet state_dict: {e}") from e
     adapter = googlenet_adapter(net, weights_source=source)
     if weights in (None, "torchvision"):
         adapter.metadata["imagenet_top1"] = GoogLeNet_Weights.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]["acc@1"]
