@@ -73,8 +73,12 @@ def measure(host: str, port: int, requests: int, burst: int) -> dict:
             list(pool.map(one, range(burst)))
             walls.append((time.perf_counter() - t) * 1000)
     times.sort()
-    return {"seq_ms": statistics.median(times), "seq_p95_ms": times[int(0.95 * len(times))],
-            "304_ms": statistics.median(reval), "burst_ms": statistics.median(walls)}
+    return {
+        "seq_ms": statistics.median(times),
+        "seq_p95_ms": times[int(0.95 * len(times))],
+        "304_ms": statistics.median(reval),
+        "burst_ms": statistics.median(walls),
+    }
 
 
 def main() -> None:

@@ -72,9 +72,11 @@ RUNS = "runs"  # <dest>/runs/<publish id>/: one complete copy each (results and 
 POINTER = "index.html"  # the viewer, reading the current copy: written last (the commit point)
 CURRENT = "current.json"  # the current copy, for programs: {"run": "runs/<id>/", ...}
 LEGACY_VIEWER = "viewer/index.html"  # where earlier versions put the viewer: now a redirect to the pointer
-REDIRECT_HTML = ('<!doctype html><meta charset="utf-8"><title>Bluff</title>'
-                 '<script>location.replace("../index.html" + location.search + location.hash)</script>'
-                 '<a href="../index.html">Bluff viewer</a>\n')
+REDIRECT_HTML = (
+    '<!doctype html><meta charset="utf-8"><title>Bluff</title>'
+    '<script>location.replace("../index.html" + location.search + location.hash)</script>'
+    '<a href="../index.html">Bluff viewer</a>\n'
+)
 
 
 class PublishError(RuntimeError):
@@ -208,11 +210,11 @@ def _walk(fs, root: str) -> tuple[list[str], list[Skipped]]:
 
 def _viewer_files(viewer_dir: Path) -> list[tuple[str, Path]]:
     if not (viewer_dir / "index.html").is_file():
-        raise PublishError(
-            f"the viewer is not built ({viewer_dir / 'index.html'} is missing): run `make viewer` first"
-        )
+        raise PublishError(f"the viewer is not built ({viewer_dir / 'index.html'} is missing): run `make viewer` first")
     return sorted(
-        (p.relative_to(viewer_dir).as_posix(), p) for p in viewer_dir.rglob("*") if p.is_file() and p.name != "config.json"
+        (p.relative_to(viewer_dir).as_posix(), p)
+        for p in viewer_dir.rglob("*")
+        if p.is_file() and p.name != "config.json"
     )
 
 
@@ -276,12 +278,14 @@ def viewer_url(dest: str, storage_options: dict | None, region: str | None = Non
     so = dict(storage_options or {})
     endpoint = so.get("endpoint_url") or (so.get("client_kwargs") or {}).get("endpoint_url")
     if dest.startswith("s3://"):
-        bucket_key = dest[len("s3://"):].strip("/")
+        bucket_key = dest[len("s3://") :].strip("/")
         bucket, _, prefix = bucket_key.partition("/")
         key = (prefix + "/" if prefix else "") + POINTER
         if endpoint:
             return f"{endpoint.rstrip('/')}/{bucket}/{key}"
-        host = f"{bucket}.s3.{region}.amazonaws.com" if region and region != "us-east-1" else f"{bucket}.s3.amazonaws.com"
+        host = (
+            f"{bucket}.s3.{region}.amazonaws.com" if region and region != "us-east-1" else f"{bucket}.s3.amazonaws.com"
+        )
         return f"https://{host}/{key}"
     return dest.rstrip("/") + "/" + POINTER
 
@@ -307,11 +311,15 @@ def check_finished(fs, root: str, results: str) -> None:
     except ValueError as e:
         raise PublishError(f"{redact_url(results)}/manifest.json is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or not manifest.get("finished"):
-        raise PublishError(f"{redact_url(results)} is not a finished run (manifest.json has no 'finished' time): "
-                           "publish it when the run ends, or pass --force to publish it as it is")
+        raise PublishError(
+            f"{redact_url(results)} is not a finished run (manifest.json has no 'finished' time): "
+            "publish it when the run ends, or pass --force to publish it as it is"
+        )
     if fs.exists(posixpath.join(root, LOCK_PATH)):
-        raise PublishError(f"{redact_url(results)} is locked by a run ({LOCK_PATH} is present): publish it when the "
-                           "run ends, or pass --force to publish it as it is")
+        raise PublishError(
+            f"{redact_url(results)} is locked by a run ({LOCK_PATH} is present): publish it when the "
+            "run ends, or pass --force to publish it as it is"
+        )
 
 
 def _one_line(e: BaseException) -> str:
@@ -418,20 +426,36 @@ def publish(
             put(f"{run}viewer/{rel}", path.read_bytes())
         put(f"{run}viewer/config.json", json.dumps({"root": "../"}).encode())
         put(LEGACY_VIEWER, REDIRECT_HTML.encode())
-        put(CURRENT, (json.dumps({"run": run, "viewer": run + "viewer/index.html", "manifest": run + "manifest.json",
-                                  "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2)
-                      + "\n").encode())
+        put(
+            CURRENT,
+            (
+                json.dumps(
+                    {
+                        "run": run,
+                        "viewer": run + "viewer/index.html",
+                        "manifest": run + "manifest.json",
+                        "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    },
+                    indent=2,
+                )
+                + "\n"
+            ).encode(),
+        )
         put(POINTER, pointer_html((vdir / "index.html").read_text(), run).encode())  # the commit point
     except PublishError:
         raise
     except Exception as e:  # noqa: BLE001 - network, permissions, a vanished source file: the old copy stays live
-        raise PublishError(f"upload to {redact_url(dest)} failed after {report.objects} objects, so the published "
-                           f"copy is unchanged: {_one_line(e)}") from None
+        raise PublishError(
+            f"upload to {redact_url(dest)} failed after {report.objects} objects, so the published "
+            f"copy is unchanged: {_one_line(e)}"
+        ) from None
     report.removed = _remove_older_runs(dst, run, report)
     if is_s3:
         report.acl = acl_mode
         if not public:
-            report.notes.append("objects are private: a browser can read them only with a bucket policy or a CDN in front")
+            report.notes.append(
+                "objects are private: a browser can read them only with a bucket policy or a CDN in front"
+            )
     if not quiet:
         print(f"published {report.objects} objects ({report.bytes / 1e6:.1f} MB) to {redact_url(dest)}/{run}")
         if report.removed:
@@ -457,7 +481,9 @@ def _remove_older_runs(dst: Store, run: str, report: PublishReport) -> int:
                 removed += len(dst.fs.find(path))
                 dst.fs.rm(path, recursive=True)
     except Exception as e:  # noqa: BLE001 - a note, not a failure: nothing points at those objects
-        report.notes.append(f"older publishes under {RUNS}/ were not all removed (they are unreachable): {_one_line(e)}")
+        report.notes.append(
+            f"older publishes under {RUNS}/ were not all removed (they are unreachable): {_one_line(e)}"
+        )
     return removed
 
 
@@ -468,14 +494,21 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     try:
-        publish(args.results, args.dest, storage_options=parse_options(args.storage_option), public=not args.private,
-                force=args.force)
+        publish(
+            args.results,
+            args.dest,
+            storage_options=parse_options(args.storage_option),
+            public=not args.private,
+            force=args.force,
+        )
     except (PublishError, ConfigError) as e:
         print(f"bluff publish: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bluff publish: interrupted; the published copy is unchanged unless the viewer URL was already printed",
-              file=sys.stderr)
+        print(
+            "bluff publish: interrupted; the published copy is unchanged unless the viewer URL was already printed",
+            file=sys.stderr,
+        )
         return 130
     return 0
 
@@ -499,13 +532,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("results", metavar="RESULTS", help="results root to publish (local folder or fsspec URL)")
     p.add_argument("dest", metavar="DEST", help="destination URL, e.g. s3://my-bucket/bluff/run1")
     p.add_argument(
-        "--storage-option", "-S", action="append", metavar="KEY=VALUE",
+        "--storage-option",
+        "-S",
+        action="append",
+        metavar="KEY=VALUE",
         help="fsspec/s3fs option for DEST (repeatable), e.g. endpoint_url=http://127.0.0.1:9000; "
         "credentials come from the standard AWS settings",
     )
     p.add_argument("--private", action="store_true", help="do not make the objects public (set up access yourself)")
-    p.add_argument("--force", action="store_true",
-                   help="publish a root whose run is not finished (no 'finished' time in manifest.json, or locked)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish a root whose run is not finished (no 'finished' time in manifest.json, or locked)",
+    )
     p.set_defaults(func=_run)
     return p
-

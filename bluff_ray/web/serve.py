@@ -143,7 +143,7 @@ def host_name(header: str) -> str | None:
         return None
     if h.startswith("["):
         end = h.find("]")
-        if end < 0 or (h[end + 1:] and not re.fullmatch(r":\d*", h[end + 1:])):
+        if end < 0 or (h[end + 1 :] and not re.fullmatch(r":\d*", h[end + 1 :])):
             return None
         return h[1:end]
     name, sep, port = h.partition(":")
@@ -166,9 +166,16 @@ class _AccessLog(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         v = request.version
-        self.logger.info('%s - "%s %s HTTP/%d.%d" %d %s', request.remote, request.method,
-                         request.raw_path[:300], v.major, v.minor, response.status,
-                         response.body_length or "-")
+        self.logger.info(
+            '%s - "%s %s HTTP/%d.%d" %d %s',
+            request.remote,
+            request.method,
+            request.raw_path[:300],
+            v.major,
+            v.minor,
+            response.status,
+            response.body_length or "-",
+        )
         if gone := getattr(response, "disconnected", None):
             self.logger.info("%s - client disconnected (%s)", request.remote, gone)
 
@@ -184,7 +191,7 @@ class _File(web.FileResponse):
 
     @property
     def last_modified(self):
-        return web.StreamResponse.last_modified.fget(self)
+        return web.StreamResponse.last_modified.fget(self)  # type: ignore[attr-defined]
 
     @last_modified.setter
     def last_modified(self, value) -> None:
@@ -210,8 +217,10 @@ def _rewrite_headers(request: web.BaseRequest, st: os.stat_result) -> CIMultiDic
     h.popall("Accept-Encoding", None)
     mtime = int(st.st_mtime)
     etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'  # aiohttp's tag
-    for name, date in (("If-Modified-Since", request.if_modified_since),
-                       ("If-Unmodified-Since", request.if_unmodified_since)):
+    for name, date in (
+        ("If-Modified-Since", request.if_modified_since),
+        ("If-Unmodified-Since", request.if_unmodified_since),
+    ):
         if date is not None and mtime <= date.timestamp():  # whole seconds, as Last-Modified says
             h[name] = _http_date(mtime + 1)
     if_range = h.popall("If-Range", [None])[0]
@@ -247,9 +256,12 @@ def make_handler(viewer_dir: Path, results_dir: Path, allowed_hosts: frozenset[s
         name = host_name(raw_host) if raw_host is not None else None
         if check_host and raw_host is not None and not (name and (is_loopback(name) or name in allowed_hosts)):
             shown = raw_host.strip()[:100].encode("ascii", "replace").decode()
-            resp = _text(421, f"bluff serve: Host {shown!r} is not served. This server listens on a loopback "
-                         "address and answers only to localhost or a loopback address (a protection against DNS "
-                         "rebinding); start it with --allow-host NAME to add a name.")
+            resp = _text(
+                421,
+                f"bluff serve: Host {shown!r} is not served. This server listens on a loopback "
+                "address and answers only to localhost or a loopback address (a protection against DNS "
+                "rebinding); start it with --allow-host NAME to add a name.",
+            )
             resp.force_close()
             return resp
         if request.method not in ("GET", "HEAD"):
@@ -263,11 +275,13 @@ def make_handler(viewer_dir: Path, results_dir: Path, allowed_hosts: frozenset[s
         if path == "/config.json":
             tags = request.if_none_match or ()
             status = 304 if any(t.value == "*" or f'"{t.value}"' == config_etag for t in tags) else 200
-            return web.Response(status=status, body=CONFIG if status == 200 else None,
-                                headers={"Content-Type": "application/json", "ETag": config_etag,
-                                         "Cache-Control": "no-cache"})
+            return web.Response(
+                status=status,
+                body=CONFIG if status == 200 else None,
+                headers={"Content-Type": "application/json", "ETag": config_etag, "Cache-Control": "no-cache"},
+            )
         if path.startswith(RESULTS_PREFIX):
-            target = safe_join(results_dir, path[len(RESULTS_PREFIX):])
+            target = safe_join(results_dir, path[len(RESULTS_PREFIX) :])
         else:
             target = safe_join(viewer_dir, path.lstrip("/") or "index.html")
         try:
@@ -327,8 +341,13 @@ class BluffServer:
 
 
 def make_server(
-    root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, viewer_dir: str | os.PathLike | None = None,
-    quiet: bool = False, allow_hosts: list[str] | tuple[str, ...] = (), idle_timeout: float = IDLE_TIMEOUT,
+    root: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    viewer_dir: str | os.PathLike | None = None,
+    quiet: bool = False,
+    allow_hosts: list[str] | tuple[str, ...] = (),
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> BluffServer:
     """A server, bound but not yet running, for the results root ``root`` (a local folder).
 
@@ -363,11 +382,21 @@ def make_server(
     logger.addHandler(_StderrLine())
     # The Host check protects loopback listeners (DNS rebinding); on other addresses anyone who can
     # reach the port is already a client, whatever name they use.
-    handler = make_handler(vdir.resolve(), results.resolve(), frozenset(n for n in map(host_name, allow_hosts) if n),
-                           check_host=is_loopback(str(sock.getsockname()[0])))
+    handler = make_handler(
+        vdir.resolve(),
+        results.resolve(),
+        frozenset(n for n in map(host_name, allow_hosts) if n),
+        check_host=is_loopback(str(sock.getsockname()[0])),
+    )
     loop = asyncio.new_event_loop()
-    web_server = web.Server(handler, logger=logger, access_log=logger, access_log_class=_AccessLog,
-                            keepalive_timeout=float(idle_timeout), loop=loop)
+    web_server = web.Server(
+        handler,
+        logger=logger,
+        access_log=logger,
+        access_log_class=_AccessLog,
+        keepalive_timeout=float(idle_timeout),
+        loop=loop,
+    )
     return BluffServer(sock, web_server, loop)
 
 
@@ -379,8 +408,13 @@ def server_url(server: BluffServer) -> str:
 
 
 def start_server(
-    root: str | os.PathLike, host: str = "127.0.0.1", port: int = 0, viewer_dir: str | os.PathLike | None = None,
-    quiet: bool = True, allow_hosts: list[str] | tuple[str, ...] = (), idle_timeout: float = IDLE_TIMEOUT,
+    root: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    viewer_dir: str | os.PathLike | None = None,
+    quiet: bool = True,
+    allow_hosts: list[str] | tuple[str, ...] = (),
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> tuple[BluffServer, str]:
     """Run the server in a daemon thread (tests, notebooks); returns (server, base URL).
 
@@ -392,8 +426,14 @@ def start_server(
     return server, server_url(server)
 
 
-def serve(root: str, host: str = "127.0.0.1", port: int = 8000, open_browser: bool = False,
-          allow_hosts: list[str] | tuple[str, ...] = (), idle_timeout: float = IDLE_TIMEOUT) -> None:
+def serve(
+    root: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    open_browser: bool = False,
+    allow_hosts: list[str] | tuple[str, ...] = (),
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> None:
     """Serve ``root`` and the viewer until Ctrl-C."""
     server = make_server(root, host, port, allow_hosts=allow_hosts, idle_timeout=idle_timeout)
     url = server_url(server)
@@ -412,8 +452,14 @@ def serve(root: str, host: str = "127.0.0.1", port: int = 8000, open_browser: bo
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        serve(args.results, host=args.host, port=args.port, open_browser=args.open,
-              allow_hosts=args.allow_host, idle_timeout=args.idle_timeout)
+        serve(
+            args.results,
+            host=args.host,
+            port=args.port,
+            open_browser=args.open,
+            allow_hosts=args.allow_host,
+            idle_timeout=args.idle_timeout,
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"bluff serve: {e}", file=sys.stderr)
         return 2
@@ -440,16 +486,25 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("results", metavar="RESULTS", help="local results root (the folder with manifest.json)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
     p.add_argument(
-        "--host", default="127.0.0.1",
+        "--host",
+        default="127.0.0.1",
         help="address to bind; anything but 127.0.0.1/localhost exposes the results to the network",
     )
     p.add_argument(
-        "--allow-host", action="append", default=[], metavar="NAME",
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="also answer requests whose Host header is NAME (repeatable; any port), e.g. a name in /etc/hosts "
         "that points at 127.0.0.1; localhost and loopback addresses are always answered",
     )
-    p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="SECONDS",
-                   help="close a connection that sends nothing for this long")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection that sends nothing for this long",
+    )
     p.add_argument("--open", action="store_true", help="open the viewer in the default web browser")
     p.set_defaults(func=_run)
     return p

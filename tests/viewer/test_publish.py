@@ -10,11 +10,11 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 import requests
-from viewer_helpers import expected_highlight, shot, wait_ready
-from viewer_synth import make_results, read_pair
 
 from bluff_ray.results import layout
 from bluff_ray.web.publish import CORS_RULE, PublishError, publish
+from viewer_helpers import expected_highlight, shot, wait_ready
+from viewer_synth import make_results, read_pair
 
 pytestmark = [pytest.mark.s3, pytest.mark.browser]
 
@@ -24,10 +24,14 @@ TAIL = 16 * 1024  # the viewer's footer read (viewer/src/data.ts)
 
 def row_group_span(path: Path, rg: int) -> int:
     """Bytes from the first to the last byte of a row group's column chunks."""
-    cols = [pq.ParquetFile(path).metadata.row_group(rg).column(i) for i in range(pq.ParquetFile(path).metadata.num_columns)]
+    cols = [
+        pq.ParquetFile(path).metadata.row_group(rg).column(i) for i in range(pq.ParquetFile(path).metadata.num_columns)
+    ]
     start = min(c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset for c in cols)
-    end = max((c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset) + c.total_compressed_size
-              for c in cols)
+    end = max(
+        (c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset) + c.total_compressed_size
+        for c in cols
+    )
     return end - start
 
 
@@ -35,7 +39,6 @@ def row_group_span(path: Path, rg: int) -> int:
 def big_results(tmp_path_factory) -> Path:
     """12 classes: 11 row groups per partition file, so one pair is a small part of each file."""
     return make_results(tmp_path_factory.mktemp("viewer-big") / "root", seed=1, classes=12, assets=False)
-
 
 
 def test_publish_then_view_with_range_requests(page, big_results, s3_endpoint, make_bucket, s3_options):
@@ -65,7 +68,9 @@ def test_publish_then_view_with_range_requests(page, big_results, s3_endpoint, m
     assert set(rule["ExposeHeaders"]) >= {"Content-Range", "Content-Length", "ETag"}
     # anonymous (unsigned) reads work, byte ranges included
     anon = requests.get(f"{s3_endpoint}/{bucket}/{run}manifest.json", timeout=10)
-    assert anon.status_code == 200 and json.loads(anon.content) == json.loads((big_results / "manifest.json").read_text())
+    assert anon.status_code == 200 and json.loads(anon.content) == json.loads(
+        (big_results / "manifest.json").read_text()
+    )
     rng = requests.get(f"{s3_endpoint}/{bucket}/{run}{layout.CLASSES_PATH}", headers={"Range": "bytes=0-3"}, timeout=10)
     assert rng.status_code == 206 and rng.content == b"PAR1"
     # publishing again is idempotent for the CORS configuration (one rule of ours), and replaces the copy
@@ -138,9 +143,12 @@ SECRET = b"TOP SECRET: a file elsewhere on the machine, never public"
 
 
 def all_objects(client, bucket: str, prefix: str) -> dict[str, bytes]:
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
-    return {k[len(prefix):]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
+    return {k[len(prefix) :]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
 
 
 def test_publish_skips_links_leaving_the_root_and_hidden_files(tmp_path, s3_endpoint, make_bucket, s3_options, capsys):
@@ -151,46 +159,65 @@ def test_publish_skips_links_leaving_the_root_and_hidden_files(tmp_path, s3_endp
     (outside / "part-9.parquet").write_bytes(SECRET)
     nodes0 = root / "nodes" / "original=0"
     # what must not be published
-    os.symlink(outside / "secret.txt", root / "secret.txt")                    # file link leaving the root
-    os.symlink(outside / "part-9.parquet", nodes0 / "part-9.parquet")          # ... deeper down
-    os.symlink(outside, root / "shared")                                       # folder link leaving the root
-    os.symlink("../../../elsewhere/secret.txt", nodes0 / "rel.parquet")        # relative link leaving it
-    os.symlink(tmp_path / "missing", root / "dangling.json")                   # broken link
+    os.symlink(outside / "secret.txt", root / "secret.txt")  # file link leaving the root
+    os.symlink(outside / "part-9.parquet", nodes0 / "part-9.parquet")  # ... deeper down
+    os.symlink(outside, root / "shared")  # folder link leaving the root
+    os.symlink("../../../elsewhere/secret.txt", nodes0 / "rel.parquet")  # relative link leaving it
+    os.symlink(tmp_path / "missing", root / "dangling.json")  # broken link
     (root / ".bluff-lock.json").write_text('{"run_id": "x", "host": "build-7"}')  # a run's lock (format v2)
-    (nodes0 / ".tmp-part-0.parquet.abc123").write_bytes(b"half a file")        # a partial write
+    (nodes0 / ".tmp-part-0.parquet.abc123").write_bytes(b"half a file")  # a partial write
     (root / ".git").mkdir()
-    (root / ".git" / "config").write_text("[remote]")                          # a dot-folder
+    (root / ".git" / "config").write_text("[remote]")  # a dot-folder
     (root / "edges" / ".DS_Store").write_bytes(b"\0")
     # what must be: links that stay inside the root (under the link's own name)
     os.symlink("manifest.json", root / "manifest-link.json")
     os.symlink(root / "nodes", root / "nodes-alias")
-    os.symlink("..", nodes0 / "loop")                                          # a loop is not followed
-    expected = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                      if p.is_file() and not p.is_symlink() and not any(q.startswith(".") for q in p.relative_to(root).parts)
-                      and "nodes-alias" not in p.parts)
+    os.symlink("..", nodes0 / "loop")  # a loop is not followed
+    expected = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file()
+        and not p.is_symlink()
+        and not any(q.startswith(".") for q in p.relative_to(root).parts)
+        and "nodes-alias" not in p.parts
+    )
     bucket = make_bucket("bluff-skip")
     report = publish(str(root), f"s3://{bucket}/run", storage_options=s3_options, force=True)  # (the lock)
     out = capsys.readouterr()
 
-    objects = all_objects(boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1"), bucket, "run/" + report.run)
+    objects = all_objects(
+        boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1"), bucket, "run/" + report.run
+    )
     results = {k: v for k, v in objects.items() if not k.startswith("viewer/")}
     aliases = {k for k in results if k.startswith("nodes-alias/")}
     assert sorted(set(results) - aliases - {"manifest-link.json"}) == expected
     assert all(SECRET not in v for v in objects.values())
     assert results["manifest-link.json"] == (root / "manifest.json").read_bytes()
-    assert aliases == {f"nodes-alias/{p.relative_to(root / 'nodes').as_posix()}" for p in (root / "nodes").rglob("*")
-                       if p.is_file() and not p.is_symlink() and not p.name.startswith(".")}
+    assert aliases == {
+        f"nodes-alias/{p.relative_to(root / 'nodes').as_posix()}"
+        for p in (root / "nodes").rglob("*")
+        if p.is_file() and not p.is_symlink() and not p.name.startswith(".")
+    }
     for k in results:
         assert not any(part.startswith(".") for part in k.split("/")), k
         assert "loop/" not in k and "shared" not in k and not k.startswith("secret")
 
     skipped = {s.rel: s.reason for s in report.skipped}
-    assert set(skipped) == {"secret.txt", "nodes/original=0/part-9.parquet", "shared", "nodes/original=0/rel.parquet",
-                            "dangling.json", ".bluff-lock.json", "nodes/original=0/.tmp-part-0.parquet.abc123",
-                            ".git/", "edges/.DS_Store",
-                            # the same entries again through the nodes-alias/ folder link
-                            "nodes-alias/original=0/part-9.parquet", "nodes-alias/original=0/rel.parquet",
-                            "nodes-alias/original=0/.tmp-part-0.parquet.abc123"}
+    assert set(skipped) == {
+        "secret.txt",
+        "nodes/original=0/part-9.parquet",
+        "shared",
+        "nodes/original=0/rel.parquet",
+        "dangling.json",
+        ".bluff-lock.json",
+        "nodes/original=0/.tmp-part-0.parquet.abc123",
+        ".git/",
+        "edges/.DS_Store",
+        # the same entries again through the nodes-alias/ folder link
+        "nodes-alias/original=0/part-9.parquet",
+        "nodes-alias/original=0/rel.parquet",
+        "nodes-alias/original=0/.tmp-part-0.parquet.abc123",
+    }
     assert "outside the results root" in skipped["shared"] and str(outside) in skipped["shared"]
     assert skipped["nodes/original=0/.tmp-part-0.parquet.abc123"] == "temporary file"
     # said: one warning per link, naming the path; the count and the kinds

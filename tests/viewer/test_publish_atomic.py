@@ -13,11 +13,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from viewer_synth import make_results
 
 import bluff_ray.web.publish as publish_mod
 from bluff_ray.web.publish import PublishError, publish
 from bluff_ray.web.serve import VIEWER_DIR
+from viewer_synth import make_results
 
 pytestmark = [pytest.mark.s3]
 
@@ -38,14 +38,20 @@ def kill_after(n: int):
 
 
 def objects(client, bucket: str, prefix: str) -> dict[str, bytes]:
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
-    return {k[len(prefix):]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
+    return {k[len(prefix) :]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
 
 
 def copy_named_by(client, bucket: str, dest: str, pointer: str) -> dict[str, bytes]:
@@ -139,8 +145,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_network_failure_mid_publish_is_one_line_and_changes_nothing(roots, client, make_bucket, s3_options,
-                                                                     monkeypatch, capsys):
+def test_network_failure_mid_publish_is_one_line_and_changes_nothing(
+    roots, client, make_bucket, s3_options, monkeypatch, capsys
+):
     """The endpoint goes away after some objects (a second moto server on the same buckets, stopped)."""
     from moto.server import ThreadedMotoServer
 
@@ -155,15 +162,22 @@ def test_network_failure_mid_publish_is_one_line_and_changes_nothing(roots, clie
         flaky = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
         flaky.start()
         host, port = flaky.get_host_and_port()
-        stop = functools.partial(lambda n, server, key: server.stop() if n() == 10 else None,
-                                 iter(range(1, 10**6)).__next__, flaky)
+        stop = functools.partial(
+            lambda n, server, key: server.stop() if n() == 10 else None, iter(range(1, 10**6)).__next__, flaky
+        )
         t0 = time.monotonic()
         if attempt == 0:
             with pytest.raises(PublishError) as e:
-                publish(str(b), f"s3://{bucket}/site", quiet=True, on_object=stop,
-                        storage_options={"endpoint_url": f"http://{host}:{port}", **no_retry})
+                publish(
+                    str(b),
+                    f"s3://{bucket}/site",
+                    quiet=True,
+                    on_object=stop,
+                    storage_options={"endpoint_url": f"http://{host}:{port}", **no_retry},
+                )
             message = str(e.value)
         else:
+
             def failing(*args, storage_options, on_object=stop, **kwargs):
                 return publish(*args, storage_options={**storage_options, **no_retry}, on_object=on_object, **kwargs)
 

@@ -330,8 +330,9 @@ def test_rewritten_file_changes_its_etag_and_stale_ranges_get_the_whole_file(ser
     r, body = request(host, port, "GET", PART)
     assert body == new and r.getheader("ETag") != old_etag
     # revalidating a cached part with the old tag: the whole new file, not bytes to splice into the old copy
-    r, body = request(host, port, "GET", PART, {"Range": "bytes=10224-10239", "If-None-Match": old_etag,
-                                                "If-Modified-Since": old_lm})
+    r, body = request(
+        host, port, "GET", PART, {"Range": "bytes=10224-10239", "If-None-Match": old_etag, "If-Modified-Since": old_lm}
+    )
     assert (r.status, body) == (200, new)
     r, body = request(host, port, "GET", PART, {"Range": "bytes=0-9", "If-Range": old_etag})
     assert (r.status, body) == (200, new)
@@ -360,13 +361,27 @@ def raw_request(host: str, port: int, raw: bytes, timeout: float = 10) -> bytes:
             out += chunk
 
 
-@pytest.mark.parametrize("host_header,ok", [
-    ("localhost", True), ("localhost:8000", True), ("LOCALHOST:1", True), ("127.0.0.1", True),
-    ("127.0.0.1:80", True), ("127.8.9.10:8000", True), ("[::1]:8000", True), ("[::1]", True),
-    ("evil.example", False), ("evil.example:8000", False), ("localhost.evil.example", False),
-    ("127.0.0.1.nip.io", False), ("10.0.0.1", False), ("[::2]:80", False), ("localhost:80@evil", False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "host_header,ok",
+    [
+        ("localhost", True),
+        ("localhost:8000", True),
+        ("LOCALHOST:1", True),
+        ("127.0.0.1", True),
+        ("127.0.0.1:80", True),
+        ("127.8.9.10:8000", True),
+        ("[::1]:8000", True),
+        ("[::1]", True),
+        ("evil.example", False),
+        ("evil.example:8000", False),
+        ("localhost.evil.example", False),
+        ("127.0.0.1.nip.io", False),
+        ("10.0.0.1", False),
+        ("[::2]:80", False),
+        ("localhost:80@evil", False),
+        ("", False),
+    ],
+)
 def test_host_header_checked_on_loopback(served, host_header, ok):
     r, body = request(served.host, served.port, "GET", "/results/manifest.json", {"Host": host_header})
     if ok:
@@ -489,8 +504,22 @@ def test_cli_serve_refuses_foreign_host(tmp_path, viewer_dist):
     """The real `bluff serve` process: a free port, the Host check, --allow-host, Ctrl-C."""
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "manifest.json").write_text("{}")
-    proc = subprocess.Popen([sys.executable, "-m", "bluff_ray.cli", "serve", str(tmp_path / "r"), "--port", "0",
-                             "--allow-host", "bluff.test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bluff_ray.cli",
+            "serve",
+            str(tmp_path / "r"),
+            "--port",
+            "0",
+            "--allow-host",
+            "bluff.test",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -529,7 +558,9 @@ window.readRange = async (url, range) => {
 def cached_context(browser, tmp_path):
     """A persistent Chromium profile (disk HTTP cache on, as in a normal browser), shared by all reopenings."""
     ctx = browser.browser_type.launch_persistent_context(
-        str(tmp_path / "chromium-profile"), executable_path="/usr/bin/chromium", headless=True,
+        str(tmp_path / "chromium-profile"),
+        executable_path="/usr/bin/chromium",
+        headless=True,
         args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"],
     )
     errors: list[str] = []
@@ -547,8 +578,9 @@ def request_log(monkeypatch):
     keep = ("range", "if-range", "if-none-match", "if-modified-since")
 
     def log_request(self, request, response, time):  # the access logger's hook (aiohttp's AbstractAccessLogger.log)
-        log.append((request.raw_path, response.status,
-                    {k.lower(): v for k, v in request.headers.items() if k.lower() in keep}))
+        log.append(
+            (request.raw_path, response.status, {k.lower(): v for k, v in request.headers.items() if k.lower() in keep})
+        )
 
     monkeypatch.setattr(serve_mod._AccessLog, "log", log_request)
     return log
@@ -565,7 +597,7 @@ def _check_read(res: dict, current: bytes, want: tuple[int, int]) -> str | None:
         return f"HTTP {res['status']}"
     if res["contentRange"] != f"bytes {a}-{b}/{len(current)}":
         return f"Content-Range {res['contentRange']!r}, expected bytes {a}-{b}/{len(current)}"
-    if body != current[a:b + 1]:
+    if body != current[a : b + 1]:
         return f"206 body differs from bytes {a}-{b} of the current file"
     return None
 
@@ -601,12 +633,12 @@ def test_chromium_cache_reopening_range_reads(tmp_path, cached_context, request_
                 cur = (root / n).read_bytes()
                 size = len(cur)
                 res = page.evaluate("([u, r]) => window.readRange(u, r)", [f"{url}results/{n}", f"bytes=-{TAIL}"])
-                if (err := _check_read(res, cur, (max(0, size - TAIL), size - 1))):
+                if err := _check_read(res, cur, (max(0, size - TAIL), size - 1)):
                     problems.append(f"{tag} {it} {n} suffix: {err}")
                 start = ((it * 7 + k) % 9) * (size // 12)  # a few different ranges per file: several cached parts
                 end = min(size - TAIL - 1, start + 30_000)
                 res = page.evaluate("([u, r]) => window.readRange(u, r)", [f"{url}results/{n}", f"bytes={start}-{end}"])
-                if (err := _check_read(res, cur, (start, end))):
+                if err := _check_read(res, cur, (start, end)):
                     problems.append(f"{tag} {it} {n} range {start}-{end}: {err}")
 
     try:
