@@ -506,7 +506,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "bluff publish: interrupted; the published copy is unchanged unless the viewer URL was already printed",
+            "bluff publish: interrupted; readers keep the previous copy unless the switch (index.html, the last "
+            "write) was made; publish again to finish",
             file=sys.stderr,
         )
         return 130
