@@ -1316,3 +1316,57 @@ def test_causal_panel_on_pipeline_results(page, serve_root, demo_results):
             check_causal_table(page, rows, s)
     check_causal_curve(page, read_curves(demo_results, o, t))
     shot(page, "causal-pipeline")
+
+
+def _chunks_outside_tail(path: Path, rg: int, columns: set[str] | None, tail: int) -> int:
+    """Bytes of row group ``rg``'s column chunks (only ``columns``, or all) that lie before the
+    file's last ``tail`` bytes, i.e. what a reader needs beyond its footer read."""
+    size = path.stat().st_size
+    md = pq.ParquetFile(path).metadata.row_group(rg)
+    total = 0
+    for i in range(md.num_columns):
+        c = md.column(i)
+        if columns is not None and c.path_in_schema not in columns:
+            continue
+        lo = c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset
+        total += max(0, min(lo + c.total_compressed_size, size - tail) - lo)
+    return total
+
+
+def test_first_graph_reads_only_the_shown_strength_then_the_rest(page, serve_root, synth_results):
+    """Schema 3 edges hold one influence column per condition: the first graph reads the keys and
+    three of them (original, target, the strength shown), the other strengths follow after drawing
+    (data-state 'partial' until then), and the graph then matches the stored edges at any strength."""
+    o, t = 2, 0  # row group 0: its columns lie before the edges file's 32 KiB suffix read
+    row, nodes, edges = read_pair(synth_results, o, t)
+    strengths = manifest(synth_results)["strengths"]
+    s = 3  # viewer strength index (1-based; 0 is benign)
+    url = serve_root(synth_results)
+    page.goto(f"{url}?original={o}&target={t}&eps={strengths[s - 1]}")
+    wait_ready(page, f"{o}-{t}")
+    rel = f"edges/original={o}/part-{row['part']}.parquet"
+    path = Path(synth_results) / rel
+    tail = min(layout.EDGES_TAIL_BYTES, path.stat().st_size)
+    keys = {"target", "src_layer", "src_channel", "dst_layer", "dst_channel", "influence_target"}
+    first = page.evaluate("window.__bluff.firstGraphBytes")[rel]
+    # hyparquet reads the needed column chunks as one range: up to the shown strength's column
+    # (columns are in order: keys, original, target, then each strength), never those after it
+    names = pq.ParquetFile(path).schema_arrow.names
+    upto = set(names[: names.index(layout.influence_column(s - 1)) + 1])
+    want_first = tail + _chunks_outside_tail(path, row["row_group"], upto, tail)
+    full = tail + _chunks_outside_tail(path, row["row_group"], None, tail)
+    assert tail + _chunks_outside_tail(path, row["row_group"], keys | {"influence_original"}, tail) < first
+    assert first <= want_first < full and full - first > 0.5 * (full - tail), (first, want_first, full)
+    after = page.evaluate("window.__bluff.traffic.byFile")[rel]
+    # the rest: the other strengths' columns (a range read may repeat some of the first read's columns)
+    assert full <= after <= full + (want_first - tail), (after, full, want_first)
+    assert page.get_attribute("svg#graph", "data-state") == "ready"
+    assert int(page.input_value("#strength")) == s
+    check_graph(page, nodes, edges, s)  # widths over every condition: the same as drawn at once
+    # every strength's connections are there now, as stored, without another request
+    page.focus("#strength")
+    page.keyboard.press("Home")
+    check_graph(page, nodes, edges, 0)
+    page.keyboard.press("End")
+    check_graph(page, nodes, edges, len(strengths))
+    assert page.evaluate("window.__bluff.traffic.byFile")[rel] == after

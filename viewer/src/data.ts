@@ -98,6 +98,8 @@ export interface PairData {
   edges: EdgeRow[];
   /** Read the edge influences of the strengths `loadPair` left out (in place); false when there were none. */
   loadRest: () => Promise<boolean>;
+  /** every strength's edge influences are read (the graph says data-state="partial" until then) */
+  complete: boolean;
 }
 
 /** One row of causal/ (docs/FORMAT.md): a set patched at a strength, its recovery and controls. */
@@ -572,6 +574,7 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow, 
   let rest = all.filter((s) => !wanted.includes(s));
   const loadRest = async (): Promise<boolean> => {
     if (!rest.length) return false;
+
     const todo = rest;
     const rows = await readRows(root, edgesRel, todo.map(influenceColumn), { rowGroup: pair.rowGroup });
     if (rows.length !== edges.length) throw new DataError(edgesRel, `row group ${pair.rowGroup} changed while it was read`);
@@ -579,9 +582,11 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow, 
       for (const s of todo) edges[i].inf[s] = num(r[influenceColumn(s)]);
     });
     rest = [];
+    data.complete = true;
     return true;
   };
-  return { original: pair.original, target: pair.target, nodes, edges, loadRest };
+  const data: PairData = { original: pair.original, target: pair.target, nodes, edges, loadRest, complete: rest.length === 0 };
+  return data;
 }
 
 /**

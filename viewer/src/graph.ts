@@ -230,7 +230,7 @@ export class GraphView {
     this.svg
       .attr("viewBox", `0 0 ${W} ${TOP + this.layers.length * this.rowH + 10}`)
       .attr("data-pair", `${data.original}-${data.target}`)
-      .attr("data-state", "ready")
+      .attr("data-state", data.complete ? "ready" : "partial") // partial: other strengths' edges still loading
       .attr("data-edges", summary.edges)
       .attr("data-rings", v.effectRings ? "1" : "0")
       .attr("data-ring-max", rmax)
