@@ -10,14 +10,15 @@ PyTorch's rule (CPU and CUDA kernels alike): scan the window clipped to the inpu
 wins) row by row, take a value when it is ``>`` the best so far or NaN; the first valid position
 starts the scan. So: the FIRST maximum in scan order wins, the LAST NaN wins a window holding NaN,
 and a window of -inf only is won by its first valid position. The gradients are therefore those of
-``F.max_pool2d`` exactly (ties included), up to the order in which a position that wins several
-overlapping windows sums their gradients.
+``F.max_pool2d`` exactly (ties included); a position that wins several overlapping windows sums
+their gradients in PyTorch's order (outputs row-major), so float64 results are bitwise equal.
 
 Two implementations of the same rule:
 - ``"torch"``: vectorised torch ops (one pass per window offset); the CPU path and the reference.
-- ``"triton"``: two Triton kernels (window scan, writing the output or a uint8 winner offset, and a
-  per-input gather that sums the gradients of the outputs it won, in a fixed order: no atomics).
-  Used for CUDA tensors when Triton imports; testable on a CPU with ``TRITON_INTERPRET=1``.
+- ``"triton"``: the kernels of :mod:`bluff_ray.engine.maxpool_triton` (window scan writing the
+  output, or in the backward a uint8 winner offset; then a per-input gather that sums the gradients
+  of the outputs it won, in a fixed order: no atomics). Used for CUDA tensors when Triton imports;
+  testable on a CPU with ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -106,104 +107,34 @@ def _backward_torch(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p, 
 
 @functools.cache
 def _triton_kernels():
-    """Compile-on-first-use Triton kernels (imported lazily: the CPU path must not need Triton)."""
-    import triton
-    import triton.language as tl
+    """The Triton kernels (module imported lazily: the CPU path must not need Triton)."""
+    from bluff_ray.engine import maxpool_triton as k
 
-    @triton.jit
-    def scan(x_ptr, y_ptr, w_ptr, total, C, H, W, OH, OW,
-             sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-             KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-             PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-             WRITE_Y: tl.constexpr, WRITE_W: tl.constexpr, BLOCK: tl.constexpr):
-        # One lane per output element, channel fastest (coalesced for channels_last tensors).
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        live = offs < total
-        c = offs % C
-        t = offs // C
-        ow = t % OW
-        t = t // OW
-        oh = t % OH
-        n = t // OH
-        base = x_ptr + n * sxn + c * sxc
-        best = tl.zeros([BLOCK], dtype=x_ptr.dtype.element_ty)
-        idx = tl.zeros([BLOCK], dtype=tl.int32)
-        seen = tl.zeros([BLOCK], dtype=tl.int1)
-        for i in tl.static_range(KH):
-            ih = oh * SH - PH + i * DH
-            for j in tl.static_range(KW):
-                iw = ow * SW - PW + j * DW
-                valid = live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                v = tl.load(base + ih * sxh + iw * sxw, mask=valid, other=0.0)
-                take = valid & ((v > best) | (v != v) | (seen == 0))
-                best = tl.where(take, v, best)
-                idx = tl.where(take, i * KW + j, idx)
-                seen = seen | valid
-        if WRITE_Y:
-            tl.store(y_ptr + n * syn + c * syc + oh * syh + ow * syw, best, mask=live)
-        if WRITE_W:
-            tl.store(w_ptr + offs, idx.to(tl.uint8), mask=live)
-
-    @triton.jit
-    def gather(g_ptr, w_ptr, gx_ptr, total, C, H, W, OH, OW,
-               sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
-               KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-               PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-               F64: tl.constexpr, BLOCK: tl.constexpr):
-        # One lane per input element: sum the gradients of the outputs it won, outputs in row-major
-        # order (as PyTorch's CUDA backward), accumulating in fp32 (fp64 for fp64 tensors).
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        live = offs < total
-        c = offs % C
-        t = offs // C
-        iw = t % W
-        t = t // W
-        ih = t % H
-        n = t // H
-        if F64:
-            acc = tl.zeros([BLOCK], dtype=tl.float64)
-        else:
-            acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for ii in tl.static_range(KH):
-            i = KH - 1 - ii  # a larger window row i means a smaller output row
-            nh = ih + PH - i * DH
-            oh = nh // SH
-            okh = (nh >= 0) & (nh % SH == 0) & (oh < OH)
-            for jj in tl.static_range(KW):
-                j = KW - 1 - jj
-                nw = iw + PW - j * DW
-                ow = nw // SW
-                ok = live & okh & (nw >= 0) & (nw % SW == 0) & (ow < OW)
-                won = tl.load(w_ptr + ((n * OH + oh) * OW + ow) * C + c, mask=ok, other=255)
-                hit = ok & (won.to(tl.int32) == i * KW + j)
-                gv = tl.load(g_ptr + n * sgn + c * sgc + oh * sgh + ow * sgw, mask=hit, other=0.0)
-                acc += gv.to(acc.dtype)
-        tl.store(gx_ptr + n * sxn + c * sxc + ih * sxh + iw * sxw, acc.to(gx_ptr.dtype.element_ty), mask=live)
-
-    return scan, gather
+    return k.maxpool_fwd, k.maxpool_winners, k.maxpool_bwd_gather
 
 
 BLOCK = 256
 
 
 def _scan_triton(x: torch.Tensor, oh: int, ow: int, k, s, p, d, write_y: bool):
-    scan, _ = _triton_kernels()
+    fwd, winners, _ = _triton_kernels()
     n, c, h, w = x.shape
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=_memory_format(x)) \
         if write_y else None
     win = None if write_y else torch.empty((n, oh, ow, c), dtype=torch.uint8, device=x.device)
     total = n * c * oh * ow
     if total:
-        ys = y.stride() if y is not None else (0, 0, 0, 0)
-        scan[(math.ceil(total / BLOCK),)](
-            x, y if y is not None else x, win if win is not None else x, total, c, h, w, oh, ow,
-            *x.stride(), *ys, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],
-            WRITE_Y=write_y, WRITE_W=not write_y, BLOCK=BLOCK)
+        geometry = (k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1])
+        grid = (math.ceil(total / BLOCK),)
+        if write_y:
+            fwd[grid](x, y, total, c, h, w, oh, ow, *x.stride(), *y.stride(), *geometry, BLOCK=BLOCK)
+        else:
+            winners[grid](x, win, total, c, h, w, oh, ow, *x.stride(), *geometry, BLOCK=BLOCK)
     return y if write_y else win
 
 
 def _backward_triton(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p, d) -> torch.Tensor:
-    _, gather = _triton_kernels()
+    _, _, gather = _triton_kernels()
     n, c, h, w = x.shape
     oh, ow = y.shape[-2:]
     win = _scan_triton(x, oh, ow, k, s, p, d, write_y=False)
