@@ -1,7 +1,7 @@
 """``bluff``: the command line (run, demo, submit, serve, publish).
 
 Every RunConfig field is an option of ``bluff run``, generated from its declaration
-(``bluff_ray.run.config.add_arguments``: type, bounds, description as help), so the CLI can never
+(``bluff_ray.run.options.add_arguments``: type, bounds, description as help), so the CLI can never
 lag behind the config file format; options override ``--set KEY=VALUE``, which overrides the
 ``--config`` file, which overrides the defaults. ``bluff demo`` shares the options it has.
 """
@@ -29,20 +29,20 @@ DEMO_TARGET_CHUNK = 3
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """``--config``, ``--overwrite``, one option per RunConfig field (``--attack-steps`` for
     ``attack.steps``) and ``--set KEY=VALUE``."""
-    from bluff_ray.run import config
+    from bluff_ray.run import options
 
     p.add_argument("--config", metavar="FILE", help="TOML (.toml) or YAML (.yaml/.yml) run configuration; "
                    "command-line options override it")
     p.add_argument("--overwrite", action="store_true",
                    help="if the output root holds results of a different configuration, delete them first "
                    "(without it such a run is refused)")
-    config.add_arguments(p)
-    config.add_set_argument(p)
+    options.add_arguments(p)
+    options.add_set_argument(p)
 
 
 def config_from_args(args: argparse.Namespace, base: dict | None = None):
     """Defaults <- ``base`` <- config file <- --set <- command-line options."""
-    from bluff_ray.run.config import from_args
+    from bluff_ray.run.options import from_args
 
     return from_args(args, base)
 
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="digits demo: all 90 digit pairs on local Ray, then serve the viewer",
                        description="Train (or load the cached) digits model, compute all 90 ordered digit pairs at "
                        "10 strengths on a local Ray instance, write them to --out and serve the viewer.")
-    from bluff_ray.run.config import add_arguments
+    from bluff_ray.run.options import add_arguments
 
     # 32 of about 54 test images per digit keep the demo under 10 minutes on 2 cores; 60 takes them all.
     add_arguments(d, only=DEMO_OPTIONS, defaults=DEMO, flags={"num_workers": ("--workers", "--num-workers")},

@@ -121,17 +121,18 @@ def secrets_in(cfg) -> list[str]:
 def _job_config(cfg_path: str, extra_args: list[str]):
     """The RunConfig the job's ``bluff run --config FILE [extra args]`` will see (the config options among
     the extra args; others are left to the cluster's ``bluff run``)."""
-    from bluff_ray.run import config
+    from bluff_ray.run import options
+    from bluff_ray.run.config import ConfigError
 
     parser = argparse.ArgumentParser(prog="bluff run", add_help=False, exit_on_error=False)
     parser.add_argument("--config")
-    config.add_arguments(parser)
-    config.add_set_argument(parser)
+    options.add_arguments(parser)
+    options.add_set_argument(parser)
     try:
         args, _ = parser.parse_known_args(["--config", cfg_path, *extra_args])
     except argparse.ArgumentError as e:
-        raise config.ConfigError(f"options after --: {e}") from None
-    return config.from_args(args)
+        raise ConfigError(f"options after --: {e}") from None
+    return options.from_args(args)
 
 
 def build_request(
