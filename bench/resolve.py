@@ -22,10 +22,19 @@ from bluff_ray.run.config import RunConfig, resolve
 
 
 def adapter(n: int) -> ModelAdapter:
-    return ModelAdapter(name="bench", model=None, blocks=[], layers=[], input_pools=[],
-                        class_names=[f"class {i}" for i in range(n)], class_ids=[f"n{i:08d}" for i in range(n)],
-                        input_shape=(1, 8, 8), input_space="bench", load_image=None,
-                        metadata={"default_strengths": (0.5, 1.0)})
+    return ModelAdapter(
+        name="bench",
+        model=None,
+        blocks=[],
+        layers=[],
+        input_pools=[],
+        class_names=[f"class {i}" for i in range(n)],
+        class_ids=[f"n{i:08d}" for i in range(n)],
+        input_shape=(1, 8, 8),
+        input_space="bench",
+        load_image=None,
+        metadata={"default_strengths": (0.5, 1.0)},
+    )
 
 
 def timed(n_classes: int, n_originals: int, module=None, repeat: int = 3) -> tuple[int, float]:
@@ -42,8 +51,9 @@ def timed(n_classes: int, n_originals: int, module=None, repeat: int = 3) -> tup
 
 def old_config(commit: str = "3bf6741"):
     """config.py as it was at ``commit`` (the quadratic resolve), loaded beside this tree's."""
-    text = subprocess.run(["git", "show", f"{commit}:bluff_ray/run/config.py"], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(
+        ["git", "show", f"{commit}:bluff_ray/run/config.py"], capture_output=True, text=True, check=True
+    ).stdout
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(text)
     spec = importlib.util.spec_from_file_location("old_config", f.name)
@@ -54,8 +64,7 @@ def old_config(commit: str = "3bf6741"):
 
 
 def report(label: str, small: tuple[int, float], large: tuple[int, float]) -> None:
-    print(f"{label}: {small[0]:,} -> {large[0]:,} pairs (x{large[0] / small[0]:.1f}): "
-          f"time x{large[1] / small[1]:.1f}")
+    print(f"{label}: {small[0]:,} -> {large[0]:,} pairs (x{large[0] / small[0]:.1f}): time x{large[1] / small[1]:.1f}")
 
 
 def main() -> None:
@@ -66,8 +75,9 @@ def main() -> None:
     if args.before:
         old = old_config()
         report("this tree, 1,000 classes, 100 -> 300 originals", timed(1000, 100), timed(1000, 300))
-        report("commit 3bf6741, 1,000 classes, 100 -> 300 originals", timed(1000, 100, old, 1),
-               timed(1000, 300, old, 1))
+        report(
+            "commit 3bf6741, 1,000 classes, 100 -> 300 originals", timed(1000, 100, old, 1), timed(1000, 300, old, 1)
+        )
 
 
 if __name__ == "__main__":

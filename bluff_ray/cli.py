@@ -31,11 +31,17 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     ``attack.steps``) and ``--set KEY=VALUE``."""
     from bluff_ray.run import options
 
-    p.add_argument("--config", metavar="FILE", help="TOML (.toml) or YAML (.yaml/.yml) run configuration; "
-                   "command-line options override it")
-    p.add_argument("--overwrite", action="store_true",
-                   help="if the output root holds results of a different configuration, delete them first "
-                   "(without it such a run is refused)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML (.toml) or YAML (.yaml/.yml) run configuration; command-line options override it",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="if the output root holds results of a different configuration, delete them first "
+        "(without it such a run is refused)",
+    )
     options.add_arguments(p)
     options.add_set_argument(p)
 
@@ -48,8 +54,12 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("botocore", "s3fs", "aiobotocore", "fsspec", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -83,18 +93,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 #: The demo run: digits, all 90 ordered pairs, default strengths, assets; batch sizes for a CPU.
-DEMO = {"model": "digits", "data": "digits", "out": DEMO_OUT, "attack_batch_size": 2048, "benign_batch_size": 512,
-        "images_per_class": DEMO_IMAGES_PER_CLASS, "target_chunk": DEMO_TARGET_CHUNK}
+DEMO = {
+    "model": "digits",
+    "data": "digits",
+    "out": DEMO_OUT,
+    "attack_batch_size": 2048,
+    "benign_batch_size": 512,
+    "images_per_class": DEMO_IMAGES_PER_CLASS,
+    "target_chunk": DEMO_TARGET_CHUNK,
+}
 #: The RunConfig fields ``bluff demo`` has as options (``--workers`` for num_workers).
 DEMO_OPTIONS = ("out", "classes", "images_per_class", "num_workers")
 
 
-def demo_config(out: str = DEMO_OUT, workers: int | None = None, classes: list[str] | None = None,
-                images_per_class: int = DEMO_IMAGES_PER_CLASS):
+def demo_config(
+    out: str = DEMO_OUT,
+    workers: int | None = None,
+    classes: list[str] | None = None,
+    images_per_class: int = DEMO_IMAGES_PER_CLASS,
+):
     from bluff_ray.run.config import from_dict
 
-    return from_dict({**DEMO, "out": out, "num_workers": workers, "classes": classes,
-                      "images_per_class": images_per_class})
+    return from_dict(
+        {**DEMO, "out": out, "num_workers": workers, "classes": classes, "images_per_class": images_per_class}
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -126,29 +148,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("run", help="compute pairs into a results root (resumable)",
-                       description="Compute every requested class pair on Ray and write the results root "
-                       "(docs/FORMAT.md). Finished work units are skipped on a rerun with the same configuration; "
-                       "a different configuration into the same root is refused unless --overwrite.")
+    p = sub.add_parser(
+        "run",
+        help="compute pairs into a results root (resumable)",
+        description="Compute every requested class pair on Ray and write the results root "
+        "(docs/FORMAT.md). Finished work units are skipped on a rerun with the same configuration; "
+        "a different configuration into the same root is refused unless --overwrite.",
+    )
     add_run_options(p)
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="connect to this Ray cluster (default: $RAY_ADDRESS, else start a local Ray instance)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="connect to this Ray cluster (default: $RAY_ADDRESS, else start a local Ray instance)",
+    )
     p.set_defaults(func=cmd_run)
 
-    d = sub.add_parser("demo", help="digits demo: all 90 digit pairs on local Ray, then serve the viewer",
-                       description="Train (or load the cached) digits model, compute all 90 ordered digit pairs at "
-                       "10 strengths on a local Ray instance, write them to --out and serve the viewer.")
+    d = sub.add_parser(
+        "demo",
+        help="digits demo: all 90 digit pairs on local Ray, then serve the viewer",
+        description="Train (or load the cached) digits model, compute all 90 ordered digit pairs at "
+        "10 strengths on a local Ray instance, write them to --out and serve the viewer.",
+    )
     from bluff_ray.run.options import add_arguments
 
     # 32 of about 54 test images per digit keep the demo under 10 minutes on 2 cores; 60 takes them all.
-    add_arguments(d, only=DEMO_OPTIONS, defaults=DEMO, flags={"num_workers": ("--workers", "--num-workers")},
-                  title="run configuration (the bluff run options of the same name)")
+    add_arguments(
+        d,
+        only=DEMO_OPTIONS,
+        defaults=DEMO,
+        flags={"num_workers": ("--workers", "--num-workers")},
+        title="run configuration (the bluff run options of the same name)",
+    )
     d.add_argument("--no-serve", action="store_true", help="stop after computing; do not start the viewer server")
     d.add_argument("--host", default="127.0.0.1", help="viewer server address (default: 127.0.0.1)")
     d.add_argument("--port", type=int, default=8000, help="viewer server port (default: 8000)")
     d.add_argument("--open", action="store_true", help="open the viewer in a web browser")
-    d.add_argument("--overwrite", action="store_true",
-                   help="replace results of a different configuration already in --out")
+    d.add_argument(
+        "--overwrite", action="store_true", help="replace results of a different configuration already in --out"
+    )
     d.set_defaults(func=cmd_demo)
 
     from bluff_ray.run import submit

@@ -26,9 +26,19 @@ from bluff_ray.run.config import (
 
 def fake_adapter(names=("zero", "one", "two", "three"), ids=None, strengths=(0.5, 1.0)) -> ModelAdapter:
     """Only the class list and metadata matter for resolve()."""
-    return ModelAdapter(name="fake", model=None, blocks=[], layers=[], input_pools=[], class_names=list(names),
-                        class_ids=list(ids or [str(i) for i in range(len(names))]), input_shape=(1, 8, 8),
-                        input_space="test", load_image=None, metadata={"default_strengths": strengths})
+    return ModelAdapter(
+        name="fake",
+        model=None,
+        blocks=[],
+        layers=[],
+        input_pools=[],
+        class_names=list(names),
+        class_ids=list(ids or [str(i) for i in range(len(names))]),
+        input_shape=(1, 8, 8),
+        input_space="test",
+        load_image=None,
+        metadata={"default_strengths": strengths},
+    )
 
 
 TOML = """
@@ -77,9 +87,28 @@ def test_cli_overrides_file_which_overrides_defaults(tmp_path):
     t = tmp_path / "run.toml"
     t.write_text(TOML)
     args = cli.build_parser().parse_args(
-        ["run", "--config", str(t), "--attack-steps", "3", "--no-assets-enabled", "--seed", "9",
-         "--storage-option", "endpoint_url=http://x:1", "--storage-option", "anon=false", "--classes", "1,2",
-         "--set", "pathways.k=8", "--set", "seed=5", "--set", "storage_options.max_concurrency=4"]
+        [
+            "run",
+            "--config",
+            str(t),
+            "--attack-steps",
+            "3",
+            "--no-assets-enabled",
+            "--seed",
+            "9",
+            "--storage-option",
+            "endpoint_url=http://x:1",
+            "--storage-option",
+            "anon=false",
+            "--classes",
+            "1,2",
+            "--set",
+            "pathways.k=8",
+            "--set",
+            "seed=5",
+            "--set",
+            "storage_options.max_concurrency=4",
+        ]
     )
     cfg = cli.config_from_args(args)
     assert cfg.attack.steps == 3  # CLI
@@ -133,8 +162,11 @@ def test_bluff_run_refuses_an_endless_attack_in_one_line_with_exit_2(tmp_path, c
     """``attack.steps = 10**12`` (file or option) stops before anything starts: exit 2, one line."""
     conf = tmp_path / "run.toml"
     conf.write_text("[attack]\nsteps = 1000000000000\n")
-    for argv in (["run", "--config", str(conf)], ["run", "--attack-steps", str(10**12)],
-                 ["run", "--set", "attack.steps=1000000000000"]):
+    for argv in (
+        ["run", "--config", str(conf)],
+        ["run", "--attack-steps", str(10**12)],
+        ["run", "--set", "attack.steps=1000000000000"],
+    ):
         assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "attack.steps" in err and "10000" in err, err
@@ -147,8 +179,14 @@ def test_one_key_value_parser_for_storage_options(monkeypatch):
     from bluff_ray.web import publish
 
     items = ["anon=false", "endpoint_url=http://h:9=x", "max_concurrency=8", "key=0123", "secret=1e3", " k = v "]
-    want = {"anon": False, "endpoint_url": "http://h:9=x", "max_concurrency": 8, "key": "0123", "secret": "1e3",
-            "k": "v"}
+    want = {
+        "anon": False,
+        "endpoint_url": "http://h:9=x",
+        "max_concurrency": 8,
+        "key": "0123",
+        "secret": "1e3",
+        "k": "v",
+    }
     assert parse_options(items) == want
     seen = {}
     monkeypatch.setattr(publish, "publish", lambda *a, storage_options=None, **k: seen.update(storage_options))
@@ -221,12 +259,21 @@ def test_config_hash_covers_result_fields_only():
         RunConfig(classes=[1, 0], num_workers=7, out="s3://elsewhere/x", storage_options={"key": "k"}, progress=False),
         RunConfig(classes=["zero", "one"], strengths=[0.5, 1.0]),  # explicit = default strengths
         # the selection: other classes, originals or pairs
-        RunConfig(classes=[0, 2]), RunConfig(), RunConfig(originals=[3]), RunConfig(pairs=["1:3", "2:0"]),
+        RunConfig(classes=[0, 2]),
+        RunConfig(),
+        RunConfig(originals=[3]),
+        RunConfig(pairs=["1:3", "2:0"]),
         RunConfig(device="cpu", model_cache="/m"),
         # speed knobs: random starts are drawn per block of samples, so batches change no result
-        RunConfig(classes=[0, 1], attack_batch_size=64, benign_batch_size=7, worker_timeout_s=5, node_cache="/x",
-                  attack=dataclasses.replace(RunConfig().attack, compile=True),
-                  pathways=dataclasses.replace(RunConfig().pathways, batch_size=3)),
+        RunConfig(
+            classes=[0, 1],
+            attack_batch_size=64,
+            benign_batch_size=7,
+            worker_timeout_s=5,
+            node_cache="/x",
+            attack=dataclasses.replace(RunConfig().attack, compile=True),
+            pathways=dataclasses.replace(RunConfig().pathways, batch_size=3),
+        ),
     ]
     for cfg in same:
         assert resolve(cfg, a).config_hash() == base.config_hash()
@@ -249,8 +296,12 @@ def test_config_hash_covers_result_fields_only():
     json.dumps(base.canonical())  # plain JSON
     for name in ("storage_options", "out", "classes", "originals", "pairs", "num_workers", "device"):
         assert name not in base.canonical(), name
-    assert resolve(RunConfig(originals=[3]), a).selection() == {"classes": [0, 1, 2, 3], "pairs": "all",
-                                                                 "originals": [3], "target_chunk": 3}
+    assert resolve(RunConfig(originals=[3]), a).selection() == {
+        "classes": [0, 1, 2, 3],
+        "pairs": "all",
+        "originals": [3],
+        "target_chunk": 3,
+    }
 
 
 def test_mismatch_message_names_the_differing_fields_and_values():

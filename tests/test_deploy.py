@@ -79,8 +79,9 @@ def test_rayjob_manifest():
     assert limits["nvidia.com/gpu"] == 1
     # no autoscaler here: the run waits for exactly the GPU pods the group starts
     assert "enableInTreeAutoscaling" not in job["spec"]["rayClusterSpec"]
-    assert cfg.num_workers == sum(w["replicas"] * w["template"]["spec"]["containers"][0]["resources"]["limits"]
-                                  ["nvidia.com/gpu"] for w in workers)
+    assert cfg.num_workers == sum(
+        w["replicas"] * w["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] for w in workers
+    )
     # token authentication, by the operator (it creates the token Secret and the env of every container)
     assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
     containers = [c for g in [head, *workers] for c in g["template"]["spec"]["containers"]]
@@ -115,13 +116,27 @@ def test_cluster_launcher_yaml():
 
 
 def test_readme_documents_token_authentication():
-    for needle in ("RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "~/.ray/auth_token",
-                   "ray get-auth-token --generate", "ray get-auth-token", "--auth-token-path",
-                   "Authorization: Bearer", "exit code 2", "authOptions"):
+    for needle in (
+        "RAY_AUTH_MODE=token",
+        "RAY_AUTH_TOKEN_PATH",
+        "RAY_AUTH_TOKEN",
+        "~/.ray/auth_token",
+        "ray get-auth-token --generate",
+        "ray get-auth-token",
+        "--auth-token-path",
+        "Authorization: Bearer",
+        "exit code 2",
+        "authOptions",
+    ):
         assert needle in README, needle
     # the option the README tells people to use exists, and sets what the README says
-    help_text = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--help"], capture_output=True,
-                               text=True, check=True, cwd=REPO).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "bluff_ray.cli", "submit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
     assert "--auth-token-path" in help_text and "RAY_AUTH_TOKEN_PATH" in help_text
 
 
@@ -225,26 +240,55 @@ def test_build_request(tmp_path):
 
 
 def test_submit_dry_run_cli():
-    proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--config", "deploy/imagenet.toml",
-                           "--dry-run", "--", "--classes", "0,1"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bluff_ray.cli",
+            "submit",
+            "--config",
+            "deploy/imagenet.toml",
+            "--dry-run",
+            "--",
+            "--classes",
+            "0,1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "entrypoint: python -m bluff_ray.cli run --config deploy/imagenet.toml --classes 0,1" in proc.stdout
 
 
-@pytest.mark.parametrize("where, text, extra, env, found", [
-    ("run.toml", 'model = "digits"\n[storage_options]\nsecret = "wJalrXUtnFEMI"\n', [], {}, "storage_options.secret"),
-    ("run.toml", 'model = "digits"\n[storage_options]\nkey = "AKIAEXAMPLE"\n', [], {}, "storage_options.key"),
-    ("run.yaml", "storage_options:\n  client_kwargs: {aws_secret_access_key: x}\n", [], {},
-     "storage_options.client_kwargs.aws_secret_access_key"),
-    ("run.yaml", "storage_options: {token: abc, password: p}\n", [], {}, "storage_options.token"),
-    ("run.toml", 'out = "s3://AKIA:secret@bucket/results"\n', [], {}, "out (credentials in the URL)"),
-    ("run.toml", 'data = "https://host/val?X-Amz-Signature=abc"\n', [], {}, "data (credentials in the URL)"),
-    ("run.toml", 'model = "digits"\n', ["--set", "storage_options.password=p"], {}, "storage_options.password"),
-    ("run.toml", 'model = "digits"\n', ["--weights", "s3://u:p@b/w.pth"], {}, "weights (credentials in the URL)"),
-    ("run.toml", 'model = "digits"\n', [], {"AWS_SECRET_ACCESS_KEY": "x"}, "AWS_SECRET_ACCESS_KEY"),
-    ("run.toml", 'model = "digits"\n', [], {"AWS_SESSION_TOKEN": "x"}, "AWS_SESSION_TOKEN"),
-])
+@pytest.mark.parametrize(
+    "where, text, extra, env, found",
+    [
+        (
+            "run.toml",
+            'model = "digits"\n[storage_options]\nsecret = "wJalrXUtnFEMI"\n',
+            [],
+            {},
+            "storage_options.secret",
+        ),
+        ("run.toml", 'model = "digits"\n[storage_options]\nkey = "AKIAEXAMPLE"\n', [], {}, "storage_options.key"),
+        (
+            "run.yaml",
+            "storage_options:\n  client_kwargs: {aws_secret_access_key: x}\n",
+            [],
+            {},
+            "storage_options.client_kwargs.aws_secret_access_key",
+        ),
+        ("run.yaml", "storage_options: {token: abc, password: p}\n", [], {}, "storage_options.token"),
+        ("run.toml", 'out = "s3://AKIA:secret@bucket/results"\n', [], {}, "out (credentials in the URL)"),
+        ("run.toml", 'data = "https://host/val?X-Amz-Signature=abc"\n', [], {}, "data (credentials in the URL)"),
+        ("run.toml", 'model = "digits"\n', ["--set", "storage_options.password=p"], {}, "storage_options.password"),
+        ("run.toml", 'model = "digits"\n', ["--weights", "s3://u:p@b/w.pth"], {}, "weights (credentials in the URL)"),
+        ("run.toml", 'model = "digits"\n', [], {"AWS_SECRET_ACCESS_KEY": "x"}, "AWS_SECRET_ACCESS_KEY"),
+        ("run.toml", 'model = "digits"\n', [], {"AWS_SESSION_TOKEN": "x"}, "AWS_SESSION_TOKEN"),
+    ],
+)
 def test_submit_refuses_secrets_from_any_source(tmp_path, where, text, extra, env, found):
     """A config file travels with the job and its command line and environment show in the Ray dashboard:
     a secret from any of them is refused before anything is sent, naming where it is."""
@@ -255,8 +299,11 @@ def test_submit_refuses_secrets_from_any_source(tmp_path, where, text, extra, en
     assert "IAM role" in str(e.value)
     # the same without the secret goes through
     clean = tmp_path / f"clean{conf.suffix}"
-    clean.write_text("storage_options: {endpoint_url: 'http://127.0.0.1:9000', anon: false}\n" if where.endswith(
-        "yaml") else '[storage_options]\nendpoint_url = "http://127.0.0.1:9000"\n')
+    clean.write_text(
+        "storage_options: {endpoint_url: 'http://127.0.0.1:9000', anon: false}\n"
+        if where.endswith("yaml")
+        else '[storage_options]\nendpoint_url = "http://127.0.0.1:9000"\n'
+    )
     req = submit.build_request(str(clean), str(tmp_path), ["--set", "storage_options.anon=true"], {"LOG_LEVEL": "1"})
     assert req.runtime_env["env_vars"] == {"LOG_LEVEL": "1"}
 
@@ -264,16 +311,47 @@ def test_submit_refuses_secrets_from_any_source(tmp_path, where, text, extra, en
 def test_submit_cli_refuses_a_config_secret_in_one_line(tmp_path):
     conf = tmp_path / "run.toml"
     conf.write_text('[storage_options]\nsecret = "wJalrXUtnFEMI-do-not-ship"\n')
-    proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--config", str(conf), "--working-dir",
-                           str(tmp_path), "--dry-run"], check=False, cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bluff_ray.cli",
+            "submit",
+            "--config",
+            str(conf),
+            "--working-dir",
+            str(tmp_path),
+            "--dry-run",
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "storage_options.secret" in proc.stderr, proc.stderr
     assert "wJalrXUtnFEMI" not in proc.stderr  # the value itself is never printed
     # invalid run options after -- are refused here too, naming the key, not on the cluster
-    proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--config", "deploy/imagenet.toml",
-                           "--dry-run", "--", "--attack-steps", "1000000000000"], check=False, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bluff_ray.cli",
+            "submit",
+            "--config",
+            "deploy/imagenet.toml",
+            "--dry-run",
+            "--",
+            "--attack-steps",
+            "1000000000000",
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "attack.steps" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 

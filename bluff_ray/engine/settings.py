@@ -19,8 +19,12 @@ import typing
 from typing import Any
 
 #: Metadata keys that are bounds (pydantic ``Field`` argument names), with their test and wording.
-_BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
-           "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+_BOUNDS = {
+    "ge": (lambda v, b: v >= b, ">="),
+    "gt": (lambda v, b: v > b, ">"),
+    "le": (lambda v, b: v <= b, "<="),
+    "lt": (lambda v, b: v < b, "<"),
+}
 
 
 def setting(default: Any, description: str, **constraints: Any) -> Any:
@@ -49,7 +53,8 @@ def _base(hint: Any) -> Any:
 def check(obj: Any) -> None:
     """Raise ValueError naming the first field of dataclass ``obj`` that breaks its declaration:
     an ``int`` field holding a non-integer (or a bool), a number outside its bounds or not finite."""
-    hints = _hints(type(obj))
+    cls: Any = type(obj)
+    hints = _hints(cls)
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         if v is None:

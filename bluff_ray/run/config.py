@@ -88,9 +88,15 @@ def _settings_class(engine_cls: type, drop: set[str], name: str) -> type:
     """``engine_cls`` without the fields in ``drop`` (which live elsewhere in RunConfig): the same
     field declarations, validated by the engine class itself (its ``__post_init__``)."""
     hints = typing.get_type_hints(engine_cls)
-    fields = [(f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory,
-                                                        metadata=f.metadata))
-              for f in dataclasses.fields(engine_cls) if f.name not in drop]
+    fields = [
+        (
+            f.name,
+            hints[f.name],
+            dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
+        )
+        for f in dataclasses.fields(engine_cls)
+        if f.name not in drop
+    ]
 
     def __post_init__(self) -> None:
         engine_cls(**dataclasses.asdict(self))
@@ -128,8 +134,11 @@ def _ascending(values: list[float] | None) -> list[float] | None:
 
 def _pairs(value: Any) -> Any:
     items = _split(value)
-    return None if items is None else [f"{p[0]}:{p[1]}" if isinstance(p, (list, tuple)) and len(p) == 2 else p
-                                       for p in items]
+    return (
+        None
+        if items is None
+        else [f"{p[0]}:{p[1]}" if isinstance(p, (list, tuple)) and len(p) == 2 else p for p in items]
+    )
 
 
 def _known_model(name: str) -> str:
@@ -146,8 +155,11 @@ def _known_model(name: str) -> str:
 # has ~1,300 images per class; the footer limit caps target_chunk far lower, see resolve()).
 Classes = Annotated[Annotated[list[int | str], Field(min_length=1)] | None, BeforeValidator(_split)]
 Strength = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
-Strengths = Annotated[Annotated[list[Strength], Field(min_length=1, max_length=100)] | None,
-                      BeforeValidator(_numbers), AfterValidator(_ascending)]
+Strengths = Annotated[
+    Annotated[list[Strength], Field(min_length=1, max_length=100)] | None,
+    BeforeValidator(_numbers),
+    AfterValidator(_ascending),
+]
 Pairs = Annotated[Annotated[list[str], Field(min_length=1)] | None, BeforeValidator(_pairs)]
 ModelName = Annotated[str, AfterValidator(_known_model)]
 
@@ -161,66 +173,115 @@ class RunConfig:
     """Everything a ``bluff run`` needs; each field's description is its ``--help`` text."""
 
     model: ModelName = setting(
-        "digits", "model to explain: 'digits' (the offline demo net), 'googlenet' (torchvision InceptionV1) or "
+        "digits",
+        "model to explain: 'digits' (the offline demo net), 'googlenet' (torchvision InceptionV1) or "
         "'rehearsal' (GoogLeNet's layers and 1,000 classes at 8x8 with seeded random weights: rehearse a full-scale "
-        "run)")
+        "run)",
+    )
     weights: str | None = setting(
-        None, "model weights: for googlenet 'torchvision' (the torch hub cache), a local .pth state_dict, an fsspec "
+        None,
+        "model weights: for googlenet 'torchvision' (the torch hub cache), a local .pth state_dict, an fsspec "
         "URL (s3://...) or 'random' (benchmarks); for digits a state_dict path/URL (default: the cached or freshly "
-        "trained demo net); for rehearsal 'seed:<n>'")
+        "trained demo net); for rehearsal 'seed:<n>'",
+    )
     model_cache: str | None = setting(
-        None, "folder for the digits checkpoint cache (default $BLUFF_CACHE or ~/.cache/bluff_ray)", **NOT_IDENTITY)
+        None, "folder for the digits checkpoint cache (default $BLUFF_CACHE or ~/.cache/bluff_ray)", **NOT_IDENTITY
+    )
     data: str = setting(
-        "digits", "image source: 'digits' (scikit-learn digits, test split), 'synthetic' (deterministic generated "
+        "digits",
+        "image source: 'digits' (scikit-learn digits, test split), 'synthetic' (deterministic generated "
         "images for any model; 8 per class unless images_per_class says otherwise) or an ImageFolder URL (local path, "
-        "s3://bucket/prefix, ...) holding one folder per class named by its wnid/class id")
-    out: str = setting("./bluff-results", "results root: a local folder or an fsspec URL such as s3://bucket/prefix",
-                       **NOT_IDENTITY)
+        "s3://bucket/prefix, ...) holding one folder per class named by its wnid/class id",
+    )
+    out: str = setting(
+        "./bluff-results", "results root: a local folder or an fsspec URL such as s3://bucket/prefix", **NOT_IDENTITY
+    )
     storage_options: dict[str, Any] = setting(
-        dict, "fsspec options for the results root and an s3:// image source, KEY=VALUE (repeatable; e.g. "
+        dict,
+        "fsspec options for the results root and an s3:// image source, KEY=VALUE (repeatable; e.g. "
         "endpoint_url=http://127.0.0.1:9000, anon=false; true/false and plain numbers are typed); never written to "
-        "results or logs", **NOT_IDENTITY)
+        "results or logs",
+        **NOT_IDENTITY,
+    )
     classes: Classes = setting(
-        None, "classes to include, by id, wnid or name, comma separated (default: all classes of the model)",
-        **NOT_IDENTITY)
+        None,
+        "classes to include, by id, wnid or name, comma separated (default: all classes of the model)",
+        **NOT_IDENTITY,
+    )
     originals: Classes = setting(
-        None, "attack only these classes (toward every other selected class), by id, wnid or name, comma separated "
+        None,
+        "attack only these classes (toward every other selected class), by id, wnid or name, comma separated "
         "(default: all selected classes); e.g. to split a run, or to rehearse 3 originals x 999 targets",
-        **NOT_IDENTITY)
+        **NOT_IDENTITY,
+    )
     pairs: Pairs = setting(
-        None, "ordered pairs to compute as ORIGINAL:TARGET (ids, wnids or names), comma separated (default: every "
-        "ordered pair of the selected classes)", **NOT_IDENTITY)
-    images_per_class: int | None = setting(None, "use at most this many images per class (default: all)", ge=1,
-                                           le=100_000)
+        None,
+        "ordered pairs to compute as ORIGINAL:TARGET (ids, wnids or names), comma separated (default: every "
+        "ordered pair of the selected classes)",
+        **NOT_IDENTITY,
+    )
+    images_per_class: int | None = setting(
+        None, "use at most this many images per class (default: all)", ge=1, le=100_000
+    )
     strengths: Strengths = setting(
-        None, "attack strengths (eps in the model's [0,1] input space), comma separated, ascending (default: the "
-        "model's default_strengths)")
-    seed: int = setting(0, "base random seed; every work unit derives its own seed from it, the class and the "
-                        "target chunk", ge=0, lt=2**63)
+        None,
+        "attack strengths (eps in the model's [0,1] input space), comma separated, ascending (default: the "
+        "model's default_strengths)",
+    )
+    seed: int = setting(
+        0,
+        "base random seed; every work unit derives its own seed from it, the class and the target chunk",
+        ge=0,
+        lt=2**63,
+    )
     target_chunk: int | None = setting(
-        None, "targets per work unit and per nodes/edges/causal file (default and maximum: as many as keep a file's "
+        None,
+        "targets per work unit and per nodes/edges/causal file (default and maximum: as many as keep a file's "
         f"Parquet footer within the viewer's first 16 KiB read, {layout.max_targets_per_file(10)} at 10 strengths)",
-        ge=1, le=10_000)
+        ge=1,
+        le=10_000,
+    )
     num_workers: int | None = setting(
-        None, "Ray actors to run, one per GPU (or per CPU without GPUs); the run waits for them (default: every GPU "
+        None,
+        "Ray actors to run, one per GPU (or per CPU without GPUs); the run waits for them (default: every GPU "
         "the cluster can have, from the autoscaler's node types where available, else those present; without GPUs "
-        "one per CPU)", ge=1, le=100_000, **NOT_IDENTITY)
+        "one per CPU)",
+        ge=1,
+        le=100_000,
+        **NOT_IDENTITY,
+    )
     worker_timeout_s: float = setting(
-        600.0, "seconds to wait for the requested workers to start (the autoscaler may need to launch nodes); after "
-        "that the run goes on with those ready, or stops if none is", ge=0, le=7 * 86_400, allow_inf_nan=False,
-        **NOT_IDENTITY)
+        600.0,
+        "seconds to wait for the requested workers to start (the autoscaler may need to launch nodes); after "
+        "that the run goes on with those ready, or stops if none is",
+        ge=0,
+        le=7 * 86_400,
+        allow_inf_nan=False,
+        **NOT_IDENTITY,
+    )
     attack_batch_size: int | None = setting(
-        None, "attacked samples per PGD batch per actor (default: chosen from the device's free memory and the "
-        "model's measured per-sample footprint; halved automatically on out-of-memory)", ge=1, le=2**20,
-        **NOT_IDENTITY)
-    benign_batch_size: int = setting(256, "images per forward pass in the benign stage", ge=1, le=65_536,
-                                     **NOT_IDENTITY)
+        None,
+        "attacked samples per PGD batch per actor (default: chosen from the device's free memory and the "
+        "model's measured per-sample footprint; halved automatically on out-of-memory)",
+        ge=1,
+        le=2**20,
+        **NOT_IDENTITY,
+    )
+    benign_batch_size: int = setting(
+        256, "images per forward pass in the benign stage", ge=1, le=65_536, **NOT_IDENTITY
+    )
     device: str | None = setting(
-        None, "torch device in the actors: 'cuda', 'cuda:N' or 'cpu' (default: cuda when the actor got a GPU)",
-        pattern=r"^(cpu|cuda(:[0-9]+)?)$", **NOT_IDENTITY)
+        None,
+        "torch device in the actors: 'cuda', 'cuda:N' or 'cpu' (default: cuda when the actor got a GPU)",
+        pattern=r"^(cpu|cuda(:[0-9]+)?)$",
+        **NOT_IDENTITY,
+    )
     node_cache: str | None = setting(
-        None, "folder on each node's local disk for decoded images shared by the actors there (default "
-        "$BLUFF_NODE_CACHE or <tmp>/bluff-node-cache)", **NOT_IDENTITY)
+        None,
+        "folder on each node's local disk for decoded images shared by the actors there (default "
+        "$BLUFF_NODE_CACHE or <tmp>/bluff-node-cache)",
+        **NOT_IDENTITY,
+    )
     progress: bool = setting(True, "show a progress bar", **NOT_IDENTITY)
     attack: AttackSettings = setting(AttackSettings, "the attack")  # type: ignore[valid-type]
     pathways: PathwayConfig = setting(PathwayConfig, "the pair summary")
@@ -267,8 +328,10 @@ def _base(hint: Any) -> Any:
 # Errors: one line naming the dotted key
 
 # Keys people put in the wrong table, with what to do instead.
-_MOVED = {"attack.strengths": "set strengths at the top level (strengths = [...]), not in [attack]",
-          "attack.seed": "set seed at the top level (seed = N), not in [attack]"}
+_MOVED = {
+    "attack.strengths": "set strengths at the top level (strengths = [...]), not in [attack]",
+    "attack.seed": "set seed at the top level (seed = N), not in [attack]",
+}
 
 
 def _dotted(loc: Sequence[Any]) -> str:
@@ -422,8 +485,9 @@ def typed_overrides(flat: Mapping[str, Any]) -> dict[str, Any]:
     return _normalise(unflatten({k: typed_value(k, v) for k, v in flat.items()}))
 
 
-def load(path: str | None = None, overrides: Mapping[str, Any] | None = None,
-         base: Mapping[str, Any] | None = None) -> RunConfig:
+def load(
+    path: str | None = None, overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None
+) -> RunConfig:
     """Defaults, then ``base`` (other defaults, e.g. the demo's), then the config file (if any), then the
     ``overrides`` (dotted keys; text is typed by the field)."""
     values = _merge(_normalise(base or {}), _normalise(load_file(path)) if path else {})
@@ -462,11 +526,13 @@ class ResolvedRun:
     def selection(self) -> dict[str, Any]:
         """Which pairs this run computes (not part of the identity: a root can grow by selections)."""
         c = self.config
-        return {"classes": list(self.classes),
-                # explicit pairs only: listing 999,000 default pairs would make manifest.json megabytes
-                "pairs": [list(p) for p in self.pairs] if c.pairs is not None else "all",
-                "originals": sorted({o for o, _ in self.pairs}) if c.originals is not None else None,
-                "target_chunk": self.target_chunk}
+        return {
+            "classes": list(self.classes),
+            # explicit pairs only: listing 999,000 default pairs would make manifest.json megabytes
+            "pairs": [list(p) for p in self.pairs] if c.pairs is not None else "all",
+            "originals": sorted({o for o, _ in self.pairs}) if c.originals is not None else None,
+            "target_chunk": self.target_chunk,
+        }
 
     def config_hash(self) -> str:
         return config_hash(self.canonical())
@@ -524,8 +590,10 @@ def mismatch_message(root: str, old: Mapping[str, Any], new: Mapping[str, Any]) 
     for name in names:
         a, b = (json.dumps(_plain(_lookup(t, name)), default=str) for t in (old, new))
         parts.append(f"{name} ({a} -> {b})" if len(a) + len(b) <= 60 and name != "config_hash" else name)
-    return (f"{root} already holds results of a different run configuration (differing: {', '.join(parts)}). "
-            "Use another output root, or pass --overwrite to delete those results.")
+    return (
+        f"{root} already holds results of a different run configuration (differing: {', '.join(parts)}). "
+        "Use another output root, or pass --overwrite to delete those results."
+    )
 
 
 class ClassIndex:
@@ -612,15 +680,18 @@ def resolve(cfg: RunConfig, adapter, model_identity: Mapping[str, Any] | None = 
         if not strengths:
             raise ConfigError(f"model {adapter.name} has no default_strengths: set strengths")
     try:
-        attack = AttackConfig(**dataclasses.asdict(cfg.attack), strengths=tuple(float(s) for s in strengths),
-                              seed=cfg.seed)
+        attack = AttackConfig(
+            **dataclasses.asdict(cfg.attack), strengths=tuple(float(s) for s in strengths), seed=cfg.seed
+        )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid attack config: {e}") from e
     limit = layout.max_targets_per_file(len(attack.strengths))
     if cfg.target_chunk is not None and cfg.target_chunk > limit:
-        raise ConfigError(f"target_chunk {cfg.target_chunk} is too large: a nodes/edges file with more than {limit} "
-                          f"targets at {len(attack.strengths)} strengths has a Parquet footer larger than the "
-                          "viewer's first 16 KiB read")
+        raise ConfigError(
+            f"target_chunk {cfg.target_chunk} is too large: a nodes/edges file with more than {limit} "
+            f"targets at {len(attack.strengths)} strengths has a Parquet footer larger than the "
+            "viewer's first 16 KiB read"
+        )
     chunk = cfg.target_chunk or limit
     identity = dict(model_identity or {})
     return ResolvedRun(cfg, attack, tuple(classes), tuple(pairs), int(min(chunk, n_targets)), identity)

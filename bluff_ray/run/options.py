@@ -37,8 +37,13 @@ def _help(f: dataclasses.Field, default: Any, show_default: bool = True, overrid
         text = re.sub(r" \(default: [^)]*\)$", "", text)
     extra = [_range(f.metadata)] if _range(f.metadata) else []
     if show_default and "default" not in text:
-        shown = "unset" if default is None else ",".join(map(str, default)) if isinstance(default, (list, tuple)) \
+        shown = (
+            "unset"
+            if default is None
+            else ",".join(map(str, default))
+            if isinstance(default, (list, tuple))
             else str(default)
+        )
         extra.append(f"default: {shown}")
     return f"{text} ({'; '.join(extra)})" if extra else text
 
@@ -47,24 +52,51 @@ def _flag(key: str) -> str:
     return "--" + key.replace(".", "-").replace("_", "-")
 
 
-def _add(group: argparse._ArgumentGroup, key: str, f: dataclasses.Field, typ: Any, default: Any,
-         flags: Sequence[str] | None = None, overridden: bool = False) -> None:
+def _add(
+    group: argparse._ArgumentGroup,
+    key: str,
+    f: dataclasses.Field,
+    typ: Any,
+    default: Any,
+    flags: Sequence[str] | None = None,
+    overridden: bool = False,
+) -> None:
     names = list(flags or [_flag(key)])
     if typing.get_origin(typ) is dict:  # storage_options: --storage-option KEY=VALUE, repeatable
-        group.add_argument(_flag(key).removesuffix("s"), dest=key, metavar="KEY=VALUE", action="append",
-                           default=argparse.SUPPRESS, help=_help(f, None, show_default=False))
+        group.add_argument(
+            _flag(key).removesuffix("s"),
+            dest=key,
+            metavar="KEY=VALUE",
+            action="append",
+            default=argparse.SUPPRESS,
+            help=_help(f, None, show_default=False),
+        )
     elif typ is bool:
-        group.add_argument(*names, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=_help(f, default, overridden=overridden))
+        group.add_argument(
+            *names,
+            dest=key,
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=_help(f, default, overridden=overridden),
+        )
     else:
         metavar = "LIST" if typing.get_origin(typ) is list else getattr(typ, "__name__", "VALUE").upper()
-        group.add_argument(*names, dest=key, metavar=metavar.replace("STR", "TEXT"), default=argparse.SUPPRESS,
-                           help=_help(f, default, overridden=overridden))
+        group.add_argument(
+            *names,
+            dest=key,
+            metavar=metavar.replace("STR", "TEXT"),
+            default=argparse.SUPPRESS,
+            help=_help(f, default, overridden=overridden),
+        )
 
 
-def add_arguments(parser: argparse.ArgumentParser, only: Iterable[str] | None = None,
-                  defaults: Mapping[str, Any] | None = None, flags: Mapping[str, Sequence[str]] | None = None,
-                  title: str = "run configuration (also settable in the config file)") -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    only: Iterable[str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    flags: Mapping[str, Sequence[str]] | None = None,
+    title: str = "run configuration (also settable in the config file)",
+) -> None:
     """One option per RunConfig field (``--attack-steps`` for ``attack.steps``), help from its description.
 
     ``only`` limits them to some dotted keys (``bluff demo``), ``defaults`` shows other defaults in the
@@ -86,14 +118,27 @@ def add_arguments(parser: argparse.ArgumentParser, only: Iterable[str] | None = 
             continue
         group = parser.add_argument_group(f"[{section}] options")
         for key, f, typ in keys:
-            _add(group, key, f, typ, defaults.get(key, getattr(getattr(base, section), key.split(".")[1])),
-                 flags.get(key), key in defaults)
+            _add(
+                group,
+                key,
+                f,
+                typ,
+                defaults.get(key, getattr(getattr(base, section), key.split(".")[1])),
+                flags.get(key),
+                key in defaults,
+            )
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", dest="set_values", metavar="KEY=VALUE", action="append", default=[],
-                        help="set any config key, dotted for the tables (e.g. attack.steps=20); repeatable; the "
-                        "named options above take precedence")
+    parser.add_argument(
+        "--set",
+        dest="set_values",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="set any config key, dotted for the tables (e.g. attack.steps=20); repeatable; the "
+        "named options above take precedence",
+    )
 
 
 def from_args(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> RunConfig:

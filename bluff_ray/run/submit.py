@@ -43,15 +43,19 @@ DEFAULT_TOKEN_PATH = os.path.join("~", ".ray", "auth_token")
 HOW_TO_AUTH = (
     "Give bluff submit the cluster's token: --auth-token-path FILE, or Ray's own variables "
     "RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH=FILE (or RAY_AUTH_TOKEN, or the file ~/.ray/auth_token). "
-    "`ray get-auth-token` on the head node prints the cluster's token (deploy/README.md, \"Authentication\")."
+    '`ray get-auth-token` on the head node prints the cluster\'s token (deploy/README.md, "Authentication").'
 )
 
 
 # Words that make a storage option, URL query parameter or environment variable a secret.
 SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "key", "signature", "session")
-SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY|SESSION_KEY", re.IGNORECASE)
-NO_SECRETS = ("the Ray dashboard shows a job's files, command line and environment to anyone who can open it: give "
-              "the cluster's nodes an IAM role/instance profile, or set the standard AWS variables on the cluster")
+SECRET_ENV = re.compile(
+    r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY|SESSION_KEY", re.IGNORECASE
+)
+NO_SECRETS = (
+    "the Ray dashboard shows a job's files, command line and environment to anyone who can open it: give "
+    "the cluster's nodes an IAM role/instance profile, or set the standard AWS variables on the cluster"
+)
 
 
 class SubmitError(RuntimeError):
@@ -153,35 +157,47 @@ def build_request(
         raise ValueError(f"the config file {config} must be inside the working dir {working_dir} to be shipped")
     for arg in extra_args or []:
         if arg.startswith("--storage-option"):
-            raise ValueError("do not pass --storage-option to a submitted job (it would show in the job's command "
-                             "line): use the cluster's IAM role or AWS environment instead")
+            raise ValueError(
+                "do not pass --storage-option to a submitted job (it would show in the job's command "
+                "line): use the cluster's IAM role or AWS environment instead"
+            )
     job_cfg = _job_config(cfg_path, list(extra_args or []))  # fail here, not on the cluster, when invalid
     token_file = local_token_path()
     if token_file and os.path.commonpath([os.path.realpath(wd), token_file]) == os.path.realpath(wd):
-        raise ValueError(f"the Ray auth token file {token_file} lies inside the working dir {working_dir}, which is "
-                         "uploaded with the job (and readable by anyone who can open the cluster's dashboard): "
-                         "keep it outside, e.g. in ~/.ray/")
+        raise ValueError(
+            f"the Ray auth token file {token_file} lies inside the working dir {working_dir}, which is "
+            "uploaded with the job (and readable by anyone who can open the cluster's dashboard): "
+            "keep it outside, e.g. in ~/.ray/"
+        )
     rel = os.path.relpath(cfg_path, wd)
     for key in env or {}:
         if key.upper() in AUTH_ENV:
-            raise ValueError(f"do not pass {key} to the job (--env values show in the Ray dashboard): the cluster's "
-                             "nodes hold its token and its drivers use it; the token for submitting goes in "
-                             "--auth-token-path or RAY_AUTH_TOKEN_PATH")
+            raise ValueError(
+                f"do not pass {key} to the job (--env values show in the Ray dashboard): the cluster's "
+                "nodes hold its token and its drivers use it; the token for submitting goes in "
+                "--auth-token-path or RAY_AUTH_TOKEN_PATH"
+            )
         if SECRET_ENV.search(key):
             raise ValueError(f"do not pass the secret {key} with --env: {NO_SECRETS}")
     found = secrets_in(job_cfg)
     if found:
-        raise ValueError(f"the job's run configuration ({config} and the options after --) holds secrets "
-                         f"({', '.join(found)}): {NO_SECRETS}")
+        raise ValueError(
+            f"the job's run configuration ({config} and the options after --) holds secrets "
+            f"({', '.join(found)}): {NO_SECRETS}"
+        )
     cmd = ["python", "-m", ENTRY_MODULE, "run", "--config", rel, *(extra_args or [])]
     runtime_env: dict = {"working_dir": wd, "excludes": list(EXCLUDES)}
     if env:
         runtime_env["env_vars"] = dict(env)
     if pip:
         runtime_env["pip"] = list(pip)
-    req = JobRequest(entrypoint=" ".join(shlex.quote(c) for c in cmd), runtime_env=runtime_env,
-                     submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus,
-                     metadata={"tool": "bluff_ray", "config": rel})
+    req = JobRequest(
+        entrypoint=" ".join(shlex.quote(c) for c in cmd),
+        runtime_env=runtime_env,
+        submission_id=submission_id,
+        entrypoint_num_cpus=entrypoint_num_cpus,
+        metadata={"tool": "bluff_ray", "config": rel},
+    )
     check_no_token(req)
     return req
 
@@ -194,9 +210,11 @@ def check_no_token(request: JobRequest, token: str | None = None) -> None:
         return
     fields = [request.entrypoint, repr(request.runtime_env), repr(request.metadata), str(request.submission_id)]
     if any(token in f for f in fields):
-        raise ValueError("the Ray authentication token appears in the job request (its command line, environment "
-                         "or metadata), which the Ray dashboard shows: remove it; bluff submit sends the token only "
-                         "in the request's Authorization header")
+        raise ValueError(
+            "the Ray authentication token appears in the job request (its command line, environment "
+            "or metadata), which the Ray dashboard shows: remove it; bluff submit sends the token only "
+            "in the request's Authorization header"
+        )
 
 
 def use_token_file(path: str) -> str:
@@ -227,7 +245,7 @@ def _refresh_ray_auth() -> None:
     if "ray._raylet" not in sys.modules:
         return
     try:
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
@@ -248,14 +266,18 @@ def auth_error_message(address: str, error: Exception) -> str:
     text = str(getattr(error, "message", None) or error)
     token_mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token"
     if text.startswith("Authentication failed"):  # HTTP 403: a token was sent, and it is not the cluster's
-        why = (f"the Ray cluster at {address} refused the token read from {_token_source()}: "
-               "it is not this cluster's token.")
+        why = (
+            f"the Ray cluster at {address} refused the token read from {_token_source()}: "
+            "it is not this cluster's token."
+        )
     elif text.startswith("Authentication required"):  # HTTP 401: no token was sent
         if not token_mode:
             detail = "RAY_AUTH_MODE is not 'token' in this environment, so Ray's client sent none"
         else:
-            detail = "RAY_AUTH_MODE=token, but no token was found in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or " \
-                     f"{DEFAULT_TOKEN_PATH}"
+            detail = (
+                "RAY_AUTH_MODE=token, but no token was found in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                f"{DEFAULT_TOKEN_PATH}"
+            )
         why = f"the Ray cluster at {address} uses token authentication and no token was sent ({detail})."
     else:
         why = f"Ray could not authenticate to {address}: {text.split('. ')[0].strip()}."
@@ -270,8 +292,10 @@ def _preflight_auth() -> None:
     if not os.environ.get("RAY_AUTH_TOKEN", "").strip() and os.environ.get("RAY_AUTH_TOKEN_PATH"):
         _check_token_file(os.path.expanduser(os.environ["RAY_AUTH_TOKEN_PATH"]), "RAY_AUTH_TOKEN_PATH")
     if local_token() is None:
-        raise SubmitError(f"bluff submit: RAY_AUTH_MODE=token, but no token was found in RAY_AUTH_TOKEN, "
-                          f"RAY_AUTH_TOKEN_PATH or {DEFAULT_TOKEN_PATH}. {HOW_TO_AUTH}")
+        raise SubmitError(
+            f"bluff submit: RAY_AUTH_MODE=token, but no token was found in RAY_AUTH_TOKEN, "
+            f"RAY_AUTH_TOKEN_PATH or {DEFAULT_TOKEN_PATH}. {HOW_TO_AUTH}"
+        )
 
 
 def submit(request: JobRequest, address: str, wait: bool = True, poll_s: float = 5.0) -> int:
@@ -300,11 +324,13 @@ def submit(request: JobRequest, address: str, wait: bool = True, poll_s: float =
     except (ConnectionError, requests.exceptions.ConnectionError):
         raise SubmitError(
             f"bluff submit: cannot reach the Ray dashboard at {address}: is the cluster up, and the dashboard port "
-            "forwarded (`ray dashboard deploy/cluster.yaml`, or `kubectl port-forward`)?") from None
+            "forwarded (`ray dashboard deploy/cluster.yaml`, or `kubectl port-forward`)?"
+        ) from None
     print(f"submitted job {job_id} to {address}")
     if not wait:
-        print(f"follow it with: ray job logs --address {address} --follow {job_id}  (with the same RAY_AUTH_* "
-              "settings)")
+        print(
+            f"follow it with: ray job logs --address {address} --follow {job_id}  (with the same RAY_AUTH_* settings)"
+        )
         return 0
     terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
     try:
@@ -341,31 +367,51 @@ def _kv(text: str) -> tuple[str, str]:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "submit", help="submit a 'bluff run' to a Ray cluster as a Ray Job",
+        "submit",
+        help="submit a 'bluff run' to a Ray cluster as a Ray Job",
         description="Submit 'bluff run --config CONFIG' to a Ray cluster (Ray Jobs API). The working dir "
         "(default: current) is shipped as the job's code; the cluster image must provide bluff_ray's "
         "dependencies (deploy/Dockerfile). Options after '--' are passed to 'bluff run'. Clusters with token "
         "authentication (RAY_AUTH_MODE=token on the cluster): the client sends the token the Ray way, when "
         "RAY_AUTH_MODE=token, from RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
-        "--auth-token-path sets both for this command. The token is never part of the job.")
-    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
-                   help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or "
-                   "$RAY_ADDRESS)")
+        "--auth-token-path sets both for this command. The token is never part of the job.",
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
+        help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)",
+    )
     p.add_argument("--config", required=True, help="run configuration file (inside the working dir)")
     p.add_argument("--working-dir", default=".", help="code shipped to the cluster (default: .)")
-    p.add_argument("--auth-token-path", metavar="FILE", default=None,
-                   help="file holding the cluster's Ray auth token (`ray get-auth-token` on the head node prints "
-                   "it); sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=FILE for this client only (default: Ray's "
-                   "own variables and ~/.ray/auth_token)")
-    p.add_argument("--env", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                   help="environment variable for the job (repeatable); not for secrets, which the Ray "
-                   "dashboard shows")
-    p.add_argument("--pip", action="append", default=[], metavar="REQ",
-                   help="extra pip requirement installed in the job's runtime env (repeatable; prefer the image)")
-    p.add_argument("--submission-id", default=None,
-                   help="job id; Ray refuses a second job with the same id (an idempotency key)")
-    p.add_argument("--entrypoint-num-cpus", type=float, default=None,
-                   help="CPUs reserved for the driver process (default: none)")
+    p.add_argument(
+        "--auth-token-path",
+        metavar="FILE",
+        default=None,
+        help="file holding the cluster's Ray auth token (`ray get-auth-token` on the head node prints "
+        "it); sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=FILE for this client only (default: Ray's "
+        "own variables and ~/.ray/auth_token)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the job (repeatable); not for secrets, which the Ray dashboard shows",
+    )
+    p.add_argument(
+        "--pip",
+        action="append",
+        default=[],
+        metavar="REQ",
+        help="extra pip requirement installed in the job's runtime env (repeatable; prefer the image)",
+    )
+    p.add_argument(
+        "--submission-id", default=None, help="job id; Ray refuses a second job with the same id (an idempotency key)"
+    )
+    p.add_argument(
+        "--entrypoint-num-cpus", type=float, default=None, help="CPUs reserved for the driver process (default: none)"
+    )
     p.add_argument("--no-wait", action="store_true", help="return after submitting instead of following the logs")
     p.add_argument("--dry-run", action="store_true", help="print the job request and exit")
     p.add_argument("run_args", nargs=argparse.REMAINDER, help="-- then extra 'bluff run' options")
@@ -379,8 +425,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         if args.auth_token_path:
             use_token_file(args.auth_token_path)
-        req = build_request(args.config, args.working_dir, extra, dict(args.env), args.pip, args.submission_id,
-                            args.entrypoint_num_cpus)
+        req = build_request(
+            args.config, args.working_dir, extra, dict(args.env), args.pip, args.submission_id, args.entrypoint_num_cpus
+        )
     except ValueError as e:
         print(f"bluff submit: error: {e}", file=sys.stderr)
         return 2
@@ -389,12 +436,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 2
     if args.dry_run:
         print(f"entrypoint: {req.entrypoint}")
-        print(f"runtime_env: working_dir={req.runtime_env['working_dir']} excludes={req.runtime_env['excludes']}"
-              + (f" env_vars={sorted(req.runtime_env.get('env_vars', {}))}" if req.runtime_env.get("env_vars") else ""))
+        print(
+            f"runtime_env: working_dir={req.runtime_env['working_dir']} excludes={req.runtime_env['excludes']}"
+            + (f" env_vars={sorted(req.runtime_env.get('env_vars', {}))}" if req.runtime_env.get("env_vars") else "")
+        )
         return 0
     if not args.address:
-        print("bluff submit: error: no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS",
-              file=sys.stderr)
+        print(
+            "bluff submit: error: no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS",
+            file=sys.stderr,
+        )
         return 2
     try:
         return submit(req, args.address, wait=not args.no_wait)
