@@ -257,6 +257,25 @@ def test_fast_pool_keeps_fewer_bytes_per_sample():
     assert fast < 0.75 * ref
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_replay_the_eager_step(digits64):
+    """On a GPU, float64 digits net: the captured step replays the eager step's numbers, for the
+    reference and the fast (Triton pool) model, and across two batch shapes."""
+    import copy
+
+    from bluff_ray.engine.attack import AttackConfig, attack_grid
+
+    _, adapter, original, _ = digits64
+    gpu = copy.deepcopy(adapter).to("cuda")
+    x = original.images.cuda()
+    for step in ("reference", "fast"):
+        grids = [attack_grid(gpu.attack_model(step=step), x, [5, 8], AttackConfig(
+            strengths=(0.3, 1.0), steps=4, step=step, cuda_graphs=graphs), batch_size=24, seed=3)
+            for graphs in (False, True)]
+        torch.testing.assert_close(grids[0].adv, grids[1].adv, rtol=0, atol=1e-12)
+        assert torch.equal(grids[0].n_success, grids[1].n_success)
+
+
 def test_step_option_is_checked():
     from bluff_ray.engine.attack import AttackConfig
 

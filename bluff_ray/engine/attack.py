@@ -73,7 +73,8 @@ class AttackConfig:
     step: str = setting("reference", "how the attack model runs the step: 'reference' (autocast per step) or "
                         "'fast' (max-pools without saved indices, bf16 weights cast once on CUDA)")
     cuda_graphs: bool = setting(False, "on CUDA, capture the fixed-shape forward + input-gradient step once per "
-                                "batch shape as a CUDA graph and replay it")
+                                "batch shape as a CUDA graph and replay it (same kernels, same numbers)",
+                                identity=False)
 
     def __post_init__(self) -> None:
         if self.step not in STEPS:
@@ -118,16 +119,17 @@ def random_start(
 
 
 def _loss_grad(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp: bool,
-               cast: torch.dtype | None = None) -> torch.Tensor:
+               cast: torch.dtype | None = None, captured: bool = False) -> torch.Tensor:
     """Gradient of the summed target cross-entropy w.r.t. the input only.
 
     Sum, not mean: the per-sample gradient must not shrink with the batch size (it is normalised
     per sample anyway, and a mean over 10^4 samples could underflow in bf16). ``cast``: the
     model's weight dtype when it differs from the input's (bf16 weights of the "fast" step): the
     input is cast once inside the graph, so the gradient comes back in the input's dtype.
+    ``captured``: inside a CUDA-graph capture, where autocast's weight-cast cache must be off.
     """
     x = x.detach().requires_grad_(True)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not captured) if amp else nullcontext()
     with torch.enable_grad(), ctx:
         logits = model(x if cast is None else x.to(cast))
         loss = F.cross_entropy(logits.float(), targets, reduction="sum")
@@ -159,11 +161,11 @@ def _graphed_step(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp:
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN plans, Triton builds)
             for _ in range(2):
-                _loss_grad(model, sx, st, amp, cast)
+                _loss_grad(model, sx, st, amp, cast, captured=True)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            sg = _loss_grad(model, sx, st, amp, cast)
+            sg = _loss_grad(model, sx, st, amp, cast, captured=True)
         cache[key] = (graph, sx, st, sg)
         log.info("captured a CUDA graph of the attack step for batch shape %s", tuple(x.shape))
     graph, sx, st, sg = cache[key]
