@@ -125,7 +125,7 @@ def autoscaler_limits(ray) -> dict | None:
     still gain nodes by hand.
     """
     try:
-        from ray.core.generated.autoscaler_pb2 import ClusterConfig
+        from ray.core.generated.autoscaler_pb2 import ClusterConfig  # type: ignore[attr-defined]  # protobuf-generated at import
         from ray.experimental.internal_kv import internal_kv_get_gcs_client
 
         client = internal_kv_get_gcs_client()  # set by ray.init in the driver
