@@ -488,8 +488,9 @@ def test_a_version_1_root_is_refused_with_a_clear_message(ray_session, tmp_path)
 
 
 def test_concurrent_runs_into_one_root_are_refused(ray_session, tmp_path):
-    """While one run holds a root, a second one (same or other configuration) is refused at once;
-    afterwards the other configuration is refused by the manifest check, the same one resumes."""
+    """While one run holds a root, a second one is refused at once: another configuration by the
+    manifest check naming the differing fields (before the lock), the same one by the lock;
+    afterwards the other configuration is still refused, the same one resumes."""
     cfg = small_config(str(tmp_path), pairs=["0:1", "1:0"], classes=None, num_workers=1)
     started, release = threading.Event(), threading.Event()
     errors: list[BaseException] = []
@@ -508,9 +509,10 @@ def test_concurrent_runs_into_one_root_are_refused(ray_session, tmp_path):
     t.start()
     try:
         assert started.wait(120)
-        for other in (dataclasses.replace(cfg, seed=1), cfg):
-            with pytest.raises(RunError, match="is in use"):
-                run(other)
+        with pytest.raises(RunError, match=r"differing: seed \(0 -> 1\)"):
+            run(dataclasses.replace(cfg, seed=1))
+        with pytest.raises(RunError, match="is in use"):
+            run(cfg)
     finally:
         release.set()
         t.join(180)

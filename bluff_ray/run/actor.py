@@ -20,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from bluff_ray.results import layout
+from bluff_ray.results.markers import file_record, files_metadata
 from bluff_ray.results.reduce import UnitAtlas, layer_offsets, unit_atlas
 from bluff_ray.results.store import Store
 from bluff_ray.run.plan import BenignTable, Unit, unit_seed
@@ -100,7 +101,7 @@ class BluffWorker:
     """Holds one model (loaded once) and one image source; computes and writes work units."""
 
     def __init__(self, spec: WorkerSpec):
-        from bluff_ray.engine.models import load_model
+        from bluff_ray.run.models import load_model
         from bluff_ray.run.data import CachedSource, make_source
 
         if spec.threads:
@@ -182,10 +183,12 @@ class BluffWorker:
         t2 = time.perf_counter()
         groups = list(unit.targets)
         atlas = unit_atlas(result.nodes, layer_offsets(self.adapter.layers), len(attack_cfg.strengths), result.causal)
+        files = {}  # what the marker records about each file: a resume checks it (results.markers)
         for kind in ("nodes", "edges", "causal", "causal_curve"):
-            self.store.write_table(unit.path(kind), getattr(result, kind), group_by="target", groups=groups,
-                                   footer_limit=layout.footer_limit(kind))
-        self.store.write_bytes(unit.marker, layout.table_to_parquet(result.pairs, metadata=atlas.metadata()))
+            files[kind] = file_record(self.store.write_table(unit.path(kind), getattr(result, kind), group_by="target",
+                                                             groups=groups, footer_limit=layout.footer_limit(kind)))
+        self.store.write_bytes(unit.marker, layout.table_to_parquet(
+            result.pairs, metadata={**atlas.metadata(), **files_metadata(files)}))
         t_write = time.perf_counter() - t2
         return UnitResult(unit.original, unit.chunk, len(groups), result.pairs, atlas, result.samples,
                           self.batching.size, time.perf_counter() - t0, os.getpid(),
