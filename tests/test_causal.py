@@ -174,7 +174,7 @@ def test_one_channel_carrying_the_target_logit_recovers_everything():
     row = next(r for r in rows if r["layer"] == "mixed4b" and r["set"] == "exploited")
     assert row["n_neurons"] == 1
     recovery_mean, null = row["recovery"][1], dict(zip(("mean", "sd", "q05", "q95", "percentile", "p", "draws"),
-                                                      row["null"]))
+                                                      row["null_stats"]))
     assert recovery_mean == pytest.approx(1.0, abs=1e-9)
     assert null["mean"] == pytest.approx(0.0, abs=1e-9)  # no other channel moves the logits
     assert null["percentile"] == 100.0 and null["p"] == pytest.approx(1 / (null["draws"] + 1))
@@ -184,7 +184,7 @@ def test_one_channel_carrying_the_target_logit_recovers_everything():
     assert ex["recovery"][-1] == pytest.approx(1.0, abs=1e-9) and ex["k"][-1] == 64
     assert res.effect[("mixed4b", channel)][0] == pytest.approx(1.0, abs=1e-9)
     neuron = next(r for r in rows if r["set"] == f"neuron:{channel}")  # alone, against single random channels
-    assert neuron["recovery"][1] == pytest.approx(1.0, abs=1e-9) and neuron["null"][4] == 100.0
+    assert neuron["recovery"][1] == pytest.approx(1.0, abs=1e-9) and neuron["null_stats"][4] == 100.0
 
 
 def test_target_logit_spread_evenly_puts_the_exploited_curve_inside_the_null_band():
@@ -203,7 +203,7 @@ def test_target_logit_spread_evenly_puts_the_exploited_curve_inside_the_null_ban
     for k, r, lo, hi in zip(ex["k"], ex["recovery"], rnd["q05"], rnd["q95"]):
         assert lo - 1e-9 <= r <= hi + 1e-9, (k, r, lo, hi)
     row = next(r for r in rows if r["layer"] == "mixed4b" and r["set"] == "exploited")
-    assert 5 <= row["null"][4] <= 95  # percentile: no more than chance
+    assert 5 <= row["null_stats"][4] <= 95  # percentile: no more than chance
 
 
 def test_run_is_seeded_and_does_not_depend_on_the_batch_size(attacked):
@@ -215,7 +215,7 @@ def test_run_is_seeded_and_does_not_depend_on_the_batch_size(attacked):
     b = other.run(3, 8, imp, imp, n_success, k=10)
     ta, tb = causal_table(a.table), causal_table(b.table)
     assert ta.num_rows > 0 and ta.column("set").to_pylist() == tb.column("set").to_pylist()
-    for col in ("recovery", "null", "matched", "noising"):
+    for col in ("recovery", "null_stats", "matched", "noising"):
         np.testing.assert_allclose(np.array(ta.column(col).to_pylist(), float),
                                    np.array(tb.column(col).to_pylist(), float), rtol=1e-9, atol=1e-12)
     # the held-out images are patched, the others selected: each strength's row counts the odd half
@@ -243,7 +243,7 @@ def test_atlas_ranks_neurons_by_their_measured_effect_and_null_percentile():
                           "exploited_mask": pa.array([0] * len(targets), pa.int32()),
                           "effect": [[0.4, nan]] * len(targets)})
         causal = pa.Table.from_pylist([dict(target=t, strength=1, layer=layer, set=f"neuron:{ch}", n_neurons=1,
-                                            recovery=[4, r, r, 0, 0, 1, -1], null=[0, 0, 0, 0, p, 0.1, 16],
+                                            recovery=[4, r, r, 0, 0, 1, -1], null_stats=[0, 0, 0, 0, p, 0.1, 16],
                                             matched=[nan] * 4, noising=[nan] * 5)
                                        for t, layer, ch, r, p in tested], schema=layout.CAUSAL_SCHEMA)
         atlas = unit_atlas(nodes, agg.offsets, 2, causal)

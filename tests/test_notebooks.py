@@ -202,7 +202,7 @@ def check_causal(got: dict, demo_results: str) -> None:
     # per (layer, strength): the image-weighted mean recovery of the exploited set and of its null
     want = {(l, m["strengths"][s]): (r, n) for l, s, r, n in q(
         f"""SELECT layer, strength, sum(recovery[2] * recovery[1]) / sum(recovery[1]),
-                   sum(null[1] * recovery[1]) / sum(recovery[1])
+                   sum(null_stats[1] * recovery[1]) / sum(recovery[1])
             FROM {causal} WHERE set = 'exploited' AND NOT isnan(recovery[2]) GROUP BY ALL""")}
     assert len(got["table"]) == len(want)
     for row in got["table"]:

@@ -224,7 +224,7 @@ def test_digit_pair_end_to_end():
     for r in causal:
         assert 1 <= r["recovery"][0] <= (row["n_success"][r["strength"]] // 2)  # held-out images only
         if r["set"] == "exploited":
-            assert r["null"][6] == 16 and 0 < r["null"][5] <= 1  # draws, p
+            assert r["null_stats"][6] == 16 and 0 < r["null_stats"][5] <= 1  # draws, p
     curves = unit.causal_curve.to_pylist()
     assert len({c["strength"] for c in curves}) == 1 and {c["order"] for c in curves} == {"exploited", "delta", "random"}
     assert any(np.isfinite(n["effect"]).any() for n in nodes)

@@ -207,7 +207,7 @@ CAUSAL_SCHEMA = pa.schema([
     ("set", pa.string()),
     ("n_neurons", pa.int32()),
     ("recovery", _flist()),
-    ("null", _flist()),
+    ("null_stats", _flist()),
     ("matched", _flist()),
     ("noising", _flist()),
 ])
@@ -312,6 +312,8 @@ def table_to_parquet(
         if group_by is None:
             w.write_table(table, row_group_size=row_group_size or max(1, table.num_rows))
         else:
+            if groups is None:
+                raise ValueError(f"group_by={group_by!r} needs groups (its values, one row group each, in order)")
             col = table.column(group_by).to_pylist()
             if col != sorted(col):
                 raise ValueError(f"rows must be sorted by {group_by}")

@@ -342,7 +342,7 @@ def _tested(causal: pa.Table | None, offsets: dict[str, int]) -> pa.Table | None
     sets = causal.column("set").to_pylist()
     keep = [i for i, s in enumerate(sets) if s.startswith("neuron:")]
     layers = causal.column("layer").to_pylist()
-    rec, null = causal.column("recovery").to_pylist(), causal.column("null").to_pylist()
+    rec, null = causal.column("recovery").to_pylist(), causal.column("null_stats").to_pylist()
     neuron = [offsets[layers[i]] + int(sets[i].split(":", 1)[1]) for i in keep]
     return pa.table({"neuron": pa.array(neuron, pa.int32()),
                      "recovery": pa.array([rec[i][1] for i in keep], pa.float32()),

@@ -95,7 +95,7 @@ def edges_table(s: PairSummary) -> pa.Table:
 #: Engine column -> (list column, field) of the ``causal`` table, in layout's field order.
 _CAUSAL_LISTS = {
     "recovery": ("n_images", "recovery_mean", "recovery_median", "restored", "defused", "ld_clean", "ld_adv"),
-    "null": ("null_mean", "null_sd", "null_q05", "null_q95", "null_percentile", "null_p", "draws"),
+    "null_stats": ("null_mean", "null_sd", "null_q05", "null_q95", "null_percentile", "null_p", "draws"),
     "matched": ("matched_mean", "matched_q95", "matched_percentile", "matched_p"),
     "noising": ("noising", "noising_null_mean", "noising_null_q95", "noising_percentile", "noising_p"),
 }

@@ -883,7 +883,7 @@ def expected_causal_sentence(rows: list[dict], pair: dict, eps: list[float], s: 
     if r is None or not _fin(r["recovery"][1]):
         return (f"No patching result at {e}: too few successful attacks to select neurons on one half and patch "
                 "the other, or no exploited neuron selected.")
-    n, rec, null, noi = r["n_neurons"], r["recovery"], r["null"], r["noising"]
+    n, rec, null, noi = r["n_neurons"], r["recovery"], r["null_stats"], r["noising"]
     these = "this neuron" if n == 1 else f"these {n} neurons"
     return (f"Patching the {_plural(n, 'exploited neuron')} (all layers; selected on other images) in "
             f"{_plural(int(rec[0]), 'held-out attacked image')} at {e} recovers {_pct(rec[1])} of the logit gap; "
@@ -899,7 +899,7 @@ def check_causal_table(page, rows: list[dict], s: int) -> None:
     want = [r for r in rows if r["strength"] == s - 1 and r["set"] == "exploited"]
     assert [g[0] for g in got] == [r["layer"] for r in want] and want
     for g, r in zip(got, want):
-        for value, stored in zip(g[1:], (r["recovery"][1], r["null"][0], r["null"][4], r["matched"][0])):
+        for value, stored in zip(g[1:], (r["recovery"][1], r["null_stats"][0], r["null_stats"][4], r["matched"][0])):
             assert (value == pytest.approx(stored, rel=1e-6)) if _fin(stored) else math.isnan(value)
 
 

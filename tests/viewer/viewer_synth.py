@@ -203,7 +203,7 @@ def _causal_rows(rng: np.random.Generator, t: int, nodes: list[dict], ok: np.nda
                 rows.append(dict(
                     target=t, strength=s, layer=layer, set=name, n_neurons=n,
                     recovery=[n_img, r, r, float(rng.random()), float(rng.random()), 5.0, -2.0],
-                    null=[float(np.mean(null)), float(np.std(null, ddof=1)), null[0], null[-1], pctl, p, 16]
+                    null_stats=[float(np.mean(null)), float(np.std(null, ddof=1)), null[0], null[-1], pctl, p, 16]
                     if primary else [nan] * 6 + [16],
                     matched=[float(np.mean(null)), null[-1], pctl, p] if primary else [nan] * 4,
                     noising=[r, float(np.mean(null)), null[-1], pctl, p] if primary else [nan] * 5))
@@ -228,7 +228,7 @@ def _causal_rows(rng: np.random.Generator, t: int, nodes: list[dict], ok: np.nda
             if nd["role"] == "exploited":
                 r, pctl = float(rng.uniform(-0.02, 0.3)), float(rng.integers(0, 17) * 100 / 16)
                 rows.append(dict(target=t, strength=best, layer=nd["layer"], set=f"neuron:{nd['channel']}", n_neurons=1,
-                                 recovery=[4, r, r, 0.0, 0.0, 5.0, -2.0], null=[0.02, 0.03, 0.0, 0.08, pctl, 0.5, 16],
+                                 recovery=[4, r, r, 0.0, 0.0, 5.0, -2.0], null_stats=[0.02, 0.03, 0.0, 0.08, pctl, 0.5, 16],
                                  matched=[math.nan] * 4, noising=[math.nan] * 5))
     rows.sort(key=lambda x: x["strength"])
     return rows, curves

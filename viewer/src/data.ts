@@ -598,7 +598,7 @@ export async function loadCausal(root: string, pair: PairRow): Promise<CausalDat
   const rel = paths.part("causal", pair.original, pair.part);
   const relCurve = paths.part("causal_curve", pair.original, pair.part);
   const [rows, curves] = await Promise.all([
-    readRows(root, rel, ["target", "strength", "layer", "set", "n_neurons", "recovery", "null", "matched", "noising"], {
+    readRows(root, rel, ["target", "strength", "layer", "set", "n_neurons", "recovery", "null_stats", "matched", "noising"], {
       rowGroup: pair.rowGroup,
     }),
     readRows(root, relCurve, ["target", "strength", "layer", "order", "k", "recovery", "q05", "q95", "summary"], {
@@ -613,7 +613,7 @@ export async function loadCausal(root: string, pair: PairRow): Promise<CausalDat
     rows: rows.map((r) => {
       check(rel, r);
       const rec = numList(r.recovery);
-      const nul = numList(r.null);
+      const nul = numList(r.null_stats);
       const mat = numList(r.matched);
       const noi = numList(r.noising);
       return {
