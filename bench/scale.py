@@ -3,6 +3,7 @@
     .venv/bin/python bench/scale.py --out /tmp/bluff-scale            # 1,000 classes, all pairs
     .venv/bin/python bench/scale.py --classes 100 --out /tmp/s100     # quicker
     .venv/bin/python bench/scale.py --storage ROOT                    # bytes per pair, before/after
+    .venv/bin/python bench/scale.py --storage ROOT --viewer           # ... and each pair in the viewer
 
 ``--storage ROOT`` reads the pairs of a real results root (schema 2 or 3; e.g. a rehearsal run at
 50 images x 50 steps, see BENCHMARKS.md) and writes their tables again, side by side in one run,
@@ -156,14 +157,18 @@ def storage(root: str, targets_per_file: int | None) -> int:
                 pairs += 1
         nf = pq.ParquetFile(f.replace("/edges/", "/nodes/"))
         nodes += [nf.read_row_group(i) for i in range(nf.metadata.num_row_groups) if nf.metadata.row_group(i).num_rows]
-        cf = f.replace("/edges/", "/causal/")
-        if os.path.exists(cf):
-            causal.append(os.path.getsize(cf) / pq.ParquetFile(cf).metadata.num_row_groups)
+        for kind in ("causal", "causal_curve"):
+            cf = f.replace("/edges/", f"/{kind}/")
+            if os.path.exists(cf):
+                causal.append((kind, os.path.getsize(cf) / pq.ParquetFile(cf).metadata.num_row_groups))
         markers.append(os.path.getsize(f.replace("/edges/", "/pairs/")) / pf.metadata.num_row_groups)
     if not edges:
         print(f"no edges under {root}")
         return 2
     n_edges = [len(m) for _, m in edges]
+    if manifest.get("schema_version", 0) >= 3:
+        print("note: this root's influences are already rounded (schema 3): the schema-2 writer's 'before' "
+              "column then understates schema 2; measure a schema-2 root for the real before\n")
     print(f"{root}: {pairs} pairs with connections ({S} strengths), repeated to fill units of {k} targets; "
           f"connections per pair: median {int(np.median(n_edges)):,}, max {max(n_edges):,}\n")
 
@@ -219,7 +224,8 @@ def storage(root: str, targets_per_file: int | None) -> int:
     before = {"edges": write_grouped(t2, groups, **V2_OPTIONS), "nodes": write_grouped(n_t, groups, **V2_OPTIONS)}
     after = {"edges": layout.table_to_parquet(t3, "target", groups, footer_limit=layout.footer_limit("edges")),
              "nodes": layout.table_to_parquet(n_t, "target", groups, footer_limit=layout.footer_limit("nodes"))}
-    side = {"causal": float(np.mean(causal)) if causal else 0.0, "pairs marker": float(np.mean(markers))}
+    side = {kind: float(np.mean([b for k, b in causal if k == kind])) for kind in sorted({k for k, _ in causal})}
+    side["pairs marker"] = float(np.mean(markers))
     print("\n| bytes per pair | schema 2 writer (before) | schema 3 writer (after) |\n|---|---|---|")
     tot = [0.0, 0.0]
     for kind in ("edges", "nodes"):
@@ -245,6 +251,41 @@ def storage(root: str, targets_per_file: int | None) -> int:
     return 0
 
 
+def viewer_pair_bytes(root: str) -> int:
+    """Every pair of ``root`` opened in the real viewer (headless Chromium, ``bluff serve``): the
+    bytes of its nodes/edges files at the first graph, and once every strength is read."""
+    import glob
+
+    from playwright.sync_api import sync_playwright
+
+    from bluff_ray.web.serve import start_server
+
+    pairs = []
+    for f in sorted(glob.glob(os.path.join(root, "pair_index", "original=*", "part-0.parquet"))):
+        o = int(f.split("original=")[1].split(os.sep)[0])
+        pairs += [(o, r["target"], r["n_edges"]) for r in pq.read_table(f).to_pylist()]
+    server, url = start_server(root)
+    pair_bytes = lambda d: sum(v for k, v in d.items() if k.startswith(("nodes/", "edges/")))  # noqa: E731
+    print("\n| pair (viewer, bluff serve) | connections | first graph: nodes + edges bytes | all strengths |\n|---|---|---|---|")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium")
+            for o, t, n in pairs:
+                ctx = browser.new_context(viewport={"width": 1400, "height": 860})
+                page = ctx.new_page()
+                page.goto(f"{url}?original={o}&target={t}")
+                page.wait_for_selector(f"svg#graph[data-pair='{o}-{t}'][data-state='ready']", timeout=120000)
+                first = pair_bytes(page.evaluate("window.__bluff.firstGraphBytes"))
+                full = pair_bytes(page.evaluate("window.__bluff.traffic.byFile"))
+                print(f"| {o} → {t} | {n:,} | {first / 1000:.1f} KB | {full / 1000:.1f} KB |")
+                ctx.close()
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
 # --- the reduce at 999,000 pairs ---------------------------------------------------------------------
 
 
@@ -254,9 +295,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out")
     ap.add_argument("--storage", metavar="ROOT", help="bytes per pair of this results root's pairs, before/after")
     ap.add_argument("--targets-per-file", type=int, help="with --storage: row groups per file (default: layout.max_targets_per_file)")
+    ap.add_argument("--viewer", action="store_true", help="with --storage (a schema-3 root): also open every pair "
+                    "in the real viewer and report its bytes")
     args = ap.parse_args(argv)
     if args.storage:
-        return storage(args.storage, args.targets_per_file)
+        rc = storage(args.storage, args.targets_per_file)
+        return rc or (viewer_pair_bytes(args.storage) if args.viewer else 0)
     if not args.out:
         ap.error("--out is required (or --storage ROOT)")
     n = args.classes
