@@ -135,3 +135,14 @@ def test_edges_store_about_two_bytes_per_influence_readable_by_pyarrow_duckdb_an
     assert all(np.array_equal(got[c], vals[:, j]) for j, c in enumerate(names))
     df = fastparquet.ParquetFile(str(path)).to_pandas()
     assert all(np.array_equal(df[c].to_numpy(), vals[:, j]) for j, c in enumerate(names))
+
+
+def test_an_older_or_newer_root_is_refused_in_one_line_naming_both_versions():
+    old = layout.version_refusal("/data/root", 2)
+    assert "\n" not in old and "schema version 2" in old and f"writes version {layout.SCHEMA_VERSION}" in old
+    assert "--overwrite" in old and "version 3: edges store one rounded influence column" in old
+    assert "version 2:" not in old  # only what changed since the root's version
+    none = layout.version_refusal("/data/root", None)
+    assert "1 (or none)" in none and "version 2:" in none
+    newer = layout.version_refusal("/data/root", layout.SCHEMA_VERSION + 1)
+    assert "newer bluff_ray" in newer and "--overwrite" not in newer

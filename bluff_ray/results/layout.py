@@ -40,7 +40,7 @@ def version_refusal(where: str, found: Any) -> str:
     if isinstance(found, int) and found > SCHEMA_VERSION:
         return (f"{where} holds results in schema version {found}, written by a newer bluff_ray; this one reads "
                 f"and writes version {SCHEMA_VERSION}. Use the bluff_ray that wrote it, or another output root.")
-    changes = "; ".join(f"{v}: {c}" for v, c in SCHEMA_CHANGES.items() if not isinstance(found, int) or v > found)
+    changes = "; ".join(f"version {v}: {c}" for v, c in SCHEMA_CHANGES.items() if not isinstance(found, int) or v > found)
     return (f"{where} holds results in schema version {found if found is not None else '1 (or none)'}, written by an "
             f"older bluff_ray; this version writes version {SCHEMA_VERSION} (changed since: {changes}). Use another "
             "output root, or pass --overwrite to delete those results and recompute.")
