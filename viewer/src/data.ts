@@ -516,7 +516,7 @@ const EDGE_KEYS = ["target", "src_layer", "src_channel", "dst_layer", "dst_chann
  * The nodes and edges of one pair: only its row group of each partition file is fetched, and of the
  * edges only the influences of the strength indexes in `first` (default: all) and of the benign
  * original. The others are NaN until `loadRest()` reads them (docs/FORMAT.md: one column per
- * condition, so the first graph costs a quarter of the pair's connections).
+ * condition, so the first graph reads 3 of a pair's 12 influence columns at 10 strengths).
  */
 export async function loadPair(root: string, manifest: Manifest, pair: PairRow, first?: number[]): Promise<PairData> {
   const layerIndex = new Map(manifest.layers.map((l, i) => [l.name, i]));
@@ -574,7 +574,6 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow, 
   let rest = all.filter((s) => !wanted.includes(s));
   const loadRest = async (): Promise<boolean> => {
     if (!rest.length) return false;
-
     const todo = rest;
     const rows = await readRows(root, edgesRel, todo.map(influenceColumn), { rowGroup: pair.rowGroup });
     if (rows.length !== edges.length) throw new DataError(edgesRel, `row group ${pair.rowGroup} changed while it was read`);
