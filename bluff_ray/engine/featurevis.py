@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +161,7 @@ def channel_activations(
     return torch.stack(means), torch.stack(maxes)
 
 
-def _last_unit(block: torch.nn.Module, branch: int) -> torch.nn.Module:
+def _last_unit(block: torch.nn.Module, branch: int) -> Any:
     """The BasicConv2d whose ReLU produces the channels of ``branch`` (0..3) of a mixed block."""
     b = getattr(block, f"branch{branch + 1}")
     return b[-1] if isinstance(b, torch.nn.Sequential) else b

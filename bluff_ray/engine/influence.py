@@ -15,6 +15,7 @@ one channel" convs are one grouped conv, the widest path is one max-min reductio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,9 @@ class FoldedConv:
     """A conv with its eval-mode BatchNorm scale folded in; the bias is dropped on purpose."""
 
     weight: torch.Tensor  # [Cout, Cin, kh, kw]
-    stride: tuple[int, int]
-    padding: tuple[int, int] | str
-    dilation: tuple[int, int]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    dilation: tuple[int, ...]
 
 
 def fold_bn(unit: nn.Module) -> FoldedConv:
@@ -135,10 +136,11 @@ def widest_path(r_out: torch.Tensor, r_in: torch.Tensor, max_elements: int = MAX
     out = r_out.new_empty(n, j_ch, i_ch)
     for n0 in range(0, n, n_step):
         a, b = r_out[n0 : n0 + n_step], r_in[n0 : n0 + n_step]
-        best = None
+        best: torch.Tensor | None = None
         for m0 in range(0, m_ch, m_step):
             part = torch.minimum(a[:, :, m0 : m0 + m_step, None], b[:, None, m0 : m0 + m_step, :]).amax(dim=2)
             best = part if best is None else torch.maximum(best, part)
+        assert best is not None, "no bottleneck channel"
         out[n0 : n0 + n_step] = best
     return out
 
@@ -210,8 +212,8 @@ def layer_influence(
         pos = (branch_of == b).nonzero().flatten()
         if pos.numel():
             groups.append((b, pos, dst[pos] - info.branch_offset(b)))
-    branches = [block.branch1, block.branch2, block.branch3, block.branch4]
-    folded = {}  # per branch: (ops applied to A before the sliced conv(s), folded conv slices)
+    branches: list[Any] = [block.branch1, block.branch2, block.branch3, block.branch4]
+    folded: dict[int, tuple[Any, ...]] = {}  # per branch: (ops applied to A before the sliced conv(s), folded conv slices)
     for b, _, local in groups:
         if b in (1, 2):  # 1x1 reduce -> kxk: both stages, only the rows/columns needed
             reduce_unit, kxk_unit = branches[b][0], branches[b][1]

@@ -91,7 +91,11 @@ def class_topk(
     _, maxima = adapter.activations(
         images, batch_size=batch_size, reduce=lambda _layer, act: tuple(t.float().cpu() for t in spatial_argmax(act))
     )
-    return topk_table([topk_rows(name, *maxima[name], class_id, n) for name in adapter.layer_names])
+    parts = []
+    for name in adapter.layer_names:
+        vals, ys, xs = maxima[name]
+        parts.append(topk_rows(name, vals, ys, xs, class_id, n))
+    return topk_table(parts)
 
 
 def merge_topk(tables: list[pa.Table], n: int) -> pa.Table:
@@ -231,8 +235,8 @@ def display_size(h: int, w: int, min_px: int, max_px: int) -> tuple[int, int, st
         f = -(-min_px // side)
         return h * f, w * f, "nearest"
     if side > max_px:
-        f = max_px / side
-        return max(1, round(h * f)), max(1, round(w * f)), "lanczos"
+        scale = max_px / side
+        return max(1, round(h * scale)), max(1, round(w * scale)), "lanczos"
     return h, w, "none"
 
 
@@ -244,7 +248,7 @@ def to_png(image: torch.Tensor, min_px: int = 64, max_px: int = 128) -> bytes:
     pil = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), "RGB")
     h, w, mode = display_size(arr.shape[1], arr.shape[2], min_px, max_px)
     if mode != "none":
-        pil = pil.resize((w, h), Image.NEAREST if mode == "nearest" else Image.LANCZOS)
+        pil = pil.resize((w, h), Image.Resampling.NEAREST if mode == "nearest" else Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     pil.save(buf, format="PNG", optimize=True)
     return buf.getvalue()

@@ -54,6 +54,12 @@ INPUT_SPACE = ("RGB pixels in [0, 1] at 3x8x8 (the rehearsal model; synthetic im
 class RehearsalNet(nn.Module):
     """stem -> mixed3a, 3b -> maxpool -> mixed4a..4e -> maxpool -> mixed5a, 5b -> GAP -> fc(1000)."""
 
+    # set by name in __init__ (one per LAYER_NAMES entry)
+    mixed3a: Inception
+    mixed3b: Inception
+    mixed5a: Inception
+    mixed5b: Inception
+
     def __init__(self, num_classes: int = N_CLASSES):
         super().__init__()
         self.stem = BasicConv2d(3, 192, kernel_size=3, padding=1)
@@ -110,7 +116,7 @@ def _fit_classifier(net: RehearsalNet) -> None:
     """fc row c = LOGIT_SCALE x the centred, normalised mixed5b feature of class c's synthetic pattern."""
 
     patterns = torch.stack([synthetic_pattern(c, (3, INPUT_SIDE, INPUT_SIDE)) for c in range(N_CLASSES)])
-    feats = {}
+    feats: dict[str, torch.Tensor] = {}
     hook = net.mixed5b.register_forward_hook(lambda _m, _i, out: feats.__setitem__("f", out))
     try:
         net(patterns)
