@@ -73,6 +73,7 @@ def benign_stats(adapter: ModelAdapter, images: torch.Tensor, class_id: int, n_e
         if n_examples > 0 and vals.shape[0]:
             parts.append(topk_rows(info.name, vals.float().cpu(), ys.cpu(), xs.cpu(), class_id, n_examples))
     topk = topk_table(parts) if n_examples > 0 else None
+    assert correct is not None  # logits= was given
     ok = correct.cpu().numpy()
     return BenignStats(int(class_id), int(images.shape[0]), ok, importance, topk)
 
