@@ -282,7 +282,7 @@ def influence_rate(adapter, images: int, displayed: int, device) -> float:
 
 
 def unit_rate(adapter, name: str, n_images: int, n_targets: int, steps: int, bf16: bool, device,
-              budget: Budget, report: dict) -> dict:
+              budget: Budget, report: dict, rate: float) -> dict:
     """engine.compute_unit on synthetic images with one variant: pairs/s without and with the
     activation-patching experiments, after a warm-up call of the same shapes (2 steps)."""
     from bluff_ray.engine.compute import auto_batch_size, benign_stats, class_data, compute_unit
@@ -308,7 +308,8 @@ def unit_rate(adapter, name: str, n_images: int, n_targets: int, steps: int, bf1
     sync(device)
     out["warmup_s"] = time.perf_counter() - t0
     for causal in (False, True):
-        est = out.get("plain", {}).get("seconds", out["warmup_s"] * steps / 2)
+        # (the warm-up may include compiling: estimate from the measured PGD rate instead)
+        est = out.get("plain", {}).get("seconds", n_images * 10 * n_targets * steps / rate + 5)
         if not budget.allows(est * 1.2, f"compute_unit causal={causal}", report):
             break
         sync(device)
@@ -475,7 +476,9 @@ def main(argv=None) -> int:
 
     n_images, n_targets, unit_steps = (2, 1, 2) if tiny else (2, 2, 2) if quick else (50, 8, 50)
     if not args.no_unit and budget.allows(60 if not quick else 10, "compute_unit", report):
-        report["unit"] = unit_rate(adapter, best, n_images, n_targets, unit_steps, bf16, device, budget, report)
+        best_rate = max((r["image_steps_per_s"] for r in ok), default=1.0)
+        report["unit"] = unit_rate(adapter, best, n_images, n_targets, unit_steps, bf16, device, budget, report,
+                                   best_rate)
         u = report["unit"]
         if "causal" in u:
             print(f"compute_unit ({best}), {n_targets} pairs: {u['causal']['pairs_per_s']:.3f} pairs/s with patching",
