@@ -238,6 +238,8 @@ class Patching:
         self.adversarial, self.benign = adversarial, benign
         self.seed, self.batch_size = int(seed), int(batch_size)
         self.patch_images, self.draws = patch_images, int(draws)
+        #: draws of the secondary controls (matched, noising null): half as many, at least 8 (cost)
+        self.control_draws = max(8, self.draws // 2)
 
     def _subset(self, rows: np.ndarray) -> "Patching":
         sub = torch.as_tensor(rows, device=self.adversarial.device, dtype=torch.long)
@@ -331,10 +333,11 @@ class Patching:
         outside = np.setdiff1d(np.arange(pk.channels), ex)
         delta = np.nan_to_num(pk.delta[s], nan=0.0)
         for j in range(self.draws):
-            plan.add((li, "null", j), {li: null_draw(self.seed, target, li, s, j, outside)[:len(ex)]})
-            plan.add((li, "matched", j), {li: matched_draw(self.seed, target, li, s, j, ex, delta)})
-            plan.add((li, "noise-null", j), {li: null_draw(self.seed, target, li, s, j, outside)[:len(ex)]},
-                     noise=True)
+            null = null_draw(self.seed, target, li, s, j, outside)[:len(ex)]
+            plan.add((li, "null", j), {li: null})
+            if j < self.control_draws:
+                plan.add((li, "matched", j), {li: matched_draw(self.seed, target, li, s, j, ex, delta)})
+                plan.add((li, "noise-null", j), {li: null}, noise=True)
         plan.add((li, "noise-set", "exploited"), {li: ex}, noise=True)
         for ch in ex:
             plan.add((li, "single", int(ch)), {li: np.array([ch])})
@@ -363,10 +366,11 @@ class Patching:
             nulls = {li: null_draw(self.seed, target, li, s, j, np.setdiff1d(np.arange(picks[li].channels), e))[:len(e)]
                      for li, e in ex.items()}
             plan.add((ALL, "null", j), nulls)
-            plan.add((ALL, "noise-null", j), nulls, noise=True)
-            plan.add((ALL, "matched", j), {li: matched_draw(self.seed, target, li, s, j, e,
-                                                            np.nan_to_num(picks[li].delta[s], nan=0.0))
-                                           for li, e in ex.items()})
+            if j < self.control_draws:
+                plan.add((ALL, "noise-null", j), nulls, noise=True)
+                plan.add((ALL, "matched", j), {li: matched_draw(self.seed, target, li, s, j, e,
+                                                                np.nan_to_num(picks[li].delta[s], nan=0.0))
+                                               for li, e in ex.items()})
         plan.add((ALL, "noise-set", "exploited"), ex, noise=True)
 
     def _record(self, out: CausalRows, effect, s: int, plan: "_Plan", den: torch.Tensor, noi, base,
@@ -400,8 +404,8 @@ class Patching:
         for g in groups:
             layer = ALL if g == ALL else self.names[g]
             null = np.array([stats[(g, "null", j)]["mean"] for j in range(self.draws)])
-            matched = np.array([stats[(g, "matched", j)]["mean"] for j in range(self.draws)])
-            noise_null = np.array([stats[(g, "noise-null", j)]["mean"] for j in range(self.draws)])
+            matched = np.array([stats[(g, "matched", j)]["mean"] for j in range(self.control_draws)])
+            noise_null = np.array([stats[(g, "noise-null", j)]["mean"] for j in range(self.control_draws)])
             for name in SETS:
                 st = stats.get((g, "set", name))
                 if st is None:
