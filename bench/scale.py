@@ -52,21 +52,33 @@ def unit(rng, original: int, part: int, targets: np.ndarray, total: int) -> tupl
     ns = np.sort(rng.integers(0, 51, (n, S)), axis=1).astype(np.int32)
     rate = (ns / 50).astype(np.float32)
     lst = lambda m, t: pa.array(list(m), pa.list_(t))  # noqa: E731
-    pairs = pa.table({
-        "target": pa.array(targets, pa.int32()), "n_images": pa.array(np.full(n, 50), pa.int32()),
-        "n_success": lst(ns, pa.int32()), "success_rate": lst(rate, pa.float32()),
-        "n_nodes": pa.array(np.full(n, 180), pa.int32()), "n_edges": pa.array(np.full(n, 2800), pa.int32()),
-        "n_exploited": pa.array(rng.integers(0, 30, n), pa.int32()),
-        "defused": lst(rng.random((n, S)).astype(np.float32), pa.float32()),
-        "row_group": pa.array(np.arange(n), pa.int32()), "part": pa.array(np.full(n, part), pa.int32()),
-    }, schema=layout.PAIRS_SCHEMA)
+    pairs = pa.table(
+        {
+            "target": pa.array(targets, pa.int32()),
+            "n_images": pa.array(np.full(n, 50), pa.int32()),
+            "n_success": lst(ns, pa.int32()),
+            "success_rate": lst(rate, pa.float32()),
+            "n_nodes": pa.array(np.full(n, 180), pa.int32()),
+            "n_edges": pa.array(np.full(n, 2800), pa.int32()),
+            "n_exploited": pa.array(rng.integers(0, 30, n), pa.int32()),
+            "defused": lst(rng.random((n, S)).astype(np.float32), pa.float32()),
+            "row_group": pa.array(np.arange(n), pa.int32()),
+            "part": pa.array(np.full(n, part), pa.int32()),
+        },
+        schema=layout.PAIRS_SCHEMA,
+    )
     disp_t = np.repeat(targets, 180).astype(np.int32)
     disp_n = rng.integers(0, total, n * 180).astype(np.int32)
     ex_t = np.repeat(targets, 15).astype(np.int32)
     displayed = pa.table({"target": disp_t, "neuron": disp_n})
-    exploited = pa.table({"target": ex_t, "neuron": rng.integers(0, total, n * 15).astype(np.int32),
-                          "exploited_mask": rng.integers(1, 1024, n * 15).astype(np.int32),
-                          "effect": lst(rng.random((n * 15, S)).astype(np.float32), pa.float32())})
+    exploited = pa.table(
+        {
+            "target": ex_t,
+            "neuron": rng.integers(0, total, n * 15).astype(np.int32),
+            "exploited_mask": rng.integers(1, 1024, n * 15).astype(np.int32),
+            "effect": lst(rng.random((n * 15, S)).astype(np.float32), pa.float32()),
+        }
+    )
     return pairs, UnitAtlas(displayed, exploited)
 
 
@@ -78,11 +90,16 @@ KEYS = ["target", "src_layer", "src_channel", "dst_layer", "dst_channel"]
 def edge_matrix(t: pa.Table) -> tuple[pa.Table, np.ndarray]:
     """(key columns, float32 [n, 2 + S] influences: original, target, each strength) of an edges
     table in schema 2 (``influence_attacked`` list) or 3 (``influence_attacked_<i>`` columns)."""
-    cols = [np.asarray(t.column("influence_original"), np.float32), np.asarray(t.column("influence_target"), np.float32)]
+    cols = [
+        np.asarray(t.column("influence_original"), np.float32),
+        np.asarray(t.column("influence_target"), np.float32),
+    ]
     if "influence_attacked" in t.schema.names:
         att = np.array(t.column("influence_attacked").to_pylist(), np.float32).reshape(t.num_rows, -1)
     else:
-        names = sorted((n for n in t.schema.names if n.startswith("influence_attacked_")), key=lambda n: int(n.rsplit("_", 1)[1]))
+        names = sorted(
+            (n for n in t.schema.names if n.startswith("influence_attacked_")), key=lambda n: int(n.rsplit("_", 1)[1])
+        )
         att = np.stack([np.asarray(t.column(n), np.float32) for n in names], 1)
     return t.select(KEYS), np.concatenate([np.stack(cols, 1), att], 1)
 
@@ -92,11 +109,16 @@ def v2_edges(keys: pa.Table, m: np.ndarray) -> pa.Table:
     s = m.shape[1] - 2
     offsets = pa.array(np.arange(0, (len(m) + 1) * s, s, dtype=np.int32))
     lst = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(m[:, 2:]).reshape(-1)))
-    return keys.append_column("influence_original", pa.array(m[:, 0])).append_column(
-        "influence_target", pa.array(m[:, 1])).append_column("influence_attacked", lst)
+    return (
+        keys.append_column("influence_original", pa.array(m[:, 0]))
+        .append_column("influence_target", pa.array(m[:, 1]))
+        .append_column("influence_attacked", lst)
+    )
 
 
-def wide_edges(keys: pa.Table, m: np.ndarray, values: np.ndarray | None = None, type_: pa.DataType | None = None) -> pa.Table:
+def wide_edges(
+    keys: pa.Table, m: np.ndarray, values: np.ndarray | None = None, type_: pa.DataType | None = None
+) -> pa.Table:
     names = ["influence_original", "influence_target"] + [layout.influence_column(i) for i in range(m.shape[1] - 2)]
     v = m if values is None else values
     type_ = type_ or pa.float32()
@@ -167,10 +189,14 @@ def storage(root: str, targets_per_file: int | None) -> int:
         return 2
     n_edges = [len(m) for _, m in edges]
     if manifest.get("schema_version", 0) >= 3:
-        print("note: this root's influences are already rounded (schema 3): the schema-2 writer's 'before' "
-              "column then understates schema 2; measure a schema-2 root for the real before\n")
-    print(f"{root}: {pairs} pairs with connections ({S} strengths), repeated to fill units of {k} targets; "
-          f"connections per pair: median {int(np.median(n_edges)):,}, max {max(n_edges):,}\n")
+        print(
+            "note: this root's influences are already rounded (schema 3): the schema-2 writer's 'before' "
+            "column then understates schema 2; measure a schema-2 root for the real before\n"
+        )
+    print(
+        f"{root}: {pairs} pairs with connections ({S} strengths), repeated to fill units of {k} targets; "
+        f"connections per pair: median {int(np.median(n_edges)):,}, max {max(n_edges):,}\n"
+    )
 
     def unit_of(make) -> tuple[pa.Table, list[int]]:
         """k row groups (targets 0..k-1) cycling through the real pairs."""
@@ -182,8 +208,14 @@ def storage(root: str, targets_per_file: int | None) -> int:
         return pa.concat_tables(parts), list(range(k))
 
     def nodes_unit() -> pa.Table:
-        return pa.concat_tables([nodes[g % len(nodes)].set_column(0, "target", pa.array(np.full(nodes[g % len(nodes)].num_rows, g, np.int32)))
-                                 for g in range(k)])
+        return pa.concat_tables(
+            [
+                nodes[g % len(nodes)].set_column(
+                    0, "target", pa.array(np.full(nodes[g % len(nodes)].num_rows, g, np.int32))
+                )
+                for g in range(k)
+            ]
+        )
 
     rounded = lambda keys, m: wide_edges(keys, m, layout.round_influence(m))  # noqa: E731
     scale = lambda m: np.maximum(np.nan_to_num(np.abs(m)).max(0), 1e-30)  # noqa: E731
@@ -194,20 +226,47 @@ def storage(root: str, targets_per_file: int | None) -> int:
     options = [  # name, readers, table maker, pyarrow options
         ("schema 2 (before): list<float32>, snappy", "all", v2_edges, V2_OPTIONS),
         ("one column per condition, exact float32, snappy", "all", wide_edges, dict(compression="snappy", **stats)),
-        ("one column per condition, exact float32, zstd, no dictionary", "all", wide_edges,
-         dict(compression="zstd", use_dictionary=False, **stats)),
-        ("per condition, 8-bit-significand float32, snappy", "all", rounded, dict(compression="snappy", **no_dict(stats))),
-        ("per condition, 8-bit-significand, BYTE_STREAM_SPLIT + snappy", "not fastparquet", rounded,
-         dict(compression="snappy", column_encoding={n: "BYTE_STREAM_SPLIT" for n in infl}, **no_dict(stats))),
-        ("per condition, 8-bit-significand, BYTE_STREAM_SPLIT + zstd", "not fastparquet", rounded,
-         dict(compression="zstd", column_encoding={n: "BYTE_STREAM_SPLIT" for n in infl}, **no_dict(stats))),
-        ("per condition, int16 with a per-column scale, DELTA_BINARY_PACKED", "all (values x scale)", int16,
-         dict(compression="snappy", column_encoding={n: "DELTA_BINARY_PACKED" for n in infl}, **no_dict(stats))),
-        ("**chosen: per condition, 8-bit-significand float32, zstd, no dictionary**", "all", rounded,
-         dict(layout.PARTITION_OPTIONS, **stats)),
+        (
+            "one column per condition, exact float32, zstd, no dictionary",
+            "all",
+            wide_edges,
+            dict(compression="zstd", use_dictionary=False, **stats),
+        ),
+        (
+            "per condition, 8-bit-significand float32, snappy",
+            "all",
+            rounded,
+            dict(compression="snappy", **no_dict(stats)),
+        ),
+        (
+            "per condition, 8-bit-significand, BYTE_STREAM_SPLIT + snappy",
+            "not fastparquet",
+            rounded,
+            dict(compression="snappy", column_encoding={n: "BYTE_STREAM_SPLIT" for n in infl}, **no_dict(stats)),
+        ),
+        (
+            "per condition, 8-bit-significand, BYTE_STREAM_SPLIT + zstd",
+            "not fastparquet",
+            rounded,
+            dict(compression="zstd", column_encoding={n: "BYTE_STREAM_SPLIT" for n in infl}, **no_dict(stats)),
+        ),
+        (
+            "per condition, int16 with a per-column scale, DELTA_BINARY_PACKED",
+            "all (values x scale)",
+            int16,
+            dict(compression="snappy", column_encoding={n: "DELTA_BINARY_PACKED" for n in infl}, **no_dict(stats)),
+        ),
+        (
+            "**chosen: per condition, 8-bit-significand float32, zstd, no dictionary**",
+            "all",
+            rounded,
+            dict(layout.PARTITION_OPTIONS, **stats),
+        ),
     ]
     first = KEYS + ["influence_target", "influence_original", layout.influence_column(S // 2)]
-    print("| edges encoding | readers | edges bytes per pair on disk | edges footer | edges bytes to open a pair: first graph / full |")
+    print(
+        "| edges encoding | readers | edges bytes per pair on disk | edges footer | edges bytes to open a pair: first graph / full |"
+    )
     print("|---|---|---|---|---|")
     for name, readers, make, opts in options:
         t, groups = unit_of(make)
@@ -215,15 +274,19 @@ def storage(root: str, targets_per_file: int | None) -> int:
         tail = layout.VIEWER_TAIL_BYTES if make is v2_edges else layout.EDGES_TAIL_BYTES
         fg = np.median([open_bytes(data, g, first if make is not v2_edges else None, tail) for g in groups])
         full = np.median([open_bytes(data, g, None, tail) for g in groups])
-        print(f"| {name} | {readers} | {len(data) / k / 1000:.1f} KB | {layout.footer_size(data) / 1024:.1f} KiB | "
-              f"{fg / 1000:.1f} / {full / 1000:.1f} KB |")
+        print(
+            f"| {name} | {readers} | {len(data) / k / 1000:.1f} KB | {layout.footer_size(data) / 1024:.1f} KiB | "
+            f"{fg / 1000:.1f} / {full / 1000:.1f} KB |"
+        )
     # the writers themselves, before and after, every table
     t2, groups = unit_of(v2_edges)
     t3, _ = unit_of(lambda keys, m: wide_edges(keys, m, layout.round_influence(m)))
     n_t = nodes_unit()
     before = {"edges": write_grouped(t2, groups, **V2_OPTIONS), "nodes": write_grouped(n_t, groups, **V2_OPTIONS)}
-    after = {"edges": layout.table_to_parquet(t3, "target", groups, footer_limit=layout.footer_limit("edges")),
-             "nodes": layout.table_to_parquet(n_t, "target", groups, footer_limit=layout.footer_limit("nodes"))}
+    after = {
+        "edges": layout.table_to_parquet(t3, "target", groups, footer_limit=layout.footer_limit("edges")),
+        "nodes": layout.table_to_parquet(n_t, "target", groups, footer_limit=layout.footer_limit("nodes")),
+    }
     side = {kind: float(np.mean([b for k, b in causal if k == kind])) for kind in sorted({k for k, _ in causal})}
     side["pairs marker"] = float(np.mean(markers))
     print("\n| bytes per pair | schema 2 writer (before) | schema 3 writer (after) |\n|---|---|---|")
@@ -239,14 +302,25 @@ def storage(root: str, targets_per_file: int | None) -> int:
         print(f"| {kind} (as in the root) | {b / 1000:.1f} KB | {b / 1000:.1f} KB |")
     print(f"| **on disk per pair** | **{tot[0] / 1000:.1f} KB** | **{tot[1] / 1000:.1f} KB** |")
     print(f"| 999,000 pairs | {tot[0] * 999000 / 1e9:.0f} GB | {tot[1] * 999000 / 1e9:.0f} GB |")
-    fg_b = [open_bytes(before["nodes"], g, None, layout.VIEWER_TAIL_BYTES)
-            + open_bytes(before["edges"], g, None, layout.VIEWER_TAIL_BYTES) for g in groups]
-    fg_a = [open_bytes(after["nodes"], g, None, layout.VIEWER_TAIL_BYTES)
-            + open_bytes(after["edges"], g, first, layout.EDGES_TAIL_BYTES) for g in groups]
-    full_a = [open_bytes(after["nodes"], g, None, layout.VIEWER_TAIL_BYTES)
-              + open_bytes(after["edges"], g, None, layout.EDGES_TAIL_BYTES) for g in groups]
-    print(f"| to open a pair, first graph (nodes + edges, footers included; median / max over row groups) | "
-          f"{np.median(fg_b) / 1000:.1f} / {max(fg_b) / 1000:.1f} KB | {np.median(fg_a) / 1000:.1f} / {max(fg_a) / 1000:.1f} KB |")
+    fg_b = [
+        open_bytes(before["nodes"], g, None, layout.VIEWER_TAIL_BYTES)
+        + open_bytes(before["edges"], g, None, layout.VIEWER_TAIL_BYTES)
+        for g in groups
+    ]
+    fg_a = [
+        open_bytes(after["nodes"], g, None, layout.VIEWER_TAIL_BYTES)
+        + open_bytes(after["edges"], g, first, layout.EDGES_TAIL_BYTES)
+        for g in groups
+    ]
+    full_a = [
+        open_bytes(after["nodes"], g, None, layout.VIEWER_TAIL_BYTES)
+        + open_bytes(after["edges"], g, None, layout.EDGES_TAIL_BYTES)
+        for g in groups
+    ]
+    print(
+        f"| to open a pair, first graph (nodes + edges, footers included; median / max over row groups) | "
+        f"{np.median(fg_b) / 1000:.1f} / {max(fg_b) / 1000:.1f} KB | {np.median(fg_a) / 1000:.1f} / {max(fg_a) / 1000:.1f} KB |"
+    )
     print(f"| to open a pair, all strengths | {np.median(fg_b) / 1000:.1f} KB | {np.median(full_a) / 1000:.1f} KB |")
     return 0
 
@@ -266,7 +340,9 @@ def viewer_pair_bytes(root: str) -> int:
         pairs += [(o, r["target"], r["n_edges"]) for r in pq.read_table(f).to_pylist()]
     server, url = start_server(root)
     pair_bytes = lambda d: sum(v for k, v in d.items() if k.startswith(("nodes/", "edges/")))  # noqa: E731
-    print("\n| pair (viewer, bluff serve) | connections | first graph: nodes + edges bytes | all strengths |\n|---|---|---|---|")
+    print(
+        "\n| pair (viewer, bluff serve) | connections | first graph: nodes + edges bytes | all strengths |\n|---|---|---|---|"
+    )
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium")
@@ -294,9 +370,16 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--out")
     ap.add_argument("--storage", metavar="ROOT", help="bytes per pair of this results root's pairs, before/after")
-    ap.add_argument("--targets-per-file", type=int, help="with --storage: row groups per file (default: layout.max_targets_per_file)")
-    ap.add_argument("--viewer", action="store_true", help="with --storage (a schema-3 root): also open every pair "
-                    "in the real viewer and report its bytes")
+    ap.add_argument(
+        "--targets-per-file",
+        type=int,
+        help="with --storage: row groups per file (default: layout.max_targets_per_file)",
+    )
+    ap.add_argument(
+        "--viewer",
+        action="store_true",
+        help="with --storage (a schema-3 root): also open every pair in the real viewer and report its bytes",
+    )
     args = ap.parse_args(argv)
     if args.storage:
         rc = storage(args.storage, args.targets_per_file)
@@ -316,7 +399,7 @@ def main(argv=None) -> int:
         targets = np.array([t for t in range(n) if t != o], np.int32)
         for j in range(0, len(targets), k):
             t0 = time.perf_counter()
-            pairs, atlas = unit(rng, o, j // k, targets[j: j + k], total)
+            pairs, atlas = unit(rng, o, j // k, targets[j : j + k], total)
             t1 = time.perf_counter()
             if marker_bytes is None:
                 marker_bytes = len(layout.table_to_parquet(pairs, metadata=atlas.metadata()))
@@ -339,9 +422,11 @@ def main(argv=None) -> int:
     print("| step | driver time |\n|---|---|")
     print(f"| add_unit x {units:,} (pair rows + atlas counters) | {t_add:.1f} s |")
     print(f"| write_global (pair index, rankings, overview, atlas, classes) | {t_write:.1f} s |")
-    print(f"\ndriver peak memory (RSS): {peak:,.0f} MB; one unit marker with its atlas metadata: "
-          f"{marker_bytes / 1024:.1f} KiB (a resume reads {units:,} of them: "
-          f"{units * marker_bytes / 2**30:.2f} GiB)\n")
+    print(
+        f"\ndriver peak memory (RSS): {peak:,.0f} MB; one unit marker with its atlas metadata: "
+        f"{marker_bytes / 1024:.1f} KiB (a resume reads {units:,} of them: "
+        f"{units * marker_bytes / 2**30:.2f} GiB)\n"
+    )
     print("| global files | objects | bytes |\n|---|---|---|")
     for top, (count, b) in sorted(sizes.items()):
         print(f"| {top} | {count:,} | {b / 2**20:,.1f} MiB |")

@@ -19,7 +19,7 @@ FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 def _format_columns(heading_prefix: str) -> dict[str, str]:
     """Column name -> type string of the first table under the FORMAT.md heading with that prefix."""
     text = FORMAT_MD.read_text()
-    section = text[text.index(f"## {heading_prefix}"):]
+    section = text[text.index(f"## {heading_prefix}") :]
     section = section[: section.index("\n## ", 3)] if "\n## " in section[3:] else section
     return dict(re.findall(r"^\| `(\w+)` \| ([\w<>]+) \|", section, flags=re.M))
 
@@ -31,12 +31,20 @@ def _arrow_type(spec: str) -> pa.DataType:
     return {"int32": pa.int32(), "float32": pa.float32(), "string": pa.string(), "binary": pa.binary()}[spec]
 
 
-@pytest.mark.parametrize("heading,schema", [
-    ("classes.parquet", layout.CLASSES_SCHEMA), ("importance/", layout.IMPORTANCE_SCHEMA),
-    ("pairs/", layout.PAIRS_SCHEMA), ("nodes/", layout.NODES_SCHEMA), ("edges/", layout.edges_schema(1)),
-    ("causal/", layout.CAUSAL_SCHEMA), ("rankings/", layout.RANKING_SCHEMA), ("overview/", layout.OVERVIEW_SCHEMA),
-    ("atlas/", layout.ATLAS_SCHEMA),
-])
+@pytest.mark.parametrize(
+    "heading,schema",
+    [
+        ("classes.parquet", layout.CLASSES_SCHEMA),
+        ("importance/", layout.IMPORTANCE_SCHEMA),
+        ("pairs/", layout.PAIRS_SCHEMA),
+        ("nodes/", layout.NODES_SCHEMA),
+        ("edges/", layout.edges_schema(1)),
+        ("causal/", layout.CAUSAL_SCHEMA),
+        ("rankings/", layout.RANKING_SCHEMA),
+        ("overview/", layout.OVERVIEW_SCHEMA),
+        ("atlas/", layout.ATLAS_SCHEMA),
+    ],
+)
 def test_schemas_are_the_ones_in_format_md(heading, schema):
     cols = _format_columns(heading)
     assert cols, f"no column table found under '## {heading}' in FORMAT.md"
@@ -51,13 +59,20 @@ def test_format_md_states_the_schema_version():
 
 def _rows(n_targets: int, per_target: int, s: int) -> pa.Table:
     n = n_targets * per_target
-    return pa.table({
-        "target": pa.array([t for t in range(n_targets) for _ in range(per_target)], pa.int32()),
-        "layer": ["mixed4e"] * n, "channel": pa.array(range(n), pa.int32()), "role": ["exploited"] * n,
-        "importance_original": pa.array([1.5] * n, pa.float32()), "importance_target": pa.array([0.5] * n, pa.float32()),
-        "importance_attacked": pa.array([[0.25] * s] * n, pa.list_(pa.float32())),
-        "exploited_mask": pa.array([3] * n, pa.int32()), "effect": pa.array([[0.0] * s] * n, pa.list_(pa.float32())),
-    }, schema=layout.NODES_SCHEMA)
+    return pa.table(
+        {
+            "target": pa.array([t for t in range(n_targets) for _ in range(per_target)], pa.int32()),
+            "layer": ["mixed4e"] * n,
+            "channel": pa.array(range(n), pa.int32()),
+            "role": ["exploited"] * n,
+            "importance_original": pa.array([1.5] * n, pa.float32()),
+            "importance_target": pa.array([0.5] * n, pa.float32()),
+            "importance_attacked": pa.array([[0.25] * s] * n, pa.list_(pa.float32())),
+            "exploited_mask": pa.array([3] * n, pa.int32()),
+            "effect": pa.array([[0.0] * s] * n, pa.list_(pa.float32())),
+        },
+        schema=layout.NODES_SCHEMA,
+    )
 
 
 def test_footer_cap_is_enforced_and_the_default_chunk_fits():
@@ -88,8 +103,12 @@ def test_grouped_files_have_one_row_group_per_target_even_empty():
 
 def test_influence_rounding_is_round_to_nearest_even_with_8_significant_bits():
     rng = np.random.default_rng(3)
-    x = np.concatenate([rng.standard_normal(20000) * 10.0 ** rng.integers(-6, 6, 20000),
-                        [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, 3.0e38]]).astype(np.float32)
+    x = np.concatenate(
+        [
+            rng.standard_normal(20000) * 10.0 ** rng.integers(-6, 6, 20000),
+            [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, 3.0e38],
+        ]
+    ).astype(np.float32)
     r = layout.round_influence(x)
     assert r.dtype == np.float32 and np.isnan(r[-3]) and np.isnan(r).sum() == 1
     finite = np.isfinite(x) & (np.abs(x) > 1e-37)
@@ -113,10 +132,17 @@ def test_edges_store_about_two_bytes_per_influence_readable_by_pyarrow_duckdb_an
     raw = (rng.lognormal(0, 2, (n, 2 + s)) * np.where(rng.random((n, 2 + s)) < 0.2, -1, 1)).astype(np.float32)
     vals = layout.round_influence(raw)
     names = ["influence_original", "influence_target"] + [layout.influence_column(i) for i in range(s)]
-    t = pa.table({"target": pa.array(np.zeros(n, np.int32)), "src_layer": ["mixed4a"] * n,
-                  "src_channel": pa.array(rng.integers(0, 512, n).astype(np.int32)), "dst_layer": ["mixed4b"] * n,
-                  "dst_channel": pa.array(np.sort(rng.integers(0, 512, n)).astype(np.int32)),
-                  **{c: pa.array(vals[:, j]) for j, c in enumerate(names)}}, schema=layout.edges_schema(s))
+    t = pa.table(
+        {
+            "target": pa.array(np.zeros(n, np.int32)),
+            "src_layer": ["mixed4a"] * n,
+            "src_channel": pa.array(rng.integers(0, 512, n).astype(np.int32)),
+            "dst_layer": ["mixed4b"] * n,
+            "dst_channel": pa.array(np.sort(rng.integers(0, 512, n)).astype(np.int32)),
+            **{c: pa.array(vals[:, j]) for j, c in enumerate(names)},
+        },
+        schema=layout.edges_schema(s),
+    )
     data = layout.table_to_parquet(t, "target", [0], footer_limit=layout.footer_limit("edges"))
     f = pq.ParquetFile(pa.BufferReader(data))
     for j, c in enumerate(names):
@@ -127,7 +153,10 @@ def test_edges_store_about_two_bytes_per_influence_readable_by_pyarrow_duckdb_an
     # the same values unrounded take twice the bytes: the rounding, not zstd alone, halves them
     exact = t.set_column(5, "influence_original", pa.array(raw[:, 0]))
     f2 = pq.ParquetFile(pa.BufferReader(layout.table_to_parquet(exact, "target", [0])))
-    assert f2.metadata.row_group(0).column(5).total_compressed_size > 1.7 * f.metadata.row_group(0).column(5).total_compressed_size
+    assert (
+        f2.metadata.row_group(0).column(5).total_compressed_size
+        > 1.7 * f.metadata.row_group(0).column(5).total_compressed_size
+    )
     path = tmp_path / "edges.parquet"
     path.write_bytes(data)
     assert pq.read_table(path).equals(t)

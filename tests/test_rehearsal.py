@@ -25,8 +25,19 @@ ORIGINALS = (0, 999)
 @pytest.fixture(scope="module")
 def rehearsal_root(ray_session, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("rehearsal") / "root")
-    cfg = load(None, {"model": "rehearsal", "data": "synthetic", "out": out, "originals": list(ORIGINALS),
-                      "images_per_class": 1, "attack.steps": 2, "assets.enabled": False, "progress": False})
+    cfg = load(
+        None,
+        {
+            "model": "rehearsal",
+            "data": "synthetic",
+            "out": out,
+            "originals": list(ORIGINALS),
+            "images_per_class": 1,
+            "attack.steps": 2,
+            "assets.enabled": False,
+            "progress": False,
+        },
+    )
     summary = run(cfg)
     assert not summary.failed and summary.pairs_written == 2 * 999, summary.report()
     return out
@@ -61,17 +72,23 @@ def test_read_back_with_partition_filters(rehearsal_root):
     con = duckdb.connect()
     n, n_orig = con.execute(
         f"select count(*), count(distinct original) from read_parquet('{rehearsal_root}/pair_index/*/*.parquet', "
-        "hive_partitioning=true)").fetchone()
+        "hive_partitioning=true)"
+    ).fetchone()
     assert (n, n_orig) == (1998, 2)
     nodes_999 = con.execute(
         f"select count(*) from read_parquet('{rehearsal_root}/nodes/*/*.parquet', hive_partitioning=true) "
-        "where original = 999").fetchone()[0]
+        "where original = 999"
+    ).fetchone()[0]
     assert nodes_999 == sum(t.column("n_nodes").to_pylist()) > 999 * 9
     files = sorted(glob.glob(os.path.join(rehearsal_root, "nodes", "*", "*.parquet")))
     pf = fastparquet.ParquetFile(files, root=os.path.join(rehearsal_root, "nodes"))
     df = pf.to_pandas(columns=["target", "layer", "channel"], filters=[("original", "==", 0)])
-    assert len(df) == con.execute(
-        f"select count(*) from read_parquet('{rehearsal_root}/nodes/original=0/*.parquet')").fetchone()[0]
+    assert (
+        len(df)
+        == con.execute(f"select count(*) from read_parquet('{rehearsal_root}/nodes/original=0/*.parquet')").fetchone()[
+            0
+        ]
+    )
 
 
 def test_edges_read_back_in_every_reader_at_the_documented_precision(rehearsal_root):

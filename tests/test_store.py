@@ -9,7 +9,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from bluff_ray.results.store import Store, StorageError, table_to_parquet
+from bluff_ray.results.store import StorageError, Store, table_to_parquet
 
 
 def test_one_row_group_per_target_including_empty_ones(tmp_path):
@@ -143,12 +143,18 @@ def test_bluff_run_on_unreachable_storage_exits_2_with_one_line_within_10_s_of_a
 
     # ``bluff run`` as the console script runs it, timed from main() on (interpreter start-up varies
     # by seconds on a loaded CI box; what main() does before failing is what is measured)
-    script = ("import sys, time; from bluff_ray.cli import main; t = time.perf_counter(); rc = main(sys.argv[1:]); "
-              "print(time.perf_counter() - t); sys.exit(rc)")
+    script = (
+        "import sys, time; from bluff_ray.cli import main; t = time.perf_counter(); rc = main(sys.argv[1:]); "
+        "print(time.perf_counter() - t); sys.exit(rc)"
+    )
 
     def bluff_run(out: str, *options: str) -> tuple[float, subprocess.CompletedProcess]:
-        p = subprocess.run([sys.executable, "-c", script, "run", "--out", out, "--no-progress", *options],
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-c", script, "run", "--out", out, "--no-progress", *options],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return float(p.stdout.strip().splitlines()[-1]), p
 
     base, p = bluff_run(str(blocker / "root"))
@@ -241,8 +247,10 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
         first.release()
     assert not s.exists(".bluff-lock.json")
     # a lock whose heartbeat is old is taken over
-    s.write_bytes(".bluff-lock.json", json.dumps({"run_id": "x", "config_hash": "h", "host": "elsewhere", "pid": 1,
-                                                  "heartbeat": 0}).encode())
+    s.write_bytes(
+        ".bluff-lock.json",
+        json.dumps({"run_id": "x", "config_hash": "h", "host": "elsewhere", "pid": 1, "heartbeat": 0}).encode(),
+    )
     late = RunLock(s, "hash-b")
     late.acquire()
     assert json.loads(s.read_bytes(".bluff-lock.json"))["run_id"] == late.run_id
@@ -262,7 +270,7 @@ def _garble_first_page(data: bytes, column: str) -> bytes:
     start = col.dictionary_page_offset or col.data_page_offset
     end = col.data_page_offset if col.dictionary_page_offset else start + col.total_compressed_size
     at = (start + end) // 2  # past the page header, inside the values
-    return data[:at] + bytes(b ^ 0x5A for b in data[at:at + 16]) + data[at + 16:]
+    return data[:at] + bytes(b ^ 0x5A for b in data[at : at + 16]) + data[at + 16 :]
 
 
 def test_garbled_page_fails_the_checksum_with_the_file_named(tmp_path):
@@ -281,11 +289,14 @@ def test_garbled_page_fails_the_checksum_with_the_file_named(tmp_path):
     # without page checksums the same garbling decodes to wrong values silently (what this prevents)
     sink = pa.BufferOutputStream()
     pq.write_table(t, sink, compression="snappy")
-    unchecked = pq.read_table(pa.BufferReader(_garble_first_page(sink.getvalue().to_pybytes(), "v")),
-                              page_checksum_verification=True)
+    unchecked = pq.read_table(
+        pa.BufferReader(_garble_first_page(sink.getvalue().to_pybytes(), "v")), page_checksum_verification=True
+    )
     assert unchecked.num_rows == 4000 and not unchecked.equals(t)
     (tmp_path / "edges/original=0/part-0.parquet").write_bytes(bad)
-    with pytest.raises(CorruptFile, match=r"edges/original=0/part-0\.parquet is not a readable Parquet file .*(CRC|checksum)"):
+    with pytest.raises(
+        CorruptFile, match=r"edges/original=0/part-0\.parquet is not a readable Parquet file .*(CRC|checksum)"
+    ):
         s.read_table("edges/original=0/part-0.parquet")
     with pytest.raises(CorruptFile, match="part-0.parquet"):
         s.read_parquet_file("edges/original=0/part-0.parquet").read()  # the open parses the footer, the read fails

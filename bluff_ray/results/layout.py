@@ -38,12 +38,19 @@ SCHEMA_CHANGES = {
 def version_refusal(where: str, found: Any) -> str:
     """The one-line refusal of a root written in another schema version (runs, notebooks)."""
     if isinstance(found, int) and found > SCHEMA_VERSION:
-        return (f"{where} holds results in schema version {found}, written by a newer bluff_ray; this one reads "
-                f"and writes version {SCHEMA_VERSION}. Use the bluff_ray that wrote it, or another output root.")
-    changes = "; ".join(f"version {v}: {c}" for v, c in SCHEMA_CHANGES.items() if not isinstance(found, int) or v > found)
-    return (f"{where} holds results in schema version {found if found is not None else '1 (or none)'}, written by an "
-            f"older bluff_ray; this version writes version {SCHEMA_VERSION} (changed since: {changes}). Use another "
-            "output root, or pass --overwrite to delete those results and recompute.")
+        return (
+            f"{where} holds results in schema version {found}, written by a newer bluff_ray; this one reads "
+            f"and writes version {SCHEMA_VERSION}. Use the bluff_ray that wrote it, or another output root."
+        )
+    changes = "; ".join(
+        f"version {v}: {c}" for v, c in SCHEMA_CHANGES.items() if not isinstance(found, int) or v > found
+    )
+    return (
+        f"{where} holds results in schema version {found if found is not None else '1 (or none)'}, written by an "
+        f"older bluff_ray; this version writes version {SCHEMA_VERSION} (changed since: {changes}). Use another "
+        "output root, or pass --overwrite to delete those results and recompute."
+    )
+
 
 #: The viewer reads a Parquet file's footer with one suffix request of this many bytes ...
 VIEWER_TAIL_BYTES = 16 * 1024
@@ -83,8 +90,23 @@ OVERVIEW_PATH = "overview/success.parquet"
 ASSET_INDEX_PATH = "neurons/index.parquet"
 
 #: Everything a run writes under a root (``--overwrite`` deletes exactly these).
-RESULT_PREFIXES = (MANIFEST_PATH, CLASSES_PATH, "importance", "examples", "pairs", "pair_index", "nodes", "edges",
-                   "causal", "causal_curve", "rankings", "overview", "atlas", "neurons", "pair_index.parquet")
+RESULT_PREFIXES = (
+    MANIFEST_PATH,
+    CLASSES_PATH,
+    "importance",
+    "examples",
+    "pairs",
+    "pair_index",
+    "nodes",
+    "edges",
+    "causal",
+    "causal_curve",
+    "rankings",
+    "overview",
+    "atlas",
+    "neurons",
+    "pair_index.parquet",
+)
 
 
 # --- paths --------------------------------------------------------------------------------------
@@ -132,30 +154,34 @@ def _flist() -> pa.DataType:
 
 IMPORTANCE_SCHEMA = pa.schema([("layer", pa.string()), ("channel", pa.int32()), ("importance", pa.float32())])
 
-PAIRS_SCHEMA = pa.schema([
-    ("target", pa.int32()),
-    ("n_images", pa.int32()),
-    ("n_success", pa.list_(pa.int32())),
-    ("success_rate", _flist()),
-    ("n_nodes", pa.int32()),
-    ("n_edges", pa.int32()),
-    ("n_exploited", pa.int32()),
-    ("defused", _flist()),
-    ("row_group", pa.int32()),
-    ("part", pa.int32()),
-])
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("target", pa.int32()),
+        ("n_images", pa.int32()),
+        ("n_success", pa.list_(pa.int32())),
+        ("success_rate", _flist()),
+        ("n_nodes", pa.int32()),
+        ("n_edges", pa.int32()),
+        ("n_exploited", pa.int32()),
+        ("defused", _flist()),
+        ("row_group", pa.int32()),
+        ("part", pa.int32()),
+    ]
+)
 
-NODES_SCHEMA = pa.schema([
-    ("target", pa.int32()),
-    ("layer", pa.string()),
-    ("channel", pa.int32()),
-    ("role", pa.string()),
-    ("importance_original", pa.float32()),
-    ("importance_target", pa.float32()),
-    ("importance_attacked", _flist()),
-    ("exploited_mask", pa.int32()),
-    ("effect", _flist()),
-])
+NODES_SCHEMA = pa.schema(
+    [
+        ("target", pa.int32()),
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("role", pa.string()),
+        ("importance_original", pa.float32()),
+        ("importance_target", pa.float32()),
+        ("importance_attacked", _flist()),
+        ("exploited_mask", pa.int32()),
+        ("effect", _flist()),
+    ]
+)
 
 EDGE_KEY_FIELDS = [
     ("target", pa.int32()),
@@ -176,8 +202,11 @@ def edges_schema(n_strengths: int) -> pa.Schema:
 
     One column per strength, not a list: the viewer reads the columns of the strength it shows.
     """
-    return pa.schema(EDGE_KEY_FIELDS + [("influence_original", pa.float32()), ("influence_target", pa.float32())]
-                     + [(influence_column(i), pa.float32()) for i in range(n_strengths)])
+    return pa.schema(
+        EDGE_KEY_FIELDS
+        + [("influence_original", pa.float32()), ("influence_target", pa.float32())]
+        + [(influence_column(i), pa.float32()) for i in range(n_strengths)]
+    )
 
 
 def round_influence(values: Any) -> np.ndarray:
@@ -192,6 +221,7 @@ def round_influence(values: Any) -> np.ndarray:
     r = ((u + bias) & np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)).view(np.float32)
     return np.where(np.isnan(a), np.float32(np.nan), r).astype(np.float32)
 
+
 #: Field order of the ``causal`` table's list columns (FORMAT.md ``causal``): packed into lists so a
 #: causal file's footer (one entry per column and row group) stays within the viewer's first read.
 CAUSAL_RECOVERY_FIELDS = ("n_images", "mean", "median", "restored", "defused", "ld_clean", "ld_adv")
@@ -200,67 +230,75 @@ CAUSAL_MATCHED_FIELDS = ("mean", "q95", "percentile", "p")
 CAUSAL_NOISING_FIELDS = ("value", "null_mean", "null_q95", "percentile", "p")
 CAUSAL_SETS = ("exploited", "exploited_union", "top_original_target", "top_delta")
 
-CAUSAL_SCHEMA = pa.schema([
-    ("target", pa.int32()),
-    ("strength", pa.int32()),
-    ("layer", pa.string()),
-    ("set", pa.string()),
-    ("n_neurons", pa.int32()),
-    ("recovery", _flist()),
-    ("null_stats", _flist()),
-    ("matched", _flist()),
-    ("noising", _flist()),
-])
+CAUSAL_SCHEMA = pa.schema(
+    [
+        ("target", pa.int32()),
+        ("strength", pa.int32()),
+        ("layer", pa.string()),
+        ("set", pa.string()),
+        ("n_neurons", pa.int32()),
+        ("recovery", _flist()),
+        ("null_stats", _flist()),
+        ("matched", _flist()),
+        ("noising", _flist()),
+    ]
+)
 
 #: Dose-response orders of ``causal_curve`` and the field order of its ``summary`` list.
 CURVE_ORDERS = ("exploited", "delta", "random")
 CURVE_SUMMARY_FIELDS = ("auc", "k50")
 
-CAUSAL_CURVE_SCHEMA = pa.schema([
-    ("target", pa.int32()),
-    ("strength", pa.int32()),
-    ("layer", pa.string()),
-    ("order", pa.string()),
-    ("k", pa.list_(pa.int32())),
-    ("recovery", _flist()),
-    ("q05", _flist()),
-    ("q95", _flist()),
-    ("summary", _flist()),
-])
+CAUSAL_CURVE_SCHEMA = pa.schema(
+    [
+        ("target", pa.int32()),
+        ("strength", pa.int32()),
+        ("layer", pa.string()),
+        ("order", pa.string()),
+        ("k", pa.list_(pa.int32())),
+        ("recovery", _flist()),
+        ("q05", _flist()),
+        ("q95", _flist()),
+        ("summary", _flist()),
+    ]
+)
 
-CLASSES_SCHEMA = pa.schema([
-    ("class_id", pa.int32()),
-    ("wnid", pa.string()),
-    ("name", pa.string()),
-    ("n_images", pa.int32()),
-    ("n_correct", pa.int32()),
-    ("n_skipped", pa.int32()),
-    ("accuracy", pa.float32()),
-    ("n_as_original", pa.int32()),
-    ("n_as_target", pa.int32()),
-    ("success_as_original", _flist()),
-    ("success_as_target", _flist()),
-])
+CLASSES_SCHEMA = pa.schema(
+    [
+        ("class_id", pa.int32()),
+        ("wnid", pa.string()),
+        ("name", pa.string()),
+        ("n_images", pa.int32()),
+        ("n_correct", pa.int32()),
+        ("n_skipped", pa.int32()),
+        ("accuracy", pa.float32()),
+        ("n_as_original", pa.int32()),
+        ("n_as_target", pa.int32()),
+        ("success_as_original", _flist()),
+        ("success_as_target", _flist()),
+    ]
+)
 
 RANKING_SCHEMA = pa.schema([("original", pa.int32()), ("target", pa.int32()), ("value", pa.float32())])
 
 OVERVIEW_SCHEMA = pa.schema([("strength", pa.int32()), ("original", pa.int32()), ("success", pa.binary())])
 
-ATLAS_SCHEMA = pa.schema([
-    ("layer", pa.string()),
-    ("channel", pa.int32()),
-    ("n_displayed", pa.int32()),
-    ("n_exploited_any", pa.int32()),
-    ("n_exploited", pa.list_(pa.int32())),
-    ("mean_effect", _flist()),
-    ("n_tested", pa.int32()),
-    ("mean_recovery", pa.float32()),
-    ("null_percentile", pa.float32()),
-    ("top_originals", pa.list_(pa.int32())),
-    ("top_original_counts", pa.list_(pa.int32())),
-    ("top_targets", pa.list_(pa.int32())),
-    ("top_target_counts", pa.list_(pa.int32())),
-])
+ATLAS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("n_displayed", pa.int32()),
+        ("n_exploited_any", pa.int32()),
+        ("n_exploited", pa.list_(pa.int32())),
+        ("mean_effect", _flist()),
+        ("n_tested", pa.int32()),
+        ("mean_recovery", pa.float32()),
+        ("null_percentile", pa.float32()),
+        ("top_originals", pa.list_(pa.int32())),
+        ("top_original_counts", pa.list_(pa.int32())),
+        ("top_targets", pa.list_(pa.int32())),
+        ("top_target_counts", pa.list_(pa.int32())),
+    ]
+)
 
 #: Rows of pair_index/ are the unit markers' rows (same columns; ``original`` is the partition).
 PAIR_INDEX_SCHEMA = PAIRS_SCHEMA
@@ -329,8 +367,10 @@ def table_to_parquet(
                 raise ValueError(f"rows with {group_by} values not in groups: {sorted(set(col[start:]))}")
     data = sink.getvalue().to_pybytes()
     if footer_limit is not None and footer_size(data) > footer_limit:
-        raise FooterTooLarge(f"Parquet footer of {footer_size(data)} bytes exceeds {footer_limit} "
-                             "(too many row groups in one file: lower the targets per file)")
+        raise FooterTooLarge(
+            f"Parquet footer of {footer_size(data)} bytes exceeds {footer_limit} "
+            "(too many row groups in one file: lower the targets per file)"
+        )
     return data
 
 
@@ -364,8 +404,12 @@ def max_targets_per_file(n_strengths: int, limit: int = FOOTER_LIMIT) -> int:
     cap; edges files get ``EDGES_FOOTER_LIMIT`` scaled alike.
     """
     worst = 1 << 30
-    for schema, cap in ((NODES_SCHEMA, limit), (edges_schema(n_strengths), limit * EDGES_FOOTER_LIMIT // FOOTER_LIMIT),
-                        (CAUSAL_SCHEMA, limit), (CAUSAL_CURVE_SCHEMA, limit)):
+    for schema, cap in (
+        (NODES_SCHEMA, limit),
+        (edges_schema(n_strengths), limit * EDGES_FOOTER_LIMIT // FOOTER_LIMIT),
+        (CAUSAL_SCHEMA, limit),
+        (CAUSAL_CURVE_SCHEMA, limit),
+    ):
         fixed, per = _footer_per_target(schema, n_strengths)
         worst = min(worst, int((cap * 0.9 - fixed) // per))
     return max(1, worst)

@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import fsspec
 import pyarrow as pa
@@ -35,6 +35,10 @@ T = TypeVar("T")
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 
 
+@overload
+def redact_url(url: str) -> str: ...
+@overload
+def redact_url(url: None) -> None: ...
 def redact_url(url: str | None) -> str | None:
     """Drop ``user:secret@`` from a URL so it can go into manifest.json and logs."""
     return None if url is None else _USERINFO.sub(r"\1", str(url))
@@ -73,7 +77,10 @@ def open_url(url: str, storage_options: dict | None = None, probe: bool = False)
     options = dict(storage_options or {})
     s3 = str(url).startswith(("s3://", "s3a://"))
     if s3:
-        options["config_kwargs"] = {**(PROBE_S3_CONFIG if probe else S3_CONFIG), **dict(options.get("config_kwargs") or {})}
+        options["config_kwargs"] = {
+            **(PROBE_S3_CONFIG if probe else S3_CONFIG),
+            **dict(options.get("config_kwargs") or {}),
+        }
         if probe:
             options["skip_instance_cache"] = True  # its retries are changed below: never share it
     fs, path = fsspec.core.url_to_fs(str(url), **options)
@@ -131,8 +138,14 @@ class Store:
         else:
             self.fs.pipe_file(path, bytes(data))
 
-    def write_table(self, rel: str, table: pa.Table, group_by: str | None = None, groups: Iterable[Any] | None = None,
-                    footer_limit: int | None = None) -> bytes:
+    def write_table(
+        self,
+        rel: str,
+        table: pa.Table,
+        group_by: str | None = None,
+        groups: Iterable[Any] | None = None,
+        footer_limit: int | None = None,
+    ) -> bytes:
         """Write ``table`` as one Parquet object; returns the bytes written (unit markers record them)."""
         data = table_to_parquet(table, group_by, groups, footer_limit=footer_limit)
         self.write_bytes(rel, data)
@@ -182,8 +195,10 @@ class Store:
         try:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-            raise CorruptFile(f"{self.uri(rel)} is not valid JSON ({len(data)} bytes; {_describe(e)}): "
-                              "repair or delete it (or pass --overwrite)") from None
+            raise CorruptFile(
+                f"{self.uri(rel)} is not valid JSON ({len(data)} bytes; {_describe(e)}): "
+                "repair or delete it (or pass --overwrite)"
+            ) from None
 
     def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         """The Parquet table at ``rel``, every data page's CRC verified (``CorruptFile`` on a mismatch)."""
@@ -198,26 +213,31 @@ class Store:
         parsed here (``CorruptFile`` if it is not Parquet)."""
         data = self.read_bytes(rel)
         try:
-            return _CheckedParquetFile(io.BytesIO(data), page_checksum_verification=True, on_error=lambda e: self._corrupt(rel, e))
+            return _CheckedParquetFile(
+                io.BytesIO(data), page_checksum_verification=True, on_error=lambda e: self._corrupt(rel, e)
+            )
         except (pa.ArrowException, OSError, ValueError) as e:
             raise self._corrupt(rel, e) from None
 
     def _corrupt(self, rel: str, e: BaseException) -> CorruptFile:
-        return CorruptFile(f"{self.uri(rel)} is not a readable Parquet file ({_describe(e)}): delete it to have it "
-                           "recomputed, or pass --overwrite")
+        return CorruptFile(
+            f"{self.uri(rel)} is not a readable Parquet file ({_describe(e)}): delete it to have it "
+            "recomputed, or pass --overwrite"
+        )
 
-    def read_many(self, rels: Sequence[str], read: Callable[[str], T] | None = None,
-                  concurrency: int = READ_CONCURRENCY) -> list[T]:
+    def read_many(
+        self, rels: Sequence[str], read: Callable[[str], T] | None = None, concurrency: int = READ_CONCURRENCY
+    ) -> list[T]:
         """``read(rel)`` (default: the bytes) for every path, ``concurrency`` requests at a time, in order.
 
         Why: resuming a run re-reads every finished unit's small marker; one at a time that is
         tens of thousands of sequential requests on S3, in parallel rounds it is a few hundred.
         """
-        read = read or self.read_bytes
+        fn: Callable[[str], Any] = read or self.read_bytes
         if len(rels) <= 1 or concurrency <= 1:
-            return [read(r) for r in rels]
+            return [fn(r) for r in rels]
         with ThreadPoolExecutor(max_workers=min(concurrency, len(rels)), thread_name_prefix="bluff-read") as pool:
-            return list(pool.map(read, rels))
+            return list(pool.map(fn, rels))
 
     def list(self, rel: str = "", recursive: bool = True) -> list[str]:
         """Relative paths of the files under ``rel`` (sorted; [] when it does not exist)."""
@@ -231,9 +251,9 @@ class Store:
         for p in found:
             p = p.rstrip("/")
             if p.startswith(root):
-                out.append(p[len(root):])
+                out.append(p[len(root) :])
             elif p.lstrip("/").startswith(root.lstrip("/")):
-                out.append(p.lstrip("/")[len(root.lstrip("/")):])
+                out.append(p.lstrip("/")[len(root.lstrip("/")) :])
         return sorted(r for r in out if not posixpath.basename(r).startswith(TEMP_PREFIX))
 
     def refresh(self) -> None:
@@ -269,8 +289,10 @@ class Store:
         t.start()
         t.join(timeout_s)
         if not outcome:
-            raise StorageError(f"results root {redact_url(self.url)}: no answer from the storage within "
-                               f"{timeout_s:.0f} s (check the endpoint address and the network)")
+            raise StorageError(
+                f"results root {redact_url(self.url)}: no answer from the storage within "
+                f"{timeout_s:.0f} s (check the endpoint address and the network)"
+            )
         if outcome[0] is not None:
             raise outcome[0]
 
@@ -285,7 +307,9 @@ class Store:
         try:
             back = self.read_bytes(rel)
         except Exception as e:  # noqa: BLE001 - any failure of the probe is the answer
-            raise StorageError(f"results root {where}: wrote a probe object but cannot read it back: {_describe(e)}") from None
+            raise StorageError(
+                f"results root {where}: wrote a probe object but cannot read it back: {_describe(e)}"
+            ) from None
         if back != probe:
             raise StorageError(f"results root {where}: the probe object read back differs from what was written")
         try:

@@ -39,7 +39,9 @@ def _inf(e: dict, s: int) -> float:
 def _conditions(e: dict) -> list:
     """An edge row's influences: original, target, then every strength."""
     return [e["influence_original"], e["influence_target"]] + [
-        e[k] for k in sorted((k for k in e if k.startswith("influence_attacked_")), key=lambda k: int(k.rsplit("_", 1)[1]))]
+        e[k]
+        for k in sorted((k for k in e if k.startswith("influence_attacked_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    ]
 
 
 def _score(value_at, item, s: int, criterion: str) -> float:

@@ -29,8 +29,8 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -47,19 +47,73 @@ STRENGTHS = [round(0.05 * i, 2) for i in range(1, 11)]
 K = 6
 #: The small root's classes: an HTML-looking name, and (class 4) a long name of a class that is
 #: only ever a target (never computed as an original).
-CLASS_NAMES = ["zero", "one", "<b>two</b> & co", "three",
-               "four, a class with a remarkably long name that cannot fit above its column"]
+CLASS_NAMES = [
+    "zero",
+    "one",
+    "<b>two</b> & co",
+    "three",
+    "four, a class with a remarkably long name that cannot fit above its column",
+]
 #: pairs of the 1000-class test root with nodes/edges/causal files (besides the landing pair)
 SCALE_PAIRS = {(500, 250), (999, 0), (3, 998)}
 #: the small root's pair without any exploited neuron
 NO_EXPLOITED = (1, 4)
-ASSET_INDEX_SCHEMA = pa.schema([("layer", pa.string()), ("channel", pa.int32()), ("kind", pa.string()),
-                                ("rank", pa.int32()), ("path", pa.string()), ("class_id", pa.int32()),
-                                ("image_index", pa.int32()), ("activation", pa.float32())])
-_WORDS = ["red", "blue", "spotted", "great", "lesser", "common", "giant", "pygmy", "golden", "silver", "northern",
-          "desert", "mountain", "river", "sea", "crested", "striped", "horned", "long-tailed", "white"]
-_NOUNS = ["fox", "heron", "beetle", "shark", "warbler", "lizard", "moth", "owl", "frog", "crab", "snail", "finch",
-          "salamander", "eel", "parrot", "toad", "wasp", "seal", "gecko", "tern"]
+ASSET_INDEX_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("kind", pa.string()),
+        ("rank", pa.int32()),
+        ("path", pa.string()),
+        ("class_id", pa.int32()),
+        ("image_index", pa.int32()),
+        ("activation", pa.float32()),
+    ]
+)
+_WORDS = [
+    "red",
+    "blue",
+    "spotted",
+    "great",
+    "lesser",
+    "common",
+    "giant",
+    "pygmy",
+    "golden",
+    "silver",
+    "northern",
+    "desert",
+    "mountain",
+    "river",
+    "sea",
+    "crested",
+    "striped",
+    "horned",
+    "long-tailed",
+    "white",
+]
+_NOUNS = [
+    "fox",
+    "heron",
+    "beetle",
+    "shark",
+    "warbler",
+    "lizard",
+    "moth",
+    "owl",
+    "frog",
+    "crab",
+    "snail",
+    "finch",
+    "salamander",
+    "eel",
+    "parrot",
+    "toad",
+    "wasp",
+    "seal",
+    "gecko",
+    "tern",
+]
 
 
 def scale_names(n: int) -> list[str]:
@@ -91,8 +145,9 @@ def _list_array(values: np.ndarray, type_: pa.DataType) -> pa.Array:
 # --- pair rows (vectorised) -------------------------------------------------------------------------
 
 
-def _pair_rows(rng: np.random.Generator, o: int, targets: np.ndarray, n_images: int, small: bool,
-               ease: np.ndarray | None = None) -> dict:
+def _pair_rows(
+    rng: np.random.Generator, o: int, targets: np.ndarray, n_images: int, small: bool, ease: np.ndarray | None = None
+) -> dict:
     """Per target: n_success [T, S], n_exploited, n_nodes, n_edges (before any files are made)."""
     S = len(STRENGTHS)
     T = len(targets)
@@ -117,9 +172,14 @@ def _pair_rows(rng: np.random.Generator, o: int, targets: np.ndarray, n_images: 
 # --- one pair's nodes, edges and causal rows ---------------------------------------------------------
 
 
-def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
-                 n_exploited: int | None, causal: bool = True,
-                 no_exploited: bool = False) -> tuple[list[dict], list[dict], list[dict], list[float]]:
+def _pair_tables(
+    rng: np.random.Generator,
+    t: int,
+    n_success: np.ndarray,
+    n_exploited: int | None,
+    causal: bool = True,
+    no_exploited: bool = False,
+) -> tuple[list[dict], list[dict], list[dict], list[float]]:
     S = len(STRENGTHS)
     ok = n_success > 0
     if n_exploited is None:
@@ -132,25 +192,43 @@ def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
     nodes: list[dict] = []
     for li, layer in enumerate(LAYERS):
         chans = rng.permutation(CHANNELS)
-        counts = {"original": int(rng.integers(2, K)), "both": int(rng.integers(1, K // 2 + 1)),
-                  "target": int(rng.integers(2, K)), "exploited": min(ex_counts[li], CHANNELS - 3 * K)}
+        counts = {
+            "original": int(rng.integers(2, K)),
+            "both": int(rng.integers(1, K // 2 + 1)),
+            "target": int(rng.integers(2, K)),
+            "exploited": min(ex_counts[li], CHANNELS - 3 * K),
+        }
         i = 0
         for role in ("original", "both", "target", "exploited"):
-            picked = sorted(int(c) for c in chans[i:i + counts[role]])
+            picked = sorted(int(c) for c in chans[i : i + counts[role]])
             i += counts[role]
             for c in picked:
                 base = float(rng.gamma(2.0, 1.0))
                 drift = float(rng.normal(0.0, 0.6))
-                att = [max(0.0, base + drift * (s + 1) / S + float(rng.normal(0, 0.1))) if ok[s] else math.nan
-                       for s in range(S)]
+                att = [
+                    max(0.0, base + drift * (s + 1) / S + float(rng.normal(0, 0.1))) if ok[s] else math.nan
+                    for s in range(S)
+                ]
                 mask, effect = 0, [math.nan] * S
                 if role == "exploited":
-                    bits = [s for s in range(S) if ok[s] and rng.random() < 0.5] or [int(np.argmax(ok)) if ok.any() else 0]
+                    bits = [s for s in range(S) if ok[s] and rng.random() < 0.5] or [
+                        int(np.argmax(ok)) if ok.any() else 0
+                    ]
                     mask = sum(1 << s for s in bits)
                     effect = [float(rng.random()) if ok[s] and causal else math.nan for s in range(S)]
-                nodes.append(dict(target=t, layer=layer, channel=c, role=role, importance_original=base,
-                                  importance_target=float(rng.gamma(2.0, 1.0)), importance_attacked=att,
-                                  exploited_mask=mask, effect=effect))
+                nodes.append(
+                    dict(
+                        target=t,
+                        layer=layer,
+                        channel=c,
+                        role=role,
+                        importance_original=base,
+                        importance_target=float(rng.gamma(2.0, 1.0)),
+                        importance_attacked=att,
+                        exploited_mask=mask,
+                        effect=effect,
+                    )
+                )
     edges: list[dict] = []
     for li in range(1, len(LAYERS)):
         lo = [n for n in nodes if n["layer"] == LAYERS[li - 1]]
@@ -162,10 +240,18 @@ def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
                 att = [float(x) if ok[i] else math.nan for i, x in enumerate(v[2:])]
                 if not any(x > 0 for x in [float(v[0]), float(v[1]), *att]):
                     continue  # FORMAT: only edges positive in at least one condition
-                edges.append(dict(target=t, src_layer=s_["layer"], src_channel=s_["channel"], dst_layer=d["layer"],
-                                  dst_channel=d["channel"], influence_original=float(v[0]),
-                                  influence_target=float(v[1]),
-                                  **{layout.influence_column(i): x for i, x in enumerate(att)}))
+                edges.append(
+                    dict(
+                        target=t,
+                        src_layer=s_["layer"],
+                        src_channel=s_["channel"],
+                        dst_layer=d["layer"],
+                        dst_channel=d["channel"],
+                        influence_original=float(v[0]),
+                        influence_target=float(v[1]),
+                        **{layout.influence_column(i): x for i, x in enumerate(att)},
+                    )
+                )
     causal_rows, curve_rows = _causal_rows(rng, t, nodes, ok, causal)
     defused = [math.nan] * S
     for r in causal_rows:
@@ -177,8 +263,9 @@ def _pair_tables(rng: np.random.Generator, t: int, n_success: np.ndarray,
 CAUSAL_SETS = ("exploited", "exploited_union", "top_original_target", "top_delta")
 
 
-def _causal_rows(rng: np.random.Generator, t: int, nodes: list[dict], ok: np.ndarray,
-                 causal: bool) -> tuple[list[dict], list[dict]]:
+def _causal_rows(
+    rng: np.random.Generator, t: int, nodes: list[dict], ok: np.ndarray, causal: bool
+) -> tuple[list[dict], list[dict]]:
     """FORMAT.md causal/ and causal_curve/ rows: per strength with a success and layer with exploited
     neurons, the four sets (random numbers, but the statistics' shapes and ranges are the real ones)."""
     if not causal:
@@ -200,13 +287,21 @@ def _causal_rows(rng: np.random.Generator, t: int, nodes: list[dict], ok: np.nda
                 pctl = 100.0 * (sum(x < r for x in null) + 0.5 * sum(x == r for x in null)) / 16
                 p = (1 + sum(x >= r for x in null)) / 17
                 nan = math.nan
-                rows.append(dict(
-                    target=t, strength=s, layer=layer, set=name, n_neurons=n,
-                    recovery=[n_img, r, r, float(rng.random()), float(rng.random()), 5.0, -2.0],
-                    null_stats=[float(np.mean(null)), float(np.std(null, ddof=1)), null[0], null[-1], pctl, p, 16]
-                    if primary else [nan] * 6 + [16],
-                    matched=[float(np.mean(null)), null[-1], pctl, p] if primary else [nan] * 4,
-                    noising=[r, float(np.mean(null)), null[-1], pctl, p] if primary else [nan] * 5))
+                rows.append(
+                    dict(
+                        target=t,
+                        strength=s,
+                        layer=layer,
+                        set=name,
+                        n_neurons=n,
+                        recovery=[n_img, r, r, float(rng.random()), float(rng.random()), 5.0, -2.0],
+                        null_stats=[float(np.mean(null)), float(np.std(null, ddof=1)), null[0], null[-1], pctl, p, 16]
+                        if primary
+                        else [nan] * 6 + [16],
+                        matched=[float(np.mean(null)), null[-1], pctl, p] if primary else [nan] * 4,
+                        noising=[r, float(np.mean(null)), null[-1], pctl, p] if primary else [nan] * 5,
+                    )
+                )
     best = int(np.argmax(ok)) if ok.any() else -1
     for s in range(S - 1, -1, -1):  # the curve strength: the strongest with a success (synthetic)
         if ok[s]:
@@ -222,14 +317,35 @@ def _causal_rows(rng: np.random.Generator, t: int, nodes: list[dict], ok: np.nda
                 r[-1] = 1.0
                 lo = [max(0.0, x - 0.1) for x in r] if order == "random" else [math.nan] * len(ks)
                 hi = [min(1.0, x + 0.1) for x in r] if order == "random" else [math.nan] * len(ks)
-                curves.append(dict(target=t, strength=best, layer=layer, order=order, k=ks, recovery=r, q05=lo,
-                                   q95=hi, summary=[float(np.mean(r)), 2.0]))
+                curves.append(
+                    dict(
+                        target=t,
+                        strength=best,
+                        layer=layer,
+                        order=order,
+                        k=ks,
+                        recovery=r,
+                        q05=lo,
+                        q95=hi,
+                        summary=[float(np.mean(r)), 2.0],
+                    )
+                )
         for nd in nodes:  # each exploited neuron alone against single random channels
             if nd["role"] == "exploited":
                 r, pctl = float(rng.uniform(-0.02, 0.3)), float(rng.integers(0, 17) * 100 / 16)
-                rows.append(dict(target=t, strength=best, layer=nd["layer"], set=f"neuron:{nd['channel']}", n_neurons=1,
-                                 recovery=[4, r, r, 0.0, 0.0, 5.0, -2.0], null_stats=[0.02, 0.03, 0.0, 0.08, pctl, 0.5, 16],
-                                 matched=[math.nan] * 4, noising=[math.nan] * 5))
+                rows.append(
+                    dict(
+                        target=t,
+                        strength=best,
+                        layer=nd["layer"],
+                        set=f"neuron:{nd['channel']}",
+                        n_neurons=1,
+                        recovery=[4, r, r, 0.0, 0.0, 5.0, -2.0],
+                        null_stats=[0.02, 0.03, 0.0, 0.08, pctl, 0.5, 16],
+                        matched=[math.nan] * 4,
+                        noising=[math.nan] * 5,
+                    )
+                )
     rows.sort(key=lambda x: x["strength"])
     return rows, curves
 
@@ -237,10 +353,18 @@ def _causal_rows(rng: np.random.Generator, t: int, nodes: list[dict], ok: np.nda
 # --- the root ---------------------------------------------------------------------------------------
 
 
-def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool = True,
-                 targets_per_file: int | None = None, originals: Iterable[int] | None = None,
-                 with_files: Iterable[tuple[int, int]] | str | None = None, names: list[str] | None = None,
-                 target_chunk: int | None = None, causal: bool = True) -> Path:
+def make_results(
+    root: str | Path,
+    seed: int = 0,
+    classes: int = 5,
+    assets: bool = True,
+    targets_per_file: int | None = None,
+    originals: Iterable[int] | None = None,
+    with_files: Iterable[tuple[int, int]] | str | None = None,
+    names: list[str] | None = None,
+    target_chunk: int | None = None,
+    causal: bool = True,
+) -> Path:
     """Write a results root (schema version ``layout.SCHEMA_VERSION``) under ``root`` and return its path.
 
     - ``originals``: the classes computed as originals (default: all but the last of the small
@@ -260,8 +384,11 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
     small = classes <= 64
     tpf = targets_per_file or target_chunk or layout.max_targets_per_file(S)
     if names is None:
-        names = [CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"class {i}" for i in range(classes)] if small \
+        names = (
+            [CLASS_NAMES[i] if i < len(CLASS_NAMES) else f"class {i}" for i in range(classes)]
+            if small
             else scale_names(classes)
+        )
     wnids = [str(i) for i in range(classes)] if small else [f"n{10000000 + 7919 * i:08d}" for i in range(classes)]
     if originals is None:
         originals = range(classes - 1) if classes == len(CLASS_NAMES) else range(classes)
@@ -282,18 +409,27 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
         r["n_images"] = int(n_correct[o])
         ns = r["n_success"]
         with np.errstate(invalid="ignore", divide="ignore"):  # a fraction of the successful attacks, NaN without any
-            r["defused"] = np.where((ns > 0) & causal, np.floor(rng.random(ns.shape) * (ns + 1)) / ns, np.nan).astype(np.float32)
+            r["defused"] = np.where((ns > 0) & causal, np.floor(rng.random(ns.shape) * (ns + 1)) / ns, np.nan).astype(
+                np.float32
+            )
         rows[o] = r
 
     def success(r):
         with np.errstate(invalid="ignore", divide="ignore"):
-            return (r["n_success"] / r["n_images"]).astype(np.float32) if r["n_images"] else \
-                np.full(r["n_success"].shape, np.nan, np.float32)
+            return (
+                (r["n_success"] / r["n_images"]).astype(np.float32)
+                if r["n_images"]
+                else np.full(r["n_success"].shape, np.nan, np.float32)
+            )
 
     o_all = np.concatenate([np.full(len(rows[o]["targets"]), o, np.int32) for o in originals])
     t_all = np.concatenate([rows[o]["targets"] for o in originals])
-    land = landing_view(o_all, t_all, np.concatenate([success(rows[o]) for o in originals]),
-                        np.concatenate([rows[o]["n_exploited"] for o in originals]).astype(np.float32))
+    land = landing_view(
+        o_all,
+        t_all,
+        np.concatenate([success(rows[o]) for o in originals]),
+        np.concatenate([rows[o]["n_exploited"] for o in originals]).astype(np.float32),
+    )
     if with_files is None:
         files_for = None
     else:
@@ -309,15 +445,20 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
         units = []
         for j in range(0, len(targets), tpf):
             part = j // tpf
-            unit = targets[j:j + tpf]
+            unit = targets[j : j + tpf]
             picked = [k for k, t in enumerate(unit) if files_for is None or (o, int(t)) in files_for]
             tables = {"nodes": [], "edges": [], "causal": [], "causal_curve": []}
             for k in picked:
                 idx = j + k
                 t = int(unit[k])
                 nodes, edges, causal_rows, defused = _pair_tables(
-                    rng, t, r["n_success"][idx], None if files_for is None else int(r["n_exploited"][idx]),
-                    causal=causal, no_exploited=small and (o, t) == NO_EXPLOITED)
+                    rng,
+                    t,
+                    r["n_success"][idx],
+                    None if files_for is None else int(r["n_exploited"][idx]),
+                    causal=causal,
+                    no_exploited=small and (o, t) == NO_EXPLOITED,
+                )
                 tables["nodes"] += nodes
                 tables["edges"] += edges
                 tables["causal"] += causal_rows[0]
@@ -330,34 +471,50 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
             units.append((j, part, unit, picked, tables))
         T = len(targets)
         pos = np.arange(T, dtype=np.int32)
-        all_pairs = pa.table({
-            "target": pa.array(targets, pa.int32()),
-            "n_images": pa.array(np.full(T, r["n_images"], np.int32)),
-            "n_success": _list_array(r["n_success"], pa.list_(pa.int32())),
-            "success_rate": _list_array(success(r), pa.list_(pa.float32())),
-            "n_nodes": pa.array(r["n_nodes"], pa.int32()),
-            "n_edges": pa.array(r["n_edges"], pa.int32()),
-            "n_exploited": pa.array(r["n_exploited"], pa.int32()),
-            "defused": _list_array(r["defused"], pa.list_(pa.float32())),
-            "row_group": pa.array(pos % tpf, pa.int32()),
-            "part": pa.array(pos // tpf, pa.int32()),
-        }, schema=layout.PAIRS_SCHEMA)
+        all_pairs = pa.table(
+            {
+                "target": pa.array(targets, pa.int32()),
+                "n_images": pa.array(np.full(T, r["n_images"], np.int32)),
+                "n_success": _list_array(r["n_success"], pa.list_(pa.int32())),
+                "success_rate": _list_array(success(r), pa.list_(pa.float32())),
+                "n_nodes": pa.array(r["n_nodes"], pa.int32()),
+                "n_edges": pa.array(r["n_edges"], pa.int32()),
+                "n_exploited": pa.array(r["n_exploited"], pa.int32()),
+                "defused": _list_array(r["defused"], pa.list_(pa.float32())),
+                "row_group": pa.array(pos % tpf, pa.int32()),
+                "part": pa.array(pos // tpf, pa.int32()),
+            },
+            schema=layout.PAIRS_SCHEMA,
+        )
         for j, part, unit, picked, tables in units:
             pairs = all_pairs.slice(j, len(unit))
             nodes_t = None
             if picked:
                 groups = [int(t) for t in unit]
-                for kind, schema in (("nodes", layout.NODES_SCHEMA), ("edges", layout.edges_schema(S)),
-                                     ("causal", layout.CAUSAL_SCHEMA),
-                                     ("causal_curve", layout.CAUSAL_CURVE_SCHEMA)):
+                for kind, schema in (
+                    ("nodes", layout.NODES_SCHEMA),
+                    ("edges", layout.edges_schema(S)),
+                    ("causal", layout.CAUSAL_SCHEMA),
+                    ("causal_curve", layout.CAUSAL_CURVE_SCHEMA),
+                ):
                     t_ = pa.Table.from_pylist(tables[kind], schema=schema)
                     if kind == "nodes":
                         nodes_t = t_
-                    store.write_bytes(layout.part_path(kind, o, part), layout.table_to_parquet(
-                        t_, "target", groups, footer_limit=layout.footer_limit(kind)))
+                    store.write_bytes(
+                        layout.part_path(kind, o, part),
+                        layout.table_to_parquet(t_, "target", groups, footer_limit=layout.footer_limit(kind)),
+                    )
                 store.write_bytes(layout.part_path("pairs", o, part), layout.table_to_parquet(pairs))
-            agg.add_unit(o, part, pairs, atlas=unit_atlas(nodes_t, agg.offsets, S, pa.Table.from_pylist(
-                tables["causal"], schema=layout.CAUSAL_SCHEMA)) if nodes_t is not None else None)
+            agg.add_unit(
+                o,
+                part,
+                pairs,
+                atlas=unit_atlas(
+                    nodes_t, agg.offsets, S, pa.Table.from_pylist(tables["causal"], schema=layout.CAUSAL_SCHEMA)
+                )
+                if nodes_t is not None
+                else None,
+            )
 
     # 3. the global files, and the manifest
     benign = {c: {"n_images": int(n_img[c]), "n_correct": int(n_correct[c]), "n_skipped": 0} for c in range(classes)}
@@ -370,10 +527,19 @@ def make_results(root: str | Path, seed: int = 0, classes: int = 5, assets: bool
     manifest = {
         "schema_version": layout.SCHEMA_VERSION,
         "model": {"name": "synthetic", "input_shape": [1, 8, 8], "input_space": "pixels in [0,1]", "metadata": {}},
-        "layers": [{"name": n, "channels": CHANNELS, "branch_sizes": [16, 16, 16, 16], "bottleneck_sizes": [8, 8]}
-                   for n in LAYERS],
-        "attack": {"method": "pgd_l2", "steps": 50, "step_ratio": 0.2, "random_start": True, "seed": 0,
-                   "bf16": False, "compile": False},
+        "layers": [
+            {"name": n, "channels": CHANNELS, "branch_sizes": [16, 16, 16, 16], "bottleneck_sizes": [8, 8]}
+            for n in LAYERS
+        ],
+        "attack": {
+            "method": "pgd_l2",
+            "steps": 50,
+            "step_ratio": 0.2,
+            "random_start": True,
+            "seed": 0,
+            "bf16": False,
+            "compile": False,
+        },
         "strengths": STRENGTHS,
         "input_space": "pixels in [0,1]; eps is the L2 norm of the perturbation",
         "k": K,
@@ -399,25 +565,61 @@ def _write_assets(rng, store: Store, shown: set[tuple[str, int]], classes: int) 
     for layer, ch in sorted(shown):
         fv = f"neurons/feature_vis/{layer}/{ch}.png"
         store.write_bytes(fv, _png(rng, 32))
-        rows.append(dict(layer=layer, channel=ch, kind="feature_vis", rank=0, path=fv, class_id=-1,
-                         image_index=-1, activation=1.0))
+        rows.append(
+            dict(
+                layer=layer,
+                channel=ch,
+                kind="feature_vis",
+                rank=0,
+                path=fv,
+                class_id=-1,
+                image_index=-1,
+                activation=1.0,
+            )
+        )
         for r in range(4):
             p = f"neurons/patches/{layer}/{ch}-{r}.png"
             store.write_bytes(p, _png(rng, 12))
-            rows.append(dict(layer=layer, channel=ch, kind="patch", rank=r, path=p, class_id=r % classes,
-                             image_index=r, activation=float(4 - r)))
-    store.write_bytes(layout.ASSET_INDEX_PATH, layout.table_to_parquet(pa.Table.from_pylist(rows, schema=ASSET_INDEX_SCHEMA)))
+            rows.append(
+                dict(
+                    layer=layer,
+                    channel=ch,
+                    kind="patch",
+                    rank=r,
+                    path=p,
+                    class_id=r % classes,
+                    image_index=r,
+                    activation=float(4 - r),
+                )
+            )
+    store.write_bytes(
+        layout.ASSET_INDEX_PATH, layout.table_to_parquet(pa.Table.from_pylist(rows, schema=ASSET_INDEX_SCHEMA))
+    )
 
 
 def make_v1_root(root: str | Path) -> Path:
     """A schema-version-1 root as bluff_ray 0.1 wrote it (manifest and one pair_index.parquet)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "manifest.json").write_text(json.dumps({
-        "schema_version": 1, "model": {"name": "digits"}, "layers": [{"name": "mixed3a", "channels": 4}],
-        "attack": {"method": "pgd_l2"}, "strengths": [0.1, 0.2], "k": 4}))
-    t = pa.table({"original": pa.array([0], pa.int32()), "target": pa.array([1], pa.int32()),
-                  "row_group": pa.array([0], pa.int32())})
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "model": {"name": "digits"},
+                "layers": [{"name": "mixed3a", "channels": 4}],
+                "attack": {"method": "pgd_l2"},
+                "strengths": [0.1, 0.2],
+                "k": 4,
+            }
+        )
+    )
+    t = pa.table(
+        {
+            "original": pa.array([0], pa.int32()),
+            "target": pa.array([1], pa.int32()),
+            "row_group": pa.array([0], pa.int32()),
+        }
+    )
     (root / "pair_index.parquet").write_bytes(layout.table_to_parquet(t))
     return root
 

@@ -53,7 +53,7 @@ def load_model(
 __all__ = ["BRANCHES", "LayerInfo", "ModelAdapter", "MODEL_NAMES", "load_model"]
 
 
-def _seed_of(weights: str | None) -> int:
+def _seed_of(weights: object) -> int:
     if weights in (None, "random"):
         return 0
     if isinstance(weights, str) and weights.startswith("seed:") and weights[5:].isdigit():

@@ -44,8 +44,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = os.fspath(path)
     if is_url(path):
-        raise ValueError(f"{path}: the engine reads local weights files only; load remote weights with "
-                         "bluff_ray.run.models.load_model (or pass the state dict)")
+        raise ValueError(
+            f"{path}: the engine reads local weights files only; load remote weights with "
+            "bluff_ray.run.models.load_model (or pass the state dict)"
+        )
     local = path.removeprefix("file://")
     try:
         with open(local, "rb") as f:
