@@ -80,9 +80,13 @@ class ImageFolderSource:
         try:
             entries = self.fs.ls(folder, detail=True)
         except FileNotFoundError:
-            log.warning("no folder for class %s (%s) under %s", class_id, self.class_ids[class_id], redact_url(self.url))
+            log.warning(
+                "no folder for class %s (%s) under %s", class_id, self.class_ids[class_id], redact_url(self.url)
+            )
             return []
-        return sorted((e for e in entries if str(e["name"]).lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e["name"])
+        return sorted(
+            (e for e in entries if str(e["name"]).lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e["name"]
+        )
 
     def files(self, class_id: int) -> list[str]:
         return [e["name"] for e in self._entries(class_id)]
@@ -107,8 +111,14 @@ class ImageFolderSource:
                 break
             try:
                 good.append(self.decode(self.fs.cat_file(path)))
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError,
-                    Image.DecompressionBombError) as e:  # one bad file must not stop the class
+            except (
+                OSError,
+                UnidentifiedImageError,
+                ValueError,
+                SyntaxError,
+                EOFError,
+                Image.DecompressionBombError,
+            ) as e:  # one bad file must not stop the class
                 skipped.append(posixpath.basename(path))
                 log.warning("skipping unreadable image %s: %s", posixpath.basename(path), e)
         self.skipped_files[int(class_id)] = skipped
@@ -187,8 +197,16 @@ class NodeCache:
                 buf = io.BytesIO()
                 np.save(buf, arr if arr is not None else x.numpy())
                 atomic_write(stem + ".npy", buf.getvalue())
-                atomic_write(stem + ".json", json.dumps({"n_skipped": n_skipped, "listing": listing,
-                                                         "skipped": self.source.skipped_files.get(int(class_id), [])}).encode())
+                atomic_write(
+                    stem + ".json",
+                    json.dumps(
+                        {
+                            "n_skipped": n_skipped,
+                            "listing": listing,
+                            "skipped": self.source.skipped_files.get(int(class_id), []),
+                        }
+                    ).encode(),
+                )
                 return x, n_skipped
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -249,8 +267,13 @@ def default_node_cache() -> str:
     return os.environ.get("BLUFF_NODE_CACHE") or os.path.join(tempfile.gettempdir(), "bluff-node-cache")
 
 
-def make_source(spec: str, adapter, storage_options: dict | None = None, node_cache: str | None = None,
-                max_images: int | None = None) -> ImageSource:
+def make_source(
+    spec: str,
+    adapter,
+    storage_options: dict | None = None,
+    node_cache: str | None = None,
+    max_images: int | None = None,
+) -> ImageSource:
     """``"digits"`` (test split), ``"synthetic"`` (:class:`SyntheticSource`) or an ImageFolder URL
     (behind a :class:`NodeCache` in ``node_cache``, default $BLUFF_NODE_CACHE or the temp dir)."""
     check_source(spec, adapter)
@@ -268,5 +291,7 @@ SYNTHETIC_PER_CLASS = 8
 def check_source(spec: str, adapter) -> None:
     """Refuse an image source that cannot fit the model (checked in the driver, before any actor)."""
     if spec == "digits" and adapter.name != "digits":
-        raise ValueError(f"data 'digits' (8x8 grey digits) only fits the digits model, not {adapter.name}: "
-                         "use an image folder URL or 'synthetic'")
+        raise ValueError(
+            f"data 'digits' (8x8 grey digits) only fits the digits model, not {adapter.name}: "
+            "use an image folder URL or 'synthetic'"
+        )
