@@ -257,6 +257,32 @@ def test_fast_pool_keeps_fewer_bytes_per_sample():
     assert fast < 0.75 * ref
 
 
+def test_bf16_weights_get_their_input_cast_once(digits64):
+    """A model with bf16 weights (the fast step's on CUDA; here built by hand on the CPU): the step
+    casts the fp32 input inside the graph and returns the fp32 input gradient, equal to autograd's
+    through ``model(x.to(bf16))``; the loop keeps fp32 images and decides success with ``verify``."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from bluff_ray.engine.attack import AttackConfig, attack_stream, make_step
+
+    _, adapter, original, _ = digits64
+    half = copy.deepcopy(adapter.attack_model(step="fast")).to(torch.bfloat16)
+    x = original.images.float().contiguous(memory_format=torch.channels_last)
+    t = torch.full((x.shape[0],), 5)
+    g = make_step(half, AttackConfig(bf16=True), torch.device("cpu"), torch.float32)(x, t)
+    xx = x.clone().requires_grad_(True)
+    F.cross_entropy(half(xx.to(torch.bfloat16)).float(), t, reduction="sum").backward()
+    assert g.dtype == torch.float32 and torch.equal(g, xx.grad) and g.abs().sum() > 0
+    verify = copy.deepcopy(adapter.attack_model()).float()
+    cfg = AttackConfig(strengths=(0.5, 1.0), steps=2, bf16=True, step="fast")
+    (_, adv, ok), = attack_stream(half, x, [5], cfg, 64, seed=0, verify=verify)
+    assert adv.dtype == torch.float32 and adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        assert torch.equal(ok, (verify(adv.flatten(0, 1)).argmax(1) == 5).view_as(ok))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graphs_replay_the_eager_step(digits64):
     """On a GPU, float64 digits net: the captured step replays the eager step's numbers, for the
