@@ -15,8 +15,8 @@ the displayed channels (to size the influence computation) and the final numbers
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -132,73 +132,6 @@ class PairSummary:
         return [EdgeRecord(sl, int(sc), dl, int(dc), float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]))
                 for sl, sc, dl, dc, v in zip(self.edge_src_layer, self.edge_src_channel, self.edge_dst_layer,
                                              self.edge_dst_channel, self.edge_values)]
-
-    @property
-    def excitation(self) -> tuple[float, ...]:
-        """importance@eps - importance(original) per strength; inhibition is its negative."""
-        return tuple(a - self.importance_original for a in self.importance_attacked)
-
-
-@dataclass(frozen=True)
-class EdgeRecord:
-    """A connection from a displayed neuron of one layer to one of the next (median influence)."""
-
-    src_layer: str
-    src_channel: int
-    dst_layer: str
-    dst_channel: int
-    influence_original: float
-    influence_target: float
-    influence_attacked: tuple[float, ...]
-
-
-@dataclass
-class PairSummary:
-    """One pair's displayed neurons and connections, as columns (FORMAT.md ``nodes``/``edges``;
-    ``bluff_ray.results.rows`` turns them into the Arrow tables).
-
-    ``node_values``: [n_nodes, 2 + S] (original, target, attacked per strength);
-    ``edge_values``: [n_edges, 2 + S]; ``displayed``: the displayed channels of each layer, in
-    node order.
-    """
-
-    original: int
-    target: int
-    strengths: tuple[float, ...]
-    n_images: int
-    n_success: tuple[int, ...]
-    node_layer: list[str]
-    node_channel: np.ndarray
-    node_role: list[str]
-    node_values: np.ndarray
-    exploited_mask: np.ndarray
-    edge_src_layer: list[str]
-    edge_src_channel: np.ndarray
-    edge_dst_layer: list[str]
-    edge_dst_channel: np.ndarray
-    edge_values: np.ndarray
-    displayed: list[np.ndarray] = field(default_factory=list)
-
-    @property
-    def success_rate(self) -> tuple[float, ...]:
-        return tuple(s / self.n_images if self.n_images else math.nan for s in self.n_success)
-
-    @property
-    def nodes(self) -> list[NodeRecord]:
-        return [NodeRecord(l, int(c), r, float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]), int(m))
-                for l, c, r, v, m in zip(self.node_layer, self.node_channel, self.node_role, self.node_values,
-                                         self.exploited_mask)]
-
-    @property
-    def edges(self) -> list[EdgeRecord]:
-        return [EdgeRecord(sl, int(sc), dl, int(dc), float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]))
-                for sl, sc, dl, dc, v in zip(self.edge_src_layer, self.edge_src_channel, self.edge_dst_layer,
-                                             self.edge_dst_channel, self.edge_values)]
-
-    def _effect(self) -> np.ndarray:
-        if self.effect is not None:
-            return self.effect
-        return np.full((len(self.node_layer), len(self.strengths)), np.nan, np.float32)
 
     @property
     def excitation(self) -> np.ndarray:
