@@ -127,6 +127,7 @@ def _scan_triton(x: torch.Tensor, oh: int, ow: int, k, s, p, d, write_y: bool):
         geometry = (k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1])
         grid = (math.ceil(total / BLOCK),)
         if write_y:
+            assert y is not None
             fwd[grid](x, y, total, c, h, w, oh, ow, *x.stride(), *y.stride(), *geometry, BLOCK=BLOCK)
         else:
             winners[grid](x, win, total, c, h, w, oh, ow, *x.stride(), *geometry, BLOCK=BLOCK)

@@ -51,10 +51,10 @@ from torchvision.models.googlenet import BasicConv2d
 from torchvision.transforms import functional as TF
 
 from bluff_ray.engine.models.base import LayerInfo, ModelAdapter
-
-log = logging.getLogger("bluff_ray.engine.models")
 from bluff_ray.engine.models.weights import state_dict_of
 from bluff_ray.localfile import atomic_write
+
+log = logging.getLogger("bluff_ray.engine.models")
 
 #: 10 evenly spaced L2 strengths in [0,1] pixel space on 64-d inputs (see module docstring).
 DIGITS_STRENGTHS = tuple(round(0.1 * i, 2) for i in range(1, 11))
@@ -108,8 +108,14 @@ class Mixed(nn.Module):
 class DigitsNet(nn.Module):
     """stem -> mixed3a -> mixed3b -> maxpool -> mixed4a -> mixed4b -> GAP -> fc."""
 
+    # set by name in __init__ (one per _BLOCKS entry)
+    mixed3a: Mixed
+    mixed3b: Mixed
+    mixed4a: Mixed
+    mixed4b: Mixed
+
     @classmethod
-    def empty(cls) -> "DigitsNet":
+    def empty(cls) -> DigitsNet:
         """A net about to receive a state_dict: built without touching the caller's global RNG."""
         with torch.random.fork_rng(devices=[]):
             return cls()

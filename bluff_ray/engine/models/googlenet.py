@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from importlib import resources
+from typing import Any
 
 import torch
 import torchvision
@@ -56,6 +57,9 @@ WEIGHT_OPTIONS = (
 class Normalized(nn.Module):
     """[0,1] pixels -> (x - mean) / std -> ``net``; keeps attacks in pixel space."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.net = net
@@ -66,8 +70,10 @@ class Normalized(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def _layer_info(name: str, block: nn.Module) -> LayerInfo:
-    def out_ch(unit: nn.Module) -> int:
+def _layer_info(name: str, block: Any) -> LayerInfo:
+    """``block``: a torchvision Inception (typed Any: its branches are reached by attribute and index)."""
+
+    def out_ch(unit: Any) -> int:
         return unit.conv.out_channels
 
     sizes = (out_ch(block.branch1), out_ch(block.branch2[1]), out_ch(block.branch3[1]), out_ch(block.branch4[1]))
