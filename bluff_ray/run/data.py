@@ -137,7 +137,8 @@ class SyntheticSource:
     NOISE = 0.1
 
     def __init__(self, input_shape: tuple[int, int, int], seed: int = 0, per_class: int = 8):
-        self.input_shape = tuple(int(v) for v in input_shape)
+        c, h, w = (int(v) for v in input_shape)
+        self.input_shape = (c, h, w)
         self.seed, self.per_class = int(seed), int(per_class)
 
     def class_images(self, class_id: int, max_images: int | None = None) -> tuple[torch.Tensor, int]:
@@ -233,7 +234,7 @@ class CachedSource:
                 return self._cache[key]
             fut = self._loading.get(key)
             mine = fut is None
-            if mine:
+            if fut is None:
                 fut = self._loading[key] = Future()
         if not mine:
             return fut.result()
