@@ -189,9 +189,7 @@ def check_root(store: Store, run: ResolvedRun, overwrite: bool) -> dict | None:
         _delete_results(store)
         return None
     if old.get("schema_version") != layout.SCHEMA_VERSION:
-        raise RunError(f"{store.uri()} holds results in schema version {old.get('schema_version')} (written by an "
-                       f"older bluff_ray); this version writes version {layout.SCHEMA_VERSION}. Use another output "
-                       "root, or pass --overwrite to delete those results and recompute.")
+        raise RunError(layout.version_refusal(store.uri(), old.get("schema_version")))
     raise RunError(mismatch_message(store.uri(), old.get("config", {}), run.canonical()))
 
 
