@@ -27,8 +27,16 @@ from bluff_ray.engine.pathways import PathwayConfig  # noqa: E402
 from bluff_ray.results.rows import unit_tables  # noqa: E402
 
 
-def measure(model: str, data: str, n_images: int, targets: list[int], steps: int, repeats: int = 2,
-            weights: str | None = None, strengths: tuple[float, ...] | None = None) -> dict:
+def measure(
+    model: str,
+    data: str,
+    n_images: int,
+    targets: list[int],
+    steps: int,
+    repeats: int = 2,
+    weights: str | None = None,
+    strengths: tuple[float, ...] | None = None,
+) -> dict:
     from bluff_ray.run.data import make_source
 
     adapter = load_model(model, weights=weights)
@@ -47,19 +55,35 @@ def measure(model: str, data: str, n_images: int, targets: list[int], steps: int
     for _ in range(repeats):  # alternate, keep the best of each
         for causal in (False, True):
             t0 = time.perf_counter()
-            r = unit_tables(compute_unit(adapter, original, tdata, cfg, PathwayConfig(causal=causal), seed=1,
-                                         batching=Batching(4096)))
+            r = unit_tables(
+                compute_unit(
+                    adapter, original, tdata, cfg, PathwayConfig(causal=causal), seed=1, batching=Batching(4096)
+                )
+            )
             dt = time.perf_counter() - t0
             key = "causal" if causal else "plain"
             if key not in best or dt < best[key][0]:
-                best[key] = (dt, r.timings, sum(map(sum, r.pairs.column("n_success").to_pylist())),
-                             sum(r.pairs.column("n_exploited").to_pylist()) / len(targets))
+                best[key] = (
+                    dt,
+                    r.timings,
+                    sum(map(sum, r.pairs.column("n_success").to_pylist())),
+                    sum(r.pairs.column("n_exploited").to_pylist()) / len(targets),
+                )
     plain, causal = best["plain"], best["causal"]
-    out = {"model": model, "images": n_images, "targets": len(targets), "steps": steps, "successes": causal[2],
-            "exploited": causal[3],
-            "samples": n_images * len(cfg.strengths) * len(targets), "attack_s": plain[1]["attack"],
-            "strengths": len(cfg.strengths), "patching_timer_s": causal[1].get("patching", float("nan")),
-            "patching_s": causal[0] - plain[0], "share": (causal[0] - plain[0]) / plain[1]["attack"]}
+    out = {
+        "model": model,
+        "images": n_images,
+        "targets": len(targets),
+        "steps": steps,
+        "successes": causal[2],
+        "exploited": causal[3],
+        "samples": n_images * len(cfg.strengths) * len(targets),
+        "attack_s": plain[1]["attack"],
+        "strengths": len(cfg.strengths),
+        "patching_timer_s": causal[1].get("patching", float("nan")),
+        "patching_s": causal[0] - plain[0],
+        "share": (causal[0] - plain[0]) / plain[1]["attack"],
+    }
     print(f"# {out}", file=sys.stderr, flush=True)
     return out
 
@@ -67,8 +91,12 @@ def measure(model: str, data: str, n_images: int, targets: list[int], steps: int
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", choices=["digits", "rehearsal", "googlenet"], action="append",
-                    help="measure only these models (repeatable; default: digits and rehearsal)")
+    ap.add_argument(
+        "--only",
+        choices=["digits", "rehearsal", "googlenet"],
+        action="append",
+        help="measure only these models (repeatable; default: digits and rehearsal)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     only = set(args.only or ["digits", "rehearsal"])
@@ -76,17 +104,23 @@ def main(argv=None) -> int:
     if "digits" in only:
         rows.append(measure("digits", "digits", 32, [1, 2, 3], 50))  # a demo unit
     if "rehearsal" in only:
-        rows += [measure("rehearsal", "synthetic", 8, [1, 2, 3, 4, 5], 50),
-                 measure("rehearsal", "synthetic", 50, [1, 2], 50, repeats=1)]  # ImageNet val's 50 images
+        rows += [
+            measure("rehearsal", "synthetic", 8, [1, 2, 3, 4, 5], 50),
+            measure("rehearsal", "synthetic", 50, [1, 2], 50, repeats=1),
+        ]  # ImageNet val's 50 images
     if "googlenet" in only:  # GoogLeNet's real layer costs at 224 px (random weights), few images to fit a CPU
-        rows.append(measure("googlenet", "synthetic", 16, [1], 50, repeats=1, weights="random",
-                            strengths=(0.1, 0.3, 0.5)))
+        rows.append(
+            measure("googlenet", "synthetic", 16, [1], 50, repeats=1, weights="random", strengths=(0.1, 0.3, 0.5))
+        )
     print("| model | unit | successful attacks | exploited neurons per pair | attack | patching | patching / attack |")
     print("|---|---|---|---|---|---|---|", flush=True)
     for r in rows:
-        print(f"| {r['model']} | {r['targets']} targets x {r['strengths']} strengths x {r['images']} images, {r['steps']} steps | "
-              f"{r['successes']} of {r['samples']} | {r['exploited']:.0f} | {r['attack_s']:.2f} s | {r['patching_s']:.2f} s | "
-              f"{100 * r['share']:.1f} % |", flush=True)
+        print(
+            f"| {r['model']} | {r['targets']} targets x {r['strengths']} strengths x {r['images']} images, {r['steps']} steps | "
+            f"{r['successes']} of {r['samples']} | {r['exploited']:.0f} | {r['attack_s']:.2f} s | {r['patching_s']:.2f} s | "
+            f"{100 * r['share']:.1f} % |",
+            flush=True,
+        )
     return 0
 
 

@@ -43,8 +43,16 @@ def attacked():
     rows = torch.arange(x.shape[0]).expand(ok.shape)[ok]
     assert len(adv) >= 6  # the test is not vacuous
     model = adapter.attack_model()
-    patching = Patching(model, block_modules(model, adapter.model, adapter.blocks), adapter.layer_names,
-                        [l.channels for l in adapter.layers], adv, x[rows], seed=0, batch_size=16)
+    patching = Patching(
+        model,
+        block_modules(model, adapter.model, adapter.blocks),
+        adapter.layer_names,
+        [l.channels for l in adapter.layers],
+        adv,
+        x[rows],
+        seed=0,
+        batch_size=16,
+    )
     return adapter, patching, ok.sum(1).tolist()
 
 
@@ -109,9 +117,11 @@ def test_null_draws_exclude_the_set_and_are_the_same_in_another_process():
     draws = [null_draw(123, 8, 2, 4, j, outside) for j in range(32)]
     assert all(len(d) == len(outside) and not set(d) & {3, 17, 40} for d in draws)
     assert len({tuple(d[:3]) for d in draws}) > 16  # different draws differ
-    code = ("import json, numpy as np; from bluff_ray.engine.causal import null_draw; "
-            "o = np.setdiff1d(np.arange(64), [3, 17, 40]); "
-            "print(json.dumps([null_draw(123, 8, 2, 4, j, o).tolist() for j in range(32)]))")
+    code = (
+        "import json, numpy as np; from bluff_ray.engine.causal import null_draw; "
+        "o = np.setdiff1d(np.arange(64), [3, 17, 40]); "
+        "print(json.dumps([null_draw(123, 8, 2, 4, j, o).tolist() for j in range(32)]))"
+    )
     other = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert other == [d.tolist() for d in draws]
 
@@ -143,8 +153,17 @@ def _hand_built(weights_of, trained: bool = False):
         net.fc.bias[8] = 0.0
         net.fc.bias[3] = float(((gap_a + gap_c) / 2 @ w).median())
     model = adapter.attack_model()
-    patching = Patching(model, block_modules(model, adapter.model, adapter.blocks), adapter.layer_names,
-                        [l.channels for l in adapter.layers], adv, clean, seed=7, batch_size=64, patch_images=None)
+    patching = Patching(
+        model,
+        block_modules(model, adapter.model, adapter.blocks),
+        adapter.layer_names,
+        [l.channels for l in adapter.layers],
+        adv,
+        clean,
+        seed=7,
+        batch_size=64,
+        patch_images=None,
+    )
     return adapter, patching
 
 
@@ -173,8 +192,10 @@ def test_one_channel_carrying_the_target_logit_recovers_everything():
     res, rows, curve = _run(adapter, patching, fresh=channel)
     row = next(r for r in rows if r["layer"] == "mixed4b" and r["set"] == "exploited")
     assert row["n_neurons"] == 1
-    recovery_mean, null = row["recovery"][1], dict(zip(("mean", "sd", "q05", "q95", "percentile", "p", "draws"),
-                                                      row["null_stats"]))
+    recovery_mean, null = (
+        row["recovery"][1],
+        dict(zip(("mean", "sd", "q05", "q95", "percentile", "p", "draws"), row["null_stats"])),
+    )
     assert recovery_mean == pytest.approx(1.0, abs=1e-9)
     assert null["mean"] == pytest.approx(0.0, abs=1e-9)  # no other channel moves the logits
     assert null["percentile"] == 100.0 and null["p"] == pytest.approx(1 / (null["draws"] + 1))
@@ -193,8 +214,9 @@ def test_target_logit_spread_evenly_puts_the_exploited_curve_inside_the_null_ban
 
     adapter, patching = _hand_built(weights, trained=True)
     with torch.no_grad():  # the construction is sound: every channel moved
-        d = adapter.forward_with_activations(patching.adversarial)[1]["mixed4b"].mean(dim=(2, 3)) - \
-            adapter.forward_with_activations(patching.benign)[1]["mixed4b"].mean(dim=(2, 3))
+        d = adapter.forward_with_activations(patching.adversarial)[1]["mixed4b"].mean(
+            dim=(2, 3)
+        ) - adapter.forward_with_activations(patching.benign)[1]["mixed4b"].mean(dim=(2, 3))
     assert (d.mean(0).abs() > 1e-2).all()
     _, rows, curve = _run(adapter, patching, fresh=None)
     by = {c["order"]: c for c in curve if c["layer"] == "mixed4b"}
@@ -209,15 +231,27 @@ def test_target_logit_spread_evenly_puts_the_exploited_curve_inside_the_null_ban
 def test_run_is_seeded_and_does_not_depend_on_the_batch_size(attacked):
     adapter, patching, n_success = attacked
     imp = [torch.linspace(1, 0, l.channels, dtype=torch.float64) for l in adapter.layers]
-    other = Patching(patching.model, patching.blocks, patching.names, patching.channels, patching.adversarial,
-                     patching.benign, seed=0, batch_size=3)
+    other = Patching(
+        patching.model,
+        patching.blocks,
+        patching.names,
+        patching.channels,
+        patching.adversarial,
+        patching.benign,
+        seed=0,
+        batch_size=3,
+    )
     a = patching.run(3, 8, imp, imp, n_success, k=10)
     b = other.run(3, 8, imp, imp, n_success, k=10)
     ta, tb = causal_table(a.table), causal_table(b.table)
     assert ta.num_rows > 0 and ta.column("set").to_pylist() == tb.column("set").to_pylist()
     for col in ("recovery", "null_stats", "matched", "noising"):
-        np.testing.assert_allclose(np.array(ta.column(col).to_pylist(), float),
-                                   np.array(tb.column(col).to_pylist(), float), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            np.array(ta.column(col).to_pylist(), float),
+            np.array(tb.column(col).to_pylist(), float),
+            rtol=1e-9,
+            atol=1e-12,
+        )
     # the held-out images are patched, the others selected: each strength's row counts the odd half
     rows = ta.to_pylist()
     for r in rows:
@@ -236,20 +270,55 @@ def test_atlas_ranks_neurons_by_their_measured_effect_and_null_percentile():
     layers = [LayerSpec("mixed3a", 4), LayerSpec("mixed3b", 6)]
     agg = Aggregate(["a", "b", "c"], layers, 2)
     nan = float("nan")
-    for part, (targets, tested) in enumerate((([1, 2], [(1, "mixed3b", 2, 0.5, 100.0), (2, "mixed3b", 2, 0.1, 50.0)]),
-                                               ([1], [(1, "mixed3a", 0, -0.1, 0.0)]))):
-        nodes = pa.table({"target": pa.array(targets, pa.int32()), "layer": ["mixed3b"] * len(targets),
-                          "channel": pa.array([2] * len(targets), pa.int32()), "role": ["original"] * len(targets),
-                          "exploited_mask": pa.array([0] * len(targets), pa.int32()),
-                          "effect": [[0.4, nan]] * len(targets)})
-        causal = pa.Table.from_pylist([dict(target=t, strength=1, layer=layer, set=f"neuron:{ch}", n_neurons=1,
-                                            recovery=[4, r, r, 0, 0, 1, -1], null_stats=[0, 0, 0, 0, p, 0.1, 16],
-                                            matched=[nan] * 4, noising=[nan] * 5)
-                                       for t, layer, ch, r, p in tested], schema=layout.CAUSAL_SCHEMA)
+    for part, (targets, tested) in enumerate(
+        (([1, 2], [(1, "mixed3b", 2, 0.5, 100.0), (2, "mixed3b", 2, 0.1, 50.0)]), ([1], [(1, "mixed3a", 0, -0.1, 0.0)]))
+    ):
+        nodes = pa.table(
+            {
+                "target": pa.array(targets, pa.int32()),
+                "layer": ["mixed3b"] * len(targets),
+                "channel": pa.array([2] * len(targets), pa.int32()),
+                "role": ["original"] * len(targets),
+                "exploited_mask": pa.array([0] * len(targets), pa.int32()),
+                "effect": [[0.4, nan]] * len(targets),
+            }
+        )
+        causal = pa.Table.from_pylist(
+            [
+                dict(
+                    target=t,
+                    strength=1,
+                    layer=layer,
+                    set=f"neuron:{ch}",
+                    n_neurons=1,
+                    recovery=[4, r, r, 0, 0, 1, -1],
+                    null_stats=[0, 0, 0, 0, p, 0.1, 16],
+                    matched=[nan] * 4,
+                    noising=[nan] * 5,
+                )
+                for t, layer, ch, r, p in tested
+            ],
+            schema=layout.CAUSAL_SCHEMA,
+        )
         atlas = unit_atlas(nodes, agg.offsets, 2, causal)
-        pairs = pa.Table.from_pylist([dict(target=t, n_images=4, n_success=[1, 2], success_rate=[0.25, 0.5], n_nodes=1,
-                                           n_edges=0, n_exploited=0, defused=[nan, 0.0], row_group=i, part=part)
-                                      for i, t in enumerate(targets)], schema=layout.PAIRS_SCHEMA)
+        pairs = pa.Table.from_pylist(
+            [
+                dict(
+                    target=t,
+                    n_images=4,
+                    n_success=[1, 2],
+                    success_rate=[0.25, 0.5],
+                    n_nodes=1,
+                    n_edges=0,
+                    n_exploited=0,
+                    defused=[nan, 0.0],
+                    row_group=i,
+                    part=part,
+                )
+                for i, t in enumerate(targets)
+            ],
+            schema=layout.PAIRS_SCHEMA,
+        )
         agg.add_unit(0, part, pairs, atlas=UnitAtlas.from_metadata(atlas.metadata()))  # as it travels in the marker
     rows = {(r["layer"], r["channel"]): r for r in agg.atlas().to_pylist()}
     b2, a0 = rows[("mixed3b", 2)], rows[("mixed3a", 0)]

@@ -16,8 +16,9 @@ from bluff_ray.results.rows import ROW_GROUP_UNSET, pair_tables, unit_tables
 
 
 def test_pathway_config_validation():
-    assert PathwayConfig() == PathwayConfig(k=10, batch_size=64, min_edge_influence=0.0, causal=True, patch_images=8,
-                                            null_draws=16)
+    assert PathwayConfig() == PathwayConfig(
+        k=10, batch_size=64, min_edge_influence=0.0, causal=True, patch_images=8, null_draws=16
+    )
     for bad in (dict(k=1), dict(k=0), dict(batch_size=0), dict(min_edge_influence=float("nan"))):
         with pytest.raises(ValueError):
             PathwayConfig(**bad)
@@ -33,12 +34,16 @@ def random_pair():
     adapter = digits_adapter(DigitsNet())
     gen = torch.Generator().manual_seed(1)
     orig, targ = torch.rand(7, 1, 8, 8, generator=gen), torch.rand(6, 1, 8, 8, generator=gen)
-    attacked = [orig[:0], (orig[:3] + 0.3 * torch.rand(3, 1, 8, 8, generator=gen)).clamp(0, 1),
-                torch.rand(4, 1, 8, 8, generator=gen)]
+    attacked = [
+        orig[:0],
+        (orig[:3] + 0.3 * torch.rand(3, 1, 8, 8, generator=gen)).clamp(0, 1),
+        torch.rand(4, 1, 8, 8, generator=gen),
+    ]
     strengths = (0.5, 1.0, 1.5)
     cfg = PathwayConfig(k=6, batch_size=4)
-    summary = summarize_pair(adapter, 3, 8, orig, targ, attacked, n_images=7, n_success=[0, 3, 4],
-                             strengths=strengths, cfg=cfg)
+    summary = summarize_pair(
+        adapter, 3, 8, orig, targ, attacked, n_images=7, n_success=[0, 3, 4], strengths=strengths, cfg=cfg
+    )
     return adapter, [orig, targ, *attacked], cfg, summary
 
 
@@ -116,8 +121,10 @@ def test_edges_match_unbatched_influence_medians(random_pair):
                     )
     assert set(got) == expected_keys  # exactly the edges positive in some condition
     pos = {(n.layer, n.channel): i for i, n in enumerate(s.nodes)}
-    edge_key = [(names.index(e.dst_layer), pos[(e.dst_layer, e.dst_channel)], pos[(e.src_layer, e.src_channel)])
-                for e in s.edges]
+    edge_key = [
+        (names.index(e.dst_layer), pos[(e.dst_layer, e.dst_channel)], pos[(e.src_layer, e.src_channel)])
+        for e in s.edges
+    ]
     assert edge_key == sorted(edge_key)  # FORMAT.md edge order
     assert len(s.edges) > 0
 
@@ -135,7 +142,11 @@ def _nan_safe(value):
 def test_pair_tables_and_parquet_round_trip(random_pair, tmp_path):
     _, _, _, s = random_pair
     t = pair_tables(PairRecords(s))
-    assert t["pairs"].schema == PAIRS_SCHEMA and t["nodes"].schema == NODES_SCHEMA and t["edges"].schema == edges_schema(len(s.strengths))
+    assert (
+        t["pairs"].schema == PAIRS_SCHEMA
+        and t["nodes"].schema == NODES_SCHEMA
+        and t["edges"].schema == edges_schema(len(s.strengths))
+    )
     assert t["pairs"].num_rows == 1 and t["nodes"].num_rows == len(s.nodes) and t["edges"].num_rows == len(s.edges)
     row = t["pairs"].to_pylist()[0]
     assert row["target"] == 8 and row["n_images"] == 7 and row["n_success"] == [0, 3, 4]
@@ -183,9 +194,16 @@ def test_digit_pair_end_to_end():
     original, target = 3, 8
     orig, targ = x[y == original][:12], x[y == target][:12]
     cfg = AttackConfig(method="pgd_l2", strengths=strengths, steps=20)
-    unit = unit_tables(compute_unit(adapter, class_data(adapter, original, orig, None),
-                                    [class_data(adapter, target, targ, None)], cfg, PathwayConfig(k=10, batch_size=64),
-                                    seed=0))
+    unit = unit_tables(
+        compute_unit(
+            adapter,
+            class_data(adapter, original, orig, None),
+            [class_data(adapter, target, targ, None)],
+            cfg,
+            PathwayConfig(k=10, batch_size=64),
+            seed=0,
+        )
+    )
     row = unit.pairs.to_pylist()[0]
     assert row["n_images"] == 12 and len(row["n_success"]) == len(strengths)  # all 12 are classified correctly
     rates = row["success_rate"]
@@ -198,8 +216,9 @@ def test_digit_pair_end_to_end():
     assert all(n["exploited_mask"] == 0 for n in nodes if n["role"] != "exploited")
     # Every exploited neuron is in the top-k of some successful attacked condition and beats its
     # original importance there: the attack really switched it on.
-    excitation = [np.nanmax(np.array(n["importance_attacked"], dtype=float) - n["importance_original"])
-                  for n in exploited]
+    excitation = [
+        np.nanmax(np.array(n["importance_attacked"], dtype=float) - n["importance_original"]) for n in exploited
+    ]
     assert max(excitation) > 0
     layer_idx = {l: i for i, l in enumerate(adapter.layer_names)}
     shown = {(n["layer"], n["channel"]) for n in nodes}
@@ -219,12 +238,18 @@ def test_digit_pair_end_to_end():
     causal = unit.causal.to_pylist()
     sets = {r["set"] for r in causal}
     assert {"exploited", "exploited_union", "top_original_target", "top_delta"} <= sets
-    assert all(x.startswith("neuron:") for x in sets - {"exploited", "exploited_union", "top_original_target", "top_delta"})
+    assert all(
+        x.startswith("neuron:") for x in sets - {"exploited", "exploited_union", "top_original_target", "top_delta"}
+    )
     assert {r["layer"] for r in causal} <= {*adapter.layer_names, "all"} and any(r["layer"] == "all" for r in causal)
     for r in causal:
         assert 1 <= r["recovery"][0] <= (row["n_success"][r["strength"]] // 2)  # held-out images only
         if r["set"] == "exploited":
             assert r["null_stats"][6] == 16 and 0 < r["null_stats"][5] <= 1  # draws, p
     curves = unit.causal_curve.to_pylist()
-    assert len({c["strength"] for c in curves}) == 1 and {c["order"] for c in curves} == {"exploited", "delta", "random"}
+    assert len({c["strength"] for c in curves}) == 1 and {c["order"] for c in curves} == {
+        "exploited",
+        "delta",
+        "random",
+    }
     assert any(np.isfinite(n["effect"]).any() for n in nodes)

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -105,9 +105,14 @@ def null_summary(value: float, null: np.ndarray) -> dict[str, float]:
     if m == 0 or not math.isfinite(value):
         return dict(mean=math.nan, sd=math.nan, q05=math.nan, q95=math.nan, percentile=math.nan, p=math.nan)
     below, ties = float((null < value).sum()), float((null == value).sum())
-    return dict(mean=float(null.mean()), sd=float(null.std(ddof=1)) if m > 1 else 0.0,
-                q05=float(np.quantile(null, 0.05)), q95=float(np.quantile(null, 0.95)),
-                percentile=100.0 * (below + 0.5 * ties) / m, p=(1.0 + float((null >= value).sum())) / (m + 1))
+    return dict(
+        mean=float(null.mean()),
+        sd=float(null.std(ddof=1)) if m > 1 else 0.0,
+        q05=float(np.quantile(null, 0.05)),
+        q95=float(np.quantile(null, 0.95)),
+        percentile=100.0 * (below + 0.5 * ties) / m,
+        p=(1.0 + float((null >= value).sum())) / (m + 1),
+    )
 
 
 def curve_summary(ks: Sequence[int], r: Sequence[float], channels: int) -> tuple[float, float]:
@@ -148,8 +153,9 @@ def null_draw(seed: int, target: int, layer: int, strength: int, draw: int, outs
     return outside[torch.randperm(len(outside), generator=g).numpy()]
 
 
-def matched_draw(seed: int, target: int, layer: int, strength: int, draw: int, chosen: np.ndarray,
-                 delta: np.ndarray) -> np.ndarray:
+def matched_draw(
+    seed: int, target: int, layer: int, strength: int, draw: int, chosen: np.ndarray, delta: np.ndarray
+) -> np.ndarray:
     """A set matched to ``chosen`` on |Δa|: for each of its channels, one of the MATCH_POOL channels
     outside the set nearest in |Δa| rank (not yet drawn), uniformly."""
     g = torch.Generator().manual_seed(derive_seed("causal-matched", seed, target, layer, strength, draw))
@@ -183,8 +189,14 @@ class LayerSelection:
     channels: int = 0
 
 
-def select(layer_max: torch.Tensor, layer_delta: torch.Tensor, sel: Sequence[np.ndarray], imp_o: torch.Tensor,
-           imp_t: torch.Tensor, k: int) -> LayerSelection:
+def select(
+    layer_max: torch.Tensor,
+    layer_delta: torch.Tensor,
+    sel: Sequence[np.ndarray],
+    imp_o: torch.Tensor,
+    imp_t: torch.Tensor,
+    k: int,
+) -> LayerSelection:
     """Exploited neurons per strength (roles of FORMAT.md on the selection images), the orders."""
     c = imp_o.shape[0]
     s_count = len(sel)
@@ -196,8 +208,7 @@ def select(layer_max: torch.Tensor, layer_delta: torch.Tensor, sel: Sequence[np.
             ia[s] = median(layer_max[idx].double(), dim=0)
             delta[s] = median(layer_delta[idx].double(), dim=0).numpy()
     io, it = imp_o.detach().double().cpu(), imp_t.detach().double().cpu()
-    _, mask = role_codes(io, it, ia, k)
-    mask = mask.numpy()
+    mask = role_codes(io, it, ia, k)[1].numpy()
     kk = min(k, c)
     o = np.argsort(-io.numpy(), kind="stable")[:kk]
     t = np.argsort(-it.numpy(), kind="stable")[:kk]
@@ -226,9 +237,19 @@ class Patching:
     matched draws are derived from it per target, layer, strength and draw).
     """
 
-    def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], layer_names: Sequence[str],
-                 channels: Sequence[int], adversarial: torch.Tensor, benign: torch.Tensor, seed: int,
-                 batch_size: int = 64, patch_images: int | None = PATCH_IMAGES, draws: int = NULL_DRAWS):
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: Sequence[nn.Module],
+        layer_names: Sequence[str],
+        channels: Sequence[int],
+        adversarial: torch.Tensor,
+        benign: torch.Tensor,
+        seed: int,
+        batch_size: int = 64,
+        patch_images: int | None = PATCH_IMAGES,
+        draws: int = NULL_DRAWS,
+    ):
         if adversarial.shape != benign.shape:
             raise ValueError(f"adversarial {tuple(adversarial.shape)} and benign {tuple(benign.shape)} images differ")
         if draws < 2:
@@ -241,13 +262,30 @@ class Patching:
         #: draws of the secondary controls (matched, noising null): half as many, at least 8 (cost)
         self.control_draws = max(8, self.draws // 2)
 
-    def _subset(self, rows: np.ndarray) -> "Patching":
+    def _subset(self, rows: np.ndarray) -> Patching:
         sub = torch.as_tensor(rows, device=self.adversarial.device, dtype=torch.long)
-        return Patching(self.model, self.blocks, self.names, self.channels, self.adversarial[sub], self.benign[sub],
-                        self.seed, self.batch_size, None, self.draws)
+        return Patching(
+            self.model,
+            self.blocks,
+            self.names,
+            self.channels,
+            self.adversarial[sub],
+            self.benign[sub],
+            self.seed,
+            self.batch_size,
+            None,
+            self.draws,
+        )
 
-    def run(self, original: int, target: int, imp_o: Sequence[torch.Tensor], imp_t: Sequence[torch.Tensor],
-            n_success: Sequence[int], k: int) -> PatchResult:
+    def run(
+        self,
+        original: int,
+        target: int,
+        imp_o: Sequence[torch.Tensor],
+        imp_t: Sequence[torch.Tensor],
+        n_success: Sequence[int],
+        k: int,
+    ) -> PatchResult:
         """Every experiment of the pair: select on one half, patch the other (module docstring)."""
         s_count = len(n_success)
         sel, held = split_images(n_success, self.patch_images)
@@ -282,24 +320,37 @@ class Patching:
         maxes: list[list[torch.Tensor]] = [[] for _ in layers]
         deltas: list[list[torch.Tensor]] = [[] for _ in layers]
         for lo in range(0, len(rows), self.batch_size):
-            idx = torch.as_tensor(rows[lo: lo + self.batch_size], device=self.adversarial.device)
+            idx = torch.as_tensor(rows[lo : lo + self.batch_size], device=self.adversarial.device)
             adv = self._activations(self.adversarial[idx], layers)
             ben = self._activations(self.benign[idx], layers)
             for li in layers:
                 maxes[li].append(adv[li].amax(dim=(2, 3)).cpu())
                 deltas[li].append((adv[li] - ben[li]).flatten(2).norm(dim=2).cpu())
         empty = [torch.zeros((0, c)) for c in self.channels]
-        return ([torch.cat(m) if m else e for m, e in zip(maxes, empty)],
-                [torch.cat(d) if d else e for d, e in zip(deltas, empty)])
+        return (
+            [torch.cat(m) if m else e for m, e in zip(maxes, empty)],
+            [torch.cat(d) if d else e for d, e in zip(deltas, empty)],
+        )
 
     @torch.no_grad()
     def _baseline(self, original: int, target: int) -> dict[str, torch.Tensor]:
         clean, adv = self.model(_layout(self.benign)), self.model(_layout(self.adversarial))
-        return {"clean": (clean[:, original] - clean[:, target]).double(),
-                "adv": (adv[:, original] - adv[:, target]).double()}
+        return {
+            "clean": (clean[:, original] - clean[:, target]).double(),
+            "adv": (adv[:, original] - adv[:, target]).double(),
+        }
 
-    def _strength(self, out: CausalRows, effect, s: int, picks: list[LayerSelection], base, original: int,
-                  target: int, curve: bool) -> float:
+    def _strength(
+        self,
+        out: CausalRows,
+        effect,
+        s: int,
+        picks: list[LayerSelection],
+        base,
+        original: int,
+        target: int,
+        curve: bool,
+    ) -> float:
         """All experiments of strength ``s`` on its held-out images; returns the all-layer defused share."""
         plan = _Plan(self.channels)
         all_sets: dict[str, dict[int, np.ndarray]] = {}
@@ -317,23 +368,28 @@ class Patching:
         if not plan.exps:
             return math.nan
         den = self.logits([e for e, noise in plan.exps if not noise])
-        noi = self.logits([e for e, noise in plan.exps if noise], noising=True) if any(n for _, n in plan.exps) \
-            else None
+        noi = (
+            self.logits([e for e, noise in plan.exps if noise], noising=True) if any(n for _, n in plan.exps) else None
+        )
         return self._record(out, effect, s, plan, den, noi, base, original, target, picks)
 
     # planning: each experiment gets a label; the numbers are read back by label in ``_record``
     def _sets(self, pk: LayerSelection, s: int, ex: np.ndarray) -> dict[str, np.ndarray]:
         n = len(ex)
-        return {"exploited": ex, "exploited_union": pk.union, "top_original_target": pk.top_ot[:n],
-                "top_delta": np.argsort(-np.nan_to_num(pk.delta[s], nan=-np.inf), kind="stable")[:n]}
+        return {
+            "exploited": ex,
+            "exploited_union": pk.union,
+            "top_original_target": pk.top_ot[:n],
+            "top_delta": np.argsort(-np.nan_to_num(pk.delta[s], nan=-np.inf), kind="stable")[:n],
+        }
 
-    def _plan_layer(self, plan: "_Plan", li: int, s: int, pk: LayerSelection, ex: np.ndarray, target: int) -> None:
+    def _plan_layer(self, plan: _Plan, li: int, s: int, pk: LayerSelection, ex: np.ndarray, target: int) -> None:
         for name, chans in self._sets(pk, s, ex).items():
             plan.add((li, "set", name), {li: chans})
         outside = np.setdiff1d(np.arange(pk.channels), ex)
         delta = np.nan_to_num(pk.delta[s], nan=0.0)
         for j in range(self.draws):
-            null = null_draw(self.seed, target, li, s, j, outside)[:len(ex)]
+            null = null_draw(self.seed, target, li, s, j, outside)[: len(ex)]
             plan.add((li, "null", j), {li: null})
             if j < self.control_draws:
                 plan.add((li, "matched", j), {li: matched_draw(self.seed, target, li, s, j, ex, delta)})
@@ -342,12 +398,14 @@ class Patching:
         for ch in ex:
             plan.add((li, "single", int(ch)), {li: np.array([ch])})
 
-    def _plan_curve(self, plan: "_Plan", li: int, s: int, pk: LayerSelection, ex: np.ndarray, target: int) -> None:
+    def _plan_curve(self, plan: _Plan, li: int, s: int, pk: LayerSelection, ex: np.ndarray, target: int) -> None:
         c = pk.channels
         ks = [k for k in CURVE_K if k < c]
         outside = np.setdiff1d(np.arange(c), ex)
-        orders = {"exploited": pk.exploited_rank[s],
-                  "delta": np.argsort(-np.nan_to_num(pk.delta[s], nan=-np.inf), kind="stable")}
+        orders = {
+            "exploited": pk.exploited_rank[s],
+            "delta": np.argsort(-np.nan_to_num(pk.delta[s], nan=-np.inf), kind="stable"),
+        }
         for name, order in orders.items():
             for kk in ks:
                 plan.add((li, "curve", name, kk), {li: order[:kk]})
@@ -358,23 +416,40 @@ class Patching:
                     plan.add((li, "curve", "random", kk, j), {li: perm[:kk]})
         plan.add((li, "curve", "whole", c), {li: np.arange(c)})
 
-    def _plan_all(self, plan: "_Plan", s: int, sets: dict[str, dict[int, np.ndarray]], picks, target: int) -> None:
+    def _plan_all(self, plan: _Plan, s: int, sets: dict[str, dict[int, np.ndarray]], picks, target: int) -> None:
         for name, per_layer in sets.items():
             plan.add((ALL, "set", name), per_layer)
         ex = sets["exploited"]
         for j in range(self.draws):
-            nulls = {li: null_draw(self.seed, target, li, s, j, np.setdiff1d(np.arange(picks[li].channels), e))[:len(e)]
-                     for li, e in ex.items()}
+            nulls = {
+                li: null_draw(self.seed, target, li, s, j, np.setdiff1d(np.arange(picks[li].channels), e))[: len(e)]
+                for li, e in ex.items()
+            }
             plan.add((ALL, "null", j), nulls)
             if j < self.control_draws:
                 plan.add((ALL, "noise-null", j), nulls, noise=True)
-                plan.add((ALL, "matched", j), {li: matched_draw(self.seed, target, li, s, j, e,
-                                                                np.nan_to_num(picks[li].delta[s], nan=0.0))
-                                               for li, e in ex.items()})
+                plan.add(
+                    (ALL, "matched", j),
+                    {
+                        li: matched_draw(self.seed, target, li, s, j, e, np.nan_to_num(picks[li].delta[s], nan=0.0))
+                        for li, e in ex.items()
+                    },
+                )
         plan.add((ALL, "noise-set", "exploited"), ex, noise=True)
 
-    def _record(self, out: CausalRows, effect, s: int, plan: "_Plan", den: torch.Tensor, noi, base,
-                original: int, target: int, picks: list[LayerSelection]) -> float:
+    def _record(
+        self,
+        out: CausalRows,
+        effect,
+        s: int,
+        plan: _Plan,
+        den: torch.Tensor,
+        noi,
+        base,
+        original: int,
+        target: int,
+        picks: list[LayerSelection],
+    ) -> float:
         ld_c, ld_a = base["clean"], base["adv"]
         n_img = int(ld_c.shape[0])
         noise_mask = [noise for _, noise in plan.exps]
@@ -396,8 +471,12 @@ class Patching:
             means, medians = np.nanmean(r_all, axis=1), np.nanmedian(r_all, axis=1)
         restored, defused = (p_all == original).mean(axis=1), (p_all != target).mean(axis=1)
         for row, i in enumerate(order):
-            stats[plan.labels[i]] = {"mean": float(means[row]), "median": float(medians[row]),
-                                     "restored": float(restored[row]), "defused": float(defused[row])}
+            stats[plan.labels[i]] = {
+                "mean": float(means[row]),
+                "median": float(medians[row]),
+                "restored": float(restored[row]),
+                "defused": float(defused[row]),
+            }
         ld_clean, ld_adv = float(ld_c.mean()), float(ld_a.mean())
         groups = sorted({lab[0] for lab in plan.labels}, key=lambda g: (g == ALL, g if g != ALL else 0))
         all_defused = math.nan
@@ -414,22 +493,45 @@ class Patching:
                 primary = name == "exploited"
                 ns = null_summary(st["mean"], null) if primary else null_summary(math.nan, null)
                 ms = null_summary(st["mean"], matched) if primary else null_summary(math.nan, matched)
-                noise = stats[(g, "noise-set", "exploited")]["mean"] if primary else math.nan
-                nz = null_summary(noise, noise_null)
-                out.add("rows", strength=s, layer=layer, set=name, n_neurons=n_neurons, n_images=n_img,
-                        recovery_mean=st["mean"], recovery_median=st["median"], restored=st["restored"],
-                        defused=st["defused"], ld_clean=ld_clean, ld_adv=ld_adv,
-                        draws=self.draws, null_mean=ns["mean"], null_sd=ns["sd"], null_q05=ns["q05"],
-                        null_q95=ns["q95"], null_percentile=ns["percentile"], null_p=ns["p"],
-                        matched_mean=ms["mean"], matched_q95=ms["q95"], matched_percentile=ms["percentile"],
-                        matched_p=ms["p"], noising=noise, noising_null_mean=nz["mean"], noising_null_q95=nz["q95"],
-                        noising_percentile=nz["percentile"], noising_p=nz["p"])
+                noised = stats[(g, "noise-set", "exploited")]["mean"] if primary else math.nan
+                nz = null_summary(noised, noise_null)
+                out.add(
+                    "rows",
+                    strength=s,
+                    layer=layer,
+                    set=name,
+                    n_neurons=n_neurons,
+                    n_images=n_img,
+                    recovery_mean=st["mean"],
+                    recovery_median=st["median"],
+                    restored=st["restored"],
+                    defused=st["defused"],
+                    ld_clean=ld_clean,
+                    ld_adv=ld_adv,
+                    draws=self.draws,
+                    null_mean=ns["mean"],
+                    null_sd=ns["sd"],
+                    null_q05=ns["q05"],
+                    null_q95=ns["q95"],
+                    null_percentile=ns["percentile"],
+                    null_p=ns["p"],
+                    matched_mean=ms["mean"],
+                    matched_q95=ms["q95"],
+                    matched_percentile=ms["percentile"],
+                    matched_p=ms["p"],
+                    noising=noised,
+                    noising_null_mean=nz["mean"],
+                    noising_null_q95=nz["q95"],
+                    noising_percentile=nz["percentile"],
+                    noising_p=nz["p"],
+                )
                 if g == ALL and primary:
                     all_defused = st["defused"]
             if g != ALL:
                 for ch in picks[g].exploited[s]:
-                    effect.setdefault((self.names[g], int(ch)), np.full(len(picks[g].exploited), np.nan))[s] = \
-                        stats[(g, "single", int(ch))]["mean"]
+                    effect.setdefault((self.names[g], int(ch)), np.full(len(picks[g].exploited), np.nan))[s] = stats[
+                        (g, "single", int(ch))
+                    ]["mean"]
                 self._record_curve(out, stats, s, g, picks[g].channels, n_img)
                 self._record_neurons(out, stats, s, g, picks[g].exploited[s], n_img, ld_clean, ld_adv)
         return all_defused
@@ -443,8 +545,13 @@ class Patching:
             got_k, means, lo, hi = [], [], [], []
             for kk in ks:
                 if name == "random":
-                    vals = np.array([stats[(li, "curve", "random", kk, j)]["mean"] for j in range(self.draws)
-                                     if (li, "curve", "random", kk, j) in stats])
+                    vals = np.array(
+                        [
+                            stats[(li, "curve", "random", kk, j)]["mean"]
+                            for j in range(self.draws)
+                            if (li, "curve", "random", kk, j) in stats
+                        ]
+                    )
                     if not len(vals):
                         continue
                     got_k.append(kk)
@@ -461,30 +568,69 @@ class Patching:
             lo.append(whole if name == "random" else math.nan)
             hi.append(whole if name == "random" else math.nan)
             auc, k50 = curve_summary(got_k, means, c)
-            out.add("curve", strength=s, layer=self.names[li], order=name, k=[int(x) for x in got_k],
-                    recovery=means, q05=lo, q95=hi, auc=auc, k50=k50)
+            out.add(
+                "curve",
+                strength=s,
+                layer=self.names[li],
+                order=name,
+                k=[int(x) for x in got_k],
+                recovery=means,
+                q05=lo,
+                q95=hi,
+                auc=auc,
+                k50=k50,
+            )
 
-    def _record_neurons(self, out: CausalRows, stats, s: int, li: int, exploited: np.ndarray, n_img: int,
-                        ld_clean: float, ld_adv: float) -> None:
+    def _record_neurons(
+        self, out: CausalRows, stats, s: int, li: int, exploited: np.ndarray, n_img: int, ld_clean: float, ld_adv: float
+    ) -> None:
         """At the curve strength: each exploited neuron alone against single random channels of the
         layer minus the set (the random order's k = 1 draws), one row ``set = "neuron:<channel>"``."""
-        null = np.array([stats[(li, "curve", "random", 1, j)]["mean"] for j in range(self.draws)
-                         if (li, "curve", "random", 1, j) in stats])
+        null = np.array(
+            [
+                stats[(li, "curve", "random", 1, j)]["mean"]
+                for j in range(self.draws)
+                if (li, "curve", "random", 1, j) in stats
+            ]
+        )
         if not len(null):
             return
         for ch in exploited:
             st = stats[(li, "single", int(ch))]
             ns = null_summary(st["mean"], null)
-            out.add("rows", strength=s, layer=self.names[li], set=f"neuron:{int(ch)}", n_neurons=1, n_images=n_img,
-                    recovery_mean=st["mean"], recovery_median=st["median"], restored=st["restored"],
-                    defused=st["defused"], ld_clean=ld_clean, ld_adv=ld_adv, draws=len(null), null_mean=ns["mean"],
-                    null_sd=ns["sd"], null_q05=ns["q05"], null_q95=ns["q95"], null_percentile=ns["percentile"],
-                    null_p=ns["p"], matched_mean=math.nan, matched_q95=math.nan, matched_percentile=math.nan,
-                    matched_p=math.nan, noising=math.nan, noising_null_mean=math.nan, noising_null_q95=math.nan,
-                    noising_percentile=math.nan, noising_p=math.nan)
+            out.add(
+                "rows",
+                strength=s,
+                layer=self.names[li],
+                set=f"neuron:{int(ch)}",
+                n_neurons=1,
+                n_images=n_img,
+                recovery_mean=st["mean"],
+                recovery_median=st["median"],
+                restored=st["restored"],
+                defused=st["defused"],
+                ld_clean=ld_clean,
+                ld_adv=ld_adv,
+                draws=len(null),
+                null_mean=ns["mean"],
+                null_sd=ns["sd"],
+                null_q05=ns["q05"],
+                null_q95=ns["q95"],
+                null_percentile=ns["percentile"],
+                null_p=ns["p"],
+                matched_mean=math.nan,
+                matched_q95=math.nan,
+                matched_percentile=math.nan,
+                matched_p=math.nan,
+                noising=math.nan,
+                noising_null_mean=math.nan,
+                noising_null_q95=math.nan,
+                noising_percentile=math.nan,
+                noising_p=math.nan,
+            )
 
     @staticmethod
-    def _set_size(plan: "_Plan", label) -> int:
+    def _set_size(plan: _Plan, label) -> int:
         e = plan.exps[plan.labels.index(label)][0]
         return int(sum(int(m.sum()) for m in e.masks.values()))
 
@@ -524,8 +670,9 @@ class Patching:
 
     def _activations(self, images: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
         acts: dict[int, torch.Tensor] = {}
-        handles = [self.blocks[li].register_forward_hook(lambda _m, _i, o, li=li: acts.__setitem__(li, o))
-                   for li in layers]
+        handles = [
+            self.blocks[li].register_forward_hook(lambda _m, _i, o, li=li: acts.__setitem__(li, o)) for li in layers
+        ]
         try:
             self.model(_layout(images))
         finally:
@@ -552,6 +699,7 @@ class Patching:
                 src = source[li].repeat(k, *([1] * (out.dim() - 1)))
                 rows = torch.where(mask.view(k * c, -1, *([1] * (out.dim() - 2))), src, rows)
                 return torch.cat([rows, carrier])
+
             return branch
 
         handles = [self.blocks[li].register_forward_hook(hook(li)) for li in layers]

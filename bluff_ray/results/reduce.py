@@ -82,8 +82,9 @@ class Aggregate:
         self.by_target = np.zeros((total, self.n_classes), np.int32)
 
     # --- feeding ----------------------------------------------------------------------------------
-    def add_unit(self, original: int, part: int, pairs: pa.Table, nodes: pa.Table | None = None,
-                 atlas: UnitAtlas | None = None) -> None:
+    def add_unit(
+        self, original: int, part: int, pairs: pa.Table, nodes: pa.Table | None = None, atlas: UnitAtlas | None = None
+    ) -> None:
         """One finished unit: its ``pairs/`` rows and, for the atlas, either its nodes (columns
         ``target, layer, channel, role, exploited_mask, effect``) or their compact ``UnitAtlas``.
         A unit added twice counts once."""
@@ -92,7 +93,9 @@ class Aggregate:
             return
         self._units.add(key)
         self._cache = None
-        self._pairs.setdefault(int(original), []).append(pairs.select(layout.PAIRS_SCHEMA.names).cast(layout.PAIRS_SCHEMA))
+        self._pairs.setdefault(int(original), []).append(
+            pairs.select(layout.PAIRS_SCHEMA.names).cast(layout.PAIRS_SCHEMA)
+        )
         if atlas is None and nodes is not None:
             atlas = unit_atlas(nodes, self.offsets, self.n_strengths)
         if atlas is None:
@@ -134,7 +137,7 @@ class Aggregate:
         out = []
         for l in self.layers:
             base = self.offsets[l.name]
-            out += [(l.name, int(c)) for c in np.flatnonzero(self.displayed[base: base + l.channels] > 0)]
+            out += [(l.name, int(c)) for c in np.flatnonzero(self.displayed[base : base + l.channels] > 0)]
         return out
 
     @property
@@ -149,8 +152,11 @@ class Aggregate:
         return sorted(self._pairs)
 
     def pair_index(self, original: int) -> pa.Table:
-        t = pa.concat_tables(self._pairs.get(int(original), [])) if self._pairs.get(int(original)) else \
-            layout.PAIR_INDEX_SCHEMA.empty_table()
+        t = (
+            pa.concat_tables(self._pairs.get(int(original), []))
+            if self._pairs.get(int(original))
+            else layout.PAIR_INDEX_SCHEMA.empty_table()
+        )
         return t.sort_by([("target", "ascending")])
 
     def _all_pairs(self) -> dict[str, np.ndarray]:
@@ -169,8 +175,13 @@ class Aggregate:
         s = self.n_strengths
         if not tables:
             z = np.zeros(0, np.int32)
-            return {"original": z, "target": z, "success": np.zeros((0, s), np.float32),
-                    "exploited": np.zeros(0, np.float32), "n_images": z}
+            return {
+                "original": z,
+                "target": z,
+                "success": np.zeros((0, s), np.float32),
+                "exploited": np.zeros(0, np.float32),
+                "n_images": z,
+            }
         t = pa.concat_tables(tables)
         return {
             "original": np.concatenate(originals),
@@ -211,19 +222,22 @@ class Aggregate:
         n_images = [int(r.get("n_images", 0)) for r in rec]
         n_correct = [int(r.get("n_correct", 0)) for r in rec]
         acc = [n_correct[i] / n_images[i] if n_images[i] else math.nan for i in range(n)]
-        return pa.table({
-            "class_id": pa.array(range(n), pa.int32()),
-            "wnid": pa.array(list(class_ids), pa.string()),
-            "name": pa.array(list(self.class_names), pa.string()),
-            "n_images": pa.array(n_images, pa.int32()),
-            "n_correct": pa.array(n_correct, pa.int32()),
-            "n_skipped": pa.array([int(r.get("n_skipped", 0)) for r in rec], pa.int32()),
-            "accuracy": pa.array(acc, pa.float32()),
-            "n_as_original": pa.array(as_o, pa.int32()),
-            "n_as_target": pa.array(as_t, pa.int32()),
-            "success_as_original": pa.array(list(so), pa.list_(pa.float32())),
-            "success_as_target": pa.array(list(st), pa.list_(pa.float32())),
-        }, schema=layout.CLASSES_SCHEMA)
+        return pa.table(
+            {
+                "class_id": pa.array(range(n), pa.int32()),
+                "wnid": pa.array(list(class_ids), pa.string()),
+                "name": pa.array(list(self.class_names), pa.string()),
+                "n_images": pa.array(n_images, pa.int32()),
+                "n_correct": pa.array(n_correct, pa.int32()),
+                "n_skipped": pa.array([int(r.get("n_skipped", 0)) for r in rec], pa.int32()),
+                "accuracy": pa.array(acc, pa.float32()),
+                "n_as_original": pa.array(as_o, pa.int32()),
+                "n_as_target": pa.array(as_t, pa.int32()),
+                "success_as_original": pa.array(list(so), pa.list_(pa.float32())),
+                "success_as_target": pa.array(list(st), pa.list_(pa.float32())),
+            },
+            schema=layout.CLASSES_SCHEMA,
+        )
 
     # --- atlas --------------------------------------------------------------------------------------
     def atlas(self) -> pa.Table:
@@ -235,23 +249,32 @@ class Aggregate:
             mean_effect = np.where(self.effect_n > 0, self.effect_sum / np.maximum(self.effect_n, 1), np.nan)
         top_o, top_oc = _top_classes(self.by_original)
         top_t, top_tc = _top_classes(self.by_target)
-        return pa.table({
-            "layer": names,
-            "channel": pa.array(chans, pa.int32()),
-            "n_displayed": pa.array(self.displayed, pa.int32()),
-            "n_exploited_any": pa.array(self.exploited_any, pa.int32()),
-            "n_exploited": pa.array(list(self.exploited.astype(np.int32)), pa.list_(pa.int32())),
-            "mean_effect": pa.array(list(mean_effect.astype(np.float32)), pa.list_(pa.float32())),
-            "n_tested": pa.array(self.tested_n, pa.int32()),
-            "mean_recovery": pa.array(np.where(self.tested_n > 0, self.tested_recovery / np.maximum(self.tested_n, 1),
-                                               np.nan).astype(np.float32)),
-            "null_percentile": pa.array(np.where(self.tested_n > 0, self.tested_percentile
-                                                 / np.maximum(self.tested_n, 1), np.nan).astype(np.float32)),
-            "top_originals": pa.array(top_o, pa.list_(pa.int32())),
-            "top_original_counts": pa.array(top_oc, pa.list_(pa.int32())),
-            "top_targets": pa.array(top_t, pa.list_(pa.int32())),
-            "top_target_counts": pa.array(top_tc, pa.list_(pa.int32())),
-        }, schema=layout.ATLAS_SCHEMA)
+        return pa.table(
+            {
+                "layer": names,
+                "channel": pa.array(chans, pa.int32()),
+                "n_displayed": pa.array(self.displayed, pa.int32()),
+                "n_exploited_any": pa.array(self.exploited_any, pa.int32()),
+                "n_exploited": pa.array(list(self.exploited.astype(np.int32)), pa.list_(pa.int32())),
+                "mean_effect": pa.array(list(mean_effect.astype(np.float32)), pa.list_(pa.float32())),
+                "n_tested": pa.array(self.tested_n, pa.int32()),
+                "mean_recovery": pa.array(
+                    np.where(self.tested_n > 0, self.tested_recovery / np.maximum(self.tested_n, 1), np.nan).astype(
+                        np.float32
+                    )
+                ),
+                "null_percentile": pa.array(
+                    np.where(self.tested_n > 0, self.tested_percentile / np.maximum(self.tested_n, 1), np.nan).astype(
+                        np.float32
+                    )
+                ),
+                "top_originals": pa.array(top_o, pa.list_(pa.int32())),
+                "top_original_counts": pa.array(top_oc, pa.list_(pa.int32())),
+                "top_targets": pa.array(top_t, pa.list_(pa.int32())),
+                "top_target_counts": pa.array(top_tc, pa.list_(pa.int32())),
+            },
+            schema=layout.ATLAS_SCHEMA,
+        )
 
     # --- landing view -------------------------------------------------------------------------------
     def landing(self) -> dict | None:
@@ -287,9 +310,12 @@ class UnitAtlas:
     def from_metadata(cls, meta: dict[bytes, bytes] | None) -> UnitAtlas | None:
         if not meta or b"bluff.displayed" not in meta or b"bluff.exploited" not in meta:
             return None
-        return cls(_from_ipc(meta[b"bluff.displayed"]), _from_ipc(meta[b"bluff.exploited"]),
-                   _from_ipc(meta[b"bluff.effects"]) if b"bluff.effects" in meta else None,
-                   _from_ipc(meta[b"bluff.tested"]) if b"bluff.tested" in meta else None)
+        return cls(
+            _from_ipc(meta[b"bluff.displayed"]),
+            _from_ipc(meta[b"bluff.exploited"]),
+            _from_ipc(meta[b"bluff.effects"]) if b"bluff.effects" in meta else None,
+            _from_ipc(meta[b"bluff.tested"]) if b"bluff.tested" in meta else None,
+        )
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -307,8 +333,7 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(base64.b64decode(data))).read_all()
 
 
-def unit_atlas(nodes: pa.Table, offsets: dict[str, int], n_strengths: int,
-               causal: pa.Table | None = None) -> UnitAtlas:
+def unit_atlas(nodes: pa.Table, offsets: dict[str, int], n_strengths: int, causal: pa.Table | None = None) -> UnitAtlas:
     """The compact atlas contribution of a unit's nodes table (and its ``causal`` rows)."""
     layers = nodes.column("layer").to_pylist()
     try:
@@ -319,19 +344,33 @@ def unit_atlas(nodes: pa.Table, offsets: dict[str, int], n_strengths: int,
     target = nodes.column("target").to_numpy().astype(np.int32)
     ex = np.asarray([r == ROLE_EXPLOITED for r in nodes.column("role").to_pylist()], dtype=bool)
     displayed = pa.table({"target": pa.array(target, pa.int32()), "neuron": pa.array(neuron, pa.int32())})
-    eff = _list_matrix(nodes.column("effect"), n_strengths, np.float32)[ex] if nodes.num_rows else \
-        np.zeros((0, n_strengths), np.float32)
-    exploited = pa.table({
-        "target": pa.array(target[ex], pa.int32()), "neuron": pa.array(neuron[ex], pa.int32()),
-        "exploited_mask": pa.array(nodes.column("exploited_mask").to_numpy()[ex].astype(np.int32), pa.int32()),
-        "effect": pa.array(list(eff), pa.list_(pa.float32())) if len(eff) else pa.array([], pa.list_(pa.float32())),
-    })
-    all_eff = _list_matrix(nodes.column("effect"), n_strengths, np.float32) if nodes.num_rows else \
-        np.zeros((0, n_strengths), np.float32)
+    eff = (
+        _list_matrix(nodes.column("effect"), n_strengths, np.float32)[ex]
+        if nodes.num_rows
+        else np.zeros((0, n_strengths), np.float32)
+    )
+    exploited = pa.table(
+        {
+            "target": pa.array(target[ex], pa.int32()),
+            "neuron": pa.array(neuron[ex], pa.int32()),
+            "exploited_mask": pa.array(nodes.column("exploited_mask").to_numpy()[ex].astype(np.int32), pa.int32()),
+            "effect": pa.array(list(eff), pa.list_(pa.float32())) if len(eff) else pa.array([], pa.list_(pa.float32())),
+        }
+    )
+    all_eff = (
+        _list_matrix(nodes.column("effect"), n_strengths, np.float32)
+        if nodes.num_rows
+        else np.zeros((0, n_strengths), np.float32)
+    )
     has = np.isfinite(all_eff).any(axis=1)
-    effects = pa.table({"neuron": pa.array(neuron[has], pa.int32()),
-                        "effect": pa.array(list(all_eff[has]), pa.list_(pa.float32())) if has.any()
-                        else pa.array([], pa.list_(pa.float32()))})
+    effects = pa.table(
+        {
+            "neuron": pa.array(neuron[has], pa.int32()),
+            "effect": pa.array(list(all_eff[has]), pa.list_(pa.float32()))
+            if has.any()
+            else pa.array([], pa.list_(pa.float32())),
+        }
+    )
     return UnitAtlas(displayed, exploited, effects, _tested(causal, offsets))
 
 
@@ -344,9 +383,13 @@ def _tested(causal: pa.Table | None, offsets: dict[str, int]) -> pa.Table | None
     layers = causal.column("layer").to_pylist()
     rec, null = causal.column("recovery").to_pylist(), causal.column("null_stats").to_pylist()
     neuron = [offsets[layers[i]] + int(sets[i].split(":", 1)[1]) for i in keep]
-    return pa.table({"neuron": pa.array(neuron, pa.int32()),
-                     "recovery": pa.array([rec[i][1] for i in keep], pa.float32()),
-                     "percentile": pa.array([null[i][4] for i in keep], pa.float32())})
+    return pa.table(
+        {
+            "neuron": pa.array(neuron, pa.int32()),
+            "recovery": pa.array([rec[i][1] for i in keep], pa.float32()),
+            "percentile": pa.array([null[i][4] for i in keep], pa.float32()),
+        }
+    )
 
 
 def _group_nanmean(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
@@ -380,13 +423,20 @@ def ranking_table(original: np.ndarray, target: np.ndarray, value: np.ndarray) -
     value = np.asarray(value, np.float32)
     nan = ~np.isfinite(value)
     order = np.lexsort((target, original, -np.where(nan, 0, value), nan))
-    t = pa.table({"original": pa.array(original[order], pa.int32()), "target": pa.array(target[order], pa.int32()),
-                  "value": pa.array(value[order], pa.float32())}, schema=layout.RANKING_SCHEMA)
+    t = pa.table(
+        {
+            "original": pa.array(original[order], pa.int32()),
+            "target": pa.array(target[order], pa.int32()),
+            "value": pa.array(value[order], pa.float32()),
+        },
+        schema=layout.RANKING_SCHEMA,
+    )
     return t, int((~nan).sum())
 
 
-def overview_table(n_classes: int, n_strengths: int, original: np.ndarray, target: np.ndarray,
-                   success: np.ndarray) -> pa.Table:
+def overview_table(
+    n_classes: int, n_strengths: int, original: np.ndarray, target: np.ndarray, success: np.ndarray
+) -> pa.Table:
     """FORMAT's overview: per strength, one binary row of n_classes bytes per original."""
     rows_s, rows_o, rows_b = [], [], []
     for i in range(n_strengths):
@@ -397,8 +447,14 @@ def overview_table(n_classes: int, n_strengths: int, original: np.ndarray, targe
         rows_s += [i] * n_classes
         rows_o += list(range(n_classes))
         rows_b += [m[o].tobytes() for o in range(n_classes)]
-    return pa.table({"strength": pa.array(rows_s, pa.int32()), "original": pa.array(rows_o, pa.int32()),
-                     "success": pa.array(rows_b, pa.binary())}, schema=layout.OVERVIEW_SCHEMA)
+    return pa.table(
+        {
+            "strength": pa.array(rows_s, pa.int32()),
+            "original": pa.array(rows_o, pa.int32()),
+            "success": pa.array(rows_b, pa.binary()),
+        },
+        schema=layout.OVERVIEW_SCHEMA,
+    )
 
 
 def landing_view(original: np.ndarray, target: np.ndarray, success: np.ndarray, exploited: np.ndarray) -> dict | None:
@@ -425,9 +481,15 @@ def write_global(store, agg: Aggregate, class_ids: Sequence[str], benign: dict[i
     for o in agg.originals():
         store.write_bytes(layout.pair_index_path(o), layout.table_to_parquet(agg.pair_index(o)))
     for key, (table, n_valid) in agg.rankings().items():
-        store.write_bytes(layout.ranking_path(key), layout.table_to_parquet(
-            table, page_index=True, data_page_size=RANKING_PAGE_BYTES,
-            metadata={b"bluff.n_valid": str(n_valid).encode()}))
+        store.write_bytes(
+            layout.ranking_path(key),
+            layout.table_to_parquet(
+                table,
+                page_index=True,
+                data_page_size=RANKING_PAGE_BYTES,
+                metadata={b"bluff.n_valid": str(n_valid).encode()},
+            ),
+        )
     ov = agg.overview()
     store.write_bytes(layout.OVERVIEW_PATH, layout.table_to_parquet(ov, row_group_size=agg.n_classes))
     store.write_bytes(layout.ATLAS_PATH, layout.table_to_parquet(agg.atlas()))
