@@ -450,9 +450,35 @@ class Patching:
         target: int,
         picks: list[LayerSelection],
     ) -> float:
+        """Rows of strength ``s`` (sets with their controls, single neurons, curves); returns the
+        all-layer exploited set's defused share."""
+        stats = self._stats(plan, den, noi, base, original, target)
+        ld = {
+            "n_images": int(base["clean"].shape[0]),
+            "ld_clean": float(base["clean"].mean()),
+            "ld_adv": float(base["adv"].mean()),
+        }
+        groups = sorted({lab[0] for lab in plan.labels}, key=lambda g: (g == ALL, g if g != ALL else 0))
+        all_defused = math.nan
+        for g in groups:
+            defused = self._record_sets(out, stats, plan, s, g, ld)
+            if g == ALL:
+                all_defused = defused
+                continue
+            for ch in picks[g].exploited[s]:
+                key = (self.names[g], int(ch))
+                effect.setdefault(key, np.full(len(picks[g].exploited), np.nan))[s] = stats[(g, "single", int(ch))][
+                    "mean"
+                ]
+            self._record_curve(out, stats, s, g, picks[g].channels, ld["n_images"])
+            self._record_neurons(out, stats, s, g, picks[g].exploited[s], ld["n_images"], ld["ld_clean"], ld["ld_adv"])
+        return all_defused
+
+    @staticmethod
+    def _stats(plan: _Plan, den: torch.Tensor, noi, base, original: int, target: int) -> dict[tuple, dict[str, float]]:
+        """Per experiment label: mean and median R (N for noising), restored and defused shares;
+        one read-back of the [experiments, images] recoveries and predictions."""
         ld_c, ld_a = base["clean"], base["adv"]
-        n_img = int(ld_c.shape[0])
-        noise_mask = [noise for _, noise in plan.exps]
         parts_r, parts_p = [], []
         for logits, noise in ((den, False), (noi, True)):
             if logits is None or logits.shape[0] == 0:
@@ -461,80 +487,65 @@ class Patching:
             ld = lg[:, :, original] - lg[:, :, target]  # [E, n]
             parts_r.append(recovery(ld_c - (ld - ld_a), ld_c, ld_a) if noise else recovery(ld, ld_c, ld_a))
             parts_p.append(lg.argmax(dim=2))
-        # one read-back: [E, n] recoveries and predictions, denoising rows first, then noising
-        r_all = torch.cat(parts_r).cpu().numpy()
+        r_all = torch.cat(parts_r).cpu().numpy()  # denoising rows first, then noising
         p_all = torch.cat(parts_p).cpu().numpy()
-        order = [i for i, nz in enumerate(noise_mask) if not nz] + [i for i, nz in enumerate(noise_mask) if nz]
-        stats: dict[tuple, dict[str, float]] = {}
+        flags = [noise for _, noise in plan.exps]
+        order = [i for i, nz in enumerate(flags) if not nz] + [i for i, nz in enumerate(flags) if nz]
         with warnings.catch_warnings():  # an experiment whose images all have a zero gap: NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             means, medians = np.nanmean(r_all, axis=1), np.nanmedian(r_all, axis=1)
         restored, defused = (p_all == original).mean(axis=1), (p_all != target).mean(axis=1)
-        for row, i in enumerate(order):
-            stats[plan.labels[i]] = {
+        return {
+            plan.labels[i]: {
                 "mean": float(means[row]),
                 "median": float(medians[row]),
                 "restored": float(restored[row]),
                 "defused": float(defused[row]),
             }
-        ld_clean, ld_adv = float(ld_c.mean()), float(ld_a.mean())
-        groups = sorted({lab[0] for lab in plan.labels}, key=lambda g: (g == ALL, g if g != ALL else 0))
-        all_defused = math.nan
-        for g in groups:
-            layer = ALL if g == ALL else self.names[g]
-            null = np.array([stats[(g, "null", j)]["mean"] for j in range(self.draws)])
-            matched = np.array([stats[(g, "matched", j)]["mean"] for j in range(self.control_draws)])
-            noise_null = np.array([stats[(g, "noise-null", j)]["mean"] for j in range(self.control_draws)])
-            for name in SETS:
-                st = stats.get((g, "set", name))
-                if st is None:
-                    continue
-                n_neurons = self._set_size(plan, (g, "set", name))
-                primary = name == "exploited"
-                ns = null_summary(st["mean"], null) if primary else null_summary(math.nan, null)
-                ms = null_summary(st["mean"], matched) if primary else null_summary(math.nan, matched)
-                noised = stats[(g, "noise-set", "exploited")]["mean"] if primary else math.nan
-                nz = null_summary(noised, noise_null)
-                out.add(
-                    "rows",
-                    strength=s,
-                    layer=layer,
-                    set=name,
-                    n_neurons=n_neurons,
-                    n_images=n_img,
-                    recovery_mean=st["mean"],
-                    recovery_median=st["median"],
-                    restored=st["restored"],
-                    defused=st["defused"],
-                    ld_clean=ld_clean,
-                    ld_adv=ld_adv,
-                    draws=self.draws,
-                    null_mean=ns["mean"],
-                    null_sd=ns["sd"],
-                    null_q05=ns["q05"],
-                    null_q95=ns["q95"],
-                    null_percentile=ns["percentile"],
-                    null_p=ns["p"],
-                    matched_mean=ms["mean"],
-                    matched_q95=ms["q95"],
-                    matched_percentile=ms["percentile"],
-                    matched_p=ms["p"],
-                    noising=noised,
-                    noising_null_mean=nz["mean"],
-                    noising_null_q95=nz["q95"],
-                    noising_percentile=nz["percentile"],
-                    noising_p=nz["p"],
-                )
-                if g == ALL and primary:
-                    all_defused = st["defused"]
-            if g != ALL:
-                for ch in picks[g].exploited[s]:
-                    effect.setdefault((self.names[g], int(ch)), np.full(len(picks[g].exploited), np.nan))[s] = stats[
-                        (g, "single", int(ch))
-                    ]["mean"]
-                self._record_curve(out, stats, s, g, picks[g].channels, n_img)
-                self._record_neurons(out, stats, s, g, picks[g].exploited[s], n_img, ld_clean, ld_adv)
-        return all_defused
+            for row, i in enumerate(order)
+        }
+
+    def _record_sets(self, out: CausalRows, stats, plan: _Plan, s: int, g, ld: dict) -> float:
+        """The set rows of one layer (or ``ALL``): the exploited set with its null, matched control
+        and noising; the other sets without. Returns the exploited set's defused share."""
+        null = np.array([stats[(g, "null", j)]["mean"] for j in range(self.draws)])
+        matched = np.array([stats[(g, "matched", j)]["mean"] for j in range(self.control_draws)])
+        noise_null = np.array([stats[(g, "noise-null", j)]["mean"] for j in range(self.control_draws)])
+        defused = math.nan
+        for name in SETS:
+            st = stats.get((g, "set", name))
+            if st is None:
+                continue
+            primary = name == "exploited"
+            value = st["mean"] if primary else math.nan
+            noised = stats[(g, "noise-set", "exploited")]["mean"] if primary else math.nan
+            ns, ms, nz = null_summary(value, null), null_summary(value, matched), null_summary(noised, noise_null)
+            out.add(
+                "rows",
+                strength=s,
+                layer=ALL if g == ALL else self.names[g],
+                set=name,
+                n_neurons=self._set_size(plan, (g, "set", name)),
+                recovery_mean=st["mean"],
+                recovery_median=st["median"],
+                restored=st["restored"],
+                defused=st["defused"],
+                **ld,
+                draws=self.draws,
+                **{f"null_{k}": v for k, v in ns.items()},
+                matched_mean=ms["mean"],
+                matched_q95=ms["q95"],
+                matched_percentile=ms["percentile"],
+                matched_p=ms["p"],
+                noising=noised,
+                noising_null_mean=nz["mean"],
+                noising_null_q95=nz["q95"],
+                noising_percentile=nz["percentile"],
+                noising_p=nz["p"],
+            )
+            if primary:
+                defused = st["defused"]
+        return defused
 
     def _record_curve(self, out: CausalRows, stats, s: int, li: int, c: int, n_img: int) -> None:
         if (li, "curve", "whole", c) not in stats:
