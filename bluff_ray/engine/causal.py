@@ -465,13 +465,12 @@ class Patching:
             if g == ALL:
                 all_defused = defused
                 continue
+            n_img = int(ld["n_images"])
             for ch in picks[g].exploited[s]:
-                key = (self.names[g], int(ch))
-                effect.setdefault(key, np.full(len(picks[g].exploited), np.nan))[s] = stats[(g, "single", int(ch))][
-                    "mean"
-                ]
-            self._record_curve(out, stats, s, g, picks[g].channels, ld["n_images"])
-            self._record_neurons(out, stats, s, g, picks[g].exploited[s], ld["n_images"], ld["ld_clean"], ld["ld_adv"])
+                single = stats[(g, "single", int(ch))]["mean"]
+                effect.setdefault((self.names[g], int(ch)), np.full(len(picks[g].exploited), np.nan))[s] = single
+            self._record_curve(out, stats, s, g, picks[g].channels, n_img)
+            self._record_neurons(out, stats, s, g, picks[g].exploited[s], n_img, ld["ld_clean"], ld["ld_adv"])
         return all_defused
 
     @staticmethod
