@@ -25,7 +25,7 @@ from bluff_ray.results import layout
 from bluff_ray.run import driver
 from bluff_ray.run.config import RunConfig
 from bluff_ray.run.driver import RunError, run
-from bluff_ray.run.plan import Unit, plan_units, unit_seed
+from bluff_ray.run.plan import Unit, pair_seed, plan_units, unit_seed
 from bluff_ray.results.store import Store, StorageError
 
 from conftest import DEMO_CLASSES, SUPPORT, demo_config
@@ -70,8 +70,11 @@ def reference(ray_session, tmp_path_factory):
 
 
 def test_plan_units_and_seeds_are_deterministic():
-    units = plan_units([(2, 0), (0, 2), (0, 1), (2, 1), (0, 3)], 2)
-    assert units == [Unit(0, 0, (1, 2)), Unit(0, 1, (3,)), Unit(2, 0, (0, 1))]
+    units = plan_units([(2, 0), (0, 2), (0, 1), (2, 1), (0, 3), (0, 3)], 2)
+    # fixed target ranges: unit j holds targets [2j, 2j+2), whatever else is selected
+    assert units == [Unit(0, 0, (1,)), Unit(0, 1, (2, 3)), Unit(2, 0, (0, 1))]
+    assert plan_units([(0, 3)], 2) == [Unit(0, 1, (3,))]
+    assert pair_seed(0, 1, 2) == pair_seed(0, 1, 2) != pair_seed(0, 2, 1)
     assert unit_seed(0, 1, 0) == unit_seed(0, 1, 0)
     assert len({unit_seed(0, o, c) for o in range(10) for c in range(3)}) == 30
 
@@ -104,7 +107,7 @@ def test_demo_results_every_pair_once_with_format_schema(demo_results):
             assert f.metadata.num_row_groups == len(targets)
             for rg, t in enumerate(targets):  # row group i holds exactly target i's rows
                 assert set(f.read_row_group(rg, columns=["target"]).column("target").to_pylist()) <= {t}
-                assert f.metadata.row_group(rg).column(0).compression == "SNAPPY"
+                assert f.metadata.row_group(rg).column(0).compression == "ZSTD"  # layout.PARTITION_OPTIONS
         assert idx.column("row_group").to_pylist() == list(range(len(targets)))
         causal = s.read_table(layout.part_path("causal", o, 0))
         assert causal.num_rows == len(targets) * (len(manifest["layers"]) + 1)
@@ -142,7 +145,7 @@ def test_demo_results_equal_a_direct_compute_unit(demo_results):
     cfg = demo_config(demo_results)
     adapter = load_model("digits")
     resolved = driver.resolve_run(cfg, adapter)
-    unit = plan_units(resolved.pairs, resolved.target_chunk)[0]
+    unit = plan_units(resolved.pairs, Store(demo_results).read_json("manifest.json")["targets_per_file"])[0]
     assert unit.original == 0 and unit.targets == (1, 2)
     src = DigitsSource()
     data = {c: class_data(adapter, c, src.class_images(c, cfg.images_per_class)[0], None) for c in (0, 1, 2)}
@@ -154,7 +157,7 @@ def test_demo_results_equal_a_direct_compute_unit(demo_results):
     torch.set_num_threads(1)  # as in the CPU actors
     try:
         direct = unit_tables(compute_unit(adapter, data[0], [data[1], data[2]], resolved.attack, cfg.pathways,
-                                          seed=unit_seed(cfg.seed, 0, 0), batching=cfg.attack_batch_size))
+                                          seed=[pair_seed(cfg.seed, 0, t) for t in (1, 2)], batching=cfg.attack_batch_size))
     finally:
         torch.set_num_threads(threads)
     s = Store(demo_results)
@@ -307,7 +310,7 @@ def test_resume_reads_finished_units_in_parallel_rounds(reference, tmp_path, mon
 
     root = tmp_path / "many"
     src = Path(reference.root)
-    marker = (src / "pairs/original=0/part-0.parquet").read_bytes()
+    marker = (src / "pairs/original=0/part-1.parquet").read_bytes()
     units = [Unit(o, j, (j,)) for o in range(8) for j in range(12)]  # 96 finished units
     for u in units:
         p = root / u.marker
@@ -321,7 +324,7 @@ def test_resume_reads_finished_units_in_parallel_rounds(reference, tmp_path, mon
     agg = Aggregate([str(i) for i in range(10)], [LayerSpec("mixed3a", 40), LayerSpec("mixed3b", 56),
                                                   LayerSpec("mixed4a", 64), LayerSpec("mixed4b", 64)], 10)
     t0 = time.perf_counter()
-    driver.read_finished(store, units, agg)
+    driver.read_finished(store, units, agg, verify=None)  # markers only: their unit files are not copied
     wall = time.perf_counter() - t0
     reads = [l for l in log.read_text().splitlines() if " read " in l]
     assert len(reads) == len(units)  # one request per unit, nothing read twice
@@ -635,7 +638,7 @@ def test_cli_run_reports_written_skipped_and_failed_units(ray_session, tmp_path,
     out, err = capsys.readouterr()
     assert "pairs written: 2, skipped (already done): 0, failed: 4 unit(s); total requested 6" in out
     assert "FAILED unit original=2 part=0 (targets [0]): ValueError: original class 2 has no readable images" in out
-    assert "FAILED unit original=0 part=1 (targets [2]): ValueError: class 2 has no readable images" in out
+    assert "FAILED unit original=0 part=2 (targets [2]): ValueError: class 2 has no readable images" in out
     assert "pair/s" in err or "s/pair" in err  # the progress bar
     store = Store(str(tmp_path / "out"))
     assert "finished" not in store.read_json("manifest.json")

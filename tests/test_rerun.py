@@ -150,11 +150,11 @@ def test_corrupt_manifest_or_marker_is_one_line_naming_the_file_and_overwrite_re
     assert run(cfg, overwrite=True).pairs_written == 1
     assert json.loads(manifest.read_text())["finished"]
 
-    marker = tmp_path / "pairs/original=0/part-0.parquet"
+    marker = tmp_path / "pairs/original=0/part-1.parquet"
     marker.write_bytes(b"PAR1" + os.urandom(300) + b"PAR1")
     with pytest.raises((RunError, StorageError)) as e:
         run(cfg)
-    assert "pairs/original=0/part-0.parquet" in str(e.value) and "\n" not in str(e.value)
+    assert "pairs/original=0/part-1.parquet" in str(e.value) and "\n" not in str(e.value)
     assert run(cfg, overwrite=True).pairs_written == 1
     assert Path(tmp_path, layout.pair_index_path(0)).exists()
 
@@ -173,19 +173,19 @@ def test_a_resume_recomputes_units_whose_files_do_not_match_their_marker(ray_ses
     store = Store(str(tmp_path))
     before = {rel: store.read_bytes(rel) for rel in store.list() if rel.split("/")[0] in ("nodes", "edges", "causal")}
     for o, t in ((0, 1), (1, 0)):
-        recorded = json.loads(pq.read_metadata(tmp_path / layout.part_path("pairs", o, 0)).metadata[b"bluff.files"])
+        recorded = json.loads(pq.read_metadata(tmp_path / layout.part_path("pairs", o, t)).metadata[b"bluff.files"])
         assert {"nodes", "edges", "causal"} <= set(recorded)
         for kind, rec in recorded.items():
-            data = store.read_bytes(layout.part_path(kind, o, 0))
+            data = store.read_bytes(layout.part_path(kind, o, t))  # target_chunk 1: unit j holds target j
             assert rec == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    nodes0, edges1 = layout.part_path("nodes", 0, 0), layout.part_path("edges", 1, 0)
+    nodes0, edges1 = layout.part_path("nodes", 0, 1), layout.part_path("edges", 1, 0)
     (tmp_path / nodes0).write_bytes(before[nodes0][:-100])
     garbled = bytearray(before[edges1])
     garbled[len(garbled) // 2: len(garbled) // 2 + 64] = bytes(64)
     (tmp_path / edges1).write_bytes(bytes(garbled))
 
     again = run(cfg)  # sizes: the truncated file only
-    assert [what for what, _ in again.recomputed] == ["unit original=0 part=0 (targets [1])"]
+    assert [what for what, _ in again.recomputed] == ["unit original=0 part=1 (targets [1])"]
     assert again.pairs_written == 1 and again.pairs_skipped == 1 and not again.failed
     assert "recomputed 1 finished unit(s)" in again.report() and nodes0 in again.report()
     assert store.read_bytes(nodes0) == before[nodes0]

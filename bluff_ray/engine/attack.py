@@ -309,6 +309,24 @@ class StartNoise:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+class PairStartNoise:
+    """Random starts with one seed per target (samples are target-major, ``per_target`` each):
+    target ``t``'s samples get the starts of ``StartNoise(seeds[t], ...)``, so a pair's attack does
+    not depend on which other targets share its loop (a results root can grow by selections)."""
+
+    def __init__(self, seeds: Sequence[int], method: str, sample_shape: Sequence[int], per_target: int,
+                 device: torch.device | str = "cpu"):
+        self.per_target = int(per_target)
+        self.noises = [StartNoise(s, method, sample_shape, per_target, device) for s in seeds]
+
+    def get(self, lo: int, hi: int) -> torch.Tensor:
+        parts = []
+        for t in range(lo // self.per_target, (hi - 1) // self.per_target + 1):
+            base = t * self.per_target
+            parts.append(self.noises[t].get(max(lo, base) - base, min(hi, base + self.per_target) - base))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 @dataclass
 class Batching:
     """The attack batch size an actor uses; halved (and kept halved) after an out-of-memory error."""
@@ -363,7 +381,7 @@ def attack_stream(
     targets: Sequence[int],
     cfg: AttackConfig,
     batching: Batching | int = 512,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     progress: Callable[[int], object] | None = None,
     pad: bool = False,
     verify: nn.Module | None = None,
@@ -376,7 +394,9 @@ def attack_stream(
     device, so a caller can summarise a pair and free its images while the next ones are attacked
     (memory: about one batch plus one target). Random starts come from :class:`StartNoise`
     seeded with ``seed`` (default ``cfg.seed``), so results do not depend on the batch size up to
-    float rounding. On an out-of-memory error the batch is halved (``batching`` remembers it) and
+    float rounding; a sequence of seeds (one per target, :class:`PairStartNoise`) also makes each
+    target's results independent of the other targets in the loop. On an out-of-memory error the
+    batch is halved (``batching`` remembers it) and
     the same samples are attacked again. ``pad`` pads the last batch to the full size (one static
     shape for a compiled model or a CUDA graph). ``verify``: the model whose prediction on the
     adversarial image decides success (default ``model``; e.g. the fp32 reference model when
@@ -394,8 +414,14 @@ def attack_stream(
         return
     device = images.device
     per_target = s_count * n
-    noise = StartNoise(cfg.seed if seed is None else seed, cfg.method, images.shape[1:], total, device) \
-        if cfg.random_start and cfg.method != "fgsm" else None
+    if not (cfg.random_start and cfg.method != "fgsm"):
+        noise = None
+    elif isinstance(seed, Sequence):
+        if len(seed) != t_count:
+            raise ValueError(f"{len(seed)} seeds for {t_count} targets")
+        noise = PairStartNoise(seed, cfg.method, images.shape[1:], per_target, device)
+    else:
+        noise = StartNoise(cfg.seed if seed is None else seed, cfg.method, images.shape[1:], total, device)
     tgt_all = torch.tensor(targets, dtype=torch.long, device=device)
     str_all = torch.tensor(cfg.strengths, dtype=images.dtype, device=device)
     pending_adv: list[torch.Tensor] = []  # attacked samples [done_to, lo), not yet yielded

@@ -104,7 +104,7 @@ def compute_unit(
     targets: Sequence[ClassData],
     attack_cfg: AttackConfig,
     pathway_cfg: PathwayConfig,
-    seed: int,
+    seed: int | Sequence[int],
     part: int = 0,
     batching: Batching | int = 512,
     progress: Callable[[int], object] | None = None,
@@ -113,7 +113,9 @@ def compute_unit(
     (``results.rows.unit_tables`` makes the FORMAT.md rows).
 
     ``seed`` draws the attack's random starts (and the causal controls), so the unit's results do
-    not depend on the batch size, the worker or a retry. Only ``original.correct`` images are
+    not depend on the batch size, the worker or a retry. A sequence (one seed per target, e.g.
+    ``derive_seed("pair", ...)``) seeds each pair on its own, so a pair's results also do not depend
+    on which other targets share the unit. Only ``original.correct`` images are
     attacked. The target order is the row-group order of the unit's files.
     """
     if original.images.dim() != 4 or original.images.shape[0] == 0:
@@ -153,7 +155,8 @@ def compute_unit(
         patch = None
         if pathway_cfg.causal:  # a separate step after the summary, on the same attacked images
             t_p = time.perf_counter()
-            patch = patch_pair(adapter, eager, blocks, original, target, x_att, flat, ok, counts, pathway_cfg, seed)
+            patch = patch_pair(adapter, eager, blocks, original, target, x_att, flat, ok, counts, pathway_cfg,
+                               seed[ti] if isinstance(seed, Sequence) else seed)
             timings["patching"] = timings.get("patching", 0.0) + time.perf_counter() - t_p
         records.append(PairRecords(summary, patch))
         del adv, ok, flat

@@ -327,6 +327,7 @@ def table_to_parquet(
     page_index: bool = False,
     data_page_size: int | None = None,
     metadata: dict[bytes, bytes] | None = None,
+    metadata_in_schema: bool = True,
 ) -> bytes:
     """Serialise ``table`` to Parquet bytes (snappy; statistics on ``target`` only; page checksums).
 
@@ -335,9 +336,11 @@ def table_to_parquet(
     the same in the nodes, edges and causal files; such files are zstd without dictionaries
     (``PARTITION_OPTIONS``). ``footer_limit`` refuses a file whose footer
     would need a second range request. ``page_index`` (with a small ``data_page_size``) lets a
-    reader fetch a range of rows of one big row group (the rankings).
+    reader fetch a range of rows of one big row group (the rankings). ``metadata_in_schema=False``
+    writes ``metadata`` once, as the file's key-value metadata (``ParquetFile.metadata.metadata``),
+    not also inside the embedded Arrow schema: unit markers carry theirs once.
     """
-    if metadata:
+    if metadata and metadata_in_schema:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     stats = [c for c in STATISTICS_COLUMNS if c in table.schema.names] or False
     sink = pa.BufferOutputStream()
@@ -365,6 +368,8 @@ def table_to_parquet(
                 start = stop
             if start != len(col):
                 raise ValueError(f"rows with {group_by} values not in groups: {sorted(set(col[start:]))}")
+        if metadata and not metadata_in_schema:
+            w.add_key_value_metadata(metadata)
     data = sink.getvalue().to_pybytes()
     if footer_limit is not None and footer_size(data) > footer_limit:
         raise FooterTooLarge(

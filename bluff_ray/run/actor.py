@@ -23,7 +23,7 @@ from bluff_ray.results import layout
 from bluff_ray.results.markers import file_record, files_metadata
 from bluff_ray.results.reduce import UnitAtlas, layer_offsets, unit_atlas
 from bluff_ray.results.store import Store
-from bluff_ray.run.plan import BenignTable, Unit, unit_seed
+from bluff_ray.run.plan import BenignTable, Unit, pair_seed
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,8 @@ class BluffWorker:
                 self.batching = Batching(size)
             t1 = time.perf_counter()
             result = unit_tables(compute_unit(self.adapter, original, targets, attack_cfg, pathway_cfg,
-                                              seed=unit_seed(seed, unit.original, unit.chunk), part=unit.chunk,
+                                              seed=[pair_seed(seed, unit.original, t) for t in unit.targets],
+                                              part=unit.chunk,
                                               batching=self.batching))
             t_compute = time.perf_counter() - t1
         del original, targets
@@ -187,8 +188,9 @@ class BluffWorker:
         for kind in ("nodes", "edges", "causal", "causal_curve"):
             files[kind] = file_record(self.store.write_table(unit.path(kind), getattr(result, kind), group_by="target",
                                                              groups=groups, footer_limit=layout.footer_limit(kind)))
+        # the marker's metadata once, without the embedded Arrow schema that would repeat it
         self.store.write_bytes(unit.marker, layout.table_to_parquet(
-            result.pairs, metadata={**atlas.metadata(), **files_metadata(files)}))
+            result.pairs, metadata={**atlas.metadata(), **files_metadata(files)}, metadata_in_schema=False))
         t_write = time.perf_counter() - t2
         return UnitResult(unit.original, unit.chunk, len(groups), result.pairs, atlas, result.samples,
                           self.batching.size, time.perf_counter() - t0, os.getpid(),

@@ -34,7 +34,7 @@ from bluff_ray.results.store import CorruptFile, StorageError, Store, redact_url
 from bluff_ray.run.actor import BenignResult, BluffWorker, UnitResult, WorkerSpec
 from bluff_ray.run.cluster import PoolError, Task, WorkerPool, autoscaler_limits, error_reason, plan_pool
 from bluff_ray.run.config import ConfigError, ResolvedRun, RunConfig, mismatch_message, model_identity, resolve
-from bluff_ray.run.plan import BenignTable, Unit, class_chunks, pending_units, plan_units, rounds
+from bluff_ray.run.plan import BenignTable, Unit, class_chunks, marker_unit, plan_units, rounds
 
 log = logging.getLogger("bluff_ray.run.driver")
 
@@ -321,9 +321,12 @@ def run(
             raise RunError(str(e)) from None
         try:
             existing = check_root(store, resolved, overwrite)
+            chunk = root_target_chunk(cfg, resolved, existing)
             manifest = build_manifest(resolved, adapter, created=(existing or {}).get("created"))
+            manifest["targets_per_file"] = chunk
+            manifest["pairs_total"] = max(len(resolved.pairs), int((existing or {}).get("pairs_total") or 0))
             store.write_json(layout.MANIFEST_PATH, manifest)  # without "finished": the run is in progress
-            _run_locked(cfg, resolved, adapter, store, ray_address, on_unit_done, summary, overwrite, verify)
+            _run_locked(cfg, resolved, adapter, store, ray_address, on_unit_done, summary, overwrite, verify, chunk)
         finally:
             lock.release()
     except (KeyboardInterrupt, Terminated) as e:
@@ -338,22 +341,40 @@ def run(
     return summary
 
 
+def root_target_chunk(cfg: RunConfig, resolved: ResolvedRun, existing: dict | None) -> int:
+    """Targets per unit: fixed per root (units are target ranges), so the root's own when it has one;
+    a different explicit ``target_chunk`` is refused."""
+    have = (existing or {}).get("targets_per_file")
+    if have is None:  # unclamped: the ranges must not depend on this run's selection
+        return int(cfg.target_chunk or layout.max_targets_per_file(len(resolved.strengths)))
+    if cfg.target_chunk is not None and int(cfg.target_chunk) != int(have):
+        raise RunError(f"{cfg.out} holds units of {have} targets each (target_chunk); this run asks for "
+                       f"{cfg.target_chunk}: leave target_chunk out, or use another output root")
+    return int(have)
+
+
 def _run_locked(cfg: RunConfig, resolved: ResolvedRun, adapter, store: Store, ray_address: str | None,
                 on_unit_done: Progress | None, summary: RunSummary, overwrite: bool = False,
-                verify: str | None = "size") -> None:
-    units = plan_units(resolved.pairs, resolved.target_chunk)
+                verify: str | None = "size", target_chunk: int | None = None) -> None:
+    units = plan_units(resolved.pairs, target_chunk or resolved.target_chunk)
     store.refresh()  # listings may be cached from before another process wrote
-    todo, finished = pending_units(units, set(store.list("pairs")))
-    done_benign = set(store.list("importance"))
-    benign_todo = [c for c in resolved.classes if layout.importance_path(c) not in done_benign]
-    summary.pairs_skipped = sum(len(u.targets) for u in finished)
-    log.info("%d pairs in %d units: %d units to compute, %d already done", len(resolved.pairs), len(units),
-             len(todo), len(finished))
+    present = {k: Unit(*k, ()) for k in (marker_unit(r) for r in store.list("pairs")) if k is not None}
+    todo = [u for u in units if (u.original, u.chunk) not in present]
+    log.info("%d pairs in %d units: %d units to compute, %d units in the root", len(resolved.pairs), len(units),
+             len(todo), len(present))
     ex = _Execution(cfg, resolved, adapter, store, summary, on_unit_done, ray_address, overwrite, verify)
     try:
-        ex.run(todo, finished, benign_todo)
+        ex.run(todo, units, list(present.values()))
     finally:
         ex.close()
+
+
+def _class_of(rel: str) -> int | None:
+    """The class of an ``importance/class=<c>/...`` path."""
+    try:
+        return int(rel.split("class=", 1)[1].split("/", 1)[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def _bar(total: int, initial: int, unit: str, desc: str, enabled: bool):
@@ -364,14 +385,17 @@ def _bar(total: int, initial: int, unit: str, desc: str, enabled: bool):
 
 
 def read_finished(store: Store, finished: Sequence[Unit], agg: Aggregate, verify: str | None = "size",
-                  drop_unreadable: bool = False) -> list[tuple[Unit, str]]:
+                  drop_unreadable: bool = False, wanted: dict[tuple[int, int], Unit] | None = None
+                  ) -> list[tuple[Unit, str]]:
     """Feed the reduce with units finished by an earlier run: their markers (rows + atlas metadata),
     read ``READ_CONCURRENCY`` at a time, ``MARKER_ROUND`` per round so memory stays bounded.
 
     Each marker's record of its unit's files is checked (``results.markers``; ``verify``: "size",
     from one listing per table folder, "checksum", reading every file, or None). Returns the units
-    to recompute, with why: files that do not match, and with ``drop_unreadable`` (``--overwrite``)
+    to recompute (with every target already in them), with why: files that do not match; units
+    ``wanted`` with more targets than they hold; with ``drop_unreadable`` (``--overwrite``)
     unreadable markers; without it an unreadable marker is a one-line error naming it."""
+    wanted = wanted or {}
     if verify not in (None, *VERIFY_LEVELS):
         raise ValueError(f"verify must be one of {VERIFY_LEVELS} or None, not {verify!r}")
     sizes: dict[str, int] = {}  # path -> size of the table folders listed so far
@@ -380,7 +404,7 @@ def read_finished(store: Store, finished: Sequence[Unit], agg: Aggregate, verify
     def read(u: Unit):
         try:
             f = store.read_parquet_file(u.marker)
-            rows, meta = f.read(), f.schema_arrow.metadata
+            rows, meta = f.read(), f.metadata.metadata  # the file's key-value metadata (written once)
         except Exception as e:
             if isinstance(e, StorageError) and not isinstance(e, CorruptFile):
                 raise
@@ -398,9 +422,17 @@ def read_finished(store: Store, finished: Sequence[Unit], agg: Aggregate, verify
                         raise RunError(str(got)) from None
                     raise RunError(f"{store.uri(u.marker)} (a unit's commit marker) is unreadable ({_short(got)}): "
                                    "delete it to have that unit recomputed, or pass --overwrite") from None
-                redo.append((u, f"its marker {u.marker} is unreadable ({_short(got)})"))
+                w = wanted.get((u.original, u.chunk))
+                if w is not None:
+                    redo.append((w, f"its marker {u.marker} is unreadable ({_short(got)})"))
+                else:
+                    log.warning("%s is unreadable (%s) and not in this run's selection: its pairs are left out",
+                                store.uri(u.marker), _short(got))
                 continue
             rows, meta, bad = got
+            have = [int(t) for t in rows.column("target").to_pylist()]
+            w = wanted.get((u.original, u.chunk))
+            full = Unit(u.original, u.chunk, tuple(sorted(set(have) | set(w.targets if w else ()))))
             recorded = files_from_metadata(meta)
             if recorded and verify:
                 for kind in set(recorded) - listed:
@@ -408,7 +440,11 @@ def read_finished(store: Store, finished: Sequence[Unit], agg: Aggregate, verify
                     listed.add(kind)
                 bad = sorted(set(bad) | set(mismatches(recorded, _unit_paths(u, meta), sizes)))
             if bad:
-                redo.append((u, f"{', '.join(u.path(k) for k in bad)} do(es) not match the unit's marker"))
+                redo.append((full, f"{', '.join(u.path(k) for k in bad)} do(es) not match the unit's marker"))
+                continue
+            if len(full.targets) > len(have):
+                redo.append((full, f"adds target(s) {sorted(set(full.targets) - set(have))} to the "
+                                   f"{len(have)} it holds"))
                 continue
             agg.add_unit(u.original, u.chunk, rows, atlas=UnitAtlas.from_metadata(meta))
     return redo
@@ -465,13 +501,25 @@ class _Execution:
                              [LayerSpec(l.name, l.channels) for l in self.adapter.layers],
                              len(self.resolved.strengths))
 
-    def run(self, todo: list[Unit], finished: list[Unit], benign_todo: list[int]) -> None:
-        self.read_benign([c for c in self.resolved.classes if c not in set(benign_todo)])
-        for u, why in read_finished(self.store, finished, self.agg, self.verify, drop_unreadable=self.overwrite):
-            log.warning("recomputing %s: %s", u.label, why)
-            self.summary.recomputed.append((u.label, why))
-            self.summary.pairs_skipped -= len(u.targets)
+    def run(self, todo: list[Unit], units: list[Unit], present: list[Unit]) -> None:
+        """``units``: this run's selection; ``todo``: those without a marker; ``present``: every unit
+        in the root (the global files describe all of them)."""
+        store = self.store
+        done_benign = [c for c in (_class_of(r) for r in store.list("importance")) if c is not None]
+        self.read_benign(done_benign)
+        wanted = {(u.original, u.chunk): u for u in units}
+        for u, why in read_finished(store, present, self.agg, self.verify, drop_unreadable=self.overwrite,
+                                    wanted=wanted):
+            if why.startswith("adds target"):
+                log.info("extending %s: %s", u.label, why)
+            else:
+                log.warning("recomputing %s: %s", u.label, why)
+                self.summary.recomputed.append((u.label, why))
             todo = [*todo, u]
+        redone = {(u.original, u.chunk) for u in todo}
+        self.summary.pairs_skipped = sum(len(u.targets) for u in units if (u.original, u.chunk) not in redone)
+        needed = sorted({c for u in todo for c in (u.original, *u.targets)} | set(self.resolved.classes))
+        benign_todo = [c for c in needed if c not in self.benign]
         try:
             if benign_todo:
                 self.start_pool(useful=len(todo) + len(class_chunks(benign_todo)))
@@ -632,12 +680,12 @@ class _Execution:
             landing = agg.landing()
             if landing:
                 manifest["landing"] = landing
-            manifest["pairs_done"] = agg.n_pairs
+            manifest["pairs_done"] = manifest["pairs_total"] = agg.n_pairs  # every unit in the root
             missing = missing_products(store, agg, len(self.resolved.strengths), self.cfg.assets.enabled)
             if missing:
                 summary.failed.append(("reduce", f"{len(missing)} product(s) missing after the reduce, e.g. "
                                                  f"{', '.join(missing[:3])}"))
-            if not summary.failed and agg.n_pairs == len(self.resolved.pairs):
+            if not summary.failed and not summary.stopped:
                 manifest["finished"] = _now()
             store.write_json(layout.MANIFEST_PATH, manifest)
         except PoolError:

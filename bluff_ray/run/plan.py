@@ -1,8 +1,11 @@
 """The plan (pure; no Ray): work units, their seeds, and what is left to do.
 
-Pairs are grouped by original class into units of ``targets_per_file`` targets; each unit writes
-one ``nodes``/``edges``/``causal`` file and, last, its ``pairs/`` commit marker, and has its own
-seed, so a retried or resumed unit writes the same numbers.
+Pairs are grouped by original class and fixed target ranges: unit ``(o, j)`` holds the selected
+targets ``t`` of original ``o`` with ``t // targets_per_file == j``, so a unit's identity does not
+depend on which other pairs were selected. Each unit writes one ``nodes``/``edges``/``causal``
+file and, last, its ``pairs/`` commit marker. Every pair has its own seed (``pair_seed``), so a
+pair's numbers are the same whatever else is selected, retried or resumed: a results root can grow
+by runs over other selections and equal one run over their union.
 """
 
 from __future__ import annotations
@@ -42,21 +45,35 @@ class Unit:
 
 
 def plan_units(pairs: Sequence[tuple[int, int]], target_chunk: int) -> list[Unit]:
-    """Group pairs by original class, targets ascending, ``target_chunk`` targets per unit."""
-    by_original: dict[int, list[int]] = {}
+    """Group pairs by original class and target range ``[j*target_chunk, (j+1)*target_chunk)``,
+    targets ascending."""
+    by_unit: dict[tuple[int, int], set[int]] = {}
     for o, t in pairs:
-        by_original.setdefault(int(o), []).append(int(t))
-    units = []
-    for o in sorted(by_original):
-        targets = sorted(set(by_original[o]))
-        for j, start in enumerate(range(0, len(targets), target_chunk)):
-            units.append(Unit(o, j, tuple(targets[start: start + target_chunk])))
-    return units
+        by_unit.setdefault((int(o), int(t) // target_chunk), set()).add(int(t))
+    return [Unit(o, j, tuple(sorted(by_unit[o, j]))) for o, j in sorted(by_unit)]
 
 
 def unit_seed(seed: int, original: int, chunk: int) -> int:
-    """A 63-bit seed for one unit: the same on every rerun and retry, different across units."""
+    """A 63-bit seed for one unit (the engine's fixture and benchmarks; runs seed per pair)."""
     return derive_seed("unit", seed, original, chunk)
+
+
+def pair_seed(seed: int, original: int, target: int) -> int:
+    """A 63-bit seed for one pair: its attack's random starts and its patching controls, the same
+    whatever unit, selection, rerun or retry computes it."""
+    return derive_seed("pair", seed, original, target)
+
+
+def marker_unit(rel: str) -> tuple[int, int] | None:
+    """(original, chunk) of a ``pairs/original=<o>/part-<j>.parquet`` marker path, else None."""
+    try:
+        head, name = rel.rsplit("/", 1)
+        o = int(head.split("original=", 1)[1])
+        if not (name.startswith("part-") and name.endswith(".parquet")):
+            return None
+        return o, int(name[len("part-"):-len(".parquet")])
+    except (ValueError, IndexError):
+        return None
 
 
 def pending_units(units: Sequence[Unit], done: set[str]) -> tuple[list[Unit], list[Unit]]:
