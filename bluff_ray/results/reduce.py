@@ -93,9 +93,10 @@ class Aggregate:
             return
         self._units.add(key)
         self._cache = None
-        self._pairs.setdefault(int(original), []).append(
-            pairs.select(layout.PAIRS_SCHEMA.names).cast(layout.PAIRS_SCHEMA)
-        )
+        parts = self._pairs.setdefault(int(original), [])
+        parts.append(pairs.select(layout.PAIRS_SCHEMA.names).cast(layout.PAIRS_SCHEMA))
+        if len(parts) >= 16:  # one contiguous table per original: a table per unit costs ~1 KB a pair
+            self._pairs[int(original)] = [pa.concat_tables(parts).combine_chunks()]
         if atlas is None and nodes is not None:
             atlas = unit_atlas(nodes, self.offsets, self.n_strengths)
         if atlas is None:
@@ -319,18 +320,22 @@ class UnitAtlas:
 
 
 def _ipc(table: pa.Table) -> bytes:
-    import base64
-
+    """A zstd Arrow IPC stream, raw (Parquet key-value metadata holds binary; base64 cost a third)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
         w.write_table(table)
-    return base64.b64encode(sink.getvalue().to_pybytes())
+    return sink.getvalue().to_pybytes()
+
+
+_IPC_CONTINUATION = b"\xff\xff\xff\xff"  # how an Arrow IPC stream starts
 
 
 def _from_ipc(data: bytes) -> pa.Table:
-    import base64
+    if not data.startswith(_IPC_CONTINUATION):  # base64, as markers were written before
+        import base64
 
-    return pa.ipc.open_stream(pa.py_buffer(base64.b64decode(data))).read_all()
+        data = base64.b64decode(data)
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 def unit_atlas(nodes: pa.Table, offsets: dict[str, int], n_strengths: int, causal: pa.Table | None = None) -> UnitAtlas:

@@ -41,7 +41,7 @@ log = logging.getLogger("bluff_ray.run.driver")
 MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
 #: Unit markers read per round on resume (each round: READ_CONCURRENCY requests at a time).
-MARKER_ROUND = 4096
+MARKER_ROUND = 1024
 #: Benign classes read back per round on resume.
 BENIGN_ROUND = 64
 
