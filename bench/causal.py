@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         ]  # ImageNet val's 50 images
     if "googlenet" in only:  # GoogLeNet's real layer costs at 224 px (random weights), few images to fit a CPU
         rows.append(
-            measure("googlenet", "synthetic", 16, [1], 50, repeats=1, weights="random", strengths=(0.1, 0.3, 0.5))
+            measure("googlenet", "synthetic", 8, [1], 50, repeats=1, weights="random", strengths=(2.0, 5.0, 10.0))
         )
     print("| model | unit | successful attacks | exploited neurons per pair | attack | patching | patching / attack |")
     print("|---|---|---|---|---|---|---|", flush=True)
