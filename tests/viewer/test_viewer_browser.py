@@ -1010,7 +1010,7 @@ def check_rings(page, nodes: list[dict], s: int, on: bool) -> None:
             assert g["effect"] == pytest.approx(eff, rel=1e-6)
         else:
             assert math.isnan(g["effect"])
-        want = eff * ring_max if on and _fin(eff) and eff > 0 else 0.0
+        want = min(1.0, eff) * ring_max if on and _fin(eff) and eff > 0 else 0.0  # capped: R can exceed 1
         if on:
             assert g["ring"] == pytest.approx(want, rel=1e-5, abs=1e-9)  # proportional to the neuron's effect
         else:

@@ -425,7 +425,7 @@ export class GraphView {
       const eff = d.role === "exploited" && es >= 1 ? (d.effect[es - 1] ?? NaN) : NaN;
       g.attr("data-effect", d.role === "exploited" ? String(eff) : null);
       const ring = g.select("rect.effect-ring");
-      const w = v.effectRings && Number.isFinite(eff) && eff > 0 ? eff * rmax : 0;
+      const w = v.effectRings && Number.isFinite(eff) && eff > 0 ? Math.min(1, eff) * rmax : 0;  // R can exceed 1
       if (w > 0)
         ring
           .attr("display", null)
