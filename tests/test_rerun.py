@@ -164,6 +164,7 @@ def test_a_resume_recomputes_units_whose_files_do_not_match_their_marker(ray_ses
     a listing by default (a truncated file is found) and, with verify="checksum", the content (a
     garbled file of the same size is found); those units are recomputed, said in the summary, and
     the files are the same bytes as before the damage."""
+    import base64
     import hashlib
 
     import pyarrow.parquet as pq
@@ -173,7 +174,10 @@ def test_a_resume_recomputes_units_whose_files_do_not_match_their_marker(ray_ses
     store = Store(str(tmp_path))
     before = {rel: store.read_bytes(rel) for rel in store.list() if rel.split("/")[0] in ("nodes", "edges", "causal")}
     for o, t in ((0, 1), (1, 0)):
-        recorded = json.loads(pq.read_metadata(tmp_path / layout.part_path("pairs", o, t)).metadata[b"bluff.files"])
+        meta = pq.read_metadata(tmp_path / layout.part_path("pairs", o, t)).metadata
+        # the marker's metadata once: in the file's key-value metadata, not again in the Arrow schema
+        assert b"bluff.displayed" in meta and b"bluff.displayed" not in base64.b64decode(meta[b"ARROW:schema"])
+        recorded = json.loads(meta[b"bluff.files"])
         assert {"nodes", "edges", "causal"} <= set(recorded)
         for kind, rec in recorded.items():
             data = store.read_bytes(layout.part_path(kind, o, t))  # target_chunk 1: unit j holds target j
