@@ -58,8 +58,18 @@ IMAGE_STEPS_PER_PAIR = 50 * 10 * 50  # images x strengths x PGD steps
 
 #: Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring, first match wins.
 #: H200 is the H100 SXM chip (989); a bf16 GEMM measured ~790 on the lent H200s.
-PEAK_BF16_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0), ("B200", 2250.0),
-                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0), ("V100", 125.0)]
+PEAK_BF16_TFLOPS = [
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("V100", 125.0),
+]
 
 #: Attack-step variants: name -> AttackConfig fields. On a CPU only the eager ones run.
 VARIANTS = {
@@ -124,8 +134,9 @@ def variant_cfg(name: str, steps: int, bf16: bool) -> AttackConfig:
 
 
 def variant_model(adapter, cfg: AttackConfig, device):
-    return adapter.attack_model(compiled=cfg.compile and torch.device(device).type == "cuda", step=cfg.step,
-                                bf16=cfg.bf16)
+    return adapter.attack_model(
+        compiled=cfg.compile and torch.device(device).type == "cuda", step=cfg.step, bf16=cfg.bf16
+    )
 
 
 def batch_inputs(adapter, batch: int, device, seed: int = 0):
@@ -150,8 +161,14 @@ def pgd_variant(adapter, name: str, batch: int, steps: int, bf16: bool, device) 
     attack(model, x, t, eps, cfg)
     sync(device)
     dt = time.perf_counter() - t0
-    return {"variant": name, "batch": batch, "steps": steps, "seconds": dt, "warmup_s": warm,
-            "image_steps_per_s": batch * steps / dt}
+    return {
+        "variant": name,
+        "batch": batch,
+        "steps": steps,
+        "seconds": dt,
+        "warmup_s": warm,
+        "image_steps_per_s": batch * steps / dt,
+    }
 
 
 def memory_per_sample(adapter, name: str, batch: int, bf16: bool, device) -> dict:
@@ -195,15 +212,20 @@ def agreement(adapter, names, batch: int, steps: int, bf16: bool, device) -> dic
     out = {"batch": batch, "steps": steps, "reference_success_per_strength": ref_ok, "variants": {}}
     if bf16:
         f32_adv, f32_ok = run("reference", False)
-        out["reference_bf16_vs_fp32"] = {"max_abs": float((ref_adv - f32_adv).abs().max()),
-                                         "mean_abs": float((ref_adv - f32_adv).abs().mean()),
-                                         "success_per_strength_fp32": f32_ok}
+        out["reference_bf16_vs_fp32"] = {
+            "max_abs": float((ref_adv - f32_adv).abs().max()),
+            "mean_abs": float((ref_adv - f32_adv).abs().mean()),
+            "success_per_strength_fp32": f32_ok,
+        }
     for name in names:
         if name == "reference":
             continue
         adv, ok = run(name, bf16)
-        out["variants"][name] = {"max_abs": float((adv - ref_adv).abs().max()),
-                                 "mean_abs": float((adv - ref_adv).abs().mean()), "success_per_strength": ok}
+        out["variants"][name] = {
+            "max_abs": float((adv - ref_adv).abs().max()),
+            "mean_abs": float((adv - ref_adv).abs().mean()),
+            "success_per_strength": ok,
+        }
     return out
 
 
@@ -258,9 +280,14 @@ def kernel_breakdown(adapter, name: str, batch: int, bf16: bool, device) -> dict
         top.append((us, e.key))
     total = sum(fams.values()) or 1.0
     top.sort(reverse=True)
-    return {"variant": name, "batch": batch, "unit": "device time" if cuda else "CPU op self time",
-            "total_ms": total / 1e3, "shares": {k: v / total for k, v in sorted(fams.items(), key=lambda kv: -kv[1])},
-            "top": [{"name": k[:120], "ms": us / 1e3, "family": family(k)} for us, k in top[:12]]}
+    return {
+        "variant": name,
+        "batch": batch,
+        "unit": "device time" if cuda else "CPU op self time",
+        "total_ms": total / 1e3,
+        "shares": {k: v / total for k, v in sorted(fams.items(), key=lambda kv: -kv[1])},
+        "top": [{"name": k[:120], "ms": us / 1e3, "family": family(k)} for us, k in top[:12]],
+    }
 
 
 def influence_rate(adapter, images: int, displayed: int, device) -> float:
@@ -281,8 +308,18 @@ def influence_rate(adapter, images: int, displayed: int, device) -> float:
     return images / (time.perf_counter() - t0)
 
 
-def unit_rate(adapter, name: str, n_images: int, n_targets: int, steps: int, bf16: bool, device,
-              budget: Budget, report: dict, rate: float) -> dict:
+def unit_rate(
+    adapter,
+    name: str,
+    n_images: int,
+    n_targets: int,
+    steps: int,
+    bf16: bool,
+    device,
+    budget: Budget,
+    report: dict,
+    rate: float,
+) -> dict:
     """engine.compute_unit on synthetic images with one variant: pairs/s without and with the
     activation-patching experiments, after a warm-up call of the same shapes (2 steps)."""
     from bluff_ray.engine.compute import auto_batch_size, benign_stats, class_data, compute_unit
@@ -303,8 +340,9 @@ def unit_rate(adapter, name: str, n_images: int, n_targets: int, steps: int, bf1
     size = auto_batch_size(adapter, bf16, cfg.step)
     out: dict = {"variant": name, "batch": size, "pairs": n_targets, "images": n_images, "steps": steps}
     t0 = time.perf_counter()
-    compute_unit(adapter, original, targets, dataclasses.replace(cfg, steps=2), PathwayConfig(), seed=1,
-                 batching=Batching(size))
+    compute_unit(
+        adapter, original, targets, dataclasses.replace(cfg, steps=2), PathwayConfig(), seed=1, batching=Batching(size)
+    )
     sync(device)
     out["warmup_s"] = time.perf_counter() - t0
     for causal in (False, True):
@@ -314,8 +352,9 @@ def unit_rate(adapter, name: str, n_images: int, n_targets: int, steps: int, bf1
             break
         sync(device)
         t0 = time.perf_counter()
-        r = unit_tables(compute_unit(adapter, original, targets, cfg, PathwayConfig(causal=causal), seed=1,
-                                     batching=Batching(size)))  # the Arrow rows too, as the actor does
+        r = unit_tables(
+            compute_unit(adapter, original, targets, cfg, PathwayConfig(causal=causal), seed=1, batching=Batching(size))
+        )  # the Arrow rows too, as the actor does
         sync(device)
         dt = time.perf_counter() - t0
         out["causal" if causal else "plain"] = {"seconds": dt, "pairs_per_s": n_targets / dt, **r.timings}
@@ -337,6 +376,7 @@ class GpuBusy:
                     self.samples.append(torch.cuda.utilization(self.device))
                 except Exception:
                     return
+
         self._t = threading.Thread(target=loop, daemon=True)
         self._t.start()
         return self
@@ -355,17 +395,27 @@ def pipeline_rate(n_images: int, steps: int, bf16: bool, originals: int, classes
     import ray
 
     from bluff_ray.run.config import load
+
     try:
         from bluff_ray.run.driver import run
     except ImportError:
         from bluff_ray.run.pipeline import run
 
     out = tempfile.mkdtemp(prefix="bluff-gpu-bench-")
-    over = {"model": "googlenet", "weights": "random", "data": "synthetic", "out": out,
-            "classes": list(range(classes)), "originals": list(range(originals)),
-            "images_per_class": n_images, "attack.steps": steps, "attack.bf16": bf16,
-            "assets.enabled": False, "progress": False,
-            "device": "cuda" if torch.device(device).type == "cuda" else "cpu"}
+    over = {
+        "model": "googlenet",
+        "weights": "random",
+        "data": "synthetic",
+        "out": out,
+        "classes": list(range(classes)),
+        "originals": list(range(originals)),
+        "images_per_class": n_images,
+        "attack.steps": steps,
+        "attack.bf16": bf16,
+        "assets.enabled": False,
+        "progress": False,
+        "device": "cuda" if torch.device(device).type == "cuda" else "cpu",
+    }
     note = ""
     try:
         cfg = load(None, {**over, "attack.step": step}) if step != "reference" else load(None, over)
@@ -381,20 +431,36 @@ def pipeline_rate(n_images: int, steps: int, bf16: bool, originals: int, classes
     dt = time.perf_counter() - t0
     if ray.is_initialized():
         ray.shutdown()
-    return {"pairs": s.pairs_written, "seconds": dt, "pairs_per_s": s.pairs_written / dt, "workers": s.workers,
-            "failed": len(s.failed), "gpu_busy_share": busy.share if busy else None, "step": step, "note": note}
+    return {
+        "pairs": s.pairs_written,
+        "seconds": dt,
+        "pairs_per_s": s.pairs_written / dt,
+        "workers": s.workers,
+        "failed": len(s.failed),
+        "gpu_busy_share": busy.share if busy else None,
+        "step": step,
+        "note": note,
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, e.g. on a CPU)")
-    ap.add_argument("--batch", type=int, default=None, help="PGD batch of the variant comparison "
-                    "(default 1024 on CUDA; 20 with --quick; 4 on a CPU)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="PGD batch of the variant comparison (default 1024 on CUDA; 20 with --quick; 4 on a CPU)",
+    )
     ap.add_argument("--steps", type=int, default=None, help="timed PGD steps per variant (default 20; 3 with --quick)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
-    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (overrides the table)")
-    ap.add_argument("--size", type=int, default=None, help="input height = width (default 224; 32 for --quick on a CPU)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (overrides the table)"
+    )
+    ap.add_argument(
+        "--size", type=int, default=None, help="input height = width (default 224; 32 for --quick on a CPU)"
+    )
     ap.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget; later stages are skipped")
     ap.add_argument("--no-unit", action="store_true", help="skip compute_unit")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the Ray pipeline stage")
@@ -424,9 +490,16 @@ def main(argv=None) -> int:
     peak, peak_src = peak_tflops(device, args.peak_tflops)
     from bluff_ray.engine.maxpool import triton_available
 
-    report: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
-                    "bf16": bf16, "quick": quick, "size": size, "peak_tflops": peak, "peak_source": peak_src,
-                    "triton_pool": cuda and triton_available()}
+    report: dict = {
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "torch": torch.__version__,
+        "bf16": bf16,
+        "quick": quick,
+        "size": size,
+        "peak_tflops": peak,
+        "peak_source": peak_src,
+        "triton_pool": cuda and triton_available(),
+    }
     print(f"device {report['device']}, torch {torch.__version__}, peak {peak} TFLOP/s ({peak_src})", flush=True)
 
     flops = flops_per_image_step(adapter, device)
@@ -444,14 +517,22 @@ def main(argv=None) -> int:
             r = {"variant": name, "batch": batch, "image_steps_per_s": float("nan"), "error": "out of memory"}
             torch.cuda.empty_cache()
         except Exception as e:  # one failing variant must not cost the others' numbers
-            r = {"variant": name, "batch": batch, "image_steps_per_s": float("nan"), "error": f"{type(e).__name__}: {e}"}
+            r = {
+                "variant": name,
+                "batch": batch,
+                "image_steps_per_s": float("nan"),
+                "error": f"{type(e).__name__}: {e}",
+            }
         rate = r["image_steps_per_s"]
         r["tflops"] = rate * flops / 1e12 if rate == rate else float("nan")
         r["share_of_peak"] = r["tflops"] / peak if peak else None
         rows.append(r)
         share = f", {100 * r['share_of_peak']:.1f} % of peak" if peak else ""
-        print(f"PGD {name}, batch {batch}: {rate:,.0f} image-steps/s ({r['tflops']:.1f} TFLOP/s{share})"
-              + (f" [{r['error']}]" if "error" in r else ""), flush=True)
+        print(
+            f"PGD {name}, batch {batch}: {rate:,.0f} image-steps/s ({r['tflops']:.1f} TFLOP/s{share})"
+            + (f" [{r['error']}]" if "error" in r else ""),
+            flush=True,
+        )
     report["pgd"] = rows
     ok = [r for r in rows if r["image_steps_per_s"] == r["image_steps_per_s"]]
     best = max(ok, key=lambda r: r["image_steps_per_s"])["variant"] if ok else "reference"
@@ -459,10 +540,14 @@ def main(argv=None) -> int:
 
     if budget.allows(30, "agreement", report):
         eager = [r["variant"] for r in ok if not VARIANTS[r["variant"]].get("compile")]  # (a new shape recompiles)
-        report["agreement"] = agreement(adapter, eager, 10 if tiny else 20 if quick else 100,
-                                        min(steps, 10), bf16, device)
-        print("agreement with the reference step: " + ", ".join(
-            f"{k} max |d adv| {v['max_abs']:.2e}" for k, v in report["agreement"]["variants"].items()), flush=True)
+        report["agreement"] = agreement(
+            adapter, eager, 10 if tiny else 20 if quick else 100, min(steps, 10), bf16, device
+        )
+        print(
+            "agreement with the reference step: "
+            + ", ".join(f"{k} max |d adv| {v['max_abs']:.2e}" for k, v in report["agreement"]["variants"].items()),
+            flush=True,
+        )
 
     report["profile"] = []
     for name in dict.fromkeys(["reference", best]):
@@ -477,12 +562,15 @@ def main(argv=None) -> int:
     n_images, n_targets, unit_steps = (2, 1, 2) if tiny else (2, 2, 2) if quick else (50, 8, 50)
     if not args.no_unit and budget.allows(60 if not quick else 10, "compute_unit", report):
         best_rate = max((r["image_steps_per_s"] for r in ok), default=1.0)
-        report["unit"] = unit_rate(adapter, best, n_images, n_targets, unit_steps, bf16, device, budget, report,
-                                   best_rate)
+        report["unit"] = unit_rate(
+            adapter, best, n_images, n_targets, unit_steps, bf16, device, budget, report, best_rate
+        )
         u = report["unit"]
         if "causal" in u:
-            print(f"compute_unit ({best}), {n_targets} pairs: {u['causal']['pairs_per_s']:.3f} pairs/s with patching",
-                  flush=True)
+            print(
+                f"compute_unit ({best}), {n_targets} pairs: {u['causal']['pairs_per_s']:.3f} pairs/s with patching",
+                flush=True,
+            )
 
     if args.no_pipeline:
         report["pipeline"] = {"skipped": "--no-pipeline"}
@@ -495,8 +583,15 @@ def main(argv=None) -> int:
         else:
             if budget.allows(120 if not quick else 60, "pipeline", report):
                 try:
-                    report["pipeline"] = pipeline_rate(2 if quick else 50, unit_steps, bf16, 1, 3 if quick else 11,
-                                                       VARIANTS[best].get("step", "reference"), device)
+                    report["pipeline"] = pipeline_rate(
+                        2 if quick else 50,
+                        unit_steps,
+                        bf16,
+                        1,
+                        3 if quick else 11,
+                        VARIANTS[best].get("step", "reference"),
+                        device,
+                    )
                 except Exception as e:
                     report["pipeline"] = {"error": f"{type(e).__name__}: {e}"}
 
@@ -504,14 +599,20 @@ def main(argv=None) -> int:
     per_gpu = u.get("causal", u.get("plain", {})).get("pairs_per_s")
     best_rate = max((r["image_steps_per_s"] for r in ok), default=float("nan"))
     report["projection"] = {
-        "gpus": GPUS, "pairs": PAIRS,
+        "gpus": GPUS,
+        "pairs": PAIRS,
         "pairs_per_s_per_gpu": per_gpu,
         "hours_999k_pairs": PAIRS / (per_gpu * GPUS) / 3600 if per_gpu else None,
         "attack_only_pairs_per_s_per_gpu": best_rate / IMAGE_STEPS_PER_PAIR,
-        "attack_only_hours": PAIRS * IMAGE_STEPS_PER_PAIR / (best_rate * GPUS) / 3600 if best_rate == best_rate else None,
-        "note": ("compute_unit at full size per pair (50 images x 10 strengths x 50 steps) on one GPU; the "
-                 "pipeline's storage and reduce overlap with compute" if not quick else
-                 "--quick: tiny sizes, the projection means nothing"),
+        "attack_only_hours": PAIRS * IMAGE_STEPS_PER_PAIR / (best_rate * GPUS) / 3600
+        if best_rate == best_rate
+        else None,
+        "note": (
+            "compute_unit at full size per pair (50 images x 10 strengths x 50 steps) on one GPU; the "
+            "pipeline's storage and reduce overlap with compute"
+            if not quick
+            else "--quick: tiny sizes, the projection means nothing"
+        ),
     }
     print_report(report)
     if args.out:
@@ -527,34 +628,46 @@ def print_report(r: dict) -> None:
     def mb(row: dict, k: str) -> str:
         return f"{row[k] / 1e6:.1f} MB" if k in row else "-"
 
-    print(f"\n{r['device']} (torch {r['torch']}), {'bf16' if r['bf16'] else 'fp32'}, {r['size']}x{r['size']}; "
-          f"{r['flops_per_image_step'] / 1e9:.2f} GFLOP per image-step; peak {r['peak_tflops']} TFLOP/s\n")
+    print(
+        f"\n{r['device']} (torch {r['torch']}), {'bf16' if r['bf16'] else 'fp32'}, {r['size']}x{r['size']}; "
+        f"{r['flops_per_image_step'] / 1e9:.2f} GFLOP per image-step; peak {r['peak_tflops']} TFLOP/s\n"
+    )
     print("| variant | batch | image-steps/s | TFLOP/s | share of peak | saved bytes/sample | peak bytes/sample |")
     print("|---|---|---|---|---|---|---|")
     for x in r["pgd"]:
-        print(f"| {x['variant']} | {x['batch']} | {x['image_steps_per_s']:,.0f} | {x.get('tflops', float('nan')):.1f} | "
-              f"{pct(x.get('share_of_peak'))} | {mb(x, 'saved_bytes')} | {mb(x, 'peak_bytes')} |")
+        print(
+            f"| {x['variant']} | {x['batch']} | {x['image_steps_per_s']:,.0f} | {x.get('tflops', float('nan')):.1f} | "
+            f"{pct(x.get('share_of_peak'))} | {mb(x, 'saved_bytes')} | {mb(x, 'peak_bytes')} |"
+        )
     for p in r.get("profile", []):
-        print(f"\nprofile of one attack ({p['variant']}, batch {p['batch']}, {p['unit']}, {p['total_ms']:.1f} ms): "
-              + ", ".join(f"{k} {pct(v)}" for k, v in p["shares"].items()))
+        print(
+            f"\nprofile of one attack ({p['variant']}, batch {p['batch']}, {p['unit']}, {p['total_ms']:.1f} ms): "
+            + ", ".join(f"{k} {pct(v)}" for k, v in p["shares"].items())
+        )
     if "influence_images_per_s" in r:
         print(f"\ninfluence, 8 transitions, 22 neurons/layer: {r['influence_images_per_s']:,.1f} images/s")
     u = r.get("unit", {})
     for k in ("plain", "causal"):
         if k in u:
-            print(f"compute_unit {k} ({u['variant']}, {u['pairs']} pairs, batch {u['batch']}): "
-                  f"{u[k]['pairs_per_s']:.3f} pairs/s")
+            print(
+                f"compute_unit {k} ({u['variant']}, {u['pairs']} pairs, batch {u['batch']}): "
+                f"{u[k]['pairs_per_s']:.3f} pairs/s"
+            )
     p = r.get("pipeline", {})
     if "pairs_per_s" in p:
         busy = f", GPU busy {pct(p['gpu_busy_share'])}" if p.get("gpu_busy_share") is not None else ""
-        print(f"pipeline (Ray, storage, reduce; step {p['step']}), {p['pairs']} pairs, {p['workers']} worker(s): "
-              f"{p['pairs_per_s']:.3f} pairs/s{busy} {p['note']}")
+        print(
+            f"pipeline (Ray, storage, reduce; step {p['step']}), {p['pairs']} pairs, {p['workers']} worker(s): "
+            f"{p['pairs_per_s']:.3f} pairs/s{busy} {p['note']}"
+        )
     else:
         print(f"pipeline: {p}")
     pr = r["projection"]
     if pr["hours_999k_pairs"]:
-        print(f"projection: 999,000 pairs on {GPUS} GPUs: {pr['hours_999k_pairs']:,.1f} h "
-              f"(attack alone at the fastest PGD rate: {pr['attack_only_hours']:,.1f} h)")
+        print(
+            f"projection: 999,000 pairs on {GPUS} GPUs: {pr['hours_999k_pairs']:,.1f} h "
+            f"(attack alone at the fastest PGD rate: {pr['attack_only_hours']:,.1f} h)"
+        )
     if r.get("skipped"):
         print("skipped: " + "; ".join(r["skipped"]))
 

@@ -59,6 +59,7 @@ def instrument(counters: Counters, models):
             if name == "cpu" and self.dim() >= 4:
                 counters.d2h_bytes += self.numel() * self.element_size()
             return fn(self, *a, **k)
+
         return inner
 
     for name in saved:
@@ -81,6 +82,7 @@ def instrument(counters: Counters, models):
         def post(mod, inp, out, s=starts):
             counters.forwards += 1
             counters.model_s += time.perf_counter() - s["t"]
+
         hooks.append(m.register_forward_hook(post))
     try:
         yield counters
@@ -119,15 +121,19 @@ def run_old(root: Path, n_images: int, targets: list[int], steps: int) -> dict:
         g0 = time.perf_counter()
         from bluff_ray.engine.attack import random_start
 
-        random_start((len(targets) * len(cfg.strengths) * n_images, *adapter.input_shape), "pgd_l2",
-                     torch.Generator().manual_seed(1))
+        random_start(
+            (len(targets) * len(cfg.strengths) * n_images, *adapter.input_shape),
+            "pgd_l2",
+            torch.Generator().manual_seed(1),
+        )
         start_s = time.perf_counter() - g0
         grid = attack_grid(adapter.attack_model(), x, targets, cfg, batch_size=4096, generator=gen)
         for ti, t in enumerate(targets):
             adv, ok = grid.adv[ti], grid.success[ti]
             attacked = [adv[k][ok[k]] for k in range(adv.shape[0])]
-            summarize_pair(adapter, 0, t, x, tx[ti], attacked, n_images, ok.sum(1).tolist(), cfg.strengths,
-                           PathwayConfig())
+            summarize_pair(
+                adapter, 0, t, x, tx[ti], attacked, n_images, ok.sum(1).tolist(), cfg.strengths, PathwayConfig()
+            )
         wall = time.perf_counter() - t0
     return _result(c, wall, len(targets), start_s)
 
@@ -151,7 +157,8 @@ def run_new(n_images: int, targets: list[int], steps: int) -> dict:
         t0 = time.perf_counter()
         g0 = time.perf_counter()
         StartNoise(1, "pgd_l2", adapter.input_shape, len(targets) * len(cfg.strengths) * n_images).get(
-            0, len(targets) * len(cfg.strengths) * n_images)
+            0, len(targets) * len(cfg.strengths) * n_images
+        )
         start_s = time.perf_counter() - g0
         unit_tables(compute_unit(adapter, original, tdata, cfg, PathwayConfig(causal=False), seed=1, batching=4096))
         wall = time.perf_counter() - t0
@@ -176,9 +183,14 @@ def _images(n: int, targets: list[int]):
 
 
 def _result(c: Counters, wall: float, n_pairs: int, start_s: float) -> dict:
-    return {"syncs_per_pair": c.syncs / n_pairs, "model_forwards_per_pair": c.forwards / n_pairs,
-            "adv_bytes_to_host_per_pair": c.d2h_bytes / n_pairs, "outside_model_s_per_pair": (wall - c.model_s - start_s) / n_pairs,
-            "random_start_s_per_pair": start_s / n_pairs, "wall_s_per_pair": wall / n_pairs}
+    return {
+        "syncs_per_pair": c.syncs / n_pairs,
+        "model_forwards_per_pair": c.forwards / n_pairs,
+        "adv_bytes_to_host_per_pair": c.d2h_bytes / n_pairs,
+        "outside_model_s_per_pair": (wall - c.model_s - start_s) / n_pairs,
+        "random_start_s_per_pair": start_s / n_pairs,
+        "wall_s_per_pair": wall / n_pairs,
+    }
 
 
 def main(argv=None) -> int:
@@ -194,17 +206,26 @@ def main(argv=None) -> int:
     old = run_old(Path(args.old), args.images, targets, args.steps)
     new = run_new(args.images, targets, args.steps)
     n = args.images * 10
-    print(f"Adversarial images copied to the host per pair at {args.images} images: before {n * 3 * 224 * 224 * 4 / 1e6:.1f} MB "
-          "(attack_grid kept its grid on the CPU), after 0 (they stay on the device)\n")
-    print(f"GoogLeNet 224x224 (random weights), {args.images} images x 10 strengths x {args.steps} step(s), "
-          f"{args.targets} targets, {args.threads} thread(s)\n")
+    print(
+        f"Adversarial images copied to the host per pair at {args.images} images: before {n * 3 * 224 * 224 * 4 / 1e6:.1f} MB "
+        "(attack_grid kept its grid on the CPU), after 0 (they stay on the device)\n"
+    )
+    print(
+        f"GoogLeNet 224x224 (random weights), {args.images} images x 10 strengths x {args.steps} step(s), "
+        f"{args.targets} targets, {args.threads} thread(s)\n"
+    )
     print("| per pair | before (f604815) | after | ")
     print("|---|---|---|")
-    for key, label in [("syncs_per_pair", "host reads of tensors (.cpu/.tolist/.item)"), ("model_forwards_per_pair", "full-model forward passes"),
-                       ("random_start_s_per_pair", "random starts (s; before: always a CPU generator, after: the "
-                                                   "attack's device, here the CPU too)"),
-                       ("outside_model_s_per_pair", "CPU time outside the attack's forward/backward (s)"),
-                       ("wall_s_per_pair", "wall time (s)")]:
+    for key, label in [
+        ("syncs_per_pair", "host reads of tensors (.cpu/.tolist/.item)"),
+        ("model_forwards_per_pair", "full-model forward passes"),
+        (
+            "random_start_s_per_pair",
+            "random starts (s; before: always a CPU generator, after: the attack's device, here the CPU too)",
+        ),
+        ("outside_model_s_per_pair", "CPU time outside the attack's forward/backward (s)"),
+        ("wall_s_per_pair", "wall time (s)"),
+    ]:
         print(f"| {label} | {old[key]:,.3f} | {new[key]:,.3f} |")
     return 0
 

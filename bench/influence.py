@@ -83,8 +83,10 @@ def bench_throughput(device: str, n_images: int, displayed: int, repeats: int, g
     choice = {l.name: torch.randperm(l.channels, generator=gen)[:displayed] for l in adapter.layers}
 
     def run():
-        outs = [layer_influence(adapter, q, acts[names[q - 1]], choice[names[q - 1]], choice[names[q]], batch_size=n_images)
-                for q in range(1, len(names))]
+        outs = [
+            layer_influence(adapter, q, acts[names[q - 1]], choice[names[q - 1]], choice[names[q]], batch_size=n_images)
+            for q in range(1, len(names))
+        ]
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return outs
@@ -95,8 +97,11 @@ def bench_throughput(device: str, n_images: int, displayed: int, repeats: int, g
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--device", default="cpu", help="torch device for the throughput part (cpu, cuda, cuda:1, ...)")
     p.add_argument("--images", type=int, default=8, help="images per condition for composition and throughput")
     p.add_argument("--displayed", type=int, default=30, help="displayed neurons per layer")
@@ -116,11 +121,19 @@ def main(argv=None) -> None:
         ("full 3x3 branch: 224 dst x 512 src, M=112", args.full_images, 224, 112, 512),
     ]:
         r = bench_composition(n, j, m, i, args.repeats, gen)
-        rows.append((f"widest path mixed4a->mixed4b, {label}, {n} image(s)",
-                     f"{r['t_py'] * 1e3:.1f} ms", f"{r['t_vec'] * 1e3:.2f} ms", f"{r['t_py'] / r['t_vec']:.0f}x"))
+        rows.append(
+            (
+                f"widest path mixed4a->mixed4b, {label}, {n} image(s)",
+                f"{r['t_py'] * 1e3:.1f} ms",
+                f"{r['t_vec'] * 1e3:.2f} ms",
+                f"{r['t_py'] / r['t_vec']:.0f}x",
+            )
+        )
     thr = bench_throughput(args.device, args.images, d, args.repeats, gen)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"threads={torch.get_num_threads()}, device={args.device}\n")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"threads={torch.get_num_threads()}, device={args.device}\n"
+    )
     print("| case | per-edge Python (original) | vectorised (bluff_ray) | speedup |")
     print("|---|---|---|---|")
     for row in rows:
@@ -128,7 +141,9 @@ def main(argv=None) -> None:
     print()
     print("| layer_influence, GoogLeNet 224x224 random weights, all 8 transitions | images | time | images/s |")
     print("|---|---|---|---|")
-    print(f"| {d} displayed per layer, device={args.device} | {args.images} | {thr['t'] * 1e3:.0f} ms | {thr['ips']:.1f} |")
+    print(
+        f"| {d} displayed per layer, device={args.device} | {args.images} | {thr['t'] * 1e3:.0f} ms | {thr['ips']:.1f} |"
+    )
 
 
 if __name__ == "__main__":

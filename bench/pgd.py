@@ -76,9 +76,16 @@ def compare(name, adapter, x, target, cfg, device, repeats):
         dt_f, _ = run_ours(folded, x, target, cfg, device)
         best_o, best_t, best_f = min(best_o, dt_o), min(best_t, dt_t), min(best_f, dt_f)
     return {
-        "name": name, "n": len(x), "S": len(cfg.strengths), "steps": cfg.steps, "img_steps": img_steps,
-        "ours": img_steps / best_o, "theirs": img_steps / best_t, "folded": img_steps / best_f,
-        "rates_o": rates_o, "rates_t": rates_t,
+        "name": name,
+        "n": len(x),
+        "S": len(cfg.strengths),
+        "steps": cfg.steps,
+        "img_steps": img_steps,
+        "ours": img_steps / best_o,
+        "theirs": img_steps / best_t,
+        "folded": img_steps / best_f,
+        "rates_o": rates_o,
+        "rates_t": rates_t,
     }
 
 
@@ -90,7 +97,9 @@ def digits_case(args, device):
     x = x[keep][: args.digits_images].to(device)
     cfg = AttackConfig(strengths=DIGITS_STRENGTHS, steps=args.digits_steps)
     target = (args.digits_class + 1) % 10
-    return compare(f"digits 1x8x8, class {args.digits_class} -> {target}", adapter, x, target, cfg, device, args.repeats)
+    return compare(
+        f"digits 1x8x8, class {args.digits_class} -> {target}", adapter, x, target, cfg, device, args.repeats
+    )
 
 
 def digits_curve(args, device):
@@ -122,7 +131,9 @@ def googlenet_case(args, device):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.gn_images, 3, args.gn_size, args.gn_size, generator=g).to(device)
     cfg = AttackConfig(strengths=GOOGLENET_STRENGTHS, steps=args.gn_steps)
-    return compare(f"GoogLeNet 3x{args.gn_size}x{args.gn_size}, random weights", adapter, x, 1, cfg, device, args.repeats)
+    return compare(
+        f"GoogLeNet 3x{args.gn_size}x{args.gn_size}, random weights", adapter, x, 1, cfg, device, args.repeats
+    )
 
 
 def gpu_throughput(args, device):
@@ -135,16 +146,21 @@ def gpu_throughput(args, device):
     x = torch.rand(args.gn_images, 3, args.gn_size, args.gn_size, device=device)
     per_batch = args.gn_images * len(cfg.strengths)
     # warm-up (compilation, cudnn autotune) with the same shapes
-    attack_grid(model, x, [1], AttackConfig(strengths=cfg.strengths, steps=2, bf16=args.bf16),
-                batch_size=per_batch)
+    attack_grid(model, x, [1], AttackConfig(strengths=cfg.strengths, steps=2, bf16=args.bf16), batch_size=per_batch)
     _sync(device)
     t0 = time.perf_counter()
     grid = attack_grid(model, x, [1], cfg, batch_size=per_batch)
     _sync(device)
     dt = time.perf_counter() - t0
     img_steps = per_batch * cfg.steps
-    return {"batch": per_batch, "steps": cfg.steps, "seconds": dt, "rate": img_steps / dt,
-            "success": grid.success_rate[0].tolist(), "device": torch.cuda.get_device_name(device)}
+    return {
+        "batch": per_batch,
+        "steps": cfg.steps,
+        "seconds": dt,
+        "rate": img_steps / dt,
+        "success": grid.success_rate[0].tolist(),
+        "device": torch.cuda.get_device_name(device),
+    }
 
 
 def main(argv=None) -> int:
@@ -159,7 +175,9 @@ def main(argv=None) -> int:
     p.add_argument("--gn-images", type=int, default=2, help="GoogLeNet images (x10 strengths per batch)")
     p.add_argument("--gn-steps", type=int, default=3, help="GoogLeNet PGD steps (50 in production)")
     p.add_argument("--gn-size", type=int, default=224, help="GoogLeNet input size")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU mode; not done by the pipeline)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (GPU mode; not done by the pipeline)"
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, the pipeline's attack.bf16 (GPU mode)")
     p.add_argument("--curve", type=int, default=0, help="also print the digits success curve over N test images")
     p.add_argument("--cache-dir", default=None, help="digits checkpoint cache (default $BLUFF_CACHE)")
@@ -177,8 +195,10 @@ def main(argv=None) -> int:
         r = gpu_throughput(args, device)
         print("| model | device | batch (images x strengths) | steps | compile | bf16 | PGD image-steps/s |")
         print("|---|---|---|---|---|---|---|")
-        print(f"| GoogLeNet {args.gn_size}x{args.gn_size} | {r['device']} | {r['batch']} | {r['steps']} | "
-              f"{args.compile} | {args.bf16} | {r['rate']:,.0f} |")
+        print(
+            f"| GoogLeNet {args.gn_size}x{args.gn_size} | {r['device']} | {r['batch']} | {r['steps']} | "
+            f"{args.compile} | {args.bf16} | {r['rate']:,.0f} |"
+        )
         return 0
 
     rows = []
@@ -186,16 +206,26 @@ def main(argv=None) -> int:
         rows.append(digits_case(args, device))
     if "googlenet" in models:
         rows.append(googlenet_case(args, device))
-    print("| model | images x strengths | steps | torchattacks PGDL2, loop per strength (image-steps/s) "
-          "| bluff_ray attack_grid, one loop (image-steps/s) | speedup "
-          "| bluff_ray on attack_model() (image-steps/s) | speedup |")
+    print(
+        "| model | images x strengths | steps | torchattacks PGDL2, loop per strength (image-steps/s) "
+        "| bluff_ray attack_grid, one loop (image-steps/s) | speedup "
+        "| bluff_ray on attack_model() (image-steps/s) | speedup |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['n']} x {r['S']} | {r['steps']} | {r['theirs']:,.1f} | {r['ours']:,.1f} "
-              f"| {r['ours'] / r['theirs']:.2f}x | {r['folded']:,.1f} | {r['folded'] / r['theirs']:.2f}x |")
+        print(
+            f"| {r['name']} | {r['n']} x {r['S']} | {r['steps']} | {r['theirs']:,.1f} | {r['ours']:,.1f} "
+            f"| {r['ours'] / r['theirs']:.2f}x | {r['folded']:,.1f} | {r['folded'] / r['theirs']:.2f}x |"
+        )
     for r in rows:
         print(f"\nSuccess rate per strength, {r['name']} (sanity: both attacks should agree):\n")
-        print("| eps | " + " | ".join(f"{s:g}" for s in (DIGITS_STRENGTHS if r['name'].startswith('digits') else GOOGLENET_STRENGTHS)) + " |")
+        print(
+            "| eps | "
+            + " | ".join(
+                f"{s:g}" for s in (DIGITS_STRENGTHS if r["name"].startswith("digits") else GOOGLENET_STRENGTHS)
+            )
+            + " |"
+        )
         print("|---" * (r["S"] + 1) + "|")
         print("| bluff_ray | " + " | ".join(f"{v:.2f}" for v in r["rates_o"]) + " |")
         print("| torchattacks | " + " | ".join(f"{v:.2f}" for v in r["rates_t"]) + " |")

@@ -39,8 +39,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classes", default="0,1,2", help="digit classes (default 0,1,2: 6 ordered pairs)")
     ap.add_argument("--workers", default="1,2", help="actor counts to compare (default 1,2)")
-    ap.add_argument("--target-chunk", type=int, default=1,
-                    help="targets per work unit (default 1: one pair per unit, so units split evenly over actors)")
+    ap.add_argument(
+        "--target-chunk",
+        type=int,
+        default=1,
+        help="targets per work unit (default 1: one pair per unit, so units split evenly over actors)",
+    )
     ap.add_argument("--demo", action="store_true", help="also time `bluff demo --no-serve` into a temp folder")
     args = ap.parse_args()
 
@@ -55,8 +59,10 @@ def main() -> int:
     workers = [int(w) for w in args.workers.split(",")]
     cpus = os.cpu_count() or 2
     gpu = torch.cuda.is_available()
-    print(f"machine: {cpus} CPUs, GPU: {torch.cuda.get_device_name(0) if gpu else 'none'}; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {cpus} CPUs, GPU: {torch.cuda.get_device_name(0) if gpu else 'none'}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     ray.init(address="local", num_cpus=max(cpus, max(workers)), include_dashboard=False, log_to_driver=False)
     tmp = tempfile.mkdtemp(prefix="bluff-bench-")
     results = []
@@ -67,14 +73,22 @@ def main() -> int:
         load_model("digits")
         for n in workers:
             root = os.path.join(tmp, f"w{n}")
-            cfg = RunConfig(out=root, classes=classes, num_workers=n, progress=False, target_chunk=args.target_chunk,
-                            assets=__import__("dataclasses").replace(base.assets, enabled=False))
+            cfg = RunConfig(
+                out=root,
+                classes=classes,
+                num_workers=n,
+                progress=False,
+                target_chunk=args.target_chunk,
+                assets=__import__("dataclasses").replace(base.assets, enabled=False),
+            )
             t0 = time.perf_counter()
             summary = run(cfg)
             wall = time.perf_counter() - t0
             assert not summary.failed, summary.failed
             results.append((n, summary.pairs_written, wall, bytes_per_pair(root, summary.pairs_written)))
-            print(f"{n} actor(s): {summary.pairs_written} pairs in {wall:.1f} s = {summary.pairs_written / wall:.3f} pairs/s")
+            print(
+                f"{n} actor(s): {summary.pairs_written} pairs in {wall:.1f} s = {summary.pairs_written / wall:.3f} pairs/s"
+            )
     finally:
         ray.shutdown()
     base_rate = results[0][1] / results[0][2]
@@ -83,14 +97,17 @@ def main() -> int:
     for n, p, wall, _ in results:
         print(f"| {n} | {p} | {wall:.1f} | {p / wall:.3f} | {p / wall / base_rate:.2f}x |")
     b = results[-1][3]
-    print(f"\nbytes per pair on disk: pairs {b['pairs']:.0f} + nodes {b['nodes']:.0f} + edges {b['edges']:.0f} "
-          f"+ causal {b['causal']:.0f} = {b['total']:.0f} B")
+    print(
+        f"\nbytes per pair on disk: pairs {b['pairs']:.0f} + nodes {b['nodes']:.0f} + edges {b['edges']:.0f} "
+        f"+ causal {b['causal']:.0f} = {b['total']:.0f} B"
+    )
 
     if args.demo:
         out = os.path.join(tmp, "demo")
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "demo", "--no-serve", "--out", out],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bluff_ray.cli", "demo", "--no-serve", "--out", out], capture_output=True, text=True
+        )
         wall = time.perf_counter() - t0
         print(proc.stdout[-2000:])
         if proc.returncode != 0:
@@ -98,8 +115,10 @@ def main() -> int:
         print(f"`bluff demo --no-serve` (90 pairs, assets on): {wall:.0f} s wall, exit {proc.returncode}")
         if proc.returncode == 0:
             b = bytes_per_pair(out, 90)
-            print(f"demo bytes per pair on disk (3 pairs per partition file): pairs {b['pairs']:.0f} + nodes "
-                  f"{b['nodes']:.0f} + edges {b['edges']:.0f} + causal {b['causal']:.0f} = {b['total']:.0f} B")
+            print(
+                f"demo bytes per pair on disk (3 pairs per partition file): pairs {b['pairs']:.0f} + nodes "
+                f"{b['nodes']:.0f} + edges {b['edges']:.0f} + causal {b['causal']:.0f} = {b['total']:.0f} B"
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -56,12 +56,16 @@ def load_once(browser, url: str) -> dict:
     page.wait_for_function("window.__bluff && window.__bluff.state !== 'loading'", timeout=60000)
     if page.evaluate("window.__bluff.state") != "ready":
         raise SystemExit(f"the viewer did not open a pair: {page.evaluate('window.__bluff.error')}")
-    d = page.evaluate("({t: window.__bluff.firstGraphMs, f: window.__bluff.firstGraphBytes, "
-                      "n: window.__bluff.traffic.requests})")
-    out = {"ms": d["t"], "requests": d["n"],
-           "startup": sum(v for k, v in d["f"].items() if not k.startswith(("nodes/", "edges/"))),
-           "pair": sum(v for k, v in d["f"].items() if k.startswith(("nodes/", "edges/"))),
-           "files": sorted(d["f"])}
+    d = page.evaluate(
+        "({t: window.__bluff.firstGraphMs, f: window.__bluff.firstGraphBytes, n: window.__bluff.traffic.requests})"
+    )
+    out = {
+        "ms": d["t"],
+        "requests": d["n"],
+        "startup": sum(v for k, v in d["f"].items() if not k.startswith(("nodes/", "edges/"))),
+        "pair": sum(v for k, v in d["f"].items() if k.startswith(("nodes/", "edges/"))),
+        "files": sorted(d["f"]),
+    }
     assert out["pair"] > 0, "the viewer fetched no nodes/edges bytes for the pair"
     ready = "['ready', 'filled'].includes(document.querySelector('#explorer').dataset.state)"
     n0 = page.evaluate("window.__bluff.traffic.log.length")
@@ -72,10 +76,14 @@ def load_once(browser, url: str) -> dict:
     key = f"rankings/success-{page.input_value('#explorer-strength')}.parquet"
     # the page's ranking rows and the partitions of its originals (not the other rankings' footers,
     # which are read in the background once the page is complete)
-    out["explorer_bytes"] = sum(e["bytes"] for e in page.evaluate("window.__bluff.traffic.log")[n0:]
-                                if e["file"] == key or e["file"].startswith("pair_index/"))
-    out["explorer_partitions"] = len({e["file"] for e in page.evaluate("window.__bluff.traffic.log")[n0:]
-                                      if e["file"].startswith("pair_index/")})
+    out["explorer_bytes"] = sum(
+        e["bytes"]
+        for e in page.evaluate("window.__bluff.traffic.log")[n0:]
+        if e["file"] == key or e["file"].startswith("pair_index/")
+    )
+    out["explorer_partitions"] = len(
+        {e["file"] for e in page.evaluate("window.__bluff.traffic.log")[n0:] if e["file"].startswith("pair_index/")}
+    )
     page.wait_for_timeout(300)  # the other rankings' footers, read in the background
     page.click("th[data-key=success]")
     page.wait_for_function(ready)
@@ -93,13 +101,15 @@ def load_once(browser, url: str) -> dict:
     page.keyboard.press("a")
     page.wait_for_selector("#atlas[data-state='ready']", timeout=60000)
     out["atlas_ms"] = int(page.get_attribute("#atlas", "data-load-ms"))
-    out["atlas_bytes"] = sum(e["bytes"] for e in page.evaluate("window.__bluff.traffic.log")[n1:]
-                             if e["file"] == "atlas/neurons.parquet")
+    out["atlas_bytes"] = sum(
+        e["bytes"] for e in page.evaluate("window.__bluff.traffic.log")[n1:] if e["file"] == "atlas/neurons.parquet"
+    )
     n2 = page.evaluate("window.__bluff.traffic.log.length")
     page.click("#atlas-tab-classes")
     page.wait_for_selector("#atlas[data-state='ready'][data-tab='classes']", timeout=60000)
-    out["class_stats_bytes"] = sum(e["bytes"] for e in page.evaluate("window.__bluff.traffic.log")[n2:]
-                                   if e["file"] == "classes.parquet")
+    out["class_stats_bytes"] = sum(
+        e["bytes"] for e in page.evaluate("window.__bluff.traffic.log")[n2:] if e["file"] == "classes.parquet"
+    )
     ctx.close()
     return out
 
@@ -134,7 +144,8 @@ def run(root: Path, loads: int, s3: bool) -> list[dict]:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
+                executable_path=CHROMIUM,
+                headless=True,
                 args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"],
             )
             load_once(browser, local_url)  # warm-up (disk cache of the OS, JIT)
@@ -155,10 +166,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--results", type=Path, help="a local results root (schema version 2)")
-    g.add_argument("--synthetic", type=int, metavar="CLASSES",
-                   help="generate a synthetic root with this many classes (all ordered pairs in the global files)")
+    g.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="CLASSES",
+        help="generate a synthetic root with this many classes (all ordered pairs in the global files)",
+    )
     ap.add_argument("--loads", type=int, default=5, help="page loads per source (median reported)")
-    ap.add_argument("--s3", action="store_true", help="also publish the root to a moto S3 server and load it from there")
+    ap.add_argument(
+        "--s3", action="store_true", help="also publish the root to a moto S3 server and load it from there"
+    )
     args = ap.parse_args(argv)
     tmp = None
     if args.synthetic:
@@ -179,19 +196,25 @@ def main(argv=None) -> int:
     res = run(root, args.loads, args.s3)
     label = f"synthetic, {args.synthetic} classes" if args.synthetic else str(args.results)
     land = m.get("landing")
-    print(f"\nresults: {label}; {m.get('pairs_done', '?')} pairs; landing pair "
-          f"{land and (land['original'], land['target'])}; {len(m['strengths'])} strengths; {args.loads} loads per source")
+    print(
+        f"\nresults: {label}; {m.get('pairs_done', '?')} pairs; landing pair "
+        f"{land and (land['original'], land['target'])}; {len(m['strengths'])} strengths; {args.loads} loads per source"
+    )
     print("files read before the first graph: " + ", ".join(res[0]["files"]) + "\n")
-    print("| source | first graph (ms) | requests | startup bytes | pair bytes (nodes+edges) | explorer first page (ms) "
-          "| explorer bytes: page + partitions read to fill it | explorer reverse sort (ms) | overview drawn (ms) | overview bytes "
-          "| atlas read (ms) | atlas bytes | class statistics bytes |")
+    print(
+        "| source | first graph (ms) | requests | startup bytes | pair bytes (nodes+edges) | explorer first page (ms) "
+        "| explorer bytes: page + partitions read to fill it | explorer reverse sort (ms) | overview drawn (ms) | overview bytes "
+        "| atlas read (ms) | atlas bytes | class statistics bytes |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     kib = lambda b: f"{b / 1024:.1f} KiB"  # noqa: E731
     for r in res:
-        print(f"| {r['source']} | {r['ms']:.0f} | {r['requests']:.0f} | {kib(r['startup'])} | {kib(r['pair'])} | "
-              f"{r['explorer_ms']:.0f} | {kib(r['explorer_bytes'])} ({r['explorer_partitions']:.0f} partitions) | "
-              f"{r['reverse_ms']:.0f} | {r['overview_ms']:.0f} | "
-              f"{kib(r['overview_bytes'])} | {r['atlas_ms']:.0f} | {kib(r['atlas_bytes'])} | {kib(r['class_stats_bytes'])} |")
+        print(
+            f"| {r['source']} | {r['ms']:.0f} | {r['requests']:.0f} | {kib(r['startup'])} | {kib(r['pair'])} | "
+            f"{r['explorer_ms']:.0f} | {kib(r['explorer_bytes'])} ({r['explorer_partitions']:.0f} partitions) | "
+            f"{r['reverse_ms']:.0f} | {r['overview_ms']:.0f} | "
+            f"{kib(r['overview_bytes'])} | {r['atlas_ms']:.0f} | {kib(r['atlas_bytes'])} | {kib(r['class_stats_bytes'])} |"
+        )
     if tmp:
         tmp.cleanup()
     return 0

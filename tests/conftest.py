@@ -132,7 +132,12 @@ def make_bucket(s3_endpoint):
             policy = {
                 "Version": "2012-10-17",
                 "Statement": [
-                    {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{name}/*"}
+                    {
+                        "Effect": "Allow",
+                        "Principal": "*",
+                        "Action": "s3:GetObject",
+                        "Resource": f"arn:aws:s3:::{name}/*",
+                    }
                 ],
             }
             client.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
@@ -168,8 +173,13 @@ def demo_config(out: str, **overrides):
 
     base = RunConfig()
     values = dict(
-        model="digits", data="digits", out=out, classes=list(DEMO_CLASSES), progress=False,
-        images_per_class=24, attack_batch_size=2048,  # pinned: test_pipeline recomputes a unit with it
+        model="digits",
+        data="digits",
+        out=out,
+        classes=list(DEMO_CLASSES),
+        progress=False,
+        images_per_class=24,
+        attack_batch_size=2048,  # pinned: test_pipeline recomputes a unit with it
         attack=dataclasses.replace(base.attack, steps=10),
         assets=dataclasses.replace(base.assets, fv_steps=64),
     )

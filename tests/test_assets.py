@@ -40,7 +40,6 @@ class CountingStore(Store):
         super().write_bytes(rel, data)
 
 
-
 @pytest.fixture(scope="module")
 def source():
     return DigitsSource("test")
@@ -188,7 +187,9 @@ def test_rgb_model_end_to_end(tmp_path):
 
 def test_select_neurons(digits):
     assert select_neurons(digits, [("mixed4b", 2), ("mixed3a", 5), ("mixed4b", 2)], AssetConfig()) == [
-        ("mixed3a", 5), ("mixed4b", 2)]
+        ("mixed3a", 5),
+        ("mixed4b", 2),
+    ]
     everything = select_neurons(digits, [], AssetConfig(all_neurons=True))
     assert len(everything) == sum(l.channels for l in digits.layers)
     with pytest.raises(ValueError, match="unknown layers"):

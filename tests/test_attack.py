@@ -17,7 +17,6 @@ from bluff_ray.engine.models.digits import DIGITS_STRENGTHS, digits_split, train
 STEPS = 20  # fewer than the default 50 to keep CI fast; step eps/5 still travels 4 eps
 
 
-
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
     # Shares the digits checkpoint with tests/test_models.py ($BLUFF_CACHE or the session base temp dir).
@@ -62,7 +61,9 @@ def l2_runs(digits_model, batch):
     n = len(x)
     xs, ts = x.repeat(len(strengths), 1, 1, 1), t.repeat(len(strengths))
     eps = torch.tensor(strengths).repeat_interleave(n)
-    ours = attack(digits_model, xs, ts, eps, cfg, generator=torch.Generator().manual_seed(0)).view(len(strengths), n, 1, 8, 8)
+    ours = attack(digits_model, xs, ts, eps, cfg, generator=torch.Generator().manual_seed(0)).view(
+        len(strengths), n, 1, 8, 8
+    )
     torch.manual_seed(0)  # torchattacks draws its random start from the global RNG
     theirs = []
     for e in strengths:

@@ -66,8 +66,15 @@ def test_compute_unit_reproduces_the_pre_rework_engine(fixture_unit):
             old = pq.read_table(FIXTURE / f"{kind}-{t}.parquet").to_pylist()
             new = [r for r in getattr(unit, kind).to_pylist() if r["target"] == t]
             if kind == "edges":  # schema 3: one column per strength, the fixture's list column
-                new = [{**r, "influence_attacked": [r.pop(layout.influence_column(i)) for i in range(len(meta["strengths"]))]}
-                       for r in new]
+                new = [
+                    {
+                        **r,
+                        "influence_attacked": [
+                            r.pop(layout.influence_column(i)) for i in range(len(meta["strengths"]))
+                        ],
+                    }
+                    for r in new
+                ]
             assert len(new) == len(old) > 0, (kind, t)
             for a, b in zip(old, new):
                 for col, va in a.items():
@@ -78,8 +85,9 @@ def test_compute_unit_reproduces_the_pre_rework_engine(fixture_unit):
                         rtol = ATTACKED_RTOL if col.endswith("attacked") else BENIGN_RTOL
                         if kind == "edges":  # stored rounded to 8 significant bits (FORMAT.md, Precision)
                             rtol += INFLUENCE_RTOL
-                        np.testing.assert_allclose(np.array(vb, float), np.array(va, float), rtol=rtol, atol=1e-9,
-                                                   err_msg=f"{kind} {t} {col}")
+                        np.testing.assert_allclose(
+                            np.array(vb, float), np.array(va, float), rtol=rtol, atol=1e-9, err_msg=f"{kind} {t} {col}"
+                        )
                     else:
                         assert va == vb, (kind, t, col)
 
@@ -95,7 +103,7 @@ def test_random_starts_do_not_depend_on_the_batch():
     # block 0 is exactly the single-chunk start the engine drew before the rework
     first = random_start((START_BLOCK, *shape), "pgd_l2", torch.Generator().manual_seed(11))
     assert torch.equal(whole[:START_BLOCK], first)
-    assert not torch.equal(whole[START_BLOCK: 2 * START_BLOCK], first)
+    assert not torch.equal(whole[START_BLOCK : 2 * START_BLOCK], first)
 
 
 def _tables_close(a, b) -> None:
@@ -129,7 +137,9 @@ def test_out_of_memory_halves_the_batch_and_changes_nothing(fixture_unit):
     model.forward = forward
     try:
         batching = Batching(32)
-        got = unit_tables(compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(), seed=seed, batching=batching))
+        got = unit_tables(
+            compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(), seed=seed, batching=batching)
+        )
     finally:
         del model.forward
     assert (batching.size, batching.halvings) == (8, 2)

@@ -31,8 +31,15 @@ from bluff_ray.engine.maxpool import max_pool2d, output_size, swap_max_pools, wi
 # (kernel, stride, padding, ceil_mode): torchvision GoogLeNet's stage pools (3, 2, ceil) and
 # (2, 2, ceil), its inception branch pools (3, 1, 1, ceil), the digits net's (3, 1, 1) and (2, 2),
 # and a padded stride-2 pool.
-GEOMETRIES = [(3, 2, 0, True), (3, 1, 1, True), (2, 2, 0, True), (3, 1, 1, False), (2, 2, 0, False),
-              (3, 2, 1, False), (3, 2, 1, True)]
+GEOMETRIES = [
+    (3, 2, 0, True),
+    (3, 1, 1, True),
+    (2, 2, 0, True),
+    (3, 1, 1, False),
+    (2, 2, 0, False),
+    (3, 2, 1, False),
+    (3, 2, 1, True),
+]
 SIZES = [(7, 9), (8, 8), (5, 6), (14, 13)]
 
 
@@ -63,8 +70,9 @@ def check_exact(impl: str, geometries=GEOMETRIES, sizes=SIZES) -> int:
                 if cl:
                     x = x.contiguous(memory_format=torch.channels_last)
                 ref_y, ind = F.max_pool2d(x, k, s, p, 1, ceil, return_indices=True)
-                assert torch.equal(winners_torch(x, ref_y, (k, k), (s, s), (p, p), (1, 1)),
-                                   _to_offsets(ind, w, k, s, p)), (k, s, p, ceil, h, w, cl)
+                assert torch.equal(
+                    winners_torch(x, ref_y, (k, k), (s, s), (p, p), (1, 1)), _to_offsets(ind, w, k, s, p)
+                ), (k, s, p, ceil, h, w, cl)
                 xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
                 ya = F.max_pool2d(xa, k, s, p, 1, ceil)
                 yb = max_pool2d(xb, k, s, p, 1, ceil, impl=impl)
@@ -127,8 +135,14 @@ def test_triton_kernels_under_the_interpreter():
     interpreter is chosen when Triton is imported)."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "triton"], env=env, capture_output=True,
-                       text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    r = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "triton"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "exact cases: 8" in r.stdout, r.stdout
 
@@ -222,8 +236,9 @@ def test_fast_step_gives_the_reference_pair_results(digits64):
     out = {}
     for step in ("reference", "fast"):
         cfg = AttackConfig(strengths=tuple(meta["strengths"]), steps=3, seed=meta["seed"], step=step)
-        out[step] = unit_tables(compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(causal=False),
-                                             seed=11, batching=32))
+        out[step] = unit_tables(
+            compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(causal=False), seed=11, batching=32)
+        )
     for kind in ("pairs", "nodes", "edges"):
         a, b = getattr(out["reference"], kind), getattr(out["fast"], kind)
         assert a.num_rows > 0, kind
@@ -244,8 +259,11 @@ def test_fast_pool_keeps_fewer_bytes_per_sample():
     # The indices alone: 8 bytes per pooled output element, summed over the 13 pools.
     x = torch.zeros(1, *adapter.input_shape)
     outputs = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o: outputs.append(o.numel()))
-             for m in adapter.model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o: outputs.append(o.numel()))
+        for m in adapter.model.modules()
+        if isinstance(m, torch.nn.MaxPool2d)
+    ]
     with torch.no_grad():
         adapter.model.eval()(x)
     for h in hooks:
@@ -277,7 +295,7 @@ def test_bf16_weights_get_their_input_cast_once(digits64):
     assert g.dtype == torch.float32 and torch.equal(g, xx.grad) and g.abs().sum() > 0
     verify = copy.deepcopy(adapter.attack_model()).float()
     cfg = AttackConfig(strengths=(0.5, 1.0), steps=2, bf16=True, step="fast")
-    (_, adv, ok), = attack_stream(half, x, [5], cfg, 64, seed=0, verify=verify)
+    ((_, adv, ok),) = attack_stream(half, x, [5], cfg, 64, seed=0, verify=verify)
     assert adv.dtype == torch.float32 and adv.min() >= 0 and adv.max() <= 1
     with torch.no_grad():
         assert torch.equal(ok, (verify(adv.flatten(0, 1)).argmax(1) == 5).view_as(ok))
@@ -295,9 +313,17 @@ def test_cuda_graphs_replay_the_eager_step(digits64):
     gpu = copy.deepcopy(adapter).to("cuda")
     x = original.images.cuda()
     for step in ("reference", "fast"):
-        grids = [attack_grid(gpu.attack_model(step=step), x, [5, 8], AttackConfig(
-            strengths=(0.3, 1.0), steps=4, step=step, cuda_graphs=graphs), batch_size=24, seed=3)
-            for graphs in (False, True)]
+        grids = [
+            attack_grid(
+                gpu.attack_model(step=step),
+                x,
+                [5, 8],
+                AttackConfig(strengths=(0.3, 1.0), steps=4, step=step, cuda_graphs=graphs),
+                batch_size=24,
+                seed=3,
+            )
+            for graphs in (False, True)
+        ]
         torch.testing.assert_close(grids[0].adv, grids[1].adv, rtol=0, atol=1e-12)
         assert torch.equal(grids[0].n_success, grids[1].n_success)
 

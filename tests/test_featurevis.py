@@ -23,9 +23,16 @@ from bluff_ray.engine.featurevis import (
 )
 
 # Two channels per layer of the digits net (one per branch kind where possible).
-NEURONS = [("mixed3a", 3), ("mixed3a", 30), ("mixed3b", 10), ("mixed3b", 45),
-           ("mixed4a", 5), ("mixed4a", 50), ("mixed4b", 20), ("mixed4b", 60)]
-
+NEURONS = [
+    ("mixed3a", 3),
+    ("mixed3a", 30),
+    ("mixed3b", 10),
+    ("mixed3b", 45),
+    ("mixed4a", 5),
+    ("mixed4a", 50),
+    ("mixed4b", 20),
+    ("mixed4b", 60),
+]
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,14 @@ def test_roles_exploited_only_from_given_strengths_and_k_respected():
     # k=2: O={0,1}, T={4,3}; attacked top-2 = {5,4} -> new {5}, first k//2=1 -> 5.
     assert roles(imp_o, imp_t, [att], k=2)["a"][5] == "exploited"
     # k=3: O={0,1,2}, T={4,3,2}; attacked top-3 = {5,4,0} -> new {5} -> 5; 2 is both.
-    assert roles(imp_o, imp_t, [att], k=3)["a"] == {0: "original", 1: "original", 2: "both", 3: "target", 4: "target", 5: "exploited"}
+    assert roles(imp_o, imp_t, [att], k=3)["a"] == {
+        0: "original",
+        1: "original",
+        2: "both",
+        3: "target",
+        4: "target",
+        5: "exploited",
+    }
     with pytest.raises(ValueError, match="k must be"):
         roles(imp_o, imp_t, [], k=0)
     with pytest.raises(ValueError, match="shape"):

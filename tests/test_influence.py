@@ -24,7 +24,6 @@ from bluff_ray.engine.models.googlenet import googlenet_adapter
 # bluff_ray's own adapters with random weights and random BatchNorm statistics.
 
 
-
 def randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
     """Random eval-mode BN statistics and affine parameters, so folding is really exercised."""
     for m in model.modules():

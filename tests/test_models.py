@@ -17,11 +17,11 @@ from torchvision.models.googlenet import BasicConv2d
 from torchvision.transforms import functional as TF
 
 from bluff_ray.engine.models import MODEL_NAMES, load_model
-from bluff_ray.run.models import load_model as run_load_model
 from bluff_ray.engine.models import digits as digits_mod
 from bluff_ray.engine.models.base import BRANCHES, ModelAdapter
 from bluff_ray.engine.models.digits import DigitsTrainConfig, digits_split, train_digits
 from bluff_ray.engine.models.googlenet import googlenet_adapter, imagenet_wnids, load_googlenet
+from bluff_ray.run.models import load_model as run_load_model
 
 # Published GoogLeNet table (Szegedy et al. 2015, Table 1): #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 GOOGLENET_TABLE = {
@@ -35,7 +35,6 @@ GOOGLENET_TABLE = {
     "mixed5a": (256, 160, 320, 32, 128, 128),
     "mixed5b": (384, 192, 384, 48, 128, 128),
 }
-
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +81,9 @@ def test_digits_split_is_stratified_deterministic_and_disjoint():
     assert xtr.dtype == torch.float32 and ytr.dtype == torch.int64
     assert 0 <= xtr.min() and xtr.max() <= 1 and xte.max() == 1.0
     # stratified: every class is ~30% test
-    frac = torch.bincount(yte, minlength=10).float() / (torch.bincount(ytr, minlength=10) + torch.bincount(yte, minlength=10))
+    frac = torch.bincount(yte, minlength=10).float() / (
+        torch.bincount(ytr, minlength=10) + torch.bincount(yte, minlength=10)
+    )
     assert ((frac - 0.3).abs() < 0.02).all()
     x2, y2 = digits_split("test")
     assert torch.equal(x2, xte) and torch.equal(y2, yte)
@@ -214,8 +215,8 @@ def test_attack_model_folds_batchnorm_and_computes_the_same_function(which, digi
     xb = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     la, lb = a.model(xa), folded(xb)
     torch.testing.assert_close(lb, la, rtol=1e-4, atol=1e-4)
-    ga, = torch.autograd.grad(la[:, 3].sum(), xa)
-    gb, = torch.autograd.grad(lb[:, 3].sum(), xb)
+    (ga,) = torch.autograd.grad(la[:, 3].sum(), xa)
+    (gb,) = torch.autograd.grad(lb[:, 3].sum(), xb)
     torch.testing.assert_close(gb, ga, rtol=1e-3, atol=1e-5)
     a.to("cpu")
     assert a._attack_model is None  # moving the model invalidates the cached copy
@@ -245,7 +246,10 @@ def test_googlenet_forward_shapes_and_chain(tv_googlenet):
     logits, acts = a.forward_with_activations(x, layers=["mixed3a", "mixed4e", "mixed5b"])
     assert logits.shape == (1, 1000)
     assert {k: tuple(v.shape) for k, v in acts.items()} == {
-        "mixed3a": (1, 256, 28, 28), "mixed4e": (1, 832, 14, 14), "mixed5b": (1, 1024, 7, 7)}
+        "mixed3a": (1, 256, 28, 28),
+        "mixed4e": (1, 832, 14, 14),
+        "mixed5b": (1, 1024, 7, 7),
+    }
     _chain_check(a, torch.rand(1, 3, 96, 96))
 
 
@@ -260,7 +264,8 @@ def test_googlenet_input_composition(tv_googlenet):
         plain.load_state_dict(tv_googlenet.state_dict())
         plain.eval()
         with_ti = googlenet_adapter(
-            torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False, transform_input=True))
+            torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False, transform_input=True)
+        )
         with_ti.model.net.load_state_dict(tv_googlenet.state_dict())
         torch.testing.assert_close(with_ti.model(x), plain(x * 2 - 1), atol=1e-4, rtol=1e-4)
     assert with_ti.metadata["transform_input"] is True
@@ -331,8 +336,8 @@ def test_unknown_model_name_lists_valid_names():
 
 
 def test_rehearsal_model_has_googlenets_layers_and_fits_the_synthetic_data():
-    from bluff_ray.run.data import SyntheticSource
     from bluff_ray.engine.models import load_model
+    from bluff_ray.run.data import SyntheticSource
 
     reh = load_model("rehearsal")
     gn = load_model("googlenet", weights="random")

@@ -78,9 +78,9 @@ def test_pair_tour(demo_results, tmp_path, monkeypatch):
     want = {(layer, role): n for layer, role, n in rows}
     shown = {(layer, role): n for layer, d in got["roles"].items() for role, n in d.items() if n}
     assert shown == want
-    rate = q(
-        f"SELECT success_rate FROM {table_sql(demo_results, 'pair_index')} WHERE original = {o} AND target = {t}"
-    )[0][0]
+    rate = q(f"SELECT success_rate FROM {table_sql(demo_results, 'pair_index')} WHERE original = {o} AND target = {t}")[
+        0
+    ][0]
     assert got["success_rate"] == pytest.approx(rate, nan_ok=True)
     # top exploited by max excitation over the strengths with a successful attack
     top = q(
@@ -200,10 +200,14 @@ def check_causal(got: dict, demo_results: str) -> None:
     assert got["n_rows"] == q(f"SELECT count(*) FROM {causal}")[0][0] > 0
     assert got["n_curves"] == q(f"SELECT count(*) FROM {table_sql(demo_results, 'causal_curve')}")[0][0] > 0
     # per (layer, strength): the image-weighted mean recovery of the exploited set and of its null
-    want = {(l, m["strengths"][s]): (r, n) for l, s, r, n in q(
-        f"""SELECT layer, strength, sum(recovery[2] * recovery[1]) / sum(recovery[1]),
+    want = {
+        (l, m["strengths"][s]): (r, n)
+        for l, s, r, n in q(
+            f"""SELECT layer, strength, sum(recovery[2] * recovery[1]) / sum(recovery[1]),
                    sum(null_stats[1] * recovery[1]) / sum(recovery[1])
-            FROM {causal} WHERE set = 'exploited' AND NOT isnan(recovery[2]) GROUP BY ALL""")}
+            FROM {causal} WHERE set = 'exploited' AND NOT isnan(recovery[2]) GROUP BY ALL"""
+        )
+    }
     assert len(got["table"]) == len(want)
     for row in got["table"]:
         r, n = want[(row["layer"], row["eps"])]

@@ -156,8 +156,18 @@ def tiny_adapter(size: int = 32, channels: int = 1) -> ModelAdapter:
     torch.manual_seed(0)
     net = _TinyNet(channels).eval()
     layers = [LayerInfo("m1", 16, (4, 6, 4, 2), (4, 2)), LayerInfo("m2", 16, (4, 6, 4, 2), (4, 2))]
-    return ModelAdapter("tiny", net, [net.m1, net.m2], layers, [nn.Identity(), net.pool], ["a", "b", "c"],
-                        ["a", "b", "c"], (channels, size, size), "test", lambda im: None)
+    return ModelAdapter(
+        "tiny",
+        net,
+        [net.m1, net.m2],
+        layers,
+        [nn.Identity(), net.pool],
+        ["a", "b", "c"],
+        ["a", "b", "c"],
+        (channels, size, size),
+        "test",
+        lambda im: None,
+    )
 
 
 def test_receptive_fields_match_the_analytic_values():

@@ -43,9 +43,11 @@ def _free_port() -> int:
 
 def _clean_env(home: Path) -> dict:
     """This session's environment without any Ray auth or address setting, with an empty HOME."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
-                        "RAY_API_SERVER_ADDRESS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+    }
     env["HOME"] = str(home)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -59,7 +61,9 @@ class TokenCluster:
     def get(self, path: str, token: str | None = None) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            with urllib.request.urlopen(urllib.request.Request(self.dashboard + path, headers=headers), timeout=10) as r:
+            with urllib.request.urlopen(
+                urllib.request.Request(self.dashboard + path, headers=headers), timeout=10
+            ) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -75,16 +79,33 @@ def token_cluster():
     token_file.chmod(0o600)
     (base / "home").mkdir()
     env = _clean_env(base / "home")
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_TMPDIR=str(base / "r"),
-               # the job's driver reuses this session's digits checkpoint instead of training one
-               BLUFF_CACHE=os.environ.get("BLUFF_CACHE") or str(Path.home() / ".cache" / "bluff_ray"))
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token_file),
+        RAY_TMPDIR=str(base / "r"),
+        # the job's driver reuses this session's digits checkpoint instead of training one
+        BLUFF_CACHE=os.environ.get("BLUFF_CACHE") or str(Path.home() / ".cache" / "bluff_ray"),
+    )
     dash = _free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dash}",
-           "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
-           f"--object-store-memory={200 * 2**20}", f"--temp-dir={base / 'r'}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-           f"--ray-client-server-port={_free_port()}", "--disable-usage-stats"]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={_free_port()}",
+        f"--dashboard-port={dash}",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        "--num-cpus=2",
+        f"--object-store-memory={200 * 2**20}",
+        f"--temp-dir={base / 'r'}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--ray-client-server-port={_free_port()}",
+        "--disable-usage-stats",
+    ]
     log = open(base / "ray-start.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     cluster = TokenCluster(base, token, token_file, f"http://127.0.0.1:{dash}", proc)
@@ -128,8 +149,14 @@ def job_dir(tmp_path_factory):
 
 
 def run_cli(args: list[str], env: dict, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bluff_ray.cli", "submit", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_the_cluster_requires_a_token(token_cluster):
@@ -144,10 +171,34 @@ def test_submit_a_run_with_auth_token_path(token_cluster, job_dir, tmp_path):
     the job and of every output."""
     out = tmp_path / "results"
     env = _clean_env(tmp_path)  # no token anywhere but the file given on the command line
-    proc = run_cli(["--address", token_cluster.dashboard, "--config", "run.toml", "--working-dir", str(job_dir),
-                    "--auth-token-path", str(token_cluster.token_file), "--",
-                    "--out", str(out), "--classes", "0,1", "--images-per-class", "2", "--attack-steps", "1",
-                    "--no-assets-enabled", "--num-workers", "1", "--no-progress"], env, job_dir, timeout=600)
+    proc = run_cli(
+        [
+            "--address",
+            token_cluster.dashboard,
+            "--config",
+            "run.toml",
+            "--working-dir",
+            str(job_dir),
+            "--auth-token-path",
+            str(token_cluster.token_file),
+            "--",
+            "--out",
+            str(out),
+            "--classes",
+            "0,1",
+            "--images-per-class",
+            "2",
+            "--attack-steps",
+            "1",
+            "--no-assets-enabled",
+            "--num-workers",
+            "1",
+            "--no-progress",
+        ],
+        env,
+        job_dir,
+        timeout=600,
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
     assert "SUCCEEDED" in proc.stdout
@@ -182,8 +233,14 @@ def test_submit_finds_the_token_the_ray_way(token_cluster, tmp_path, source):
     else:
         (tmp_path / ".ray").mkdir()
         (tmp_path / ".ray" / "auth_token").write_text(token_cluster.token + "\n")
-    proc = subprocess.run([sys.executable, "-c", TRIVIAL, token_cluster.dashboard], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", TRIVIAL, token_cluster.dashboard],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "cpus 2.0" in proc.stdout and "SUCCEEDED" in proc.stdout
     assert token_cluster.token not in proc.stdout + proc.stderr
@@ -200,16 +257,22 @@ def _one_paragraph_error(proc: subprocess.CompletedProcess) -> str:
 
 def test_missing_token_is_a_clear_error(token_cluster, job_dir, tmp_path):
     env = _clean_env(tmp_path)  # no RAY_AUTH_MODE, no token
-    msg = _one_paragraph_error(run_cli(["--address", token_cluster.dashboard, "--config", "run.toml",
-                                        "--working-dir", str(job_dir)], env, job_dir))
+    msg = _one_paragraph_error(
+        run_cli(
+            ["--address", token_cluster.dashboard, "--config", "run.toml", "--working-dir", str(job_dir)], env, job_dir
+        )
+    )
     assert "uses token authentication and no token was sent" in msg
     assert "RAY_AUTH_MODE is not 'token'" in msg
     for hint in ("--auth-token-path", "RAY_AUTH_TOKEN_PATH", "ray get-auth-token"):
         assert hint in msg
     # token mode, but no token in any of Ray's places
     env["RAY_AUTH_MODE"] = "token"
-    msg = _one_paragraph_error(run_cli(["--address", token_cluster.dashboard, "--config", "run.toml",
-                                        "--working-dir", str(job_dir)], env, job_dir))
+    msg = _one_paragraph_error(
+        run_cli(
+            ["--address", token_cluster.dashboard, "--config", "run.toml", "--working-dir", str(job_dir)], env, job_dir
+        )
+    )
     assert "no token was found" in msg
 
 
@@ -217,34 +280,72 @@ def test_wrong_token_is_a_clear_error(token_cluster, job_dir, tmp_path):
     wrong = tmp_path / "other-cluster-token"
     wrong.write_text(secrets.token_hex(32))
     env = _clean_env(tmp_path)
-    msg = _one_paragraph_error(run_cli(["--address", token_cluster.dashboard, "--config", "run.toml",
-                                        "--working-dir", str(job_dir), "--auth-token-path", str(wrong)], env, job_dir))
+    msg = _one_paragraph_error(
+        run_cli(
+            [
+                "--address",
+                token_cluster.dashboard,
+                "--config",
+                "run.toml",
+                "--working-dir",
+                str(job_dir),
+                "--auth-token-path",
+                str(wrong),
+            ],
+            env,
+            job_dir,
+        )
+    )
     assert f"refused the token read from the file {wrong}" in msg and "not this cluster's token" in msg
     assert wrong.read_text() not in msg
     # the same through Ray's variables
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="x" * 64)
-    msg = _one_paragraph_error(run_cli(["--address", token_cluster.dashboard, "--config", "run.toml",
-                                        "--working-dir", str(job_dir)], env, job_dir))
+    msg = _one_paragraph_error(
+        run_cli(
+            ["--address", token_cluster.dashboard, "--config", "run.toml", "--working-dir", str(job_dir)], env, job_dir
+        )
+    )
     assert "refused the token read from RAY_AUTH_TOKEN" in msg and "x" * 64 not in msg
 
 
 def test_unreadable_token_file_is_a_clear_error(token_cluster, job_dir, tmp_path):
     env = _clean_env(tmp_path)
-    msg = _one_paragraph_error(run_cli(["--address", token_cluster.dashboard, "--config", "run.toml",
-                                        "--working-dir", str(job_dir), "--auth-token-path", str(tmp_path / "nope")],
-                                       env, job_dir))
+    msg = _one_paragraph_error(
+        run_cli(
+            [
+                "--address",
+                token_cluster.dashboard,
+                "--config",
+                "run.toml",
+                "--working-dir",
+                str(job_dir),
+                "--auth-token-path",
+                str(tmp_path / "nope"),
+            ],
+            env,
+            job_dir,
+        )
+    )
     assert "--auth-token-path" in msg and "cannot read a token there" in msg
     (tmp_path / "empty").write_text("\n")
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp_path / "empty"))
-    msg = _one_paragraph_error(run_cli(["--address", token_cluster.dashboard, "--config", "run.toml",
-                                        "--working-dir", str(job_dir)], env, job_dir))
+    msg = _one_paragraph_error(
+        run_cli(
+            ["--address", token_cluster.dashboard, "--config", "run.toml", "--working-dir", str(job_dir)], env, job_dir
+        )
+    )
     assert "RAY_AUTH_TOKEN_PATH" in msg and "empty" in msg
 
 
 def test_unreachable_dashboard_is_a_clear_error(job_dir, tmp_path):
     env = _clean_env(tmp_path)
-    msg = _one_paragraph_error(run_cli(["--address", f"http://127.0.0.1:{_free_port()}", "--config", "run.toml",
-                                        "--working-dir", str(job_dir)], env, job_dir))
+    msg = _one_paragraph_error(
+        run_cli(
+            ["--address", f"http://127.0.0.1:{_free_port()}", "--config", "run.toml", "--working-dir", str(job_dir)],
+            env,
+            job_dir,
+        )
+    )
     assert "cannot reach the Ray dashboard" in msg
 
 
@@ -289,8 +390,14 @@ def test_auth_token_path_sets_ray_variables_for_this_process(tmp_path):
     """)
     env = _clean_env(tmp_path)
     env.update(RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN="from-env-would-win")
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "tok")], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "tok")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "token True False True"
@@ -298,8 +405,9 @@ def test_auth_token_path_sets_ray_variables_for_this_process(tmp_path):
 
 
 def test_dry_run_and_help_mention_auth():
-    out = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "submit", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "bluff_ray.cli", "submit", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for word in ("--auth-token-path", "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"):
         assert word in out
 

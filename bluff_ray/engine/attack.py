@@ -59,22 +59,35 @@ class AttackConfig:
     """
 
     method: str = setting("pgd_l2", "attack: pgd_l2 (the paper's), pgd_linf or fgsm")
-    strengths: tuple[float, ...] = setting(DEFAULT_STRENGTHS, "eps values, ascending (a run sets them at the top level)")
+    strengths: tuple[float, ...] = setting(
+        DEFAULT_STRENGTHS, "eps values, ascending (a run sets them at the top level)"
+    )
     # Bounds: no real run needs more than 10,000 PGD steps (the paper uses 50) or a step above 10 eps.
     steps: int = setting(50, "PGD iterations", ge=1, le=10_000)
-    step_ratio: float = setting(0.2, "PGD step size as a fraction of eps (the paper: 1/5)", gt=0, le=10,
-                                allow_inf_nan=False)
+    step_ratio: float = setting(
+        0.2, "PGD step size as a fraction of eps (the paper: 1/5)", gt=0, le=10, allow_inf_nan=False
+    )
     random_start: bool = setting(True, "start PGD from a random point in the eps ball")
     seed: int = setting(0, "random-start seed (a run derives it from its top-level seed)", ge=0, lt=2**63)
-    bf16: bool = setting(False, "on CUDA, run the attack under bfloat16 autocast (faster, slightly different "
-                         "numbers; ignored on CPU)")
-    compile: bool = setting(False, "on CUDA, run the attack through torch.compile with one static batch shape "
-                            "(ignored on CPU)", identity=False)
-    step: str = setting("reference", "how the attack model runs the step: 'reference' (autocast per step) or "
-                        "'fast' (max-pools without saved indices, bf16 weights cast once on CUDA)")
-    cuda_graphs: bool = setting(False, "on CUDA, capture the fixed-shape forward + input-gradient step once per "
-                                "batch shape as a CUDA graph and replay it (same kernels, same numbers)",
-                                identity=False)
+    bf16: bool = setting(
+        False, "on CUDA, run the attack under bfloat16 autocast (faster, slightly different numbers; ignored on CPU)"
+    )
+    compile: bool = setting(
+        False,
+        "on CUDA, run the attack through torch.compile with one static batch shape (ignored on CPU)",
+        identity=False,
+    )
+    step: str = setting(
+        "reference",
+        "how the attack model runs the step: 'reference' (autocast per step) or "
+        "'fast' (max-pools without saved indices, bf16 weights cast once on CUDA)",
+    )
+    cuda_graphs: bool = setting(
+        False,
+        "on CUDA, capture the fixed-shape forward + input-gradient step once per "
+        "batch shape as a CUDA graph and replay it (same kernels, same numbers)",
+        identity=False,
+    )
 
     def __post_init__(self) -> None:
         if self.step not in STEPS:
@@ -118,8 +131,14 @@ def random_start(
     return z.to(device)
 
 
-def _loss_grad(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp: bool,
-               cast: torch.dtype | None = None, captured: bool = False) -> torch.Tensor:
+def _loss_grad(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    amp: bool,
+    cast: torch.dtype | None = None,
+    captured: bool = False,
+) -> torch.Tensor:
     """Gradient of the summed target cross-entropy w.r.t. the input only.
 
     Sum, not mean: the per-sample gradient must not shrink with the batch size (it is normalised
@@ -146,8 +165,9 @@ def _weight_dtype(model: nn.Module) -> torch.dtype | None:
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
-def _graphed_step(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp: bool,
-                  cast: torch.dtype | None) -> torch.Tensor:
+def _graphed_step(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp: bool, cast: torch.dtype | None
+) -> torch.Tensor:
     """``_loss_grad`` replayed from a CUDA graph captured once per (model, batch shape).
 
     The returned gradient is the graph's static output buffer: valid until the next call with the
@@ -175,8 +195,9 @@ def _graphed_step(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, amp:
     return sg
 
 
-def make_step(model: nn.Module, cfg: AttackConfig, device: torch.device,
-              dtype: torch.dtype = torch.float32) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_step(
+    model: nn.Module, cfg: AttackConfig, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The attack's step function ``(adv, targets) -> input gradient`` for ``model`` and ``cfg``.
 
     The loop is the same for every variant; only this function differs. A model with
@@ -221,7 +242,9 @@ def attack(
     if eps_t.dim() == 0:
         eps_t = eps_t.expand(b)
     if targets.shape != (b,) or eps_t.shape != (b,):
-        raise ValueError(f"need one target and one eps per image: images {b}, targets {tuple(targets.shape)}, eps {tuple(eps_t.shape)}")
+        raise ValueError(
+            f"need one target and one eps per image: images {b}, targets {tuple(targets.shape)}, eps {tuple(eps_t.shape)}"
+        )
     if b == 0:
         return x.clone()
     if bool((eps_t < 0).any()):
@@ -286,8 +309,15 @@ class StartNoise:
     block once.
     """
 
-    def __init__(self, seed: int, method: str, sample_shape: Sequence[int], total: int,
-                 device: torch.device | str = "cpu", block: int = START_BLOCK):
+    def __init__(
+        self,
+        seed: int,
+        method: str,
+        sample_shape: Sequence[int],
+        total: int,
+        device: torch.device | str = "cpu",
+        block: int = START_BLOCK,
+    ):
         self.seed, self.method, self.shape = int(seed), method, tuple(sample_shape)
         self.total, self.device, self.block = int(total), torch.device(device), int(block)
         self._cached: tuple[int, torch.Tensor] | None = None
@@ -314,8 +344,14 @@ class PairStartNoise:
     target ``t``'s samples get the starts of ``StartNoise(seeds[t], ...)``, so a pair's attack does
     not depend on which other targets share its loop (a results root can grow by selections)."""
 
-    def __init__(self, seeds: Sequence[int], method: str, sample_shape: Sequence[int], per_target: int,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        method: str,
+        sample_shape: Sequence[int],
+        per_target: int,
+        device: torch.device | str = "cpu",
+    ):
         self.per_target = int(per_target)
         self.noises = [StartNoise(s, method, sample_shape, per_target, device) for s in seeds]
 
@@ -409,8 +445,11 @@ def attack_stream(
     total = t_count * s_count * n
     if total == 0:
         for ti in range(t_count):
-            yield ti, images.new_empty((s_count, 0, *images.shape[1:])), torch.zeros((s_count, 0), dtype=torch.bool,
-                                                                                    device=images.device)
+            yield (
+                ti,
+                images.new_empty((s_count, 0, *images.shape[1:])),
+                torch.zeros((s_count, 0), dtype=torch.bool, device=images.device),
+            )
         return
     device = images.device
     per_target = s_count * n
@@ -433,8 +472,20 @@ def attack_stream(
         while lo < total:
             hi = min(lo + batching.size, total)
             try:
-                a, ok = _attack_batch(model, images, tgt_all, str_all, cfg, noise, lo, hi, n, s_count,
-                                      batching.size if pad else None, verify)
+                a, ok = _attack_batch(
+                    model,
+                    images,
+                    tgt_all,
+                    str_all,
+                    cfg,
+                    noise,
+                    lo,
+                    hi,
+                    n,
+                    s_count,
+                    batching.size if pad else None,
+                    verify,
+                )
             except torch.OutOfMemoryError:
                 if batching.size == 1:
                     raise
@@ -451,8 +502,11 @@ def attack_stream(
                 progress(len(a))
             while next_target < t_count and (next_target + 1) * per_target <= lo:
                 all_adv, all_ok = torch.cat(pending_adv), torch.cat(pending_ok)
-                yield (next_target, all_adv[:per_target].view(s_count, n, *images.shape[1:]),
-                       all_ok[:per_target].view(s_count, n))
+                yield (
+                    next_target,
+                    all_adv[:per_target].view(s_count, n, *images.shape[1:]),
+                    all_ok[:per_target].view(s_count, n),
+                )
                 pending_adv, pending_ok = [all_adv[per_target:]], [all_ok[per_target:]]
                 next_target += 1
     finally:

@@ -59,13 +59,18 @@ class BenignStats:
 
 
 @torch.no_grad()
-def benign_stats(adapter: ModelAdapter, images: torch.Tensor, class_id: int, n_examples: int = 0,
-                 batch_size: int = 256) -> BenignStats:
+def benign_stats(
+    adapter: ModelAdapter, images: torch.Tensor, class_id: int, n_examples: int = 0, batch_size: int = 256
+) -> BenignStats:
     """Correctness, importance and (``n_examples`` > 0) example candidates of one class, one pass."""
     from bluff_ray.engine.patches import spatial_argmax, topk_rows, topk_table
 
-    correct, maxima = adapter.activations(images, batch_size=batch_size, reduce=lambda _layer, act: spatial_argmax(act),
-                                          logits=lambda out: out.argmax(1) == class_id)
+    correct, maxima = adapter.activations(
+        images,
+        batch_size=batch_size,
+        reduce=lambda _layer, act: spatial_argmax(act),
+        logits=lambda out: out.argmax(1) == class_id,
+    )
     importance, parts = {}, []
     for info in adapter.layers:
         vals, ys, xs = maxima[info.name]
@@ -129,8 +134,9 @@ def compute_unit(
     x_all = original.images.to(device)
     src = torch.nonzero(original.correct.to(device)).flatten()
     x_att = x_all[src]
-    model = adapter.attack_model(compiled=attack_cfg.compile and device.type == "cuda", step=attack_cfg.step,
-                                 bf16=attack_cfg.bf16)
+    model = adapter.attack_model(
+        compiled=attack_cfg.compile and device.type == "cuda", step=attack_cfg.step, bf16=attack_cfg.bf16
+    )
     eager = adapter.attack_model()
     blocks = block_modules(eager, adapter.model, adapter.blocks) if pathway_cfg.causal else None
     imp_o = original.importance
@@ -138,9 +144,17 @@ def compute_unit(
     records: list[PairRecords] = []
     n_att, s_count = x_att.shape[0], len(attack_cfg.strengths)
     t0 = time.perf_counter()
-    stream = attack_stream(model, x_att, [t.class_id for t in targets], attack_cfg, batching, seed, progress,
-                           pad=(attack_cfg.compile or attack_cfg.cuda_graphs) and device.type == "cuda",
-                           verify=eager)
+    stream = attack_stream(
+        model,
+        x_att,
+        [t.class_id for t in targets],
+        attack_cfg,
+        batching,
+        seed,
+        progress,
+        pad=(attack_cfg.compile or attack_cfg.cuda_graphs) and device.type == "cuda",
+        verify=eager,
+    )
     for ti, adv, ok in stream:
         t1 = time.perf_counter()
         timings["attack"] += t1 - t0
@@ -148,15 +162,35 @@ def compute_unit(
         counts = ok.sum(dim=1).cpu().tolist()
         flat = adv.reshape(s_count * n_att, *adv.shape[2:])[ok.reshape(-1)]
         summary = summarize_pair(
-            adapter, original.class_id, target.class_id, x_all, target.images.to(device), flat,
-            n_images=n_att, n_success=counts, strengths=attack_cfg.strengths, cfg=pathway_cfg,
-            importance_original=imp_o, importance_target=target.importance,
+            adapter,
+            original.class_id,
+            target.class_id,
+            x_all,
+            target.images.to(device),
+            flat,
+            n_images=n_att,
+            n_success=counts,
+            strengths=attack_cfg.strengths,
+            cfg=pathway_cfg,
+            importance_original=imp_o,
+            importance_target=target.importance,
         )
         patch = None
         if pathway_cfg.causal:  # a separate step after the summary, on the same attacked images
             t_p = time.perf_counter()
-            patch = patch_pair(adapter, eager, blocks, original, target, x_att, flat, ok, counts, pathway_cfg,
-                               seed[ti] if isinstance(seed, Sequence) else seed)
+            patch = patch_pair(
+                adapter,
+                eager,
+                blocks,
+                original,
+                target,
+                x_att,
+                flat,
+                ok,
+                counts,
+                pathway_cfg,
+                seed[ti] if isinstance(seed, Sequence) else seed,
+            )
             timings["patching"] = timings.get("patching", 0.0) + time.perf_counter() - t_p
         records.append(PairRecords(summary, patch))
         del adv, ok, flat
@@ -166,9 +200,19 @@ def compute_unit(
     return UnitRecords(records, tuple(t.class_id for t in targets), int(part), n_att * s_count * len(targets), timings)
 
 
-def patch_pair(adapter: ModelAdapter, eager, blocks, original: ClassData, target: ClassData, x_att: torch.Tensor,
-               flat: torch.Tensor, ok: torch.Tensor, counts: Sequence[int], cfg: PathwayConfig,
-               seed: int) -> PatchResult:
+def patch_pair(
+    adapter: ModelAdapter,
+    eager,
+    blocks,
+    original: ClassData,
+    target: ClassData,
+    x_att: torch.Tensor,
+    flat: torch.Tensor,
+    ok: torch.Tensor,
+    counts: Sequence[int],
+    cfg: PathwayConfig,
+    seed: int,
+) -> PatchResult:
     """The pair's activation-patching experiments (:mod:`causal`) on its successful attacks."""
     device = adapter.device
     n_att, s_count = x_att.shape[0], ok.shape[0]
@@ -176,10 +220,21 @@ def patch_pair(adapter: ModelAdapter, eager, blocks, original: ClassData, target
     names = adapter.layer_names
     imp_o = original.importance or importance_of(adapter, original.images, cfg.batch_size)
     imp_t = target.importance or importance_of(adapter, target.images, cfg.batch_size)
-    patching = Patching(eager, blocks, names, [l.channels for l in adapter.layers], flat, x_att[rows], seed=seed,
-                        batch_size=cfg.batch_size, patch_images=cfg.patch_images, draws=cfg.null_draws)
-    return patching.run(original.class_id, target.class_id, [imp_o[n] for n in names], [imp_t[n] for n in names],
-                        counts, cfg.k)
+    patching = Patching(
+        eager,
+        blocks,
+        names,
+        [l.channels for l in adapter.layers],
+        flat,
+        x_att[rows],
+        seed=seed,
+        batch_size=cfg.batch_size,
+        patch_images=cfg.patch_images,
+        draws=cfg.null_draws,
+    )
+    return patching.run(
+        original.class_id, target.class_id, [imp_o[n] for n in names], [imp_t[n] for n in names], counts, cfg.k
+    )
 
 
 def class_data(adapter: ModelAdapter, class_id: int, images: torch.Tensor, stats: BenignStats | None) -> ClassData:
@@ -190,8 +245,10 @@ def class_data(adapter: ModelAdapter, class_id: int, images: torch.Tensor, stats
         stats = benign_stats(adapter, images, class_id)
     correct = torch.as_tensor(np.array(stats.correct, dtype=bool), device=device)
     if correct.shape[0] != images.shape[0]:
-        raise ValueError(f"class {class_id}: {images.shape[0]} images but {correct.shape[0]} correctness flags "
-                         "(the image source changed since the benign stage)")
+        raise ValueError(
+            f"class {class_id}: {images.shape[0]} images but {correct.shape[0]} correctness flags "
+            "(the image source changed since the benign stage)"
+        )
     imp = {k: torch.as_tensor(np.array(v), device=device, dtype=dtype) for k, v in stats.importance.items()}
     return ClassData(int(class_id), images.to(device=device, dtype=dtype), correct, imp)
 

@@ -221,9 +221,7 @@ def render_channels(
     for start in range(0, len(neurons), cfg.batch_size):
         chunk = list(neurons[start : start + cfg.batch_size])
         gens = [torch.Generator().manual_seed(neuron_seed(cfg.seed, l, ch)) for l, ch in chunk]
-        init = torch.stack(
-            [torch.randn(c, h, w // 2 + 1, 2, generator=g) * 0.01 for g in gens]
-        )
+        init = torch.stack([torch.randn(c, h, w // 2 + 1, 2, generator=g) * 0.01 for g in gens])
         spectrum = init.to(device, dtype).requires_grad_(True)
         opt = torch.optim.Adam([spectrum], lr=cfg.lr)
         for _ in range(cfg.steps):

@@ -93,7 +93,7 @@ def segment_median(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     start = 0
     for i, n in enumerate(sizes):
         if n:
-            padded[i, :n] = values[start:start + n]
+            padded[i, :n] = values[start : start + n]
         start += n
     srt = padded.sort(dim=1).values
     sz = torch.tensor(sizes, device=values.device)
@@ -124,8 +124,10 @@ def role_codes(
         raise ValueError(f"k must be >= 1, got {k}")
     c = imp_original.shape[0]
     if imp_target.shape != (c,) or imp_attacked.dim() != 2 or imp_attacked.shape[1] != c:
-        raise ValueError(f"importance shapes differ: {tuple(imp_original.shape)}, {tuple(imp_target.shape)}, "
-                         f"{tuple(imp_attacked.shape)}")
+        raise ValueError(
+            f"importance shapes differ: {tuple(imp_original.shape)}, {tuple(imp_target.shape)}, "
+            f"{tuple(imp_attacked.shape)}"
+        )
     device = imp_original.device
     kk = min(k, c)
 
@@ -137,8 +139,9 @@ def role_codes(
     ot = o | t
     s = imp_attacked.shape[0]
     valid = ~torch.isnan(imp_attacked).all(dim=1)  # [S]
-    order = torch.sort(torch.nan_to_num(imp_attacked, nan=float("-inf")), dim=1, descending=True,
-                       stable=True).indices[:, :kk]  # [S, kk]
+    order = torch.sort(torch.nan_to_num(imp_attacked, nan=float("-inf")), dim=1, descending=True, stable=True).indices[
+        :, :kk
+    ]  # [S, kk]
     fresh = ~ot[order]  # [S, kk]
     keep = fresh & (torch.cumsum(fresh.to(torch.int64), dim=1) <= k // 2) & valid[:, None]
     per_s = torch.zeros((s, c), dtype=torch.bool, device=device).scatter_(1, order, keep)
@@ -186,5 +189,7 @@ def roles(
             rows.append(att[layer])
         att_m = torch.stack(rows) if rows else io.new_zeros((0, io.shape[0]))
         codes, _ = role_codes(io, it, att_m, k)
-        out[layer] = {c: ROLES[r] for r, c in sorted((int(r), c) for c, r in enumerate(codes.tolist()) if r < NOT_SHOWN)}
+        out[layer] = {
+            c: ROLES[r] for r, c in sorted((int(r), c) for c, r in enumerate(codes.tolist()) if r < NOT_SHOWN)
+        }
     return out

@@ -42,9 +42,7 @@ def fold_bn(unit: nn.Module) -> FoldedConv:
     """W' = W * gamma / sqrt(running_var + eps) per output channel for a BasicConv2d-like unit."""
     conv, bn = getattr(unit, "conv", None), getattr(unit, "bn", None)
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
-        raise TypeError(
-            f"expected a conv unit with .conv (Conv2d) and .bn (BatchNorm2d), got {type(unit).__name__}"
-        )
+        raise TypeError(f"expected a conv unit with .conv (Conv2d) and .bn (BatchNorm2d), got {type(unit).__name__}")
     if conv.groups != 1:
         raise ValueError(f"grouped convs are not supported (groups={conv.groups})")
     if conv.padding_mode != "zeros":
@@ -110,12 +108,13 @@ def pairwise_influence(x: torch.Tensor, fc: FoldedConv, max_elements: int = MAX_
 
 def _out_hw(in_hw, k, fc: FoldedConv) -> tuple[int, int]:
     if isinstance(fc.padding, str):
-        return tuple(in_hw) if fc.padding == "same" else tuple(
-            (s - fc.dilation[d] * (k[d] - 1) - 1) // fc.stride[d] + 1 for d, s in enumerate(in_hw)
+        return (
+            tuple(in_hw)
+            if fc.padding == "same"
+            else tuple((s - fc.dilation[d] * (k[d] - 1) - 1) // fc.stride[d] + 1 for d, s in enumerate(in_hw))
         )
     return tuple(
-        (s + 2 * fc.padding[d] - fc.dilation[d] * (k[d] - 1) - 1) // fc.stride[d] + 1
-        for d, s in enumerate(in_hw)
+        (s + 2 * fc.padding[d] - fc.dilation[d] * (k[d] - 1) - 1) // fc.stride[d] + 1 for d, s in enumerate(in_hw)
     )
 
 
@@ -213,7 +212,9 @@ def layer_influence(
         if pos.numel():
             groups.append((b, pos, dst[pos] - info.branch_offset(b)))
     branches: list[Any] = [block.branch1, block.branch2, block.branch3, block.branch4]
-    folded: dict[int, tuple[Any, ...]] = {}  # per branch: (ops applied to A before the sliced conv(s), folded conv slices)
+    folded: dict[
+        int, tuple[Any, ...]
+    ] = {}  # per branch: (ops applied to A before the sliced conv(s), folded conv slices)
     for b, _, local in groups:
         if b in (1, 2):  # 1x1 reduce -> kxk: both stages, only the rows/columns needed
             reduce_unit, kxk_unit = branches[b][0], branches[b][1]

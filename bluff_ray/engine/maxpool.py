@@ -48,11 +48,13 @@ def output_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     cl = torch.channels_last
-    return cl if x.dim() == 4 and x.is_contiguous(memory_format=cl) and not x.is_contiguous() else \
-        torch.contiguous_format
+    return (
+        cl if x.dim() == 4 and x.is_contiguous(memory_format=cl) and not x.is_contiguous() else torch.contiguous_format
+    )
 
 
 # ----------------------------------------------------------------------------- torch (reference)
+
 
 def _windows(x: torch.Tensor, oh: int, ow: int, k, s, p, d):
     """Yield (offset index, strided view of the padded input at that window offset, validity mask)."""
@@ -68,7 +70,7 @@ def _windows(x: torch.Tensor, oh: int, ow: int, k, s, p, d):
         for j in range(kw):
             c = cols + j * dw
             valid = vr[:, None] & ((c >= 0) & (c < w))[None, :]
-            view = xp[..., i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+            view = xp[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
             yield i * kw + j, view, valid
 
 
@@ -98,12 +100,13 @@ def _backward_torch(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p, 
     # which PyTorch's kernels sum them: float64 results are then bitwise PyTorch's.
     for i in reversed(range(kh)):
         for j in reversed(range(kw)):
-            view = gp[..., i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+            view = gp[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
             view += torch.where(win == i * kw + j, g, zero)
-    return gp[..., ph: ph + h, pw: pw + w].contiguous(memory_format=_memory_format(x))
+    return gp[..., ph : ph + h, pw : pw + w].contiguous(memory_format=_memory_format(x))
 
 
 # ----------------------------------------------------------------------------- triton (CUDA)
+
 
 @functools.cache
 def _triton_kernels():
@@ -119,8 +122,11 @@ BLOCK = 256
 def _scan_triton(x: torch.Tensor, oh: int, ow: int, k, s, p, d, write_y: bool):
     fwd, winners, _ = _triton_kernels()
     n, c, h, w = x.shape
-    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=_memory_format(x)) \
-        if write_y else None
+    y = (
+        torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+        if write_y
+        else None
+    )
     win = None if write_y else torch.empty((n, oh, ow, c), dtype=torch.uint8, device=x.device)
     total = n * c * oh * ow
     if total:
@@ -143,8 +149,28 @@ def _backward_triton(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p,
     total = n * c * h * w
     if total:
         gather[(math.ceil(total / BLOCK),)](
-            g, win, gx, total, c, h, w, oh, ow, *g.stride(), *gx.stride(),
-            k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], F64=g.dtype == torch.float64, BLOCK=BLOCK)
+            g,
+            win,
+            gx,
+            total,
+            c,
+            h,
+            w,
+            oh,
+            ow,
+            *g.stride(),
+            *gx.stride(),
+            k[0],
+            k[1],
+            s[0],
+            s[1],
+            p[0],
+            p[1],
+            d[0],
+            d[1],
+            F64=g.dtype == torch.float64,
+            BLOCK=BLOCK,
+        )
     return gx
 
 
@@ -157,6 +183,7 @@ def triton_available() -> bool:
 
 
 # ----------------------------------------------------------------------------- autograd + module
+
 
 def _use_triton(x: torch.Tensor, impl: str) -> bool:
     if impl == "triton":
@@ -189,8 +216,9 @@ class _MaxPool2dRecompute(torch.autograd.Function):
         return gx, None, None, None, None, None, None
 
 
-def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-               impl: str = "auto") -> torch.Tensor:
+def max_pool2d(
+    x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False, impl: str = "auto"
+) -> torch.Tensor:
     """``F.max_pool2d`` (same values, same gradients) that saves no indices for its backward.
 
     ``impl``: "auto" (Triton for CUDA tensors when available, else torch), "torch" or "triton"
@@ -234,8 +262,13 @@ def swap_max_pools(module: nn.Module, impl: str = "auto") -> int:
         if isinstance(child, nn.MaxPool2d) and not isinstance(child, MaxPool2dNoIndices):
             if child.return_indices:
                 raise ValueError(f"{name}: a max-pool that returns indices cannot be swapped")
-            setattr(module, name, MaxPool2dNoIndices(child.kernel_size, child.stride, child.padding, child.dilation,
-                                                     ceil_mode=child.ceil_mode, impl=impl))
+            setattr(
+                module,
+                name,
+                MaxPool2dNoIndices(
+                    child.kernel_size, child.stride, child.padding, child.dilation, ceil_mode=child.ceil_mode, impl=impl
+                ),
+            )
             count += 1
         else:
             count += swap_max_pools(child, impl)

@@ -17,9 +17,29 @@ import triton.language as tl
 
 
 @triton.jit
-def _window_max(x_ptr, offs, live, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
-                KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-                PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, BLOCK: tl.constexpr):
+def _window_max(
+    x_ptr,
+    offs,
+    live,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    DH: tl.constexpr,
+    DW: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     c = offs % C
     t = offs // C
     ow = t % OW
@@ -45,32 +65,103 @@ def _window_max(x_ptr, offs, live, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
 
 
 @triton.jit
-def maxpool_fwd(x_ptr, y_ptr, total, C, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-                KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-                PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, BLOCK: tl.constexpr):
+def maxpool_fwd(
+    x_ptr,
+    y_ptr,
+    total,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    syn,
+    syc,
+    syh,
+    syw,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    DH: tl.constexpr,
+    DW: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = offs < total
-    best, idx, n, c, oh, ow = _window_max(x_ptr, offs, live, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
-                                          KH, KW, SH, SW, PH, PW, DH, DW, BLOCK)
+    best, idx, n, c, oh, ow = _window_max(
+        x_ptr, offs, live, C, H, W, OH, OW, sxn, sxc, sxh, sxw, KH, KW, SH, SW, PH, PW, DH, DW, BLOCK
+    )
     tl.store(y_ptr + n * syn + c * syc + oh * syh + ow * syw, best, mask=live)
 
 
 @triton.jit
-def maxpool_winners(x_ptr, w_ptr, total, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
-                    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-                    PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, BLOCK: tl.constexpr):
+def maxpool_winners(
+    x_ptr,
+    w_ptr,
+    total,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    DH: tl.constexpr,
+    DW: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = offs < total
-    best, idx, n, c, oh, ow = _window_max(x_ptr, offs, live, C, H, W, OH, OW, sxn, sxc, sxh, sxw,
-                                          KH, KW, SH, SW, PH, PW, DH, DW, BLOCK)
+    best, idx, n, c, oh, ow = _window_max(
+        x_ptr, offs, live, C, H, W, OH, OW, sxn, sxc, sxh, sxw, KH, KW, SH, SW, PH, PW, DH, DW, BLOCK
+    )
     tl.store(w_ptr + offs, idx.to(tl.uint8), mask=live)  # (N, OH, OW, C) order
 
 
 @triton.jit
-def maxpool_bwd_gather(g_ptr, w_ptr, gx_ptr, total, C, H, W, OH, OW, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
-                       KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-                       PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-                       F64: tl.constexpr, BLOCK: tl.constexpr):
+def maxpool_bwd_gather(
+    g_ptr,
+    w_ptr,
+    gx_ptr,
+    total,
+    C,
+    H,
+    W,
+    OH,
+    OW,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    DH: tl.constexpr,
+    DW: tl.constexpr,
+    F64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = offs < total
     c = offs % C

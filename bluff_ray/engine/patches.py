@@ -74,9 +74,7 @@ def topk_table(parts: list[dict[str, np.ndarray]]) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=TOPK_SCHEMA)
 
 
-def class_topk(
-    adapter: ModelAdapter, images: torch.Tensor, class_id: int, n: int, batch_size: int = 64
-) -> pa.Table:
+def class_topk(adapter: ModelAdapter, images: torch.Tensor, class_id: int, n: int, batch_size: int = 64) -> pa.Table:
     """Per neuron (every layer, every channel): the top-n images of this class by spatial max.
 
     ``images`` are the class's images in [0,1] in the order the image source returns them;
@@ -158,9 +156,7 @@ def _rf_axis(first_hi: int, last_lo: int, n: int, jump: float) -> tuple[int, flo
     return int(round(2 * h + 1)), offset
 
 
-def receptive_fields(
-    adapter: ModelAdapter, n_probe: int = 4, seed: int = 0
-) -> dict[str, ReceptiveField]:
+def receptive_fields(adapter: ModelAdapter, n_probe: int = 4, seed: int = 0) -> dict[str, ReceptiveField]:
     """Measure every mixed layer's receptive field by gradient support (model-agnostic).
 
     For the first (0, 0) and the last (h-1, w-1) position of each layer's map, the input pixels

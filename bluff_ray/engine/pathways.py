@@ -42,18 +42,26 @@ class PathwayConfig:
     """
 
     # Bounds: generous limits no real run needs (GoogLeNet's widest layer has 1,024 channels).
-    k: int = setting(10, "top-k neurons per layer and condition for the roles (exploited takes k//2 per strength)",
-                     ge=2, le=1024)
-    batch_size: int = setting(64, "images per forward pass / influence chunk when summarising a pair", ge=1,
-                              le=65_536, identity=False)
-    min_edge_influence: float = setting(0.0, "store an edge when its influence exceeds this in some condition",
-                                        allow_inf_nan=False)
-    causal: bool = setting(True, "run the activation-patching experiments (causal/ files, node effect, pair "
-                           "defused)")
-    patch_images: int = setting(8, "patch at most this many held-out successful images per strength (the other "
-                                "half selects the neurons); bounds the patching cost", ge=1, le=10_000)
-    null_draws: int = setting(16, "random sets per null control and random dose-response order (patching)", ge=16,
-                              le=1024)
+    k: int = setting(
+        10, "top-k neurons per layer and condition for the roles (exploited takes k//2 per strength)", ge=2, le=1024
+    )
+    batch_size: int = setting(
+        64, "images per forward pass / influence chunk when summarising a pair", ge=1, le=65_536, identity=False
+    )
+    min_edge_influence: float = setting(
+        0.0, "store an edge when its influence exceeds this in some condition", allow_inf_nan=False
+    )
+    causal: bool = setting(True, "run the activation-patching experiments (causal/ files, node effect, pair defused)")
+    patch_images: int = setting(
+        8,
+        "patch at most this many held-out successful images per strength (the other "
+        "half selects the neurons); bounds the patching cost",
+        ge=1,
+        le=10_000,
+    )
+    null_draws: int = setting(
+        16, "random sets per null control and random dose-response order (patching)", ge=16, le=1024
+    )
 
     def __post_init__(self) -> None:
         check(self)  # types and bounds declared on the fields
@@ -123,15 +131,21 @@ class PairSummary:
 
     @property
     def nodes(self) -> list[NodeRecord]:
-        return [NodeRecord(l, int(c), r, float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]), int(m))
-                for l, c, r, v, m in zip(self.node_layer, self.node_channel, self.node_role, self.node_values,
-                                         self.exploited_mask)]
+        return [
+            NodeRecord(l, int(c), r, float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]), int(m))
+            for l, c, r, v, m in zip(
+                self.node_layer, self.node_channel, self.node_role, self.node_values, self.exploited_mask
+            )
+        ]
 
     @property
     def edges(self) -> list[EdgeRecord]:
-        return [EdgeRecord(sl, int(sc), dl, int(dc), float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]))
-                for sl, sc, dl, dc, v in zip(self.edge_src_layer, self.edge_src_channel, self.edge_dst_layer,
-                                             self.edge_dst_channel, self.edge_values)]
+        return [
+            EdgeRecord(sl, int(sc), dl, int(dc), float(v[0]), float(v[1]), tuple(float(x) for x in v[2:]))
+            for sl, sc, dl, dc, v in zip(
+                self.edge_src_layer, self.edge_src_channel, self.edge_dst_layer, self.edge_dst_channel, self.edge_values
+            )
+        ]
 
     @property
     def excitation(self) -> np.ndarray:
@@ -145,18 +159,27 @@ class PairSummary:
 
 def importance_of(adapter: ModelAdapter, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
     """Median over ``images`` of the per-image spatial max, {layer: [C]} (NaN without images)."""
-    return {k: segment_median(v, [v.shape[0]])[0] for k, v in spatial_max_activations(adapter, images, batch_size).items()}
+    return {
+        k: segment_median(v, [v.shape[0]])[0] for k, v in spatial_max_activations(adapter, images, batch_size).items()
+    }
 
 
 @torch.no_grad()
-def _influence_medians(adapter: ModelAdapter, images: torch.Tensor, sizes: Sequence[int],
-                       displayed: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
+def _influence_medians(
+    adapter: ModelAdapter, images: torch.Tensor, sizes: Sequence[int], displayed: list[torch.Tensor], batch_size: int
+) -> list[torch.Tensor]:
     """Per transition q (1..L-1): the median over each condition's images of the per-image influence
     between displayed channels, [n_conditions, len(dst), len(src)] on the device."""
     names = adapter.layer_names
     q_of = {name: q for q, name in enumerate(names[:-1], start=1)}  # block q-1's output feeds transition q
-    _, per_image = adapter.activations(images, names[:-1], batch_size, reduce=lambda name, act: layer_influence(
-        adapter, q_of[name], act, displayed[q_of[name] - 1], displayed[q_of[name]], batch_size=batch_size))
+    _, per_image = adapter.activations(
+        images,
+        names[:-1],
+        batch_size,
+        reduce=lambda name, act: layer_influence(
+            adapter, q_of[name], act, displayed[q_of[name] - 1], displayed[q_of[name]], batch_size=batch_size
+        ),
+    )
     return [segment_median(per_image[names[q - 1]], sizes) for q in range(1, len(names))]
 
 
@@ -202,7 +225,8 @@ def summarize_pair(
     if not (n_sets == len(strengths) == len(n_success)):
         raise ValueError(
             f"need one attacked image set and one success count per strength: got {n_sets} "
-            f"image sets, {len(n_success)} counts, {len(strengths)} strengths")
+            f"image sets, {len(n_success)} counts, {len(strengths)} strengths"
+        )
     for name, imgs in (("original", original_images), ("target", target_images)):
         if imgs.dim() != 4 or imgs.shape[0] == 0:
             raise ValueError(f"{name}_images must be a non-empty [N,C,H,W] tensor, got shape {tuple(imgs.shape)}")
@@ -229,7 +253,7 @@ def summarize_pair(
     displayed, node_layer, node_role, sel = [], [], [], []
     offset = 0
     for layer, info in zip(names, adapter.layers):
-        lc = codes_h[offset: offset + info.channels]
+        lc = codes_h[offset : offset + info.channels]
         ch = np.flatnonzero(lc < NOT_SHOWN)
         ch = ch[np.lexsort((ch, lc[ch]))]  # role order, then channel
         displayed.append(torch.as_tensor(ch, dtype=torch.long))
@@ -262,7 +286,7 @@ def summarize_pair(
     pos = 0
     for q in range(1, len(names)):
         src, dst = displayed[q - 1].numpy(), displayed[q].numpy()
-        k = keep_h[pos: pos + len(src) * len(dst)].reshape(len(dst), len(src))
+        k = keep_h[pos : pos + len(src) * len(dst)].reshape(len(dst), len(src))
         pos += len(src) * len(dst)
         d_idx, s_idx = np.nonzero(k)  # row-major: destination, then source, in node order
         src_l += [names[q - 1]] * len(d_idx)
@@ -270,10 +294,20 @@ def summarize_pair(
         src_c.append(src[s_idx])
         dst_c.append(dst[d_idx])
     return PairSummary(
-        original=int(original), target=int(target), strengths=strengths, n_images=int(n_images), n_success=n_success,
-        node_layer=node_layer, node_channel=np.concatenate([d.numpy() for d in displayed]).astype(np.int32),
-        node_role=node_role, node_values=node_vals_h, exploited_mask=mask_h.astype(np.int64),
-        edge_src_layer=src_l, edge_src_channel=np.concatenate(src_c).astype(np.int32) if src_c else np.zeros(0, np.int32),
-        edge_dst_layer=dst_l, edge_dst_channel=np.concatenate(dst_c).astype(np.int32) if dst_c else np.zeros(0, np.int32),
-        edge_values=kept_h, displayed=[d.numpy() for d in displayed],
+        original=int(original),
+        target=int(target),
+        strengths=strengths,
+        n_images=int(n_images),
+        n_success=n_success,
+        node_layer=node_layer,
+        node_channel=np.concatenate([d.numpy() for d in displayed]).astype(np.int32),
+        node_role=node_role,
+        node_values=node_vals_h,
+        exploited_mask=mask_h.astype(np.int64),
+        edge_src_layer=src_l,
+        edge_src_channel=np.concatenate(src_c).astype(np.int32) if src_c else np.zeros(0, np.int32),
+        edge_dst_layer=dst_l,
+        edge_dst_channel=np.concatenate(dst_c).astype(np.int32) if dst_c else np.zeros(0, np.int32),
+        edge_values=kept_h,
+        displayed=[d.numpy() for d in displayed],
     )

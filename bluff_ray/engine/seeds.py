@@ -12,6 +12,7 @@ import hashlib
 
 def derive_seed(kind: str, *parts: int | str) -> int:
     """``sha256("bluff_ray/<kind>/<part>/...")``'s first 8 bytes, little-endian, as a 63-bit int."""
-    path = "/".join(["bluff_ray", kind, *(str(int(p)) if isinstance(p, bool) or not isinstance(p, str) else p
-                                          for p in parts)])
+    path = "/".join(
+        ["bluff_ray", kind, *(str(int(p)) if isinstance(p, bool) or not isinstance(p, str) else p for p in parts)]
+    )
     return int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "little") & (2**63 - 1)

@@ -66,14 +66,13 @@ class AssetConfig:
     all_neurons: bool = setting(False, "render assets for every neuron instead of only the displayed ones")
     n_patches: int = setting(8, "dataset-example patches per neuron", ge=0, le=1024)
     fv_steps: int = setting(256, "feature-visualisation optimisation steps", ge=0, le=100_000)
-    fv_size: int | None = setting(None, "feature-visualisation side in pixels (default: the model input side, at "
-                                  "most 128)", ge=2, le=4096)
+    fv_size: int | None = setting(
+        None, "feature-visualisation side in pixels (default: the model input side, at most 128)", ge=2, le=4096
+    )
     seed: int = setting(0, "feature-visualisation seed", ge=0, lt=2**63)
-    png_min_px: int = setting(64, "smaller PNGs are upscaled (nearest neighbour) to at least this side", ge=1,
-                              le=4096)
+    png_min_px: int = setting(64, "smaller PNGs are upscaled (nearest neighbour) to at least this side", ge=1, le=4096)
     png_max_px: int = setting(128, "larger PNGs are downscaled to at most this side", ge=1, le=4096)
-    fv_batch_size: int = setting(32, "neurons optimised together in one feature-visualisation batch", ge=1,
-                                 le=65_536)
+    fv_batch_size: int = setting(32, "neurons optimised together in one feature-visualisation batch", ge=1, le=65_536)
 
     def __post_init__(self) -> None:
         check(self)  # types and bounds declared on the fields
@@ -173,14 +172,25 @@ def render_feature_vis(
     if neurons:
         imgs = torch.stack([_image_at_size(pngs[n], fv_cfg.size) for n in neurons])
         _, maxima = adapter.activations(
-            imgs, sorted({layer for layer, _ in neurons}), fv_cfg.batch_size,
-            reduce=lambda _layer, a: a.amax(dim=(2, 3)).float().cpu(), dtype=_dtype(adapter),
+            imgs,
+            sorted({layer for layer, _ in neurons}),
+            fv_cfg.batch_size,
+            reduce=lambda _layer, a: a.amax(dim=(2, 3)).float().cpu(),
+            dtype=_dtype(adapter),
         )  # image b is neuron b's feature visualisation: its own channel's max
         act = [float(maxima[layer][b, int(channel)]) for b, (layer, channel) in enumerate(neurons)]
         for (layer, channel), a in zip(neurons, act):
             rows.append(
-                dict(layer=layer, channel=int(channel), kind="feature_vis", rank=0,
-                     path=feature_vis_path(layer, channel), class_id=-1, image_index=-1, activation=a)
+                dict(
+                    layer=layer,
+                    channel=int(channel),
+                    kind="feature_vis",
+                    rank=0,
+                    path=feature_vis_path(layer, channel),
+                    class_id=-1,
+                    image_index=-1,
+                    activation=a,
+                )
             )
     return _index_rows(rows)
 
@@ -192,8 +202,9 @@ def _dtype(adapter: ModelAdapter) -> torch.dtype:
 def _accepts_size(adapter: ModelAdapter, size: int) -> bool:
     try:
         with torch.no_grad():
-            adapter.model(torch.full((1, adapter.input_shape[0], size, size), 0.5, device=adapter.device,
-                                     dtype=_dtype(adapter)))
+            adapter.model(
+                torch.full((1, adapter.input_shape[0], size, size), 0.5, device=adapter.device, dtype=_dtype(adapter))
+            )
         return True
     except RuntimeError:
         return False
@@ -207,8 +218,9 @@ def patch_rows(topk: pa.Table, neurons: Sequence[tuple[str, int]], cfg: AssetCon
     return [r for r in t if (r["layer"], r["channel"]) in want and r["rank"] < cfg.n_patches and r["activation"] > 0]
 
 
-def render_patch_rows(adapter: ModelAdapter, store: AssetStore, rows: Sequence[dict], source: ImageSourceLike,
-                      cfg: AssetConfig) -> pa.Table:
+def render_patch_rows(
+    adapter: ModelAdapter, store: AssetStore, rows: Sequence[dict], source: ImageSourceLike, cfg: AssetConfig
+) -> pa.Table:
     """Write the missing patches of ``rows`` (``patch_rows`` output, any classes); index rows for all.
 
     Each image is loaded from ``source`` once per class (the pipeline sends one class's rows per
@@ -224,9 +236,16 @@ def render_patch_rows(adapter: ModelAdapter, store: AssetStore, rows: Sequence[d
         for class_id in sorted(by_class):
             _write_class_patches(adapter, store, source, class_id, by_class[class_id], rfs, cfg)
     out = [
-        dict(layer=r["layer"], channel=r["channel"], kind="patch", rank=r["rank"],
-             path=patch_path(r["layer"], r["channel"], r["rank"]), class_id=r["class_id"],
-             image_index=r["image_index"], activation=r["activation"])
+        dict(
+            layer=r["layer"],
+            channel=r["channel"],
+            kind="patch",
+            rank=r["rank"],
+            path=patch_path(r["layer"], r["channel"], r["rank"]),
+            class_id=r["class_id"],
+            image_index=r["image_index"],
+            activation=r["activation"],
+        )
         for r in rows
     ]
     return _index_rows(out)
@@ -306,5 +325,7 @@ def write_index(store: AssetStore, tables: list[pa.Table]) -> None:
     uniq, counts = np.unique(paths, return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"duplicate asset rows for {list(uniq[counts > 1][:5])}: a neuron was rendered by two shards")
-    table = table.sort_by([("layer", "ascending"), ("channel", "ascending"), ("kind", "ascending"), ("rank", "ascending")])
+    table = table.sort_by(
+        [("layer", "ascending"), ("channel", "ascending"), ("kind", "ascending"), ("rank", "ascending")]
+    )
     store.write_table(INDEX_PATH, table)

@@ -56,7 +56,7 @@ class CountingFS(AbstractFileSystem):
     def _strip_protocol(cls, path):
         path = str(path)
         if path.startswith("countfs://"):
-            path = path[len("countfs://"):]
+            path = path[len("countfs://") :]
         return LocalFileSystem._strip_protocol(path)
 
     def _outage(self) -> None:

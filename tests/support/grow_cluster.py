@@ -16,13 +16,37 @@ from ray.cluster_utils import Cluster
 
 def main() -> None:
     out, extra = sys.argv[1], sys.argv[2:]
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 100 * 2**20})
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 100 * 2**20},
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bluff_ray.cli", "run", "--ray-address", cluster.address, "--out", out,
-         "--classes", "0,1,2", "--target-chunk", "1", "--images-per-class", "6", "--attack-steps", "3",
-         "--no-assets-enabled", "--no-progress", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "bluff_ray.cli",
+            "run",
+            "--ray-address",
+            cluster.address,
+            "--out",
+            out,
+            "--classes",
+            "0,1,2",
+            "--target-chunk",
+            "1",
+            "--images-per-class",
+            "6",
+            "--attack-steps",
+            "3",
+            "--no-assets-enabled",
+            "--no-progress",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     err_lines: list[str] = []
     waiting = threading.Event()
 
@@ -41,8 +65,11 @@ def main() -> None:
     rc = proc.wait(600)
     t.join(10)
     cluster.shutdown()
-    print(json.dumps({"rc": rc, "waited": waited, "stdout": stdout, "stderr": "".join(err_lines)[-8000:],
-                      "added_at": added_at}))
+    print(
+        json.dumps(
+            {"rc": rc, "waited": waited, "stdout": stdout, "stderr": "".join(err_lines)[-8000:], "added_at": added_at}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ def load_model(
       random weights (``models/rehearsal.py``); ``weights`` may be ``"seed:<n>"``.
     """
     if isinstance(weights, str) and is_url(weights):
-        raise ValueError(f"weights {weights!r} is a URL: load it with bluff_ray.run.models.load_model, which reads "
-                         "it with the storage timeouts and retries")
+        raise ValueError(
+            f"weights {weights!r} is a URL: load it with bluff_ray.run.models.load_model, which reads "
+            "it with the storage timeouts and retries"
+        )
     if name == "digits":
         from bluff_ray.engine.models.digits import load_digits_model
 
@@ -58,4 +60,6 @@ def _seed_of(weights: object) -> int:
         return 0
     if isinstance(weights, str) and weights.startswith("seed:") and weights[5:].isdigit():
         return int(weights[5:])
-    raise ValueError(f"the rehearsal model has seeded random weights: weights must be unset or 'seed:<n>', got {weights!r}")
+    raise ValueError(
+        f"the rehearsal model has seeded random weights: weights must be unset or 'seed:<n>', got {weights!r}"
+    )

@@ -175,9 +175,7 @@ class ModelAdapter:
         for info, block in zip(self.layers, self.blocks):
             if info.name in wanted:
                 handles.append(
-                    block.register_forward_hook(
-                        lambda _m, _i, out, name=info.name: acts.__setitem__(name, out)
-                    )
+                    block.register_forward_hook(lambda _m, _i, out, name=info.name: acts.__setitem__(name, out))
                 )
         try:
             logits = self.model(x)

@@ -283,7 +283,12 @@ def train_digits(
         net.load_state_dict(_fit(cfg, seed))
         accuracy, trained = eval_accuracy(net.eval(), cfg.split_seed), True
         buf = io.BytesIO()
-        ckpt = {"state_dict": net.state_dict(), "config": dataclasses.asdict(cfg), "seed": seed, "test_accuracy": accuracy}
+        ckpt = {
+            "state_dict": net.state_dict(),
+            "config": dataclasses.asdict(cfg),
+            "seed": seed,
+            "test_accuracy": accuracy,
+        }
         torch.save(ckpt, buf)
         data = buf.getvalue()
         atomic_write(path, data)

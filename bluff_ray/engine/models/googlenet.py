@@ -35,8 +35,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GOOGLENET_STRENGTHS = tuple(round(0.05 * i, 2) for i in range(1, 11))
 
 LAYER_NAMES = ("mixed3a", "mixed3b", "mixed4a", "mixed4b", "mixed4c", "mixed4d", "mixed4e", "mixed5a", "mixed5b")
-_TV_BLOCKS = ("inception3a", "inception3b", "inception4a", "inception4b", "inception4c", "inception4d",
-              "inception4e", "inception5a", "inception5b")
+_TV_BLOCKS = (
+    "inception3a",
+    "inception3b",
+    "inception4a",
+    "inception4b",
+    "inception4c",
+    "inception4d",
+    "inception4e",
+    "inception5a",
+    "inception5b",
+)
 # The max-pool that forms each block's input from the previous block (None: same stage).
 _TV_POOLS = (None, None, "maxpool3", None, None, None, None, "maxpool4", None)
 

@@ -47,8 +47,10 @@ INCEPTION_ARGS = (
 #: successes, so that exploited neurons and patching results exist, not a realistic curve).
 REHEARSAL_STRENGTHS = tuple(round(0.05 * i, 2) for i in range(1, 11))
 
-INPUT_SPACE = ("RGB pixels in [0, 1] at 3x8x8 (the rehearsal model; synthetic images); eps is the L2 norm of "
-               "the perturbation over the 192 values in this [0, 1] space")
+INPUT_SPACE = (
+    "RGB pixels in [0, 1] at 3x8x8 (the rehearsal model; synthetic images); eps is the L2 norm of "
+    "the perturbation over the 192 values in this [0, 1] space"
+)
 
 
 class RehearsalNet(nn.Module):
@@ -154,10 +156,13 @@ def rehearsal_adapter(net: RehearsalNet | None = None, seed: int = 0) -> ModelAd
     layers = []
     for name, args in zip(LAYER_NAMES, INCEPTION_ARGS):
         _, c1, r3, c3, r5, c5, cp = args
-        layers.append(LayerInfo(name=name, channels=c1 + c3 + c5 + cp, branch_sizes=(c1, c3, c5, cp),
-                                bottleneck_sizes=(r3, r5)))
-    pools = [nn.Identity() if p is None else getattr(net, p)
-             for p in (None, None, "maxpool3", None, None, None, None, "maxpool4", None)]
+        layers.append(
+            LayerInfo(name=name, channels=c1 + c3 + c5 + cp, branch_sizes=(c1, c3, c5, cp), bottleneck_sizes=(r3, r5))
+        )
+    pools = [
+        nn.Identity() if p is None else getattr(net, p)
+        for p in (None, None, "maxpool3", None, None, None, None, "maxpool4", None)
+    ]
     try:
         ids = imagenet_wnids()
     except RuntimeError:
