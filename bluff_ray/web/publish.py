@@ -351,8 +351,40 @@ def publish(
     rso = dict(results_storage_options if results_storage_options is not None else so)
     vdir = Path(viewer_dir) if viewer_dir is not None else VIEWER_DIR
     vfiles = _viewer_files(vdir)
+    src_fs, src_root = _open_results(results, rso, force)
     try:
-        src_fs, src_root = open_url(results, rso if "://" in results else {})
+        dst = Store(dest, so)  # the storage timeouts and retries of results roots
+    except StorageError as e:
+        raise PublishError(str(e).replace("results root", "destination")) from None
+    report = PublishReport(viewer_url=viewer_url(dest, so))
+    report.run = f"runs/{new_publish_id()}/"
+    uploader = _Uploader(dst, dest, so, public, report, on_object)
+    sources = _sources(src_fs, src_root, report, quiet)
+    try:
+        _upload(uploader, sources, vfiles, vdir, report.run, quiet)
+    except PublishError:
+        raise
+    except Exception as e:  # noqa: BLE001 - network, permissions, a vanished source file: the old copy stays live
+        raise PublishError(
+            f"upload to {redact_url(dest)} failed after {report.objects} objects, so the published "
+            f"copy is unchanged: {_one_line(e)}"
+        ) from None
+    report.removed = _remove_older_runs(dst, report.run, report)
+    if uploader.is_s3:
+        report.acl = uploader.acl_mode
+        if not public:
+            report.notes.append(
+                "objects are private: a browser can read them only with a bucket policy or a CDN in front"
+            )
+    if not quiet:
+        _print_report(report, dest)
+    return report
+
+
+def _open_results(results: str, storage_options: dict, force: bool) -> tuple[Any, str]:
+    """The results root's filesystem and path, refused (one line) unless it holds a finished run."""
+    try:
+        src_fs, src_root = open_url(results, storage_options if "://" in results else {})
         src_root = src_root.rstrip("/")
         if not src_fs.exists(posixpath.join(src_root, "manifest.json")):
             raise PublishError(f"{redact_url(results)} is not a results root (no manifest.json)")
@@ -362,53 +394,71 @@ def publish(
         raise
     except Exception as e:  # noqa: BLE001 - whatever the storage raises, one line
         raise PublishError(f"cannot read results {redact_url(results)}: {_one_line(e)}") from None
-    try:
-        dst = Store(dest, so)  # the storage timeouts and retries of results roots
-    except StorageError as e:
-        raise PublishError(str(e).replace("results root", "destination")) from None
-    is_s3 = dest.startswith(("s3://", "s3a://"))
-    report = PublishReport(viewer_url=viewer_url(dest, so))
-    report.run = f"runs/{new_publish_id()}/"
-    client = bucket = prefix = None
-    acl_mode = "none"
-    if is_s3:
-        bucket, _, prefix = dst.root.partition("/")
-        client = _boto_client(so)
-        try:
-            client.head_bucket(Bucket=bucket)
-            ensure_cors(client, bucket)  # before the switch: the new viewer must be readable once live
-        except Exception as e:  # noqa: BLE001 - whatever the storage raises, one line
-            raise PublishError(f"bucket {bucket!r} is not reachable at {redact_url(dest)}: {_one_line(e)}") from None
-        report.cors = True
-        acl_mode = "public-read" if public else "none"
+    return src_fs, src_root
 
-    def put(rel: str, data: bytes) -> None:
-        nonlocal acl_mode
-        if not is_s3:
-            dst.write_bytes(rel, data)  # a temporary file renamed into place
-        else:
-            path = dst.path(rel)
-            extra = {"ContentType": content_type(rel), "CacheControl": cache_control(rel)}
-            if acl_mode == "public-read":
-                extra["ACL"] = "public-read"
+
+class _Uploader:
+    """Writes one object of the destination: whole-object writes locally; on S3 with the content
+    type, cache policy and public-read ACL, falling back to a bucket policy where ACLs are refused."""
+
+    def __init__(
+        self,
+        dst: Store,
+        dest: str,
+        storage_options: dict,
+        public: bool,
+        report: PublishReport,
+        on_object: Callable[[str], None] | None,
+    ) -> None:
+        self.dst, self.report, self.on_object = dst, report, on_object
+        self.is_s3 = dest.startswith(("s3://", "s3a://"))
+        self.client: Any = None
+        self.bucket = self.prefix = ""
+        self.acl_mode = "none"
+        if self.is_s3:
+            self.bucket, _, self.prefix = dst.root.partition("/")
+            self.client = _boto_client(storage_options)
             try:
-                dst.fs.pipe_file(path, data, chunksize=_SINGLE_PUT, **extra)
-            except Exception as e:  # buckets with ObjectOwnership=BucketOwnerEnforced refuse ACLs
-                if acl_mode != "public-read" or "AccessControlListNotSupported" not in repr(e):
-                    raise
-                acl_mode = "bucket-policy"
-                assert bucket is not None and prefix is not None
-                ensure_read_policy(client, bucket, prefix)
-                extra.pop("ACL")
-                dst.fs.pipe_file(path, data, chunksize=_SINGLE_PUT, **extra)
-        report.objects += 1
-        report.bytes += len(data)
-        if on_object is not None:
-            on_object(rel)
+                self.client.head_bucket(Bucket=self.bucket)
+                ensure_cors(self.client, self.bucket)  # before the switch: the new viewer must be readable once live
+            except Exception as e:  # noqa: BLE001 - whatever the storage raises, one line
+                raise PublishError(
+                    f"bucket {self.bucket!r} is not reachable at {redact_url(dest)}: {_one_line(e)}"
+                ) from None
+            report.cors = True
+            self.acl_mode = "public-read" if public else "none"
 
+    def put(self, rel: str, data: bytes) -> None:
+        if not self.is_s3:
+            self.dst.write_bytes(rel, data)  # a temporary file renamed into place
+        else:
+            self._put_s3(self.dst.path(rel), rel, data)
+        self.report.objects += 1
+        self.report.bytes += len(data)
+        if self.on_object is not None:
+            self.on_object(rel)
+
+    def _put_s3(self, path: str, rel: str, data: bytes) -> None:
+        extra = {"ContentType": content_type(rel), "CacheControl": cache_control(rel)}
+        if self.acl_mode == "public-read":
+            extra["ACL"] = "public-read"
+        try:
+            self.dst.fs.pipe_file(path, data, chunksize=_SINGLE_PUT, **extra)
+        except Exception as e:  # buckets with ObjectOwnership=BucketOwnerEnforced refuse ACLs
+            if self.acl_mode != "public-read" or "AccessControlListNotSupported" not in repr(e):
+                raise
+            self.acl_mode = "bucket-policy"
+            ensure_read_policy(self.client, self.bucket, self.prefix)
+            extra.pop("ACL")
+            self.dst.fs.pipe_file(path, data, chunksize=_SINGLE_PUT, **extra)
+
+
+def _sources(src_fs: Any, src_root: str, report: PublishReport, quiet: bool) -> list[tuple[str, Callable[[], bytes]]]:
+    """``(relative path, reader)`` of every file to publish; what is skipped goes into the report."""
+    sources: list[tuple[str, Callable[[], bytes]]]
     if isinstance(src_fs, LocalFileSystem):  # symbolic links are checked here (_walk_local)
         local, report.skipped = _walk_local(src_root)
-        sources = [(rel, lambda p=real: Path(p).read_bytes()) for rel, real in local]
+        sources = [(rel, functools.partial(Path(real).read_bytes)) for rel, real in local]
     else:
         rels, report.skipped = _walk(src_fs, src_root)
         sources = [(rel, functools.partial(src_fs.cat_file, posixpath.join(src_root, rel))) for rel in rels]
@@ -416,56 +466,46 @@ def publish(
         for sk in report.skipped:
             if _kind(sk.reason) in ("outside", "broken"):
                 print(f"warning: not publishing {sk.rel}: {sk.reason}", file=sys.stderr)
-    run = report.run
-    try:
-        for i, (rel, read) in enumerate(sources):
-            put(run + rel, read())
-            if not quiet and (i + 1) % 200 == 0:
-                print(f"  {i + 1}/{len(sources)} result files uploaded", file=sys.stderr)
-        for rel, path in vfiles:
-            put(f"{run}viewer/{rel}", path.read_bytes())
-        put(f"{run}viewer/config.json", json.dumps({"root": "../"}).encode())
-        put(LEGACY_VIEWER, REDIRECT_HTML.encode())
-        put(
-            CURRENT,
-            (
-                json.dumps(
-                    {
-                        "run": run,
-                        "viewer": run + "viewer/index.html",
-                        "manifest": run + "manifest.json",
-                        "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    },
-                    indent=2,
-                )
-                + "\n"
-            ).encode(),
-        )
-        put(POINTER, pointer_html((vdir / "index.html").read_text(), run).encode())  # the commit point
-    except PublishError:
-        raise
-    except Exception as e:  # noqa: BLE001 - network, permissions, a vanished source file: the old copy stays live
-        raise PublishError(
-            f"upload to {redact_url(dest)} failed after {report.objects} objects, so the published "
-            f"copy is unchanged: {_one_line(e)}"
-        ) from None
-    report.removed = _remove_older_runs(dst, run, report)
-    if is_s3:
-        report.acl = acl_mode
-        if not public:
-            report.notes.append(
-                "objects are private: a browser can read them only with a bucket policy or a CDN in front"
-            )
-    if not quiet:
-        print(f"published {report.objects} objects ({report.bytes / 1e6:.1f} MB) to {redact_url(dest)}/{run}")
-        if report.removed:
-            print(f"removed {report.removed} objects of older publishes")
-        if report.skipped:
-            print(f"skipped {len(report.skipped)} entries of the results root: {report.skipped_summary()}")
-        print(f"viewer: {report.viewer_url}")
-        for n in report.notes:
-            print(f"note: {n}")
-    return report
+    return sources
+
+
+def _upload(
+    uploader: _Uploader,
+    sources: list[tuple[str, Callable[[], bytes]]],
+    vfiles: list[tuple[str, Path]],
+    vdir: Path,
+    run: str,
+    quiet: bool,
+) -> None:
+    """Data, then the viewer, under ``run``; then the pointers, ``index.html`` last (the commit point)."""
+    put = uploader.put
+    for i, (rel, read) in enumerate(sources):
+        put(run + rel, read())
+        if not quiet and (i + 1) % 200 == 0:
+            print(f"  {i + 1}/{len(sources)} result files uploaded", file=sys.stderr)
+    for rel, path in vfiles:
+        put(f"{run}viewer/{rel}", path.read_bytes())
+    put(f"{run}viewer/config.json", json.dumps({"root": "../"}).encode())
+    put(LEGACY_VIEWER, REDIRECT_HTML.encode())
+    current = {
+        "run": run,
+        "viewer": run + "viewer/index.html",
+        "manifest": run + "manifest.json",
+        "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    put(CURRENT, (json.dumps(current, indent=2) + "\n").encode())
+    put(POINTER, pointer_html((vdir / "index.html").read_text(), run).encode())  # the commit point
+
+
+def _print_report(report: PublishReport, dest: str) -> None:
+    print(f"published {report.objects} objects ({report.bytes / 1e6:.1f} MB) to {redact_url(dest)}/{report.run}")
+    if report.removed:
+        print(f"removed {report.removed} objects of older publishes")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} entries of the results root: {report.skipped_summary()}")
+    print(f"viewer: {report.viewer_url}")
+    for n in report.notes:
+        print(f"note: {n}")
 
 
 def _remove_older_runs(dst: Store, run: str, report: PublishReport) -> int:

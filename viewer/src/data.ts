@@ -286,9 +286,16 @@ export async function openRangeFile(url: string, rel: string, tail = TAIL): Prom
   };
   const fresh = async () => cachedAsyncBuffer(await asyncBufferFromUrl({ url, byteLength: size, fetch: fetchChecked }), { minSize: 0 });
   let remote = await fresh();
+  // Ranges already fetched: hyparquet coalesces neighbouring column chunks into one read, and its
+  // cache only answers the same range again, so a later read of a chunk inside one is served here.
+  const held: { start: number; buf: ArrayBuffer }[] = [];
   const read = async (start: number, end: number): Promise<ArrayBuffer> => {
+    const hit = held.find((h) => h.start <= start && end <= h.start + h.buf.byteLength);
+    if (hit) return hit.buf.slice(start - hit.start, end - hit.start);
     try {
-      return await remote.slice(start, end);
+      const buf = await remote.slice(start, end);
+      held.push({ start, buf });
+      return buf;
     } catch (e) {
       remote = await fresh();
       throw e;
@@ -574,11 +581,19 @@ export async function loadPair(root: string, manifest: Manifest, pair: PairRow, 
   let rest = all.filter((s) => !wanted.includes(s));
   const loadRest = async (): Promise<boolean> => {
     if (!rest.length) return false;
-    const todo = rest;
-    const rows = await readRows(root, edgesRel, todo.map(influenceColumn), { rowGroup: pair.rowGroup });
-    if (rows.length !== edges.length) throw new DataError(edgesRel, `row group ${pair.rowGroup} changed while it was read`);
-    rows.forEach((r, i) => {
-      for (const s of todo) edges[i].inf[s] = num(r[influenceColumn(s)]);
+    // One read per run of adjacent columns: a read spanning an already-read column would fetch it again.
+    const runs: number[][] = [];
+    for (const s of rest) {
+      const run = runs[runs.length - 1];
+      if (run && run[run.length - 1] === s - 1) run.push(s);
+      else runs.push([s]);
+    }
+    const parts = await Promise.all(runs.map((run) => readRows(root, edgesRel, run.map(influenceColumn), { rowGroup: pair.rowGroup })));
+    parts.forEach((rows, k) => {
+      if (rows.length !== edges.length) throw new DataError(edgesRel, `row group ${pair.rowGroup} changed while it was read`);
+      rows.forEach((r, i) => {
+        for (const s of runs[k]) edges[i].inf[s] = num(r[influenceColumn(s)]);
+      });
     });
     rest = [];
     data.complete = true;
