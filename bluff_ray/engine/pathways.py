@@ -215,6 +215,50 @@ def summarize_pair(
     """
     strengths = tuple(float(s) for s in strengths)
     n_success = tuple(int(s) for s in n_success)
+    attacked = _checked_attacked(original_images, target_images, attacked_images, n_images, n_success, strengths)
+    bs = cfg.batch_size
+    imp_o = importance_original or importance_of(adapter, original_images, bs)
+    imp_t = importance_target or importance_of(adapter, target_images, bs)
+    nodes = _displayed_nodes(adapter, imp_o, imp_t, spatial_max_activations(adapter, attacked, bs), n_success, cfg.k)
+    sizes = [original_images.shape[0], target_images.shape[0], *n_success]
+    device = adapter.device
+    conds = torch.cat([original_images.to(device), target_images.to(device), attacked.to(device)])
+    meds = _influence_medians(adapter, conds, sizes, nodes.displayed, bs)
+    keep_h, kept_vals = _kept_edges(meds, cfg.min_edge_influence)
+    # host read 2: the numbers
+    node_vals_h = nodes.values.double().cpu().numpy()
+    mask_h = nodes.mask.cpu().numpy()
+    kept_h = kept_vals.double().cpu().numpy() if kept_vals is not None else np.zeros((0, len(sizes)))
+    src_l, src_c, dst_l, dst_c = _edge_keys(adapter.layer_names, nodes.displayed, keep_h)
+    return PairSummary(
+        original=int(original),
+        target=int(target),
+        strengths=strengths,
+        n_images=int(n_images),
+        n_success=n_success,
+        node_layer=nodes.layer,
+        node_channel=np.concatenate([d.numpy() for d in nodes.displayed]).astype(np.int32),
+        node_role=nodes.role,
+        node_values=node_vals_h,
+        exploited_mask=mask_h.astype(np.int64),
+        edge_src_layer=src_l,
+        edge_src_channel=np.concatenate(src_c).astype(np.int32) if src_c else np.zeros(0, np.int32),
+        edge_dst_layer=dst_l,
+        edge_dst_channel=np.concatenate(dst_c).astype(np.int32) if dst_c else np.zeros(0, np.int32),
+        edge_values=kept_h,
+        displayed=[d.numpy() for d in nodes.displayed],
+    )
+
+
+def _checked_attacked(
+    original_images: torch.Tensor,
+    target_images: torch.Tensor,
+    attacked_images: torch.Tensor | Sequence[torch.Tensor],
+    n_images: int,
+    n_success: tuple[int, ...],
+    strengths: tuple[float, ...],
+) -> torch.Tensor:
+    """The attacked images as one batch, strength by strength, after checking every count."""
     if isinstance(attacked_images, torch.Tensor):
         n_sets = len(n_success)
     else:
@@ -236,21 +280,44 @@ def summarize_pair(
     attacked = _as_batch(attacked_images, original_images)
     if attacked.shape[0] != sum(n_success):
         raise ValueError(f"{attacked.shape[0]} attacked images but n_success adds up to {sum(n_success)}")
+    return attacked
 
-    device, bs, names = adapter.device, cfg.batch_size, adapter.layer_names
-    imp_o = importance_original or importance_of(adapter, original_images, bs)
-    imp_t = importance_target or importance_of(adapter, target_images, bs)
-    att_max = spatial_max_activations(adapter, attacked, bs)
+
+@dataclass
+class _Nodes:
+    """The displayed neurons of a pair: per layer the channels (role order, then channel), and per
+    node its layer, role, importance per condition [2 + S] and exploited-at-strength mask (device)."""
+
+    displayed: list[torch.Tensor]
+    layer: list[str]
+    role: list[str]
+    values: torch.Tensor
+    mask: torch.Tensor
+
+
+def _displayed_nodes(
+    adapter: ModelAdapter,
+    imp_o: dict[str, torch.Tensor],
+    imp_t: dict[str, torch.Tensor],
+    att_max: dict[str, torch.Tensor],
+    n_success: tuple[int, ...],
+    k: int,
+) -> _Nodes:
+    """Importance per condition -> roles -> the displayed neurons (host read 1: who is displayed)."""
+    device, names = adapter.device, adapter.layer_names
     codes, masks, values = [], [], []
     for layer in names:
         io, it = imp_o[layer].to(device), imp_t[layer].to(device)
         ia = segment_median(att_max[layer], n_success).to(io.dtype)  # [S, C]
-        c, m = role_codes(io, it, ia, cfg.k)
+        c, m = role_codes(io, it, ia, k)
         codes.append(c)
         masks.append(m)
         values.append(torch.cat([io[:, None], it[:, None], ia.T], dim=1))  # [C, 2 + S]
-    codes_h = torch.cat(codes).cpu().numpy()  # host read 1: who is displayed
-    displayed, node_layer, node_role, sel = [], [], [], []
+    codes_h = torch.cat(codes).cpu().numpy()
+    displayed: list[torch.Tensor] = []
+    node_layer: list[str] = []
+    node_role: list[str] = []
+    sel = []
     offset = 0
     for layer, info in zip(names, adapter.layers):
         lc = codes_h[offset : offset + info.channels]
@@ -262,27 +329,30 @@ def summarize_pair(
         sel.append(torch.as_tensor(ch + offset, dtype=torch.long, device=device))
         offset += info.channels
     all_sel = torch.cat(sel)
-    node_vals = torch.cat(values)[all_sel]
-    node_mask = torch.cat(masks)[all_sel]
+    return _Nodes(displayed, node_layer, node_role, torch.cat(values)[all_sel], torch.cat(masks)[all_sel])
 
-    sizes = [original_images.shape[0], target_images.shape[0], *n_success]
-    conds = torch.cat([original_images.to(device), target_images.to(device), attacked.to(device)])
-    meds = _influence_medians(adapter, conds, sizes, displayed, bs)
+
+def _kept_edges(meds: Sequence[torch.Tensor], min_influence: float) -> tuple[np.ndarray, torch.Tensor | None]:
+    """Which displayed edges to keep (host mask, per transition dst-major) and their medians [E, conditions]."""
     keeps, edge_vals = [], []
-    for q in range(1, len(names)):
-        stacked = meds[q - 1].permute(1, 2, 0)  # [dst, src, conditions]
-        keep = (stacked > cfg.min_edge_influence).any(dim=-1)  # NaN compares False
-        keeps.append(keep.flatten())
-        edge_vals.append(stacked.reshape(-1, len(sizes)))
-    keep_h = torch.cat(keeps).cpu().numpy() if keeps else np.zeros(0, bool)
-    kept_vals = torch.cat(edge_vals)[torch.as_tensor(keep_h, device=device)] if keeps else None
+    for m in meds:
+        stacked = m.permute(1, 2, 0)  # [dst, src, conditions]
+        keeps.append((stacked > min_influence).any(dim=-1).flatten())  # NaN compares False
+        edge_vals.append(stacked.reshape(-1, stacked.shape[-1]))
+    if not keeps:
+        return np.zeros(0, bool), None
+    keep_h = torch.cat(keeps).cpu().numpy()
+    return keep_h, torch.cat(edge_vals)[torch.as_tensor(keep_h, device=edge_vals[0].device)]
 
-    # host read 2: the numbers
-    node_vals_h = node_vals.double().cpu().numpy()
-    mask_h = node_mask.cpu().numpy()
-    kept_h = kept_vals.double().cpu().numpy() if kept_vals is not None else np.zeros((0, len(sizes)))
 
-    src_l, src_c, dst_l, dst_c = [], [], [], []
+def _edge_keys(
+    names: Sequence[str], displayed: Sequence[torch.Tensor], keep_h: np.ndarray
+) -> tuple[list[str], list[np.ndarray], list[str], list[np.ndarray]]:
+    """Source/destination layer and channel of each kept edge, destination-major in node order."""
+    src_l: list[str] = []
+    dst_l: list[str] = []
+    src_c: list[np.ndarray] = []
+    dst_c: list[np.ndarray] = []
     pos = 0
     for q in range(1, len(names)):
         src, dst = displayed[q - 1].numpy(), displayed[q].numpy()
@@ -293,21 +363,4 @@ def summarize_pair(
         dst_l += [names[q]] * len(d_idx)
         src_c.append(src[s_idx])
         dst_c.append(dst[d_idx])
-    return PairSummary(
-        original=int(original),
-        target=int(target),
-        strengths=strengths,
-        n_images=int(n_images),
-        n_success=n_success,
-        node_layer=node_layer,
-        node_channel=np.concatenate([d.numpy() for d in displayed]).astype(np.int32),
-        node_role=node_role,
-        node_values=node_vals_h,
-        exploited_mask=mask_h.astype(np.int64),
-        edge_src_layer=src_l,
-        edge_src_channel=np.concatenate(src_c).astype(np.int32) if src_c else np.zeros(0, np.int32),
-        edge_dst_layer=dst_l,
-        edge_dst_channel=np.concatenate(dst_c).astype(np.int32) if dst_c else np.zeros(0, np.int32),
-        edge_values=kept_h,
-        displayed=[d.numpy() for d in displayed],
-    )
+    return src_l, src_c, dst_l, dst_c
