@@ -453,14 +453,7 @@ def attack_stream(
         return
     device = images.device
     per_target = s_count * n
-    if not (cfg.random_start and cfg.method != "fgsm"):
-        noise = None
-    elif isinstance(seed, Sequence):
-        if len(seed) != t_count:
-            raise ValueError(f"{len(seed)} seeds for {t_count} targets")
-        noise = PairStartNoise(seed, cfg.method, images.shape[1:], per_target, device)
-    else:
-        noise = StartNoise(cfg.seed if seed is None else seed, cfg.method, images.shape[1:], total, device)
+    noise = _start_noise(cfg, seed, images, t_count, per_target)
     tgt_all = torch.tensor(targets, dtype=torch.long, device=device)
     str_all = torch.tensor(cfg.strengths, dtype=images.dtype, device=device)
     pending_adv: list[torch.Tensor] = []  # attacked samples [done_to, lo), not yet yielded
@@ -489,11 +482,7 @@ def attack_stream(
             except torch.OutOfMemoryError:
                 if batching.size == 1:
                     raise
-                batching.size //= 2
-                batching.halvings += 1
-                log.warning("out of memory: attack batch halved to %d samples; retrying", batching.size)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                _halve(batching, device)
                 continue
             pending_adv.append(a)
             pending_ok.append(ok)
@@ -511,6 +500,30 @@ def attack_stream(
                 next_target += 1
     finally:
         model.train(was_training)
+
+
+def _start_noise(
+    cfg: AttackConfig, seed: int | Sequence[int] | None, images: torch.Tensor, t_count: int, per_target: int
+) -> StartNoise | PairStartNoise | None:
+    """The random starts of the grid: none (no random start, FGSM), one stream per target (a seed
+    per target) or one stream for the whole grid."""
+    if not (cfg.random_start and cfg.method != "fgsm"):
+        return None
+    if isinstance(seed, Sequence):
+        if len(seed) != t_count:
+            raise ValueError(f"{len(seed)} seeds for {t_count} targets")
+        return PairStartNoise(seed, cfg.method, images.shape[1:], per_target, images.device)
+    base = cfg.seed if seed is None else seed
+    return StartNoise(base, cfg.method, images.shape[1:], t_count * per_target, images.device)
+
+
+def _halve(batching: Batching, device: torch.device) -> None:
+    """After an out-of-memory error: half the batch (kept for the rest of the run)."""
+    batching.size //= 2
+    batching.halvings += 1
+    log.warning("out of memory: attack batch halved to %d samples; retrying", batching.size)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _attack_batch(model, images, tgt_all, str_all, cfg, noise, lo, hi, n, s_count, pad_to, verify=None):
