@@ -82,8 +82,15 @@ def resume(root: str, n_units: int) -> dict:
     redo = read_finished(store, units, agg, verify="size")
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"units": len(units), "redo": len(redo), "pairs": agg.n_pairs, "bytes_read": read[0],
-            "seconds": seconds, "peak_rss_mb": peak, "baseline_rss_mb": baseline}
+    return {
+        "units": len(units),
+        "redo": len(redo),
+        "pairs": agg.n_pairs,
+        "bytes_read": read[0],
+        "seconds": seconds,
+        "peak_rss_mb": peak,
+        "baseline_rss_mb": baseline,
+    }
 
 
 def _rss_mb() -> float:
@@ -107,17 +114,25 @@ def main(argv=None) -> int:
     for label, once in (("before (metadata twice)", False), ("after (metadata once)", True)):
         root = Path(args.out) / ("once" if once else "twice")
         written = write_markers(root, args.units, once)
-        proc = subprocess.run([sys.executable, __file__, "--units", str(args.units), "--out", args.out,
-                               "--resume-only", str(root)], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--units", str(args.units), "--out", args.out, "--resume-only", str(root)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        )
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append((label, written / args.units, r))
-    print(f"| markers ({args.units:,} units of {TARGETS_PER_UNIT} pairs) | marker size | resume read | "
-          "driver peak RSS (of which imports) | resume time |")
+    print(
+        f"| markers ({args.units:,} units of {TARGETS_PER_UNIT} pairs) | marker size | resume read | "
+        "driver peak RSS (of which imports) | resume time |"
+    )
     print("|---|---|---|---|---|")
     for label, size, r in rows:
-        print(f"| {label} | {size / 1024:.1f} KiB | {r['bytes_read'] / 2**30:.2f} GiB | {r['peak_rss_mb']:,.0f} MB ({r['baseline_rss_mb']:,.0f} MB) | "
-              f"{r['seconds']:.1f} s |")
+        print(
+            f"| {label} | {size / 1024:.1f} KiB | {r['bytes_read'] / 2**30:.2f} GiB | {r['peak_rss_mb']:,.0f} MB ({r['baseline_rss_mb']:,.0f} MB) | "
+            f"{r['seconds']:.1f} s |"
+        )
     return 0
 
 

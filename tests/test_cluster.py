@@ -47,10 +47,18 @@ def test_a_fixed_cluster_without_autoscaler_information_grows_with_its_nodes():
 @pytest.mark.ray
 @pytest.mark.parametrize("extra", [[], ["--num-workers", "2"]])
 def test_a_cluster_that_gains_workers_after_the_run_started_gets_one_actor_per_worker(tmp_path, extra):
-    env = {**os.environ, "RAY_ADDRESS": "",
-           "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([_sys.executable, str(SUPPORT / "grow_cluster.py"), str(tmp_path / "out"), *extra],
-                          capture_output=True, text=True, timeout=900, env=env)
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "",
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [_sys.executable, str(SUPPORT / "grow_cluster.py"), str(tmp_path / "out"), *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["waited"], got["stderr"]  # the driver said it was waiting before the node came

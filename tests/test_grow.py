@@ -22,9 +22,16 @@ ALL = ["0:1", "0:2", "1:0", "1:2", "2:0", "2:1"]
 
 def cfg(out, pairs, **kw) -> RunConfig:
     base = RunConfig()
-    values = dict(out=str(out), pairs=pairs, images_per_class=6, target_chunk=2, progress=False, num_workers=1,
-                  attack=dataclasses.replace(base.attack, steps=2),
-                  assets=dataclasses.replace(base.assets, enabled=False))
+    values = dict(
+        out=str(out),
+        pairs=pairs,
+        images_per_class=6,
+        target_chunk=2,
+        progress=False,
+        num_workers=1,
+        attack=dataclasses.replace(base.attack, steps=2),
+        assets=dataclasses.replace(base.assets, enabled=False),
+    )
     values.update(kw)
     return RunConfig(**values)
 
@@ -32,12 +39,16 @@ def cfg(out, pairs, **kw) -> RunConfig:
 def tables(root) -> dict[str, object]:
     s = Store(str(root))
     s.refresh()
-    return {rel: pq.read_table(f"{root}/{rel}").replace_schema_metadata(None) for rel in s.list()
-            if rel.endswith(".parquet")}
+    return {
+        rel: pq.read_table(f"{root}/{rel}").replace_schema_metadata(None)
+        for rel in s.list()
+        if rel.endswith(".parquet")
+    }
 
 
 def _plain(table) -> list:
     """Rows with NaN as None (NaN != NaN would make equal tables differ)."""
+
     def fix(v):
         if isinstance(v, float) and v != v:
             return None
@@ -76,8 +87,9 @@ def test_two_runs_over_overlapping_halves_equal_one_run_over_all(ray_session, tm
     # pair (2, 0) computed alone in the first run and beside (2, 1) afterwards: the same numbers
     # (float32 sums over differently composed batches: a measured margin below 1e-5 relative)
     together = pq.read_table(grown / layout.part_path("nodes", 2, 0))
-    together = together.filter(pq.ParquetFile(grown / layout.part_path("nodes", 2, 0)).read().column("target")
-                               .to_numpy() == 0)
+    together = together.filter(
+        pq.ParquetFile(grown / layout.part_path("nodes", 2, 0)).read().column("target").to_numpy() == 0
+    )
     assert alone.num_rows == together.num_rows > 0
     for name in alone.column_names:
         x, y = alone.column(name).to_pylist(), together.column(name).to_pylist()
@@ -101,4 +113,4 @@ def test_per_pair_start_noise_does_not_depend_on_the_other_targets_or_the_batche
     assert (whole == pieces).all()
     for t, seed in enumerate(seeds):
         alone = StartNoise(seed, "pgd_l2", shape, per).get(0, per)  # the target as the loop's only one
-        assert (whole[t * per: (t + 1) * per] == alone).all()
+        assert (whole[t * per : (t + 1) * per] == alone).all()

@@ -22,12 +22,11 @@ import pytest
 import torch
 
 from bluff_ray.results import layout
+from bluff_ray.results.store import StorageError, Store
 from bluff_ray.run import driver
 from bluff_ray.run.config import RunConfig
 from bluff_ray.run.driver import RunError, run
 from bluff_ray.run.plan import Unit, pair_seed, plan_units, unit_seed
-from bluff_ray.results.store import Store, StorageError
-
 from conftest import DEMO_CLASSES, SUPPORT, demo_config
 
 pytestmark = pytest.mark.ray
@@ -38,9 +37,15 @@ FAKE_KEY, FAKE_SECRET = "AKIABLUFFTESTKEY0001", "bluff-test-secret-do-not-write-
 def small_config(out: str, **kw) -> RunConfig:
     """Cheap but complete: 3 classes, 6 pairs in 6 units (target_chunk=1), 8 images, 3 PGD steps."""
     base = RunConfig()
-    values = dict(out=out, classes=[0, 1, 2], images_per_class=8, target_chunk=1, progress=False,
-                  attack=dataclasses.replace(base.attack, steps=3),
-                  assets=dataclasses.replace(base.assets, enabled=False))
+    values = dict(
+        out=out,
+        classes=[0, 1, 2],
+        images_per_class=8,
+        target_chunk=1,
+        progress=False,
+        attack=dataclasses.replace(base.attack, steps=3),
+        assets=dataclasses.replace(base.assets, enabled=False),
+    )
     values.update(kw)
     return RunConfig(**values)
 
@@ -48,8 +53,11 @@ def small_config(out: str, **kw) -> RunConfig:
 def read_all(store: Store) -> dict[str, bytes]:
     """Every per-unit Parquet object under a root, by relative path."""
     store.refresh()
-    return {rel: store.read_bytes(rel) for rel in store.list()
-            if rel.endswith(".parquet") and rel.split("/")[0] in ("pairs", "nodes", "edges", "causal", "pair_index")}
+    return {
+        rel: store.read_bytes(rel)
+        for rel in store.list()
+        if rel.endswith(".parquet") and rel.split("/")[0] in ("pairs", "nodes", "edges", "causal", "pair_index")
+    }
 
 
 def assert_same_results(a: Store, b: Store) -> None:
@@ -86,9 +94,25 @@ def test_demo_results_every_pair_once_with_format_schema(demo_results):
     s = Store(demo_results)
     manifest = s.read_json("manifest.json")
     assert manifest["schema_version"] == layout.SCHEMA_VERSION == 3
-    for key in ("model", "layers", "attack", "strengths", "input_space", "k", "images_per_class", "config_hash",
-                "classes", "pairs_total", "targets_per_file", "causal", "versions", "created", "finished",
-                "pairs_done", "landing"):
+    for key in (
+        "model",
+        "layers",
+        "attack",
+        "strengths",
+        "input_space",
+        "k",
+        "images_per_class",
+        "config_hash",
+        "classes",
+        "pairs_total",
+        "targets_per_file",
+        "causal",
+        "versions",
+        "created",
+        "finished",
+        "pairs_done",
+        "landing",
+    ):
         assert key in manifest, key
     assert manifest["pairs_total"] == 6 and manifest["pairs_done"] == 6 and len(manifest["strengths"]) == 10
     pairs = []
@@ -98,8 +122,11 @@ def test_demo_results_every_pair_once_with_format_schema(demo_results):
         targets = [t for t in DEMO_CLASSES if t != o]
         assert idx.column("target").to_pylist() == targets
         pairs += [(o, t) for t in targets]
-        for kind, schema in (("nodes", layout.NODES_SCHEMA), ("edges", layout.edges_schema(10)),
-                             ("causal", layout.CAUSAL_SCHEMA)):
+        for kind, schema in (
+            ("nodes", layout.NODES_SCHEMA),
+            ("edges", layout.edges_schema(10)),
+            ("causal", layout.CAUSAL_SCHEMA),
+        ):
             data = s.read_bytes(layout.part_path(kind, o, 0))
             assert layout.footer_size(data) <= layout.footer_limit(kind)  # one range request
             f = pq.ParquetFile(pa.BufferReader(data))
@@ -137,10 +164,10 @@ def test_demo_results_every_pair_once_with_format_schema(demo_results):
 
 def test_demo_results_equal_a_direct_compute_unit(demo_results):
     """The pipeline's numbers for original 0 equal engine.compute_unit called directly."""
-    from bluff_ray.run.data import DigitsSource
     from bluff_ray.engine.compute import class_data, compute_unit
-    from bluff_ray.results.rows import unit_tables
     from bluff_ray.engine.models import load_model
+    from bluff_ray.results.rows import unit_tables
+    from bluff_ray.run.data import DigitsSource
 
     cfg = demo_config(demo_results)
     adapter = load_model("digits")
@@ -156,8 +183,17 @@ def test_demo_results_equal_a_direct_compute_unit(demo_results):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the CPU actors
     try:
-        direct = unit_tables(compute_unit(adapter, data[0], [data[1], data[2]], resolved.attack, cfg.pathways,
-                                          seed=[pair_seed(cfg.seed, 0, t) for t in (1, 2)], batching=cfg.attack_batch_size))
+        direct = unit_tables(
+            compute_unit(
+                adapter,
+                data[0],
+                [data[1], data[2]],
+                resolved.attack,
+                cfg.pathways,
+                seed=[pair_seed(cfg.seed, 0, t) for t in (1, 2)],
+                batching=cfg.attack_batch_size,
+            )
+        )
     finally:
         torch.set_num_threads(threads)
     s = Store(demo_results)
@@ -171,8 +207,9 @@ def test_demo_results_equal_a_direct_compute_unit(demo_results):
                 if isinstance(va, (str, int)) and not isinstance(va, bool):
                     assert va == vb, (kind, name)
                 else:
-                    np.testing.assert_allclose(np.array(va, dtype=float), np.array(vb, dtype=float), rtol=1e-5,
-                                               atol=1e-6)
+                    np.testing.assert_allclose(
+                        np.array(va, dtype=float), np.array(vb, dtype=float), rtol=1e-5, atol=1e-6
+                    )
     row = s.read_table(layout.pair_index_path(0)).slice(0, 1).to_pylist()[0]
     want = direct.pairs.to_pylist()[0]
     assert row["n_success"] == want["n_success"] and row["n_nodes"] == want["n_nodes"]
@@ -190,14 +227,19 @@ def test_results_readable_by_pandas_duckdb_and_fastparquet_with_partition_filter
     assert len(df) == want and set(df["target"]) == {0, 2}
     con = duckdb.connect()
     glob = os.path.join(demo_results, "nodes", "*", "*.parquet")
-    n = con.execute(f"select count(*) from read_parquet('{glob}', hive_partitioning=true) where original = 1").fetchone()[0]
+    n = con.execute(
+        f"select count(*) from read_parquet('{glob}', hive_partitioning=true) where original = 1"
+    ).fetchone()[0]
     assert n == want
     top = con.execute(
         f"select original, target, n_exploited from read_parquet('{demo_results}/pair_index/*/*.parquet', "
-        "hive_partitioning=true) order by n_exploited desc, original, target").fetchall()
+        "hive_partitioning=true) order by n_exploited desc, original, target"
+    ).fetchall()
     assert len(top) == 6
-    pf = fastparquet.ParquetFile([os.path.join(demo_results, f"edges/original={o}/part-0.parquet") for o in DEMO_CLASSES],
-                                 root=os.path.join(demo_results, "edges"))
+    pf = fastparquet.ParquetFile(
+        [os.path.join(demo_results, f"edges/original={o}/part-0.parquet") for o in DEMO_CLASSES],
+        root=os.path.join(demo_results, "edges"),
+    )
     edges = pf.to_pandas(filters=[("original", "==", 2)])
     ref = pq.read_table(os.path.join(demo_results, "edges/original=2/part-0.parquet")).to_pandas()
     assert list(edges["src_channel"]) == list(ref["src_channel"])
@@ -210,17 +252,25 @@ def test_atlas_counts_equal_a_duckdb_query_over_the_nodes(demo_results):
     nodes = f"read_parquet('{demo_results}/nodes/*/*.parquet', hive_partitioning=true)"
     con = duckdb.connect()
     s = len(json.loads(Path(demo_results, "manifest.json").read_text())["strengths"])
-    per = {(l, c): list(row) for l, c, *row in con.execute(
-        f"select layer, channel, count(*), sum(case when role = 'exploited' then 1 else 0 end), "
-        + ", ".join(f"sum(case when (exploited_mask >> {i}) & 1 = 1 then 1 else 0 end)" for i in range(s))
-        + f" from {nodes} group by layer, channel").fetchall()}
+    per = {
+        (l, c): list(row)
+        for l, c, *row in con.execute(
+            "select layer, channel, count(*), sum(case when role = 'exploited' then 1 else 0 end), "
+            + ", ".join(f"sum(case when (exploited_mask >> {i}) & 1 = 1 then 1 else 0 end)" for i in range(s))
+            + f" from {nodes} group by layer, channel"
+        ).fetchall()
+    }
     assert sum(r["n_exploited_any"] for r in atlas) > 0
     for r in atlas:
         want = per.get((r["layer"], r["channel"]), [0, 0] + [0] * s)
         assert [r["n_displayed"], r["n_exploited_any"], *r["n_exploited"]] == want, (r["layer"], r["channel"])
-    tops = dict(((l, c), o) for l, c, o in con.execute(
-        f"select layer, channel, arg_max(original, n) from (select layer, channel, original, count(*) n from {nodes} "
-        "where role = 'exploited' group by all) group by layer, channel").fetchall())
+    tops = dict(
+        ((l, c), o)
+        for l, c, o in con.execute(
+            f"select layer, channel, arg_max(original, n) from (select layer, channel, original, count(*) n from {nodes} "
+            "where role = 'exploited' group by all) group by layer, channel"
+        ).fetchall()
+    )
     for r in atlas:
         if r["n_exploited_any"]:
             counts = dict(zip(r["top_originals"], r["top_original_counts"]))
@@ -304,7 +354,6 @@ def test_resume_reads_finished_units_in_parallel_rounds(reference, tmp_path, mon
     O(units / concurrency) sequential request rounds, not O(units) (counted on an instrumented
     filesystem with 20 ms per read)."""
     import countfs
-
     from bluff_ray.results.reduce import Aggregate, LayerSpec
     from bluff_ray.results.store import READ_CONCURRENCY
 
@@ -321,8 +370,11 @@ def test_resume_reads_finished_units_in_parallel_rounds(reference, tmp_path, mon
     monkeypatch.setenv("BLUFF_TEST_FS_LATENCY", "0.02")
     countfs.peak_concurrency(reset=True)
     store = Store(f"countfs://{root}")
-    agg = Aggregate([str(i) for i in range(10)], [LayerSpec("mixed3a", 40), LayerSpec("mixed3b", 56),
-                                                  LayerSpec("mixed4a", 64), LayerSpec("mixed4b", 64)], 10)
+    agg = Aggregate(
+        [str(i) for i in range(10)],
+        [LayerSpec("mixed3a", 40), LayerSpec("mixed3b", 56), LayerSpec("mixed4a", 64), LayerSpec("mixed4b", 64)],
+        10,
+    )
     t0 = time.perf_counter()
     driver.read_finished(store, units, agg, verify=None)  # markers only: their unit files are not copied
     wall = time.perf_counter() - t0
@@ -353,8 +405,9 @@ def test_s3_run_matches_local_and_reads_back_with_pyarrow_and_fastparquet(
     assert not remote.exists(layout.LOCK_PATH)
 
     fs = s3fs.S3FileSystem(key=FAKE_KEY, secret=FAKE_SECRET, client_kwargs={"endpoint_url": s3_endpoint})
-    nodes = pq.read_table("bluff-results/run1/nodes", filesystem=fs, partitioning="hive",
-                          filters=[("original", "=", 2)])
+    nodes = pq.read_table(
+        "bluff-results/run1/nodes", filesystem=fs, partitioning="hive", filters=[("original", "=", 2)]
+    )
     assert nodes.num_rows == sum(reference.read_table(f"nodes/original=2/part-{j}.parquet").num_rows for j in (0, 1))
     pf = fastparquet.ParquetFile("bluff-results/run1/edges/original=2/part-0.parquet", fs=fs)
     df = pf.to_pandas()
@@ -462,8 +515,13 @@ def test_cli_exits_2_with_a_message_for_bad_input(tmp_path):
         cases = [c for c in cases if "--device" not in c[0]]
     for args, msg in cases:
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "bluff_ray.cli", "run", "--classes", "0,1", "--no-progress", *args],
-                              capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+        proc = subprocess.run(
+            [sys.executable, "-m", "bluff_ray.cli", "run", "--classes", "0,1", "--no-progress", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "RAY_ADDRESS": ""},
+        )
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         assert msg in proc.stderr, (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr, (args, proc.stderr[-2000:])
@@ -472,8 +530,13 @@ def test_cli_exits_2_with_a_message_for_bad_input(tmp_path):
 
 
 def test_config_mismatch_is_refused_unless_overwrite(ray_session, tmp_path):
-    cfg = small_config(str(tmp_path), pairs=["0:1"], classes=None, num_workers=1,
-                       attack=dataclasses.replace(RunConfig().attack, steps=1))
+    cfg = small_config(
+        str(tmp_path),
+        pairs=["0:1"],
+        classes=None,
+        num_workers=1,
+        attack=dataclasses.replace(RunConfig().attack, steps=1),
+    )
     assert run(cfg).pairs_written == 1
     with pytest.raises(RunError, match=r"differing: .*seed"):
         run(dataclasses.replace(cfg, seed=5))
@@ -530,9 +593,18 @@ def test_concurrent_runs_into_one_root_are_refused(ray_session, tmp_path):
 def test_a_stale_lock_of_a_dead_driver_is_taken_over(ray_session, tmp_path):
     import socket
 
-    (tmp_path / layout.LOCK_PATH).write_text(json.dumps({
-        "run_id": "dead", "config_hash": "x", "host": socket.gethostname(), "pid": 2**22 + 12345,
-        "started": "2026-01-01T00:00:00Z", "heartbeat": time.time()}))
+    (tmp_path / layout.LOCK_PATH).write_text(
+        json.dumps(
+            {
+                "run_id": "dead",
+                "config_hash": "x",
+                "host": socket.gethostname(),
+                "pid": 2**22 + 12345,
+                "started": "2026-01-01T00:00:00Z",
+                "heartbeat": time.time(),
+            }
+        )
+    )
     summary = run(small_config(str(tmp_path), pairs=["0:1"], classes=None, num_workers=1))
     assert summary.pairs_written == 1 and not (tmp_path / layout.LOCK_PATH).exists()
 
@@ -551,8 +623,7 @@ def test_a_storage_outage_during_the_reduce_ends_in_a_summary(ray_session, tmp_p
             if len(units) == 2:
                 flag.write_text("down")
 
-    summary = run(small_config(f"countfs://{root}", pairs=["0:1", "1:0"], classes=None),
-                  on_unit_done=outage_after_last)
+    summary = run(small_config(f"countfs://{root}", pairs=["0:1", "1:0"], classes=None), on_unit_done=outage_after_last)
     assert summary.pairs_written == 2
     assert any(what.startswith("reduce") and "injected storage outage" in why for what, why in summary.failed)
     report = summary.report()
@@ -592,8 +663,14 @@ def test_image_folder_run_skips_corrupt_images_and_decompression_bombs(ray_sessi
     data = bytearray((images / "1" / "3-bomb.png").read_bytes())
     data[16:24] = (40000).to_bytes(4, "big") * 2  # IHDR width, height = 40000 (1.6 gigapixels)
     (images / "1" / "3-bomb.png").write_bytes(bytes(data))
-    cfg = small_config(str(tmp_path / "out"), data=str(images), classes=[0, 1], target_chunk=None, num_workers=1,
-                       node_cache=str(tmp_path / "cache"))
+    cfg = small_config(
+        str(tmp_path / "out"),
+        data=str(images),
+        classes=[0, 1],
+        target_chunk=None,
+        num_workers=1,
+        node_cache=str(tmp_path / "cache"),
+    )
     caplog.set_level("WARNING")
     summary = run(cfg)
     assert summary.pairs_written == 2 and not summary.failed
@@ -608,13 +685,42 @@ def test_images_are_read_from_storage_once_per_node(tmp_path):
     every process (a subprocess with its own Ray, so the workers load the instrument)."""
     images = _digit_folder(tmp_path / "images", (0, 1, 2, 3), 3)
     log = tmp_path / "reads.log"
-    env = {**os.environ, "RAY_ADDRESS": "", "BLUFF_TEST_FS_LOG": str(log),
-           "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "",
+        "BLUFF_TEST_FS_LOG": str(log),
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "bluff_ray.cli", "run", "--data", f"countfs://{images}", "--out", str(tmp_path / "out"),
-         "--classes", "0,1,2,3", "--target-chunk", "1", "--images-per-class", "3", "--attack-steps", "1",
-         "--no-assets-enabled", "--no-progress", "--node-cache", str(tmp_path / "node-cache"), "--num-workers", "2"],
-        capture_output=True, text=True, timeout=600, env=env)
+        [
+            sys.executable,
+            "-m",
+            "bluff_ray.cli",
+            "run",
+            "--data",
+            f"countfs://{images}",
+            "--out",
+            str(tmp_path / "out"),
+            "--classes",
+            "0,1,2,3",
+            "--target-chunk",
+            "1",
+            "--images-per-class",
+            "3",
+            "--attack-steps",
+            "1",
+            "--no-assets-enabled",
+            "--no-progress",
+            "--node-cache",
+            str(tmp_path / "node-cache"),
+            "--num-workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pairs written: 12" in proc.stdout
     reads = [l.split(" ", 2)[2] for l in log.read_text().splitlines() if " read " in l and "/images/" in l]
@@ -630,10 +736,21 @@ def test_cli_run_reports_written_skipped_and_failed_units(ray_session, tmp_path,
 
     images = _digit_folder(tmp_path / "images", (0, 1), 4)  # class 2 has no folder
     conf = tmp_path / "run.yaml"
-    conf.write_text(f"data: {images}\nclasses: [zero, one, two]\ntarget_chunk: 1\n"
-                    "attack: {{steps: 1}}\nassets: {{enabled: false}}\n".replace("{{", "{").replace("}}", "}"))
-    argv = ["run", "--config", str(conf), "--out", str(tmp_path / "out"), "--images-per-class", "4",
-            "--node-cache", str(tmp_path / "cache")]
+    conf.write_text(
+        f"data: {images}\nclasses: [zero, one, two]\ntarget_chunk: 1\n"
+        "attack: {{steps: 1}}\nassets: {{enabled: false}}\n".replace("{{", "{").replace("}}", "}")
+    )
+    argv = [
+        "run",
+        "--config",
+        str(conf),
+        "--out",
+        str(tmp_path / "out"),
+        "--images-per-class",
+        "4",
+        "--node-cache",
+        str(tmp_path / "cache"),
+    ]
     assert cli.main(argv) == 1
     out, err = capsys.readouterr()
     assert "pairs written: 2, skipped (already done): 0, failed: 4 unit(s); total requested 6" in out

@@ -21,26 +21,37 @@ NAMES = ["a", "b", "c", "d", "e"]
 
 def pair_rows(targets, success, exploited, part=0):
     n = len(targets)
-    return pa.table({
-        "target": pa.array(targets, pa.int32()), "n_images": pa.array([4] * n, pa.int32()),
-        "n_success": pa.array([[int(round(4 * v)) if not math.isnan(v) else 0 for v in s] for s in success],
-                              pa.list_(pa.int32())),
-        "success_rate": pa.array(success, pa.list_(pa.float32())),
-        "n_nodes": pa.array([3] * n, pa.int32()), "n_edges": pa.array([2] * n, pa.int32()),
-        "n_exploited": pa.array(exploited, pa.int32()),
-        "defused": pa.array([[math.nan] * S] * n, pa.list_(pa.float32())),
-        "row_group": pa.array(range(n), pa.int32()), "part": pa.array([part] * n, pa.int32()),
-    }, schema=layout.PAIRS_SCHEMA)
+    return pa.table(
+        {
+            "target": pa.array(targets, pa.int32()),
+            "n_images": pa.array([4] * n, pa.int32()),
+            "n_success": pa.array(
+                [[int(round(4 * v)) if not math.isnan(v) else 0 for v in s] for s in success], pa.list_(pa.int32())
+            ),
+            "success_rate": pa.array(success, pa.list_(pa.float32())),
+            "n_nodes": pa.array([3] * n, pa.int32()),
+            "n_edges": pa.array([2] * n, pa.int32()),
+            "n_exploited": pa.array(exploited, pa.int32()),
+            "defused": pa.array([[math.nan] * S] * n, pa.list_(pa.float32())),
+            "row_group": pa.array(range(n), pa.int32()),
+            "part": pa.array([part] * n, pa.int32()),
+        },
+        schema=layout.PAIRS_SCHEMA,
+    )
 
 
 def nodes(rows):
     """rows: (target, layer, channel, role, mask, effect list)."""
-    return pa.table({
-        "target": pa.array([r[0] for r in rows], pa.int32()), "layer": [r[1] for r in rows],
-        "channel": pa.array([r[2] for r in rows], pa.int32()), "role": [r[3] for r in rows],
-        "exploited_mask": pa.array([r[4] for r in rows], pa.int32()),
-        "effect": pa.array([r[5] for r in rows], pa.list_(pa.float32())),
-    })
+    return pa.table(
+        {
+            "target": pa.array([r[0] for r in rows], pa.int32()),
+            "layer": [r[1] for r in rows],
+            "channel": pa.array([r[2] for r in rows], pa.int32()),
+            "role": [r[3] for r in rows],
+            "exploited_mask": pa.array([r[4] for r in rows], pa.int32()),
+            "effect": pa.array([r[5] for r in rows], pa.list_(pa.float32())),
+        }
+    )
 
 
 NAN = [math.nan] * S
@@ -49,19 +60,40 @@ NAN = [math.nan] * S
 @pytest.fixture
 def agg():
     a = Aggregate(NAMES, LAYERS, S)
-    a.add_unit(0, 0, pair_rows([1, 2], [[0.0, 0.5, 1.0], [0.25, 0.25, math.nan]], [2, 0]), nodes([
-        (1, "mixed3a", 1, "exploited", 0b011, [1.0, 0.5, math.nan]),
-        (1, "mixed3b", 5, "exploited", 0b100, [math.nan, math.nan, 0.0]),
-        (1, "mixed3a", 0, "original", 0, NAN),
-        (2, "mixed3a", 0, "both", 0, NAN),
-    ]))
-    a.add_unit(0, 1, pair_rows([3], [[0.0, 0.0, 0.75]], [1], part=1), nodes([
-        (3, "mixed3a", 1, "exploited", 0b100, [math.nan, math.nan, 1.0]),
-    ]))
-    a.add_unit(2, 0, pair_rows([0, 4], [[1.0, 1.0, 1.0], [math.nan] * S], [1, 3]), nodes([
-        (0, "mixed3a", 1, "exploited", 0b001, [0.0, math.nan, math.nan]),
-        (4, "mixed3b", 5, "exploited", 0b110, [math.nan, 0.5, 0.5]),
-    ]))
+    a.add_unit(
+        0,
+        0,
+        pair_rows([1, 2], [[0.0, 0.5, 1.0], [0.25, 0.25, math.nan]], [2, 0]),
+        nodes(
+            [
+                (1, "mixed3a", 1, "exploited", 0b011, [1.0, 0.5, math.nan]),
+                (1, "mixed3b", 5, "exploited", 0b100, [math.nan, math.nan, 0.0]),
+                (1, "mixed3a", 0, "original", 0, NAN),
+                (2, "mixed3a", 0, "both", 0, NAN),
+            ]
+        ),
+    )
+    a.add_unit(
+        0,
+        1,
+        pair_rows([3], [[0.0, 0.0, 0.75]], [1], part=1),
+        nodes(
+            [
+                (3, "mixed3a", 1, "exploited", 0b100, [math.nan, math.nan, 1.0]),
+            ]
+        ),
+    )
+    a.add_unit(
+        2,
+        0,
+        pair_rows([0, 4], [[1.0, 1.0, 1.0], [math.nan] * S], [1, 3]),
+        nodes(
+            [
+                (0, "mixed3a", 1, "exploited", 0b001, [0.0, math.nan, math.nan]),
+                (4, "mixed3b", 5, "exploited", 0b110, [math.nan, 0.5, 0.5]),
+            ]
+        ),
+    )
     return a
 
 
@@ -92,8 +124,12 @@ def test_overview_matrix_bytes(agg):
         rows = ov.filter(pa.compute.equal(ov.column("strength"), s)).to_pylist()
         m = np.frombuffer(b"".join(r["success"] for r in rows), np.uint8).reshape(len(NAMES), len(NAMES))
         want = np.full((5, 5), 255)
-        for o, t, v in [(0, 1, [0.0, 0.5, 1.0]), (0, 2, [0.25, 0.25, math.nan]), (0, 3, [0.0, 0.0, 0.75]),
-                        (2, 0, [1.0, 1.0, 1.0])]:
+        for o, t, v in [
+            (0, 1, [0.0, 0.5, 1.0]),
+            (0, 2, [0.25, 0.25, math.nan]),
+            (0, 3, [0.0, 0.0, 0.75]),
+            (2, 0, [1.0, 1.0, 1.0]),
+        ]:
             if not math.isnan(v[s]):
                 want[o, t] = round(254 * v[s])
         assert (m == want).all(), s
@@ -104,8 +140,11 @@ def test_classes_statistics(agg):
     rows = t.to_pylist()
     assert [r["n_as_original"] for r in rows] == [3, 0, 2, 0, 0]
     assert [r["n_as_target"] for r in rows] == [1, 1, 1, 1, 1]
-    np.testing.assert_allclose(rows[0]["success_as_original"], [np.mean([0, 0.25, 0]), np.mean([0.5, 0.25, 0]),
-                                                                 np.mean([1.0, 0.75])], rtol=1e-6)
+    np.testing.assert_allclose(
+        rows[0]["success_as_original"],
+        [np.mean([0, 0.25, 0]), np.mean([0.5, 0.25, 0]), np.mean([1.0, 0.75])],
+        rtol=1e-6,
+    )
     assert all(math.isnan(v) for v in rows[1]["success_as_original"])
     assert (rows[0]["n_images"], rows[0]["n_correct"], rows[0]["accuracy"]) == (4, 3, 0.75)
     assert math.isnan(rows[3]["accuracy"])
@@ -149,9 +188,14 @@ def test_write_global_files_read_back(agg, tmp_path):
     store = Store(str(tmp_path))
     write_global(store, agg, ["w0", "w1", "w2", "w3", "w4"], {})
     assert sorted(store.list("pair_index")) == [layout.pair_index_path(0), layout.pair_index_path(2)]
-    want = duckdb.connect().execute(
-        f"select original, target from read_parquet('{tmp_path}/pair_index/*/*.parquet', hive_partitioning=true) "
-        "order by isnan(success_rate[2]), success_rate[2] desc, original, target").fetchall()  # NaN last
+    want = (
+        duckdb.connect()
+        .execute(
+            f"select original, target from read_parquet('{tmp_path}/pair_index/*/*.parquet', hive_partitioning=true) "
+            "order by isnan(success_rate[2]), success_rate[2] desc, original, target"
+        )
+        .fetchall()
+    )  # NaN last
     f = pq.ParquetFile(tmp_path / layout.ranking_path("success-1"))
     got = f.read().to_pylist()
     assert [(r["original"], r["target"]) for r in got][:3] == want[:3]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bluff_ray.results import layout
-from bluff_ray.results.store import Store, StorageError
+from bluff_ray.results.store import StorageError, Store
 from bluff_ray.run.assets import INDEX_PATH
 from bluff_ray.run.config import RunConfig
 from bluff_ray.run.driver import RunError, missing_products, run
@@ -29,9 +29,16 @@ RAY_STARTED = "Token authentication is enabled"  # what ray.init prints when it 
 
 def tiny(out: str, **kw) -> RunConfig:
     base = RunConfig()
-    values = dict(out=out, pairs=["0:1", "1:0"], images_per_class=6, target_chunk=1, progress=False, num_workers=1,
-                  attack=dataclasses.replace(base.attack, steps=2),
-                  assets=dataclasses.replace(base.assets, fv_steps=4, n_patches=2))
+    values = dict(
+        out=out,
+        pairs=["0:1", "1:0"],
+        images_per_class=6,
+        target_chunk=1,
+        progress=False,
+        num_workers=1,
+        attack=dataclasses.replace(base.attack, steps=2),
+        assets=dataclasses.replace(base.assets, fv_steps=4, n_patches=2),
+    )
     values.update(kw)
     return RunConfig(**values)
 
@@ -82,8 +89,11 @@ def _agg_of(store: Store):
     from bluff_ray.run.plan import Unit
 
     m = store.read_json(layout.MANIFEST_PATH)
-    agg = Aggregate([str(i) for i in range(m["classes"])], [LayerSpec(l["name"], l["channels"]) for l in m["layers"]],
-                    len(m["strengths"]))
+    agg = Aggregate(
+        [str(i) for i in range(m["classes"])],
+        [LayerSpec(l["name"], l["channels"]) for l in m["layers"]],
+        len(m["strengths"]),
+    )
     units = []
     for rel in store.list("pairs"):
         o = int(rel.split("original=")[1].split("/")[0])
@@ -94,15 +104,33 @@ def _agg_of(store: Store):
 
 
 def _bluff(*args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bluff_ray.cli", "run", "--no-progress", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_ADDRESS": ""}, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bluff_ray.cli", "run", "--no-progress", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+        **popen,
+    )
 
 
 def test_sigterm_stops_workers_releases_the_lock_and_reports_like_ctrl_c(tmp_path):
     out = tmp_path / "out"
-    args = ["--out", str(out), "--classes", "0,1,2", "--target-chunk", "1", "--images-per-class", "6",
-            "--attack-steps", "2", "--no-assets-enabled", "--num-workers", "1"]
+    args = [
+        "--out",
+        str(out),
+        "--classes",
+        "0,1,2",
+        "--target-chunk",
+        "1",
+        "--images-per-class",
+        "6",
+        "--attack-steps",
+        "2",
+        "--no-assets-enabled",
+        "--num-workers",
+        "1",
+    ]
     proc = _bluff(*args)
     deadline = time.monotonic() + 400
     while not list((out / "pairs").rglob("*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
@@ -122,10 +150,13 @@ def test_sigterm_stops_workers_releases_the_lock_and_reports_like_ctrl_c(tmp_pat
     assert f"skipped (already done): {done}," in stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data", "/nonexistent/bluff-images"], "no such folder"),
-    (["--device", "cuda"], "no GPU"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/nonexistent/bluff-images"], "no such folder"),
+        (["--device", "cuda"], "no GPU"),
+    ],
+)
 def test_input_errors_exit_2_before_ray_starts(tmp_path, args, message):
     import torch
 
@@ -185,7 +216,7 @@ def test_a_resume_recomputes_units_whose_files_do_not_match_their_marker(ray_ses
     nodes0, edges1 = layout.part_path("nodes", 0, 1), layout.part_path("edges", 1, 0)
     (tmp_path / nodes0).write_bytes(before[nodes0][:-100])
     garbled = bytearray(before[edges1])
-    garbled[len(garbled) // 2: len(garbled) // 2 + 64] = bytes(64)
+    garbled[len(garbled) // 2 : len(garbled) // 2 + 64] = bytes(64)
     (tmp_path / edges1).write_bytes(bytes(garbled))
 
     again = run(cfg)  # sizes: the truncated file only

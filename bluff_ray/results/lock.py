@@ -50,8 +50,9 @@ def _process_alive(pid: int) -> bool:
 class RunLock:
     """``with RunLock(store, config_hash):`` holds the root for this run (``LockedError`` if taken)."""
 
-    def __init__(self, store: Store, config_hash: str, heartbeat_s: float = HEARTBEAT_S,
-                 stale_after_s: float = STALE_AFTER_S):
+    def __init__(
+        self, store: Store, config_hash: str, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S
+    ):
         self.store, self.config_hash = store, config_hash
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self.run_id = uuid.uuid4().hex
@@ -60,8 +61,16 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def _record(self) -> bytes:
-        return json.dumps({"run_id": self.run_id, "config_hash": self.config_hash, "host": socket.gethostname(),
-                           "pid": os.getpid(), "started": _iso(self.started), "heartbeat": _now()}).encode()
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "config_hash": self.config_hash,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": _iso(self.started),
+                "heartbeat": _now(),
+            }
+        ).encode()
 
     def _stale(self, held: dict) -> bool:
         if _now() - float(held.get("heartbeat", 0)) > self.stale_after_s:
@@ -85,15 +94,17 @@ class RunLock:
                 continue
             age = _now() - float(held.get("heartbeat", 0))
             same = held.get("config_hash") == self.config_hash
-            what = ("another run of the same configuration" if same else
-                    "another run with a different configuration")
+            what = "another run of the same configuration" if same else "another run with a different configuration"
             raise LockedError(
                 f"{self.store.uri()} is in use: {what} is writing to it (host {held.get('host', '?')}, pid "
                 f"{held.get('pid', '?')}, started {held.get('started', '?')}, last heartbeat {age:.0f} s ago). "
-                + ("Running both would compute every pair twice: wait for it to finish (rerunning afterwards "
-                   "resumes)." if same else "Running both would mix their results: wait for it, or write to "
-                   "another output root.")
-                + f" A lock without a heartbeat for {self.stale_after_s:.0f} s is taken over automatically.")
+                + (
+                    "Running both would compute every pair twice: wait for it to finish (rerunning afterwards resumes)."
+                    if same
+                    else "Running both would mix their results: wait for it, or write to another output root."
+                )
+                + f" A lock without a heartbeat for {self.stale_after_s:.0f} s is taken over automatically."
+            )
         raise LockedError(f"{self.store.uri()}: could not take the run lock {LOCK_PATH} (it kept changing)")
 
     def _beat(self) -> None:

@@ -52,15 +52,16 @@ def listed_sizes(store, folder: str) -> dict[str, int]:
     for path, info in found.items():
         p = path.strip("/")
         if p.startswith(base) and not posixpath.basename(p).startswith(".tmp-"):
-            out[p[len(base):]] = int(info.get("size") or 0)
+            out[p[len(base) :]] = int(info.get("size") or 0)
     return out
 
 
 def mismatches(recorded: Mapping[str, dict], paths: Mapping[str, str], sizes: Mapping[str, int]) -> list[str]:
     """The files (by kind) whose size is not the recorded one (or that are missing).
     ``paths``: kind -> relative path of the unit's file."""
-    return [kind for kind, rec in sorted(recorded.items())
-            if kind in paths and sizes.get(paths[kind]) != int(rec["size"])]
+    return [
+        kind for kind, rec in sorted(recorded.items()) if kind in paths and sizes.get(paths[kind]) != int(rec["size"])
+    ]
 
 
 def checksum_mismatches(store, recorded: Mapping[str, dict], paths: Mapping[str, str]) -> list[str]:

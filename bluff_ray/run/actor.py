@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -60,13 +60,17 @@ class BenignResult:
     kind: str = "benign"
 
     @classmethod
-    def from_table(cls, class_id: int, table: pa.Table) -> "BenignResult":
+    def from_table(cls, class_id: int, table: pa.Table) -> BenignResult:
         meta = table.schema.metadata or {}
         correct = np.frombuffer(meta.get(b"bluff.correct", b""), dtype=np.uint8) == ord("1")
-        return cls(int(class_id), int(meta.get(b"bluff.n_images", b"0")),
-                   int(meta.get(b"bluff.n_correct", str(int(correct.sum())).encode())),
-                   int(meta.get(b"bluff.n_skipped", b"0")),
-                   table.column("importance").to_numpy().astype(np.float32), correct)
+        return cls(
+            int(class_id),
+            int(meta.get(b"bluff.n_images", b"0")),
+            int(meta.get(b"bluff.n_correct", str(int(correct.sum())).encode())),
+            int(meta.get(b"bluff.n_skipped", b"0")),
+            table.column("importance").to_numpy().astype(np.float32),
+            correct,
+        )
 
 
 @dataclass
@@ -92,29 +96,42 @@ def importance_table(adapter, importance: dict[str, np.ndarray], meta: dict[byte
         layers += [info.name] * info.channels
         channels += list(range(info.channels))
         values.append(np.asarray(importance[info.name], np.float32))
-    return pa.table({"layer": layers, "channel": pa.array(channels, pa.int32()),
-                     "importance": pa.array(np.concatenate(values), pa.float32())},
-                    schema=layout.IMPORTANCE_SCHEMA.with_metadata(meta))
+    return pa.table(
+        {
+            "layer": layers,
+            "channel": pa.array(channels, pa.int32()),
+            "importance": pa.array(np.concatenate(values), pa.float32()),
+        },
+        schema=layout.IMPORTANCE_SCHEMA.with_metadata(meta),
+    )
 
 
 class BluffWorker:
     """Holds one model (loaded once) and one image source; computes and writes work units."""
 
     def __init__(self, spec: WorkerSpec):
-        from bluff_ray.run.models import load_model
         from bluff_ray.run.data import CachedSource, make_source
+        from bluff_ray.run.models import load_model
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
         if spec.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {spec.device!r}: this worker has no usable GPU (torch.cuda.is_available() is "
-                               "False; check the node's NVIDIA driver and the container's CUDA build)")
+            raise RuntimeError(
+                f"device {spec.device!r}: this worker has no usable GPU (torch.cuda.is_available() is "
+                "False; check the node's NVIDIA driver and the container's CUDA build)"
+            )
         self.spec = spec
-        self.adapter = load_model(spec.model, weights=spec.weights, cache_dir=spec.model_cache, device=spec.device,
-                                  storage_options=spec.storage_options or None)
+        self.adapter = load_model(
+            spec.model,
+            weights=spec.weights,
+            cache_dir=spec.model_cache,
+            device=spec.device,
+            storage_options=spec.storage_options or None,
+        )
         self.store = Store(spec.out, spec.storage_options)
-        self.source = CachedSource(make_source(spec.data, self.adapter, spec.storage_options, spec.node_cache,
-                                               spec.images_per_class))
+        self.source = CachedSource(
+            make_source(spec.data, self.adapter, spec.storage_options, spec.node_cache, spec.images_per_class)
+        )
         self.compute = threading.Lock()  # one computation on the device at a time
         self.batching = None
 
@@ -133,14 +150,27 @@ class BluffWorker:
                 st = benign_stats(self.adapter, images, c, n_examples, self.spec.benign_batch_size)
             if st.topk is not None:
                 self.store.write_table(layout.examples_path(c), st.topk)
-            meta = {b"bluff.n_images": str(st.n_images).encode(), b"bluff.n_correct": str(st.n_correct).encode(),
-                    b"bluff.n_skipped": str(int(n_skipped)).encode(), b"bluff.accuracy": repr(st.accuracy).encode(),
-                    b"bluff.correct": bytes(ord("1") if v else ord("0") for v in st.correct)}
+            meta = {
+                b"bluff.n_images": str(st.n_images).encode(),
+                b"bluff.n_correct": str(st.n_correct).encode(),
+                b"bluff.n_skipped": str(int(n_skipped)).encode(),
+                b"bluff.accuracy": repr(st.accuracy).encode(),
+                b"bluff.correct": bytes(ord("1") if v else ord("0") for v in st.correct),
+            }
             # written last: marks the class done
             self.store.write_table(layout.importance_path(c), importance_table(self.adapter, st.importance, meta))
-            out.append(BenignResult(int(c), st.n_images, st.n_correct, int(n_skipped), np.concatenate(
-                [st.importance[n] for n in self.adapter.layer_names]).astype(np.float32), st.correct, st.topk,
-                os.getpid()))
+            out.append(
+                BenignResult(
+                    int(c),
+                    st.n_images,
+                    st.n_correct,
+                    int(n_skipped),
+                    np.concatenate([st.importance[n] for n in self.adapter.layer_names]).astype(np.float32),
+                    st.correct,
+                    st.topk,
+                    os.getpid(),
+                )
+            )
         return out
 
     # --- pairs stage ------------------------------------------------------------------------------
@@ -153,7 +183,7 @@ class BluffWorker:
         if len(images) == 0:
             raise ValueError(f"class {class_id} has no readable images (skipped {n_skipped})")
         vec, offsets = benign.importance[class_id], layer_offsets(self.adapter.layers)
-        imp = {l.name: vec[offsets[l.name]: offsets[l.name] + l.channels] for l in self.adapter.layers}
+        imp = {l.name: vec[offsets[l.name] : offsets[l.name] + l.channels] for l in self.adapter.layers}
         stats = BenignStats(class_id, len(images), benign.correct[class_id], imp, None)
         return class_data(self.adapter, class_id, images, stats)
 
@@ -175,10 +205,18 @@ class BluffWorker:
                 size = self.spec.attack_batch_size or auto_batch_size(self.adapter, attack_cfg.bf16)
                 self.batching = Batching(size)
             t1 = time.perf_counter()
-            result = unit_tables(compute_unit(self.adapter, original, targets, attack_cfg, pathway_cfg,
-                                              seed=[pair_seed(seed, unit.original, t) for t in unit.targets],
-                                              part=unit.chunk,
-                                              batching=self.batching))
+            result = unit_tables(
+                compute_unit(
+                    self.adapter,
+                    original,
+                    targets,
+                    attack_cfg,
+                    pathway_cfg,
+                    seed=[pair_seed(seed, unit.original, t) for t in unit.targets],
+                    part=unit.chunk,
+                    batching=self.batching,
+                )
+            )
             t_compute = time.perf_counter() - t1
         del original, targets
         t2 = time.perf_counter()
@@ -186,15 +224,35 @@ class BluffWorker:
         atlas = unit_atlas(result.nodes, layer_offsets(self.adapter.layers), len(attack_cfg.strengths), result.causal)
         files = {}  # what the marker records about each file: a resume checks it (results.markers)
         for kind in ("nodes", "edges", "causal", "causal_curve"):
-            files[kind] = file_record(self.store.write_table(unit.path(kind), getattr(result, kind), group_by="target",
-                                                             groups=groups, footer_limit=layout.footer_limit(kind)))
+            files[kind] = file_record(
+                self.store.write_table(
+                    unit.path(kind),
+                    getattr(result, kind),
+                    group_by="target",
+                    groups=groups,
+                    footer_limit=layout.footer_limit(kind),
+                )
+            )
         # the marker's metadata once, without the embedded Arrow schema that would repeat it
-        self.store.write_bytes(unit.marker, layout.table_to_parquet(
-            result.pairs, metadata={**atlas.metadata(), **files_metadata(files)}, metadata_in_schema=False))
+        self.store.write_bytes(
+            unit.marker,
+            layout.table_to_parquet(
+                result.pairs, metadata={**atlas.metadata(), **files_metadata(files)}, metadata_in_schema=False
+            ),
+        )
         t_write = time.perf_counter() - t2
-        return UnitResult(unit.original, unit.chunk, len(groups), result.pairs, atlas, result.samples,
-                          self.batching.size, time.perf_counter() - t0, os.getpid(),
-                          {"load": t_load, "compute": t_compute, "write": t_write, **result.timings})
+        return UnitResult(
+            unit.original,
+            unit.chunk,
+            len(groups),
+            result.pairs,
+            atlas,
+            result.samples,
+            self.batching.size,
+            time.perf_counter() - t0,
+            os.getpid(),
+            {"load": t_load, "compute": t_compute, "write": t_write, **result.timings},
+        )
 
     # --- reduce: neuron assets ----------------------------------------------------------------------
     def feature_vis(self, neurons: list[tuple[str, int]], cfg) -> pa.Table:

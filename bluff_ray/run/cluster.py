@@ -43,14 +43,21 @@ class PoolPlan:
         return "GPU" if self.use_gpu else "CPU"
 
 
-def plan_pool(now: dict, most: dict | None, num_workers: int | None, device: str | None, local: bool,
-              max_useful: int | None = None) -> PoolPlan:
+def plan_pool(
+    now: dict,
+    most: dict | None,
+    num_workers: int | None,
+    device: str | None,
+    local: bool,
+    max_useful: int | None = None,
+) -> PoolPlan:
     """Decide GPU or CPU workers and how many.
 
     ``now``: the cluster's resources at start; ``most``: the most the autoscaler can provide
     (``None`` when there is no autoscaler information); ``local``: Ray was started by this run,
     so ``now`` is all there will ever be.
     """
+
     def ceiling_of(unit: str) -> int | None:
         if most is not None and unit in most:
             return int(most[unit])
@@ -61,9 +68,11 @@ def plan_pool(now: dict, most: dict | None, num_workers: int | None, device: str
         use_gpu = False
     elif device is not None and str(device).startswith("cuda"):
         if gpu_ceiling == 0:
-            raise PoolError(f"device {device!r} was requested, but the cluster has no GPU and "
-                            + ("cannot get one" if not local else "this machine has none")
-                            + ": run with --device cpu, or on a cluster with GPU workers")
+            raise PoolError(
+                f"device {device!r} was requested, but the cluster has no GPU and "
+                + ("cannot get one" if not local else "this machine has none")
+                + ": run with --device cpu, or on a cluster with GPU workers"
+            )
         use_gpu = True
     else:
         use_gpu = int(now.get("GPU", 0)) > 0 or bool(gpu_ceiling)
@@ -75,9 +84,11 @@ def plan_pool(now: dict, most: dict | None, num_workers: int | None, device: str
     if num_workers is not None:
         if ceiling is not None and num_workers > ceiling:
             where = "this machine has" if local else "the cluster can have at most"
-            raise PoolError(f"{num_workers} workers were requested, but {where} {ceiling} {unit}"
-                            f"{'s' if ceiling != 1 else ''} (one worker per {unit}): lower --num-workers"
-                            + (" or use a larger cluster" if not local else ""))
+            raise PoolError(
+                f"{num_workers} workers were requested, but {where} {ceiling} {unit}"
+                f"{'s' if ceiling != 1 else ''} (one worker per {unit}): lower --num-workers"
+                + (" or use a larger cluster" if not local else "")
+            )
         size, grow = num_workers, False
     elif ceiling is not None:
         if ceiling == 0:
@@ -101,8 +112,11 @@ def limits_from_cluster_config(config) -> dict | None:
     its ``max_resources``; ``sys.maxsize`` for an unlimited group), or None when no group can grow
     (a fixed cluster: the resources present are what there is). ``config``: an
     ``autoscaler_pb2.ClusterConfig``."""
-    if not any(g.max_count == -1 or g.max_count > g.min_count
-               for g in config.node_group_configs if g.resources and g.max_count != 0):
+    if not any(
+        g.max_count == -1 or g.max_count > g.min_count
+        for g in config.node_group_configs
+        if g.resources and g.max_count != 0
+    ):
         return None
     limits: dict[str, int] = {}
     for g in config.node_group_configs:
@@ -199,8 +213,13 @@ class WorkerPool:
             except Exception:
                 pass
 
-    def run(self, tasks: list[Task], submit: Callable[[Any, Task], Any], on_done: Callable[[Task, Any], None],
-            on_fail: Callable[[Task, str], None]) -> None:
+    def run(
+        self,
+        tasks: list[Task],
+        submit: Callable[[Any, Task], Any],
+        on_done: Callable[[Task, Any], None],
+        on_fail: Callable[[Task, str], None],
+    ) -> None:
         """Run every task; each ends in ``on_done`` or ``on_fail`` (also when every worker died)."""
         ray = self.ray
         queue = list(tasks)
@@ -256,13 +275,23 @@ class WorkerPool:
                 if waited > self.timeout_s:
                     raise PoolError(self._timeout_message(waited))
                 if now - last_log > WAIT_LOG_S:
-                    log.info("waiting for workers: %d of %d ready%s", len(self.ready), len(self.alive),
-                             self._resource_note())
+                    log.info(
+                        "waiting for workers: %d of %d ready%s", len(self.ready), len(self.alive), self._resource_note()
+                    )
                     last_log = now
-            elif self.ready and not warned_timeout and now - t_start > self.timeout_s and \
-                    len(self.ready) < len(self.alive):
-                log.warning("%d of %d workers started within %.0f s; going on with them (the others join when "
-                            "their nodes come up)", len(self.ready), len(self.alive), self.timeout_s)
+            elif (
+                self.ready
+                and not warned_timeout
+                and now - t_start > self.timeout_s
+                and len(self.ready) < len(self.alive)
+            ):
+                log.warning(
+                    "%d of %d workers started within %.0f s; going on with them (the others join when "
+                    "their nodes come up)",
+                    len(self.ready),
+                    len(self.alive),
+                    self.timeout_s,
+                )
                 warned_timeout = True
             if self.plan.grow and self.resources_now is not None and now - last_grow > GROW_CHECK_S:
                 last_grow = now
@@ -276,13 +305,17 @@ class WorkerPool:
         have = self.resources_now().get(self.plan.unit, 0)
         if have >= len(self.alive):
             return " (starting: loading the model)"
-        return (f" (the cluster has {have:g} {self.plan.unit} for {len(self.alive)} workers; waiting for nodes to join"
-                + (", the autoscaler may be starting them)" if self.plan.ceiling is not None else ")"))
+        return (
+            f" (the cluster has {have:g} {self.plan.unit} for {len(self.alive)} workers; waiting for nodes to join"
+            + (", the autoscaler may be starting them)" if self.plan.ceiling is not None else ")")
+        )
 
     def _timeout_message(self, waited: float) -> str:
         dead = f"; workers that failed: {'; '.join(self.died[-3:])}" if self.died else ""
-        return (f"no worker started within {waited:.0f} s (worker_timeout_s): {len(self.alive)} requested, one per "
-                f"{self.plan.unit}{self._resource_note()}{dead}")
+        return (
+            f"no worker started within {waited:.0f} s (worker_timeout_s): {len(self.alive)} requested, one per "
+            f"{self.plan.unit}{self._resource_note()}{dead}"
+        )
 
     def shutdown(self) -> None:
         for w in self.workers:

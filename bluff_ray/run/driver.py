@@ -17,8 +17,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,9 +28,8 @@ import torch
 from bluff_ray import __version__
 from bluff_ray.results import layout
 from bluff_ray.results.lock import LockedError, RunLock
+from bluff_ray.results.markers import VERIFY_LEVELS, checksum_mismatches, files_from_metadata, listed_sizes, mismatches
 from bluff_ray.results.reduce import Aggregate, LayerSpec, UnitAtlas, write_global
-from bluff_ray.results.markers import (VERIFY_LEVELS, checksum_mismatches, files_from_metadata, listed_sizes,
-                                       mismatches)
 from bluff_ray.results.store import CorruptFile, StorageError, Store, redact_url
 from bluff_ray.run.actor import BenignResult, BluffWorker, UnitResult, WorkerSpec
 from bluff_ray.run.cluster import PoolError, Task, WorkerPool, autoscaler_limits, error_reason, plan_pool
@@ -93,15 +93,20 @@ class RunSummary:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _versions() -> dict[str, str]:
     import pyarrow
     import ray
 
-    return {"bluff_ray": __version__, "torch": torch.__version__, "pyarrow": pyarrow.__version__,
-            "ray": ray.__version__, "python": sys.version.split()[0]}
+    return {
+        "bluff_ray": __version__,
+        "torch": torch.__version__,
+        "pyarrow": pyarrow.__version__,
+        "ray": ray.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def _json_safe(v: Any) -> Any:
@@ -122,26 +127,39 @@ def build_manifest(run: ResolvedRun, adapter, created: str | None = None) -> dic
     meta = {k: v for k, v in (adapter.metadata or {}).items()}
     if isinstance(meta.get("weights"), str):
         meta["weights"] = redact_url(meta["weights"])
-    return _json_safe({
-        "schema_version": layout.SCHEMA_VERSION,
-        "model": {"name": adapter.name, "input_shape": list(adapter.input_shape), "input_space": adapter.input_space,
-                  "metadata": meta},
-        "layers": [{"name": l.name, "channels": l.channels, "branch_sizes": list(l.branch_sizes),
-                    "bottleneck_sizes": list(l.bottleneck_sizes)} for l in adapter.layers],
-        "attack": {k: v for k, v in attack.items() if k != "strengths"},
-        "strengths": list(run.strengths),
-        "input_space": adapter.input_space,
-        "k": run.config.pathways.k,
-        "images_per_class": run.config.images_per_class,
-        "config_hash": run.config_hash(),
-        "config": run.canonical(),
-        "classes": len(adapter.class_ids),
-        "pairs_total": len(run.pairs),
-        "targets_per_file": run.target_chunk,
-        "causal": bool(run.config.pathways.causal),
-        "versions": _versions(),
-        "created": created or _now(),
-    })
+    return _json_safe(
+        {
+            "schema_version": layout.SCHEMA_VERSION,
+            "model": {
+                "name": adapter.name,
+                "input_shape": list(adapter.input_shape),
+                "input_space": adapter.input_space,
+                "metadata": meta,
+            },
+            "layers": [
+                {
+                    "name": l.name,
+                    "channels": l.channels,
+                    "branch_sizes": list(l.branch_sizes),
+                    "bottleneck_sizes": list(l.bottleneck_sizes),
+                }
+                for l in adapter.layers
+            ],
+            "attack": {k: v for k, v in attack.items() if k != "strengths"},
+            "strengths": list(run.strengths),
+            "input_space": adapter.input_space,
+            "k": run.config.pathways.k,
+            "images_per_class": run.config.images_per_class,
+            "config_hash": run.config_hash(),
+            "config": run.canonical(),
+            "classes": len(adapter.class_ids),
+            "pairs_total": len(run.pairs),
+            "targets_per_file": run.target_chunk,
+            "causal": bool(run.config.pathways.causal),
+            "versions": _versions(),
+            "created": created or _now(),
+        }
+    )
 
 
 def _read_manifest(store: Store) -> dict | None:
@@ -154,8 +172,10 @@ def _read_manifest(store: Store) -> dict | None:
             raise ValueError("not a JSON object")
         return manifest
     except (StorageError, ValueError, UnicodeDecodeError) as e:
-        raise RunError(f"{store.uri(layout.MANIFEST_PATH)} is unreadable ({_short(e)}): repair or delete it, or pass "
-                       "--overwrite to delete the results under it and recompute") from None
+        raise RunError(
+            f"{store.uri(layout.MANIFEST_PATH)} is unreadable ({_short(e)}): repair or delete it, or pass "
+            "--overwrite to delete the results under it and recompute"
+        ) from None
 
 
 def _short(e: BaseException) -> str:
@@ -206,13 +226,25 @@ def _absolute(path: str | None) -> str | None:
 
 def _worker_spec(cfg: RunConfig, use_gpu: bool) -> WorkerSpec:
     device = cfg.device or ("cuda" if use_gpu else "cpu")
-    weights = cfg.weights if cfg.weights in (None, "torchvision", "random") or str(cfg.weights).startswith("seed:") \
+    weights = (
+        cfg.weights
+        if cfg.weights in (None, "torchvision", "random") or str(cfg.weights).startswith("seed:")
         else _absolute(cfg.weights)
-    return WorkerSpec(model=cfg.model, weights=weights, model_cache=_absolute(cfg.model_cache),
-                      data=_absolute(cfg.data), out=_absolute(cfg.out),
-                      storage_options=dict(cfg.storage_options), device=device, threads=None if use_gpu else 1,
-                      images_per_class=cfg.images_per_class, benign_batch_size=cfg.benign_batch_size,
-                      attack_batch_size=cfg.attack_batch_size, node_cache=cfg.node_cache)
+    )
+    return WorkerSpec(
+        model=cfg.model,
+        weights=weights,
+        model_cache=_absolute(cfg.model_cache),
+        data=_absolute(cfg.data),
+        out=_absolute(cfg.out),
+        storage_options=dict(cfg.storage_options),
+        device=device,
+        threads=None if use_gpu else 1,
+        images_per_class=cfg.images_per_class,
+        benign_batch_size=cfg.benign_batch_size,
+        attack_batch_size=cfg.attack_batch_size,
+        node_cache=cfg.node_cache,
+    )
 
 
 def load_run_model(cfg: RunConfig):
@@ -220,8 +252,13 @@ def load_run_model(cfg: RunConfig):
     from bluff_ray.run.models import load_model
 
     try:
-        return load_model(cfg.model, weights=cfg.weights, cache_dir=cfg.model_cache, device="cpu",
-                          storage_options=cfg.storage_options or None)
+        return load_model(
+            cfg.model,
+            weights=cfg.weights,
+            cache_dir=cfg.model_cache,
+            device="cpu",
+            storage_options=cfg.storage_options or None,
+        )
     except (ValueError, FileNotFoundError) as e:
         raise RunError(f"cannot load model {cfg.model!r}: {e}") from None
 
@@ -248,15 +285,18 @@ def check_inputs(cfg: RunConfig, adapter, ray_address: str | None) -> None:
         except Exception as e:  # unreachable storage: say so now rather than in every worker
             raise ConfigError(f"data {redact_url(cfg.data)}: cannot list it ({_short(e)})") from None
         if not found:
-            raise ConfigError(f"data {redact_url(cfg.data)}: no such folder (expected one sub-folder of images per "
-                              "class)")
+            raise ConfigError(
+                f"data {redact_url(cfg.data)}: no such folder (expected one sub-folder of images per class)"
+            )
     import ray
 
     local = not ray.is_initialized() and _ray_address(ray_address) == "local"
     if local and cfg.device and str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {cfg.device!r} was requested, but this machine has no GPU "
-                          "(torch.cuda.is_available() is False): run with --device cpu, or on a cluster with GPU "
-                          "workers (--ray-address)")
+        raise ConfigError(
+            f"device {cfg.device!r} was requested, but this machine has no GPU "
+            "(torch.cuda.is_available() is False): run with --device cpu, or on a cluster with GPU "
+            "workers (--ray-address)"
+        )
 
 
 class Terminated(SystemExit):
@@ -331,8 +371,11 @@ def run(
             lock.release()
     except (KeyboardInterrupt, Terminated) as e:
         summary.seconds = time.perf_counter() - t_start
-        summary.stopped = "interrupted by " + ("SIGTERM" if isinstance(e, Terminated) else "Ctrl-C (SIGINT)") + \
-            ": workers stopped, run lock released"
+        summary.stopped = (
+            "interrupted by "
+            + ("SIGTERM" if isinstance(e, Terminated) else "Ctrl-C (SIGINT)")
+            + ": workers stopped, run lock released"
+        )
         log.warning("%s", summary.report())
         raise
     finally:
@@ -348,20 +391,36 @@ def root_target_chunk(cfg: RunConfig, resolved: ResolvedRun, existing: dict | No
     if have is None:  # unclamped: the ranges must not depend on this run's selection
         return int(cfg.target_chunk or layout.max_targets_per_file(len(resolved.strengths)))
     if cfg.target_chunk is not None and int(cfg.target_chunk) != int(have):
-        raise RunError(f"{cfg.out} holds units of {have} targets each (target_chunk); this run asks for "
-                       f"{cfg.target_chunk}: leave target_chunk out, or use another output root")
+        raise RunError(
+            f"{cfg.out} holds units of {have} targets each (target_chunk); this run asks for "
+            f"{cfg.target_chunk}: leave target_chunk out, or use another output root"
+        )
     return int(have)
 
 
-def _run_locked(cfg: RunConfig, resolved: ResolvedRun, adapter, store: Store, ray_address: str | None,
-                on_unit_done: Progress | None, summary: RunSummary, overwrite: bool = False,
-                verify: str | None = "size", target_chunk: int | None = None) -> None:
+def _run_locked(
+    cfg: RunConfig,
+    resolved: ResolvedRun,
+    adapter,
+    store: Store,
+    ray_address: str | None,
+    on_unit_done: Progress | None,
+    summary: RunSummary,
+    overwrite: bool = False,
+    verify: str | None = "size",
+    target_chunk: int | None = None,
+) -> None:
     units = plan_units(resolved.pairs, target_chunk or resolved.target_chunk)
     store.refresh()  # listings may be cached from before another process wrote
     present = {k: Unit(*k, ()) for k in (marker_unit(r) for r in store.list("pairs")) if k is not None}
     todo = [u for u in units if (u.original, u.chunk) not in present]
-    log.info("%d pairs in %d units: %d units to compute, %d units in the root", len(resolved.pairs), len(units),
-             len(todo), len(present))
+    log.info(
+        "%d pairs in %d units: %d units to compute, %d units in the root",
+        len(resolved.pairs),
+        len(units),
+        len(todo),
+        len(present),
+    )
     ex = _Execution(cfg, resolved, adapter, store, summary, on_unit_done, ray_address, overwrite, verify)
     try:
         ex.run(todo, units, list(present.values()))
@@ -380,13 +439,19 @@ def _class_of(rel: str) -> int | None:
 def _bar(total: int, initial: int, unit: str, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True,
-                file=sys.stderr)
+    return tqdm(
+        total=total, initial=initial, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True, file=sys.stderr
+    )
 
 
-def read_finished(store: Store, finished: Sequence[Unit], agg: Aggregate, verify: str | None = "size",
-                  drop_unreadable: bool = False, wanted: dict[tuple[int, int], Unit] | None = None
-                  ) -> list[tuple[Unit, str]]:
+def read_finished(
+    store: Store,
+    finished: Sequence[Unit],
+    agg: Aggregate,
+    verify: str | None = "size",
+    drop_unreadable: bool = False,
+    wanted: dict[tuple[int, int], Unit] | None = None,
+) -> list[tuple[Unit, str]]:
     """Feed the reduce with units finished by an earlier run: their markers (rows + atlas metadata),
     read ``READ_CONCURRENCY`` at a time, ``MARKER_ROUND`` per round so memory stays bounded.
 
@@ -409,8 +474,11 @@ def read_finished(store: Store, finished: Sequence[Unit], agg: Aggregate, verify
             if isinstance(e, StorageError) and not isinstance(e, CorruptFile):
                 raise
             return e
-        bad = checksum_mismatches(store, files_from_metadata(meta) or {}, _unit_paths(u, meta)) \
-            if verify == "checksum" else []
+        bad = (
+            checksum_mismatches(store, files_from_metadata(meta) or {}, _unit_paths(u, meta))
+            if verify == "checksum"
+            else []
+        )
         return rows, meta, bad
 
     redo: list[tuple[Unit, str]] = []
@@ -420,14 +488,19 @@ def read_finished(store: Store, finished: Sequence[Unit], agg: Aggregate, verify
                 if not drop_unreadable:
                     if isinstance(got, StorageError):
                         raise RunError(str(got)) from None
-                    raise RunError(f"{store.uri(u.marker)} (a unit's commit marker) is unreadable ({_short(got)}): "
-                                   "delete it to have that unit recomputed, or pass --overwrite") from None
+                    raise RunError(
+                        f"{store.uri(u.marker)} (a unit's commit marker) is unreadable ({_short(got)}): "
+                        "delete it to have that unit recomputed, or pass --overwrite"
+                    ) from None
                 w = wanted.get((u.original, u.chunk))
                 if w is not None:
                     redo.append((w, f"its marker {u.marker} is unreadable ({_short(got)})"))
                 else:
-                    log.warning("%s is unreadable (%s) and not in this run's selection: its pairs are left out",
-                                store.uri(u.marker), _short(got))
+                    log.warning(
+                        "%s is unreadable (%s) and not in this run's selection: its pairs are left out",
+                        store.uri(u.marker),
+                        _short(got),
+                    )
                 continue
             rows, meta, bad = got
             have = [int(t) for t in rows.column("target").to_pylist()]
@@ -443,8 +516,9 @@ def read_finished(store: Store, finished: Sequence[Unit], agg: Aggregate, verify
                 redo.append((full, f"{', '.join(u.path(k) for k in bad)} do(es) not match the unit's marker"))
                 continue
             if len(full.targets) > len(have):
-                redo.append((full, f"adds target(s) {sorted(set(full.targets) - set(have))} to the "
-                                   f"{len(have)} it holds"))
+                redo.append(
+                    (full, f"adds target(s) {sorted(set(full.targets) - set(have))} to the {len(have)} it holds")
+                )
                 continue
             agg.add_unit(u.original, u.chunk, rows, atlas=UnitAtlas.from_metadata(meta))
     return redo
@@ -497,9 +571,11 @@ class _Execution:
         self.n_examples = self.cfg.assets.n_patches if self.cfg.assets.enabled else 0
         self.topk = TOPK_SCHEMA.empty_table()
         self.topk_classes: set[int] = set()  # classes whose example candidates are in self.topk
-        self.agg = Aggregate(list(self.adapter.class_names),
-                             [LayerSpec(l.name, l.channels) for l in self.adapter.layers],
-                             len(self.resolved.strengths))
+        self.agg = Aggregate(
+            list(self.adapter.class_names),
+            [LayerSpec(l.name, l.channels) for l in self.adapter.layers],
+            len(self.resolved.strengths),
+        )
 
     def run(self, todo: list[Unit], units: list[Unit], present: list[Unit]) -> None:
         """``units``: this run's selection; ``todo``: those without a marker; ``present``: every unit
@@ -508,8 +584,9 @@ class _Execution:
         done_benign = [c for c in (_class_of(r) for r in store.list("importance")) if c is not None]
         self.read_benign(done_benign)
         wanted = {(u.original, u.chunk): u for u in units}
-        for u, why in read_finished(store, present, self.agg, self.verify, drop_unreadable=self.overwrite,
-                                    wanted=wanted):
+        for u, why in read_finished(
+            store, present, self.agg, self.verify, drop_unreadable=self.overwrite, wanted=wanted
+        ):
             if why.startswith("adds target"):
                 log.info("extending %s: %s", u.label, why)
             else:
@@ -551,8 +628,14 @@ class _Execution:
         if cfg.assets.enabled:
             useful = None  # the assets are rendered on every worker
         try:
-            plan = plan_pool(ray.cluster_resources(), autoscaler_limits(ray), cfg.num_workers, cfg.device,
-                             self.started_ray and address == "local", None if useful is None else max(1, useful))
+            plan = plan_pool(
+                ray.cluster_resources(),
+                autoscaler_limits(ray),
+                cfg.num_workers,
+                cfg.device,
+                self.started_ray and address == "local",
+                None if useful is None else max(1, useful),
+            )
         except PoolError as e:
             raise RunError(str(e)) from None
         spec = _worker_spec(cfg, plan.use_gpu)
@@ -560,14 +643,20 @@ class _Execution:
         # num_cpus=0 on GPU actors: the GPU is the scheduling limit, and GPU actors holding CPUs can
         # starve everything else (ray#44687). max_concurrency=2: the next call's images load while
         # this one computes (the actor's own lock serialises the device work).
-        actor_cls = ray.remote(BluffWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
-                                                    max_concurrency=2, **opts)
-        self.pool = pool = WorkerPool(ray, lambda i: actor_cls.remote(spec), plan, cfg.worker_timeout_s,
-                                      resources_now=ray.cluster_resources)
+        actor_cls = ray.remote(BluffWorker).options(
+            max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, max_concurrency=2, **opts
+        )
+        self.pool = pool = WorkerPool(
+            ray, lambda i: actor_cls.remote(spec), plan, cfg.worker_timeout_s, resources_now=ray.cluster_resources
+        )
         pool.start()
         self.summary.workers = len(pool.workers)
-        log.info("%d %s worker(s) requested%s", plan.size, plan.unit,
-                 f" (the cluster can have {plan.ceiling})" if plan.ceiling is not None else "")
+        log.info(
+            "%d %s worker(s) requested%s",
+            plan.size,
+            plan.unit,
+            f" (the cluster can have {plan.ceiling})" if plan.ceiling is not None else "",
+        )
         return pool
 
     def close(self) -> None:
@@ -599,9 +688,13 @@ class _Execution:
         store = self.store
         classes = [c for c in self.benign if c not in self.topk_classes]
         for chunk in rounds(classes, BENIGN_ROUND):
-            parts = [t for t in store.read_many(
-                [layout.examples_path(c) for c in chunk],
-                lambda r: store.read_table(r) if store.exists(r) else None) if t is not None]
+            parts = [
+                t
+                for t in store.read_many(
+                    [layout.examples_path(c) for c in chunk], lambda r: store.read_table(r) if store.exists(r) else None
+                )
+                if t is not None
+            ]
             if parts:
                 self.topk = merge_topk([self.topk, *parts], self.n_examples)
             self.topk_classes.update(chunk)
@@ -610,8 +703,13 @@ class _Execution:
         from bluff_ray.engine.patches import merge_topk
 
         n_examples = self.n_examples
-        bar = _bar(len(self.resolved.classes), len(self.resolved.classes) - len(benign_todo), "class", "benign",
-                   self.cfg.progress)
+        bar = _bar(
+            len(self.resolved.classes),
+            len(self.resolved.classes) - len(benign_todo),
+            "class",
+            "benign",
+            self.cfg.progress,
+        )
 
         def done(task: Task, results: list[BenignResult]) -> None:
             for r in results:
@@ -626,8 +724,12 @@ class _Execution:
             bar.update(len(results))
 
         try:
-            self.pool.run([Task("benign", chunk, f"benign classes {list(chunk)}") for chunk in class_chunks(benign_todo)],
-                          lambda a, t: a.benign.remote(list(t.payload), n_examples), done, self.fail)
+            self.pool.run(
+                [Task("benign", chunk, f"benign classes {list(chunk)}") for chunk in class_chunks(benign_todo)],
+                lambda a, t: a.benign.remote(list(t.payload), n_examples),
+                done,
+                self.fail,
+            )
         finally:
             bar.close()
 
@@ -638,14 +740,17 @@ class _Execution:
         for u in todo:
             missing = [c for c in (u.original, *u.targets) if c not in self.benign]
             if missing:
-                summary.failed.append((u.label, f"no benign statistics for class(es) {missing} (their benign stage "
-                                                "failed; see above)"))
+                summary.failed.append(
+                    (u.label, f"no benign statistics for class(es) {missing} (their benign stage failed; see above)")
+                )
                 continue
             tasks.append(Task("pairs", u, u.label))
         if not tasks:
             return
-        table = BenignTable({c: r.importance for c, r in self.benign.items()},
-                            {c: np.asarray(r.correct, bool) for c, r in self.benign.items()})
+        table = BenignTable(
+            {c: r.importance for c, r in self.benign.items()},
+            {c: np.asarray(r.correct, bool) for c, r in self.benign.items()},
+        )
         benign_ref = self.ray.put(table)
         bar = _bar(summary.pairs_total, summary.pairs_skipped, "pair", "pairs", cfg.progress)
 
@@ -659,8 +764,9 @@ class _Execution:
 
         attack, pathways, seed = self.resolved.attack, cfg.pathways, cfg.seed
         try:
-            self.pool.run(tasks, lambda a, t: a.pairs.remote(t.payload, benign_ref, attack, pathways, seed),
-                          done, self.fail)
+            self.pool.run(
+                tasks, lambda a, t: a.pairs.remote(t.payload, benign_ref, attack, pathways, seed), done, self.fail
+            )
         finally:
             bar.close()
 
@@ -671,8 +777,10 @@ class _Execution:
         in the summary (nothing computed is lost: a rerun redoes only the reduce)."""
         store, agg, summary = self.store, self.agg, self.summary
         try:
-            counts = {c: {"n_images": r.n_images, "n_correct": r.n_correct, "n_skipped": r.n_skipped}
-                      for c, r in self.benign.items()}
+            counts = {
+                c: {"n_images": r.n_images, "n_correct": r.n_correct, "n_skipped": r.n_skipped}
+                for c, r in self.benign.items()
+            }
             write_global(store, agg, list(self.adapter.class_ids), counts)
             if self.cfg.assets.enabled and not (self.pool is not None and self.pool.died and not self.pool.alive):
                 self.render_assets()
@@ -683,8 +791,9 @@ class _Execution:
             manifest["pairs_done"] = manifest["pairs_total"] = agg.n_pairs  # every unit in the root
             missing = missing_products(store, agg, len(self.resolved.strengths), self.cfg.assets.enabled)
             if missing:
-                summary.failed.append(("reduce", f"{len(missing)} product(s) missing after the reduce, e.g. "
-                                                 f"{', '.join(missing[:3])}"))
+                summary.failed.append(
+                    ("reduce", f"{len(missing)} product(s) missing after the reduce, e.g. {', '.join(missing[:3])}")
+                )
             if not summary.failed and not summary.stopped:
                 manifest["finished"] = _now()
             store.write_json(layout.MANIFEST_PATH, manifest)
@@ -705,8 +814,13 @@ class _Execution:
         if INDEX_PATH not in present:
             return False
         index = store.read_table(INDEX_PATH, columns=["layer", "channel", "kind", "path"])
-        fv = {(l, c) for l, c, k in zip(index.column("layer").to_pylist(), index.column("channel").to_pylist(),
-                                         index.column("kind").to_pylist()) if k == "feature_vis"}
+        fv = {
+            (l, c)
+            for l, c, k in zip(
+                index.column("layer").to_pylist(), index.column("channel").to_pylist(), index.column("kind").to_pylist()
+            )
+            if k == "feature_vis"
+        }
         return fv == set(neurons) and all(p in present for p in index.column("path").to_pylist())
 
     def render_assets(self) -> None:
@@ -730,8 +844,11 @@ class _Execution:
             by_class.setdefault(int(r["class_id"]), []).append(r)
         tasks += [Task("patches", by_class[c], f"example patches of class {c}") for c in sorted(by_class)]
         tables: list[pa.Table] = []
-        log.info("rendering assets of %d neurons (feature visualisations, example patches from %d classes)",
-                 len(neurons), len(by_class))
+        log.info(
+            "rendering assets of %d neurons (feature visualisations, example patches from %d classes)",
+            len(neurons),
+            len(by_class),
+        )
         bar = _bar(len(tasks), 0, "shard", "assets", cfg.progress)
         failed_before = len(self.summary.failed)
 

@@ -71,7 +71,7 @@ def marker_unit(rel: str) -> tuple[int, int] | None:
         o = int(head.split("original=", 1)[1])
         if not (name.startswith("part-") and name.endswith(".parquet")):
             return None
-        return o, int(name[len("part-"):-len(".parquet")])
+        return o, int(name[len("part-") : -len(".parquet")])
     except (ValueError, IndexError):
         return None
 
@@ -85,13 +85,13 @@ def pending_units(units: Sequence[Unit], done: set[str]) -> tuple[list[Unit], li
 
 def class_chunks(classes: Sequence[int], size: int = BENIGN_CLASSES_PER_TASK) -> list[tuple[int, ...]]:
     classes = list(classes)
-    return [tuple(classes[i: i + size]) for i in range(0, len(classes), size)]
+    return [tuple(classes[i : i + size]) for i in range(0, len(classes), size)]
 
 
 def rounds(items: Sequence, size: int):
     """``items`` in slices of ``size``: parallel reads in bounded rounds."""
     for i in range(0, len(items), size):
-        yield items[i: i + size]
+        yield items[i : i + size]
 
 
 @dataclass
