@@ -136,8 +136,17 @@ def test_demo_results_every_pair_once_with_format_schema(demo_results):
                 assert set(f.read_row_group(rg, columns=["target"]).column("target").to_pylist()) <= {t}
                 assert f.metadata.row_group(rg).column(0).compression == "ZSTD"  # layout.PARTITION_OPTIONS
         assert idx.column("row_group").to_pylist() == list(range(len(targets)))
-        causal = s.read_table(layout.part_path("causal", o, 0))
-        assert causal.num_rows == len(targets) * (len(manifest["layers"]) + 1)
+        causal = s.read_table(layout.part_path("causal", o, 0)).to_pylist()
+        keys = [(r["target"], r["strength"], r["layer"], r["set"]) for r in causal]
+        assert causal and len(keys) == len(set(keys))  # one row per (pair, strength, layer or all, set)
+        layer_names = {l["name"] for l in manifest["layers"]} | {"all"}
+        fixed_sets = {"exploited", "exploited_union", "top_original_target", "top_delta"}
+        for r in causal:
+            assert r["target"] in targets and 0 <= r["strength"] < 10 and r["layer"] in layer_names
+            assert r["set"] in fixed_sets or r["set"].startswith("neuron:"), r["set"]
+            assert r["n_neurons"] >= 1 and r["recovery"][0] >= 1  # patched neurons, held-out images
+        for t, st in {(r["target"], r["strength"]) for r in causal}:  # every patched strength has its headline row
+            assert (t, st, "all", "exploited") in keys
     assert sorted(pairs) == [(o, t) for o in DEMO_CLASSES for t in DEMO_CLASSES if o != t]
     classes = s.read_table("classes.parquet")
     assert classes.column("class_id").to_pylist() == list(range(10))
