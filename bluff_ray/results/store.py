@@ -226,7 +226,7 @@ class Store:
         )
 
     def read_many(
-        self, rels: Sequence[str], read: Callable[[str], T] | None = None, concurrency: int = READ_CONCURRENCY
+        self, rels: Sequence[Any], read: Callable[[Any], T] | None = None, concurrency: int = READ_CONCURRENCY
     ) -> list[T]:
         """``read(rel)`` (default: the bytes) for every path, ``concurrency`` requests at a time, in order.
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,9 @@ from bluff_ray.results.markers import file_record, files_metadata
 from bluff_ray.results.reduce import UnitAtlas, layer_offsets, unit_atlas
 from bluff_ray.results.store import Store
 from bluff_ray.run.plan import BenignTable, Unit, pair_seed
+
+if TYPE_CHECKING:
+    from bluff_ray.engine.attack import Batching
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ class BluffWorker:
             make_source(spec.data, self.adapter, spec.storage_options, spec.node_cache, spec.images_per_class)
         )
         self.compute = threading.Lock()  # one computation on the device at a time
-        self.batching = None
+        self.batching: Batching | None = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -202,7 +206,7 @@ class BluffWorker:
         t_load = time.perf_counter() - t0
         with self.compute:
             if self.batching is None:
-                size = self.spec.attack_batch_size or auto_batch_size(self.adapter, attack_cfg.bf16)
+                size = self.spec.attack_batch_size or auto_batch_size(self.adapter, attack_cfg.bf16, attack_cfg.step)
                 self.batching = Batching(size)
             t1 = time.perf_counter()
             result = unit_tables(

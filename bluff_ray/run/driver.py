@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -217,6 +217,10 @@ def resolve_run(cfg: RunConfig, adapter) -> ResolvedRun:
     return resolve(cfg, adapter, model_identity(adapter, cfg))
 
 
+@overload
+def _absolute(path: str) -> str: ...
+@overload
+def _absolute(path: None) -> None: ...
 def _absolute(path: str | None) -> str | None:
     """Local relative paths made absolute: actors need not share the driver's working directory."""
     if path is None or "://" in path or path in ("digits", "synthetic"):
@@ -316,7 +320,11 @@ def _handle_sigterm() -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def undo() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return undo
 
 
 #: What ``on_unit_done`` receives: the record of each finished class or unit.
@@ -723,6 +731,7 @@ class _Execution:
                     self.on_unit_done(r)
             bar.update(len(results))
 
+        assert self.pool is not None  # started by the caller when there is work
         try:
             self.pool.run(
                 [Task("benign", chunk, f"benign classes {list(chunk)}") for chunk in class_chunks(benign_todo)],
@@ -763,6 +772,7 @@ class _Execution:
                 self.on_unit_done(r)
 
         attack, pathways, seed = self.resolved.attack, cfg.pathways, cfg.seed
+        assert self.pool is not None  # started by the caller when there is work
         try:
             self.pool.run(
                 tasks, lambda a, t: a.pairs.remote(t.payload, benign_ref, attack, pathways, seed), done, self.fail
