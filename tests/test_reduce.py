@@ -11,7 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from bluff_ray.results import layout
-from bluff_ray.results.reduce import Aggregate, LayerSpec, UnitAtlas, landing_view, unit_atlas, write_global
+from bluff_ray.results.reduce import (
+    Aggregate,
+    LayerSpec,
+    UnitAtlas,
+    _ipc,
+    landing_view,
+    unit_atlas,
+    write_global,
+)
 from bluff_ray.results.store import Store
 
 S = 3
@@ -167,9 +175,92 @@ def test_unit_atlas_travels_in_parquet_metadata(agg):
     atlas = unit_atlas(t, agg.offsets, S)
     data = layout.table_to_parquet(pair_rows([1], [[0.0] * S], [1]), metadata=atlas.metadata())
     back = UnitAtlas.from_metadata(pq.ParquetFile(pa.BufferReader(data)).schema_arrow.metadata)
-    assert back.displayed.to_pylist() == [{"target": 1, "neuron": 4 + 2}, {"target": 1, "neuron": 3}]
-    assert back.exploited.column("exploited_mask").to_pylist() == [5]
+    assert back is not None and back.effects is not None
+    assert back.displayed.to_pylist() == [{"neuron": 3}, {"neuron": 4 + 2}]  # counted per neuron: no target
+    assert back.exploited.to_pylist() == [{"target": 1, "neuron": 6, "exploited_mask": 5}]
+    assert back.effects.column("neuron").to_pylist() == [6]
+    assert np.array_equal(back.effects.column("effect")[0].as_py(), [0.5, math.nan, 1.0], equal_nan=True)
     assert UnitAtlas.from_metadata({}) is None
+    # markers written before the compact table (one IPC stream per table) still read
+    old = {b"bluff.displayed": _ipc(atlas.displayed), b"bluff.exploited": _ipc(atlas.exploited)}
+    old_back = UnitAtlas.from_metadata(old)
+    assert old_back is not None and old_back.displayed.equals(atlas.displayed)
+
+
+GOOGLENET = [256, 480, 512, 512, 512, 528, 832, 832, 1024]  # the rehearsal model's nine mixed layers
+
+
+def realistic_unit(rng, targets, strengths=10):
+    """A unit at GoogLeNet widths: per pair 22 displayed channels per layer, 15 of them exploited
+    with an effect at each strength they are exploited at, causal rows for those exploited at the
+    middle strength (as the engine writes them)."""
+    offsets = np.cumsum([0, *GOOGLENET[:-1]])
+    shown = [
+        np.concatenate([o + rng.choice(w, 22, replace=False) for o, w in zip(offsets, GOOGLENET)]) for _ in targets
+    ]
+    ex = [rng.choice(sh, 15, replace=False) for sh in shown]
+    mask = rng.integers(1, 2**strengths, (len(targets), 15))
+    bits = (mask[..., None] >> np.arange(strengths)) & 1
+    eff = np.where(bits == 1, rng.normal(0, 0.2, bits.shape), np.nan).astype(np.float32).reshape(-1, strengths)
+    tested = np.isfinite(eff[:, strengths // 2])
+    ex_n = np.concatenate(ex).astype(np.int32)
+    return UnitAtlas(
+        pa.table(
+            {"target": np.repeat(targets, 198).astype(np.int32), "neuron": np.concatenate(shown).astype(np.int32)}
+        ),
+        pa.table(
+            {
+                "target": np.repeat(targets, 15).astype(np.int32),
+                "neuron": ex_n,
+                "exploited_mask": mask.ravel().astype(np.int32),
+            }
+        ),
+        pa.table({"neuron": ex_n, "effect": pa.array(list(eff), pa.list_(pa.float32()))}),
+        pa.table(
+            {
+                "neuron": ex_n[tested],
+                "recovery": rng.normal(0.2, 0.2, tested.sum()).astype(np.float32),
+                "percentile": rng.uniform(0, 100, tested.sum()).astype(np.float32),
+            }
+        ),
+    )
+
+
+def _rows(t: pa.Table, keys: list[str]) -> list[tuple]:
+    """A table's rows, sorted by ``keys`` (stable: rows with equal keys keep their order)."""
+    rows = [tuple(r.values()) for r in t.select(keys + [c for c in t.column_names if c not in keys]).to_pylist()]
+    return sorted(rows, key=lambda r: r[: len(keys)])
+
+
+def test_a_realistic_units_marker_is_at_most_20_kb_and_decodes_to_the_same_contribution():
+    rng = np.random.default_rng(7)
+    targets = np.arange(20, 40)
+    atlas = realistic_unit(rng, targets)
+    pairs = pair_rows(list(targets), [[0.5] * S] * 20, [15] * 20)
+    marker = layout.table_to_parquet(pairs, metadata=atlas.metadata(), metadata_in_schema=False)
+    assert len(marker) <= 20_000
+    back = UnitAtlas.from_metadata(pq.ParquetFile(pa.BufferReader(marker)).metadata.metadata)
+    assert back is not None and back.effects is not None and back.tested is not None
+    want_displayed = sorted(atlas.displayed.column("neuron").to_pylist())
+    assert back.displayed.column("neuron").to_pylist() == want_displayed
+    assert _rows(back.exploited, ["target", "neuron"]) == _rows(atlas.exploited, ["target", "neuron"])
+    got_eff, want_eff = _rows(back.effects, ["neuron"]), _rows(atlas.effects, ["neuron"])
+    assert [r[0] for r in got_eff] == [r[0] for r in want_eff]
+    # float32 effects come back bit for bit (NaN where none was measured)
+    assert np.array_equal(
+        np.array([r[1] for r in got_eff], np.float32), np.array([r[1] for r in want_eff], np.float32), equal_nan=True
+    )
+    assert _rows(back.tested, ["neuron"]) == _rows(atlas.tested, ["neuron"])
+    # the reduce fed from the marker writes the same atlas file as fed from the worker's result
+    layers = [LayerSpec(f"l{i}", w) for i, w in enumerate(GOOGLENET)]
+    live, resumed = (
+        Aggregate([str(i) for i in range(50)], layers, 10),
+        Aggregate([str(i) for i in range(50)], layers, 10),
+    )
+    live.add_unit(0, 1, pairs, atlas=atlas)
+    resumed.add_unit(0, 1, pairs, atlas=back)
+    assert live.displayed.sum() == 20 * 198 and live.exploited_any.sum() == 300
+    assert layout.table_to_parquet(live.atlas()) == layout.table_to_parquet(resumed.atlas())
 
 
 def test_landing_prefers_most_exploited_pair_with_half_success_at_its_weakest_such_strength():

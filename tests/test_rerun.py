@@ -207,7 +207,7 @@ def test_a_resume_recomputes_units_whose_files_do_not_match_their_marker(ray_ses
     for o, t in ((0, 1), (1, 0)):
         meta = pq.read_metadata(tmp_path / layout.part_path("pairs", o, t)).metadata
         # the marker's metadata once: in the file's key-value metadata, not again in the Arrow schema
-        assert b"bluff.displayed" in meta and b"bluff.displayed" not in base64.b64decode(meta[b"ARROW:schema"])
+        assert b"bluff.atlas" in meta and b"bluff.atlas" not in base64.b64decode(meta[b"ARROW:schema"])
         recorded = json.loads(meta[b"bluff.files"])
         assert {"nodes", "edges", "causal"} <= set(recorded)
         for kind, rec in recorded.items():

@@ -287,11 +287,12 @@ class Aggregate:
 class UnitAtlas:
     """What the atlas needs from one unit, small enough to travel in the unit's marker metadata.
 
-    ``displayed``: (target, neuron) per displayed node; ``exploited``: (target, neuron,
-    exploited_mask, effect) per exploited node; ``effects``: (neuron, effect) per node with a
-    measured single-neuron effect; ``tested``: (neuron, recovery, percentile) per causal
-    ``neuron:<channel>`` row. ``neuron`` is the global index (layer offset + channel, layers in
-    model order).
+    ``displayed``: (target, neuron) per displayed node (decoded from a marker: neuron only, sorted);
+    ``exploited``: (target, neuron,
+    exploited_mask) per exploited node; ``effects``: (neuron, effect) per node with a measured
+    single-neuron effect; ``tested``: (neuron, recovery, percentile) per causal ``neuron:<channel>``
+    row. ``neuron`` is the global index (layer offset + channel, layers in model order). In the
+    marker it travels as one compact table (``metadata``; docs/FORMAT.md, "Unit markers").
     """
 
     displayed: pa.Table
@@ -300,23 +301,138 @@ class UnitAtlas:
     tested: pa.Table | None = None
 
     def metadata(self) -> dict[bytes, bytes]:
-        meta = {b"bluff.displayed": _ipc(self.displayed), b"bluff.exploited": _ipc(self.exploited)}
-        if self.effects is not None:
-            meta[b"bluff.effects"] = _ipc(self.effects)
-        if self.tested is not None:
-            meta[b"bluff.tested"] = _ipc(self.tested)
-        return meta
+        return {ATLAS_KEY: _ipc(_encode_atlas(self))}
 
     @classmethod
     def from_metadata(cls, meta: dict[bytes, bytes] | None) -> UnitAtlas | None:
-        if not meta or b"bluff.displayed" not in meta or b"bluff.exploited" not in meta:
+        if not meta:
             return None
-        return cls(
+        if ATLAS_KEY in meta:
+            return _decode_atlas(_from_ipc(meta[ATLAS_KEY]))
+        if b"bluff.displayed" not in meta or b"bluff.exploited" not in meta:
+            return None
+        return cls(  # markers written before the compact table: one IPC stream per table
             _from_ipc(meta[b"bluff.displayed"]),
             _from_ipc(meta[b"bluff.exploited"]),
             _from_ipc(meta[b"bluff.effects"]) if b"bluff.effects" in meta else None,
             _from_ipc(meta[b"bluff.tested"]) if b"bluff.tested" in meta else None,
         )
+
+
+#: Marker metadata key of the compact atlas table (one row; docs/FORMAT.md, "Unit markers").
+ATLAS_KEY = b"bluff.atlas"
+
+
+def _ids(values: np.ndarray) -> pa.Array:
+    """Neuron ids as the narrowest unsigned integers that hold them (uint16 below 65,536)."""
+    v = np.asarray(values, np.int64)
+    return pa.array(v.astype(np.uint16 if not v.size or v.max() < 2**16 else np.uint32))
+
+
+def _sorted_deltas(keys: np.ndarray, neuron: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(stable order by (key, neuron), neuron deltas within each key's run: first absolute)."""
+    order = np.lexsort((neuron, keys))
+    k, n = keys[order], neuron[order].astype(np.int64)
+    d = np.diff(n, prepend=0)
+    start = np.ones(len(k), bool)
+    start[1:] = k[1:] != k[:-1]
+    d[start] = n[start]
+    return order, d
+
+
+def _undelta(counts: np.ndarray, deltas: np.ndarray) -> np.ndarray:
+    """Inverse of ``_sorted_deltas``: a cumulative sum restarted at every run of ``counts``."""
+    counts = np.asarray(counts, np.int64)
+    c = np.cumsum(deltas.astype(np.int64))
+    before = np.concatenate([[0], c])[np.cumsum(counts) - counts]  # the sum before each run
+    return (c - np.repeat(before, counts)).astype(np.int32)
+
+
+def _per_target(targets: np.ndarray, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order of ``table``'s rows by (target, neuron), their neuron deltas, row count per target)."""
+    t = table.column("target").to_numpy().astype(np.int64)
+    order, deltas = _sorted_deltas(t, table.column("neuron").to_numpy())
+    counts = np.bincount(np.searchsorted(targets, t), minlength=len(targets)) if len(t) else np.zeros(len(targets))
+    return order, deltas, counts.astype(np.int64)
+
+
+def _encode_atlas(a: UnitAtlas) -> pa.Table:
+    """One row: the unit's targets; the displayed nodes' neuron ids (all targets together: the atlas
+    counts them per neuron) sorted and delta-encoded; per target, the number of exploited nodes,
+    their neuron ids sorted and delta-encoded, their masks; the effects by neuron (float32, exact:
+    the finite values and a bit per strength saying where they are); the tested neurons."""
+    targets = np.unique(
+        np.concatenate([a.displayed.column("target").to_numpy(), a.exploited.column("target").to_numpy()]).astype(
+            np.int64
+        )
+    )
+    dn = a.displayed.column("neuron").to_numpy()
+    _, d_delta = _sorted_deltas(np.zeros(len(dn), np.int64), dn)  # the atlas counts them per neuron only
+    e_order, e_delta, e_count = _per_target(targets, a.exploited)
+    mask = a.exploited.column("exploited_mask").to_numpy().astype(np.int64)[e_order]
+    cols: dict[str, pa.Array] = {
+        "targets": pa.array(targets.astype(np.int32)),
+        "displayed": _ids(d_delta),
+        "n_exploited": _ids(e_count),
+        "exploited": _ids(e_delta),
+        "exploited_mask": _ids(mask),
+    }
+    if a.effects is not None:
+        en = a.effects.column("neuron").to_numpy().astype(np.int64)
+        order, delta = _sorted_deltas(np.zeros(len(en), np.int64), en)
+        eff = a.effects.column("effect")
+        s = len(eff[0]) if len(eff) else 0
+        m = _list_matrix(eff, s, np.float32)[order] if len(eff) else np.zeros((0, 0), np.float32)
+        finite = np.isfinite(m)
+        cols["effect_neuron"] = _ids(delta)
+        cols["effect_finite"] = pa.array(finite.ravel())  # row by row, one bit per strength
+        cols["effect"] = pa.array(m[finite], pa.float32())  # the finite values only, exact
+    if a.tested is not None:
+        tn = a.tested.column("neuron").to_numpy().astype(np.int64)
+        order, delta = _sorted_deltas(np.zeros(len(tn), np.int64), tn)
+        cols["tested_neuron"] = _ids(delta)
+        cols["recovery"] = pa.array(a.tested.column("recovery").to_numpy()[order].astype(np.float32))
+        cols["percentile"] = pa.array(a.tested.column("percentile").to_numpy()[order].astype(np.float32))
+    return pa.table({k: pa.array([v], pa.list_(v.type)) for k, v in cols.items()})
+
+
+def _decode_atlas(t: pa.Table) -> UnitAtlas:
+    col = lambda name: t.column(name)[0].values.to_numpy(zero_copy_only=False)  # noqa: E731
+    targets = col("targets").astype(np.int32)
+    e_count, dn = col("n_exploited").astype(np.int64), col("displayed")
+    displayed = pa.table({"neuron": pa.array(_undelta(np.array([len(dn)]), dn), pa.int32())})
+    exploited = pa.table(
+        {
+            "target": pa.array(np.repeat(targets, e_count), pa.int32()),
+            "neuron": pa.array(_undelta(e_count, col("exploited")), pa.int32()),
+            "exploited_mask": pa.array(col("exploited_mask").astype(np.int32), pa.int32()),
+        }
+    )
+    effects = tested = None
+    if "effect_neuron" in t.column_names:
+        en = col("effect_neuron")
+        finite = col("effect_finite").astype(bool)
+        flat = np.full(len(finite), np.nan, np.float32)
+        flat[finite] = col("effect").astype(np.float32)
+        m = flat.reshape(len(en), len(finite) // max(len(en), 1))
+        effects = pa.table(
+            {
+                "neuron": pa.array(_undelta(np.array([len(en)]), en), pa.int32()),
+                "effect": pa.array(list(m), pa.list_(pa.float32()))
+                if len(en)
+                else pa.array([], pa.list_(pa.float32())),
+            }
+        )
+    if "tested_neuron" in t.column_names:
+        tn = col("tested_neuron")
+        tested = pa.table(
+            {
+                "neuron": pa.array(_undelta(np.array([len(tn)]), tn), pa.int32()),
+                "recovery": pa.array(col("recovery"), pa.float32()),
+                "percentile": pa.array(col("percentile"), pa.float32()),
+            }
+        )
+    return UnitAtlas(displayed, exploited, effects, tested)
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -349,17 +465,11 @@ def unit_atlas(nodes: pa.Table, offsets: dict[str, int], n_strengths: int, causa
     target = nodes.column("target").to_numpy().astype(np.int32)
     ex = np.asarray([r == ROLE_EXPLOITED for r in nodes.column("role").to_pylist()], dtype=bool)
     displayed = pa.table({"target": pa.array(target, pa.int32()), "neuron": pa.array(neuron, pa.int32())})
-    eff = (
-        _list_matrix(nodes.column("effect"), n_strengths, np.float32)[ex]
-        if nodes.num_rows
-        else np.zeros((0, n_strengths), np.float32)
-    )
     exploited = pa.table(
         {
             "target": pa.array(target[ex], pa.int32()),
             "neuron": pa.array(neuron[ex], pa.int32()),
             "exploited_mask": pa.array(nodes.column("exploited_mask").to_numpy()[ex].astype(np.int32), pa.int32()),
-            "effect": pa.array(list(eff), pa.list_(pa.float32())) if len(eff) else pa.array([], pa.list_(pa.float32())),
         }
     )
     all_eff = (
