@@ -288,11 +288,11 @@ class UnitAtlas:
     """What the atlas needs from one unit, small enough to travel in the unit's marker metadata.
 
     ``displayed``: (target, neuron) per displayed node (decoded from a marker: neuron only, sorted);
-    ``exploited``: (target, neuron,
-    exploited_mask) per exploited node; ``effects``: (neuron, effect) per node with a measured
-    single-neuron effect; ``tested``: (neuron, recovery, percentile) per causal ``neuron:<channel>``
-    row. ``neuron`` is the global index (layer offset + channel, layers in model order). In the
-    marker it travels as one compact table (``metadata``; docs/FORMAT.md, "Unit markers").
+    ``exploited``: (target, neuron, exploited_mask) per exploited node; ``effects``: (neuron,
+    effect) per node with a measured single-neuron effect; ``tested``: (neuron, recovery,
+    percentile) per causal ``neuron:<channel>`` row. ``neuron`` is the global index (layer offset +
+    channel, layers in model order). In the marker it travels as one compact table under
+    ``bluff.atlas`` (``metadata``; docs/FORMAT.md, "Work units, commit order and resume").
     """
 
     displayed: pa.Table
