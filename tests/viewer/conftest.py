@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from bluff_ray.web.serve import VIEWER_DIR, start_server
-
 from viewer_synth import SCALE_PAIRS, make_results
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,14 +44,20 @@ def synth_results(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def scale_results(tmp_path_factory) -> str:
-    return str(make_results(tmp_path_factory.mktemp("viewer-scale") / "root", seed=3, classes=1000, assets=False,
-                            with_files=SCALE_PAIRS))
+    return str(
+        make_results(
+            tmp_path_factory.mktemp("viewer-scale") / "root", seed=3, classes=1000, assets=False, with_files=SCALE_PAIRS
+        )
+    )
 
 
 @pytest.fixture(scope="session")
 def mid_results(tmp_path_factory) -> str:
-    return str(make_results(tmp_path_factory.mktemp("viewer-mid") / "root", seed=4, classes=30, assets=False,
-                            with_files="landing"))
+    return str(
+        make_results(
+            tmp_path_factory.mktemp("viewer-mid") / "root", seed=4, classes=30, assets=False, with_files="landing"
+        )
+    )
 
 
 @pytest.fixture

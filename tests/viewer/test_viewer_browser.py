@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from bluff_ray.results import layout
-
 from viewer_helpers import expected_edges, expected_highlight, expected_width, node_id, shot, wait_ready
 from viewer_synth import CLASS_NAMES, make_results, make_v1_root, manifest, pair_index, read_pair
 
@@ -65,13 +64,18 @@ def strengths(root) -> list[float]:
 
 
 def names_of(root) -> dict[int, str]:
-    return {r["class_id"]: r["name"] for r in pq.read_table(f"{root}/classes.parquet", columns=["class_id", "name"]).to_pylist()}
+    return {
+        r["class_id"]: r["name"]
+        for r in pq.read_table(f"{root}/classes.parquet", columns=["class_id", "name"]).to_pylist()
+    }
 
 
 def all_pairs(root) -> list[tuple[int, int]]:
     con = duckdb.connect()
-    return con.execute(f"select original, target from read_parquet('{root}/pair_index/*/*.parquet', hive_partitioning=true) "
-                       "order by original, target").fetchall()
+    return con.execute(
+        f"select original, target from read_parquet('{root}/pair_index/*/*.parquet', hive_partitioning=true) "
+        "order by original, target"
+    ).fetchall()
 
 
 @pytest.fixture(params=["synthetic", pytest.param("pipeline", marks=pytest.mark.pipeline)])
@@ -156,7 +160,8 @@ def test_strength_zero_is_benign_and_no_success_is_explained(page, serve_root, s
     assert page.is_visible("#explain")
     assert page.text_content("#explain") == (
         f"No attack from {names[o]} to {names[t]} succeeded at eps {eps[0]:.2f}: move the strength slider right "
-        f"(first success at eps {eps[first]:.2f}).")
+        f"(first success at eps {eps[first]:.2f})."
+    )
     shot(page, "no-success")
     page.keyboard.press("ArrowRight")
     assert page.is_hidden("#explain")
@@ -182,7 +187,9 @@ def test_hover_detail_pin_filter_compare(page, serve_root, synth_results):
         "() => { const i = document.querySelector('#detail img.feature-vis'); return i && i.complete && i.naturalWidth > 0; }"
     )
     assert page.locator("#detail img.patch").count() == 4
-    finite = [v for v in [node["importance_original"], *node["importance_attacked"]] if v is not None and not math.isnan(v)]
+    finite = [
+        v for v in [node["importance_original"], *node["importance_attacked"]] if v is not None and not math.isnan(v)
+    ]
     assert page.locator("#detail circle.act-dot").count() == len(finite)
     assert page.locator("#detail circle.act-dot.current").count() == 1
     assert page.locator("#detail line.ref-original").count() == 1
@@ -290,7 +297,7 @@ def test_class_names_render_as_text_and_long_ones_are_cut(page, serve_root, synt
     boxes = page.evaluate("""() => [...document.querySelectorAll('svg#graph text.group-title')]
         .map(t => { const b = t.getBoundingClientRect(); return [b.left, b.right]; }).sort((a, b) => a[0] - b[0])""")
     assert len(boxes) == 4
-    for (l0, r0), (l1, r1) in zip(boxes, boxes[1:]):
+    for (_l0, r0), (l1, _r1) in zip(boxes, boxes[1:]):
         assert r0 <= l1, boxes
     assert page.get_attribute("#pick-target .picker-button", "title") == f"{long} (4)"
     shot(page, "long-name")
@@ -324,14 +331,18 @@ def test_picker_search_among_1000_classes(page, serve_root, scale_results):
     assert page.locator("#pick-original li").count() <= 61
     c = classes[777]
     page.fill("#pick-original input", c["name"])
-    assert page.eval_on_selector_all("#pick-original li[role=option]", "ls => ls.map(l => Number(l.dataset.value))") == [777]
+    assert page.eval_on_selector_all(
+        "#pick-original li[role=option]", "ls => ls.map(l => Number(l.dataset.value))"
+    ) == [777]
     page.fill("#pick-original input", c["wnid"])
-    assert page.eval_on_selector_all("#pick-original li[role=option]", "ls => ls.map(l => Number(l.dataset.value))") == [777]
+    assert page.eval_on_selector_all(
+        "#pick-original li[role=option]", "ls => ls.map(l => Number(l.dataset.value))"
+    ) == [777]
     page.fill("#pick-original input", "giant")
     want = [r["class_id"] for r in classes if "giant" in r["name"].lower() or "giant" in r["wnid"]]
     assert len(want) > 60
     shown = page.eval_on_selector_all("#pick-original li[role=option]", "ls => ls.map(l => Number(l.dataset.value))")
-    assert shown == want[:len(shown)] and len(shown) <= 60
+    assert shown == want[: len(shown)] and len(shown) <= 60
     assert page.text_content("#pick-original li.more").startswith(f"{len(want) - len(shown)} more")
     # every keystroke filters 1000 names quickly (no lag)
     ms = page.evaluate("""() => { const inp = document.querySelector('#pick-original input'); const qs = ['s', 'si', 'sil',
@@ -349,8 +360,12 @@ def test_picker_search_among_1000_classes(page, serve_root, scale_results):
 
 
 def explorer_rows(page) -> list[tuple[int, int]]:
-    return [tuple(x) for x in page.eval_on_selector_all(
-        "#explorer-table tbody tr", "trs => trs.map(r => [Number(r.dataset.original), Number(r.dataset.target)])")]
+    return [
+        tuple(x)
+        for x in page.eval_on_selector_all(
+            "#explorer-table tbody tr", "trs => trs.map(r => [Number(r.dataset.original), Number(r.dataset.target)])"
+        )
+    ]
 
 
 def explorer_wait(page) -> None:
@@ -365,7 +380,9 @@ def expected_order(root, by: str, i: int, desc: bool, where: str = "true") -> li
     order = "v desc, original, target" if desc else "v asc, original desc, target desc"
     con = duckdb.connect()
     valid = con.execute(f"select original, target from {src} where isfinite(v) order by {order}").fetchall()
-    nan = con.execute(f"select original, target from {src} where v is null or not isfinite(v) order by original, target").fetchall()
+    nan = con.execute(
+        f"select original, target from {src} where v is null or not isfinite(v) order by original, target"
+    ).fetchall()
     return [tuple(r) for r in valid + nan]
 
 
@@ -467,7 +484,7 @@ def test_pair_explorer_at_1000_classes(page, serve_root, scale_results):
         explorer_wait(page)
         got = explorer_rows(page)
         assert len(got) <= 50 and page.locator("#explorer-table tbody tr").count() == len(got)
-        assert got == want_rows[page_no * 50:(page_no + 1) * 50]
+        assert got == want_rows[page_no * 50 : (page_no + 1) * 50]
         ms = int(page.get_attribute("#explorer", "data-ms"))
         assert ms < 300, ms  # the target is 200 ms (see the median below); a loaded 2-core box adds noise
         return ms
@@ -543,15 +560,21 @@ def test_class_overview_heatmap_at_1000_classes(page, serve_root, scale_results)
     tx, ty = float(c.get_attribute("data-tx")), float(c.get_attribute("data-ty"))
     box = c.bounding_box()
     con = duckdb.connect()
-    rates = {(o, t): r for o, t, r in con.execute(
-        f"select original, target, success_rate[7] from read_parquet('{scale_results}/pair_index/*/*.parquet', "
-        "hive_partitioning=true) where original between 400 and 600 and target % 37 = 1").fetchall()}
+    rates = {
+        (o, t): r
+        for o, t, r in con.execute(
+            f"select original, target, success_rate[7] from read_parquet('{scale_results}/pair_index/*/*.parquet', "
+            "hive_partitioning=true) where original between 400 and 600 and target % 37 = 1"
+        ).fetchall()
+    }
     samples = [(o, t) for (o, t) in rates if (o * 7 + t) % 13 == 0][:60] + [(450, 450)]
     rows = [o for o, _ in samples]
     assert min(rows) + ty >= 0 and max(rows) + ty < box["height"]
-    px = page.evaluate("""(cells) => { const c = document.querySelector('#overview-canvas'); const x = c.getContext('2d');
+    px = page.evaluate(
+        """(cells) => { const c = document.querySelector('#overview-canvas'); const x = c.getContext('2d');
         return cells.map(([o, t]) => Array.from(x.getImageData(t, o, 1, 1).data)); }""",
-                       [[int(o + ty), int(t + tx)] for o, t in samples])
+        [[int(o + ty), int(t + tx)] for o, t in samples],
+    )
     for (o, t), p in zip(samples, px):
         r = rates.get((o, t))
         b = 255 if r is None or math.isnan(r) else int(round(r * 254))
@@ -564,7 +587,10 @@ def test_class_overview_heatmap_at_1000_classes(page, serve_root, scale_results)
     tip = page.locator("#overview-tip")
     assert tip.get_attribute("data-original") == "500" and tip.get_attribute("data-target") == "250"
     r = read_pair(scale_results, o, t)[0]["success_rate"][6]
-    assert tip.text_content() == f"{names[o]} → {names[t]}" + f"{100 * round(r * 254) / 254:.1f}% of attacks succeed at eps 0.35"
+    assert (
+        tip.text_content()
+        == f"{names[o]} → {names[t]}" + f"{100 * round(r * 254) / 254:.1f}% of attacks succeed at eps 0.35"
+    )
     # wheel zooms around the pointer (the cell stays under it), drag pans
     page.mouse.wheel(0, -400)
     page.wait_for_function("Number(document.querySelector('#overview-canvas').dataset.scale) > 1")
@@ -599,9 +625,11 @@ def test_class_overview_small_root(page, serve_root, synth_results):
     tx, ty = float(c.get_attribute("data-tx")), float(c.get_attribute("data-ty"))
     m = overview_matrix(synth_results, 2)
     cells = [[o, t] for o in range(5) for t in range(5)]
-    px = page.evaluate("""([cells, s, tx, ty]) => { const x = document.querySelector('#overview-canvas').getContext('2d');
+    px = page.evaluate(
+        """([cells, s, tx, ty]) => { const x = document.querySelector('#overview-canvas').getContext('2d');
         return cells.map(([o, t]) => Array.from(x.getImageData(Math.floor(tx + (t + 0.5) * s), Math.floor(ty + (o + 0.5) * s), 1, 1).data)); }""",
-                       [cells, s, tx, ty])
+        [cells, s, tx, ty],
+    )
     for (o, t), p in zip(cells, px):
         assert tuple(p[:3]) == ramp(m[o][t]), (o, t)
         if o == t or o == 4:
@@ -620,7 +648,9 @@ def load_costs(browser, url: str) -> dict:
     pg = ctx.new_page()
     pg.goto(url)
     pg.wait_for_selector("svg#graph[data-state='ready']")
-    d = pg.evaluate("({ms: window.__bluff.firstGraphMs, f: window.__bluff.firstGraphBytes, pair: document.querySelector('svg#graph').dataset.pair})")
+    d = pg.evaluate(
+        "({ms: window.__bluff.firstGraphMs, f: window.__bluff.firstGraphBytes, pair: document.querySelector('svg#graph').dataset.pair})"
+    )
     ctx.close()
     return d
 
@@ -630,8 +660,10 @@ def row_group_span(path: Path, rg: int) -> int:
     md = pq.ParquetFile(path).metadata.row_group(rg)
     cols = [md.column(i) for i in range(md.num_columns)]
     start = min(c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset for c in cols)
-    end = max((c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset) + c.total_compressed_size
-              for c in cols)
+    end = max(
+        (c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset) + c.total_compressed_size
+        for c in cols
+    )
     return end - start
 
 
@@ -646,8 +678,13 @@ def test_startup_and_pair_bytes_do_not_grow_with_pairs(browser, serve_root, mid_
             assert d["pair"] == f"{o}-{land['target']}"
             # startup reads exactly these files: nothing else, nothing that holds all pairs
             row = read_pair(root, o, land["target"])[0]
-            assert set(d["f"]) == {"manifest.json", "classes.parquet", f"pair_index/original={o}/part-0.parquet",
-                                   f"nodes/original={o}/part-{row['part']}.parquet", f"edges/original={o}/part-{row['part']}.parquet"}
+            assert set(d["f"]) == {
+                "manifest.json",
+                "classes.parquet",
+                f"pair_index/original={o}/part-0.parquet",
+                f"nodes/original={o}/part-{row['part']}.parquet",
+                f"edges/original={o}/part-{row['part']}.parquet",
+            }
         f = runs[-1]["f"]
         startup = sum(v for k, v in f.items() if not k.startswith(("nodes/", "edges/")))
         pair = sum(v for k, v in f.items() if k.startswith(("nodes/", "edges/")))
@@ -688,10 +725,14 @@ def test_opening_another_pair_reads_only_its_row_groups(page, serve_root, scale_
     assert before  # the landing load fetched something
     # the causal rows, through the data layer
     causal = page.evaluate(f"window.__bluff.loadCausal({o}, {t})")
-    want = [r for r in pq.read_table(Path(scale_results) / f"causal/original={o}/part-{row['part']}.parquet").to_pylist()
-            if r["target"] == t]
-    assert [c["layer"] for c in causal] == [r["layer"] for r in want] and causal[-1]["layer"] == "all"
-    assert [c["nExploited"] for c in causal] == [r["n_exploited"] for r in want]
+    want = [
+        r
+        for r in pq.read_table(Path(scale_results) / f"causal/original={o}/part-{row['part']}.parquet").to_pylist()
+        if r["target"] == t
+    ]
+    got = sorted((c["strength"], c["layer"], c["set"], c["nNeurons"], c["nImages"]) for c in causal["rows"])
+    assert got == sorted((r["strength"], r["layer"], r["set"], r["n_neurons"], int(r["recovery"][0])) for r in want)
+    assert any(c["layer"] == "all" for c in causal["rows"]) or not want
 
 
 # --- errors, versions, robustness ----------------------------------------------------------------------------
@@ -711,11 +752,15 @@ def test_errors_are_shown_not_blank(page, serve_root, synth_results, tmp_path):
     # a pair that was not computed
     page.goto(f"{url}?original=0&target=0")
     page.wait_for_selector("#error:not([hidden])")
-    assert "Pair not found" in page.text_content("#error") and "pair_index/original=0/part-0.parquet" in page.text_content("#error")
+    assert "Pair not found" in page.text_content(
+        "#error"
+    ) and "pair_index/original=0/part-0.parquet" in page.text_content("#error")
     # an original that was not computed
     page.goto(f"{url}?original=4&target=0")
     page.wait_for_selector("#error:not([hidden])")
-    assert "Pair not found" in page.text_content("#error") and "not computed as an original" in page.text_content("#error")
+    assert "Pair not found" in page.text_content("#error") and "not computed as an original" in page.text_content(
+        "#error"
+    )
     # a healthy pair of the same root still works
     page.goto(f"{url}?original=0&target=1")
     wait_ready(page, "0-1")
@@ -765,7 +810,9 @@ def test_target_chunks_read_the_right_part(page, serve_root, tmp_path):
     check_graph(page, nodes, edges, 2)
     files = page.evaluate("Object.keys(window.__bluff.traffic.byFile)")
     assert {f for f in files if f.startswith(("nodes/", "edges/"))} == {
-        "nodes/original=4/part-2.parquet", "edges/original=4/part-2.parquet"}
+        "nodes/original=4/part-2.parquet",
+        "edges/original=4/part-2.parquet",
+    }
     row, nodes, edges = read_pair(root, 4, 3)
     assert (row["part"], row["row_group"]) == (1, 1)
     pick(page, "target", CLASS_NAMES[3])
@@ -788,9 +835,15 @@ def test_range_reads_check_every_response(page, serve_root, synth_results):
         rng = request.headers.get("range", "")
         seen.append(rng)
         if rng == f"bytes=-{tail}" and (always or len(seen) == 1):
-            route.fulfill(status=206, body=data[:tail], headers={
-                "Content-Range": f"bytes 0-{tail - 1}/{len(data)}", "Content-Type": "application/vnd.apache.parquet",
-                "Accept-Ranges": "bytes"})
+            route.fulfill(
+                status=206,
+                body=data[:tail],
+                headers={
+                    "Content-Range": f"bytes 0-{tail - 1}/{len(data)}",
+                    "Content-Type": "application/vnd.apache.parquet",
+                    "Accept-Ranges": "bytes",
+                },
+            )
         else:
             route.continue_()
 
@@ -841,7 +894,9 @@ def test_failed_asset_index_is_retried(page, serve_root, synth_results):
     wait_ready(page, "2-3")
     ids = page.eval_on_selector_all("g.node", "gs => gs.map(g => g.dataset.id)")
     page.hover(f"g.node[data-id='{ids[0]}']")
-    page.wait_for_function("() => { const d = document.querySelector('#detail .no-img'); return d && d.textContent === 'unavailable'; }")
+    page.wait_for_function(
+        "() => { const d = document.querySelector('#detail .no-img'); return d && d.textContent === 'unavailable'; }"
+    )
     page.mouse.move(5, 5)
     page.hover(f"g.node[data-id='{ids[1]}']")
     page.wait_for_selector(f"#detail[data-id='{ids[1]}'] img.feature-vis")
@@ -849,6 +904,7 @@ def test_failed_asset_index_is_retried(page, serve_root, synth_results):
 
 
 # --- causal panel, neuron effects, effect rings -----------------------------------------------------------------
+
 
 def _fin(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
@@ -863,8 +919,15 @@ def _plural(n: int, word: str) -> str:
 
 
 def _verdict(p: float) -> str:
-    return "no null control" if not _fin(p) else "more than chance" if p >= 95 else \
-        "less than chance" if p <= 5 else "no more than chance"
+    return (
+        "no null control"
+        if not _fin(p)
+        else "more than chance"
+        if p >= 95
+        else "less than chance"
+        if p <= 5
+        else "no more than chance"
+    )
 
 
 def _row(rows: list[dict], layer: str, i: int) -> dict | None:
@@ -874,28 +937,37 @@ def _row(rows: list[dict], layer: str, i: int) -> dict | None:
 def expected_causal_sentence(rows: list[dict], pair: dict, eps: list[float], s: int) -> str:
     """What the panel must say, from the stored numbers alone (docs/FORMAT.md causal/)."""
     if s == 0:
-        return ("Strength 0 shows benign images: patching needs a successful attack. Move the strength slider right "
-                "to see what patching the exploited neurons does.")
+        return (
+            "Strength 0 shows benign images: patching needs a successful attack. Move the strength slider right "
+            "to see what patching the exploited neurons does."
+        )
     e = f"eps {eps[s - 1]:.2f}"
     if not pair["n_success"][s - 1]:
         return f"No attack succeeded at {e}: there is nothing to patch."
     r = _row(rows, "all", s - 1)
     if r is None or not _fin(r["recovery"][1]):
-        return (f"No patching result at {e}: too few successful attacks to select neurons on one half and patch "
-                "the other, or no exploited neuron selected.")
+        return (
+            f"No patching result at {e}: too few successful attacks to select neurons on one half and patch "
+            "the other, or no exploited neuron selected."
+        )
     n, rec, null, noi = r["n_neurons"], r["recovery"], r["null_stats"], r["noising"]
     these = "this neuron" if n == 1 else f"these {n} neurons"
-    return (f"Patching the {_plural(n, 'exploited neuron')} (all layers; selected on other images) in "
-            f"{_plural(int(rec[0]), 'held-out attacked image')} at {e} recovers {_pct(rec[1])} of the logit gap; "
-            f"random sets of {n} recover {_pct(null[0])} (percentile {math.floor(null[4] + 0.5)}: {_verdict(null[4])}). "
-            f"Put into the clean images, the attacked values of {these} close {_pct(noi[0])} of the gap; random sets "
-            f"{_pct(noi[1])} (percentile {math.floor(noi[3] + 0.5)}: {_verdict(noi[3])}).")
+    return (
+        f"Patching the {_plural(n, 'exploited neuron')} (all layers; selected on other images) in "
+        f"{_plural(int(rec[0]), 'held-out attacked image')} at {e} recovers {_pct(rec[1])} of the logit gap; "
+        f"random sets of {n} recover {_pct(null[0])} (percentile {math.floor(null[4] + 0.5)}: {_verdict(null[4])}). "
+        f"Put into the clean images, the attacked values of {these} close {_pct(noi[0])} of the gap; random sets "
+        f"{_pct(noi[1])} (percentile {math.floor(noi[3] + 0.5)}: {_verdict(noi[3])})."
+    )
 
 
 def check_causal_table(page, rows: list[dict], s: int) -> None:
     """The table's numbers are the stored exploited rows at strength s: R, null mean, percentile, matched."""
-    got = page.eval_on_selector_all("#causal-table tbody tr", """trs => trs.map(tr => [tr.dataset.layer,
-        ...['exploited', 'null', 'percentile', 'matched'].map(c => Number(tr.querySelector('.causal-cell.' + c).dataset.value))])""")
+    got = page.eval_on_selector_all(
+        "#causal-table tbody tr",
+        """trs => trs.map(tr => [tr.dataset.layer,
+        ...['exploited', 'null', 'percentile', 'matched'].map(c => Number(tr.querySelector('.causal-cell.' + c).dataset.value))])""",
+    )
     want = [r for r in rows if r["strength"] == s - 1 and r["set"] == "exploited"]
     assert [g[0] for g in got] == [r["layer"] for r in want] and want
     for g, r in zip(got, want):
@@ -909,8 +981,10 @@ def check_causal_curve(page, curves: list[dict]) -> None:
     want = {c["order"]: c for c in curves if c["layer"] == layer}
     assert set(want) == {"exploited", "delta", "random"}
     for order, c in want.items():
-        pts = page.eval_on_selector_all(f"#causal-curve g.curve[data-order='{order}'] circle",
-                                        "cs => cs.map(c => [Number(c.dataset.k), Number(c.dataset.r)])")
+        pts = page.eval_on_selector_all(
+            f"#causal-curve g.curve[data-order='{order}'] circle",
+            "cs => cs.map(c => [Number(c.dataset.k), Number(c.dataset.r)])",
+        )
         assert [p[0] for p in pts] == c["k"]
         np.testing.assert_allclose([p[1] for p in pts], c["recovery"], rtol=1e-6)
 
@@ -932,8 +1006,11 @@ def test_causal_panel_matches_the_stored_rows(page, serve_root, synth_results):
     from viewer_synth import read_causal
 
     eps = manifest(synth_results)["strengths"]
-    o, t = next((o, t) for o, t in all_pairs(synth_results)
-                if read_pair(synth_results, o, t)[0]["n_success"][0] == 0 and read_curves(synth_results, o, t))
+    o, t = next(
+        (o, t)
+        for o, t in all_pairs(synth_results)
+        if read_pair(synth_results, o, t)[0]["n_success"][0] == 0 and read_curves(synth_results, o, t)
+    )
     pair = read_pair(synth_results, o, t)[0]
     rows, curves = read_causal(synth_results, o, t), read_curves(synth_results, o, t)
     url = serve_root(synth_results)
@@ -989,11 +1066,17 @@ def test_causal_panel_hidden_without_patching(page, serve_root, synth_results, t
 
 
 def ring_state(page) -> dict:
-    return {g["id"]: g for g in page.eval_on_selector_all("g.node", """gs => gs.map(g => { const r = g.querySelector('rect.effect-ring');
+    return {
+        g["id"]: g
+        for g in page.eval_on_selector_all(
+            "g.node",
+            """gs => gs.map(g => { const r = g.querySelector('rect.effect-ring');
         return {id: g.dataset.id, role: g.dataset.role, effect: g.dataset.effect === undefined ? null : Number(g.dataset.effect),
                 ring: g.dataset.ring === undefined ? null : Number(g.dataset.ring), shown: r.getAttribute('display') !== 'none',
                 sw: Number(r.getAttribute('stroke-width')), w: Number(r.getAttribute('width')),
-                size: Number(g.querySelector('rect.outer').getAttribute('width'))}; })""")}
+                size: Number(g.querySelector('rect.outer').getAttribute('width'))}; })""",
+        )
+    }
 
 
 def check_rings(page, nodes: list[dict], s: int, on: bool) -> None:
@@ -1034,8 +1117,11 @@ def test_neuron_effect_detail_and_rings(page, serve_root, synth_results):
     page.wait_for_selector(f"#detail[data-id='{node_id(ex)}'] .effect")
     assert float(page.get_attribute("#detail .effect", "data-value")) == pytest.approx(ex["effect"][s - 1], rel=1e-6)
     assert page.text_content("#detail .effect-text") == (
-        f"Patching it alone recovers {_pct(ex['effect'][s - 1])} of the logit gap at eps {eps[s - 1]:.2f} (held-out images).")
-    bars = page.eval_on_selector_all("#detail rect.effect-bar", "rs => rs.map(r => [Number(r.dataset.strength), Number(r.dataset.value)])")
+        f"Patching it alone recovers {_pct(ex['effect'][s - 1])} of the logit gap at eps {eps[s - 1]:.2f} (held-out images)."
+    )
+    bars = page.eval_on_selector_all(
+        "#detail rect.effect-bar", "rs => rs.map(r => [Number(r.dataset.strength), Number(r.dataset.value)])"
+    )
     want = [(i + 1, v) for i, v in enumerate(ex["effect"]) if _fin(v)]
     assert [b[0] for b in bars] == [w[0] for w in want]
     assert [b[1] for b in bars] == pytest.approx([w[1] for w in want], rel=1e-6)
@@ -1085,18 +1171,27 @@ def test_neuron_effect_detail_and_rings(page, serve_root, synth_results):
 
 
 def atlas_rows(page) -> list[dict]:
-    return page.eval_on_selector_all("#atlas-table tbody tr", """trs => trs.map(t => ({id: t.dataset.id, any: Number(t.dataset.any),
+    return page.eval_on_selector_all(
+        "#atlas-table tbody tr",
+        """trs => trs.map(t => ({id: t.dataset.id, any: Number(t.dataset.any),
         at: Number(t.dataset.at), effect: Number(t.dataset.effect), displayed: Number(t.dataset.displayed),
-        cells: [...t.querySelectorAll('td')].map(td => td.textContent)}))""")
+        cells: [...t.querySelectorAll('td')].map(td => td.textContent)}))""",
+    )
 
 
 def expected_atlas_order(root, key: str, i: int, desc: bool, where: str = "true") -> list[str]:
     """The atlas's neuron order from DuckDB: value descending then file row; ascending = the finite
     values reversed (ties too); NaN last in file order."""
-    v = {"any": "n_exploited_any", "at": f"n_exploited[{i + 1}]", "effect": "mean_recovery",
-         "displayed": "n_displayed"}[key]
-    src = (f"(select layer || '-' || channel as id, cast({v} as double) as v, file_row_number as r "
-           f"from read_parquet('{root}/atlas/neurons.parquet', file_row_number = true) where {where})")
+    v = {
+        "any": "n_exploited_any",
+        "at": f"n_exploited[{i + 1}]",
+        "effect": "mean_recovery",
+        "displayed": "n_displayed",
+    }[key]
+    src = (
+        f"(select layer || '-' || channel as id, cast({v} as double) as v, file_row_number as r "
+        f"from read_parquet('{root}/atlas/neurons.parquet', file_row_number = true) where {where})"
+    )
     order = "v desc, r" if desc else "v asc, r desc"
     con = duckdb.connect()
     valid = con.execute(f"select id from {src} where isfinite(v) order by {order}").fetchall()
@@ -1139,7 +1234,11 @@ def test_atlas_at_1000_classes(page, serve_root, scale_results):
     got = atlas_rows(page)
     assert [r["id"] for r in got] == want[:50]
     con = duckdb.connect()
-    counts = dict(con.execute(f"select layer || '-' || channel, n_exploited[7] from read_parquet('{scale_results}/atlas/neurons.parquet')").fetchall())
+    counts = dict(
+        con.execute(
+            f"select layer || '-' || channel, n_exploited[7] from read_parquet('{scale_results}/atlas/neurons.parquet')"
+        ).fetchall()
+    )
     assert all(r["at"] == counts[r["id"]] for r in got) and got[0]["at"] > 0
     page.click("#atlas-next")
     atlas_wait(page)
@@ -1163,7 +1262,9 @@ def test_atlas_at_1000_classes(page, serve_root, scale_results):
     assert {e["file"] for e in log2} == {"classes.parquet"}
     class_bytes = sum(e["bytes"] for e in log2)
     assert page.locator("#atlas-class-table tbody tr").count() == 50
-    t = pq.read_table(f"{scale_results}/classes.parquet", columns=["class_id", "success_as_original", "success_as_target"]).to_pylist()
+    t = pq.read_table(
+        f"{scale_results}/classes.parquet", columns=["class_id", "success_as_original", "success_as_target"]
+    ).to_pylist()
 
     def order(col, desc):
         valid = [(r[col][6], r["class_id"]) for r in t if _fin(r[col][6])]
@@ -1172,10 +1273,15 @@ def test_atlas_at_1000_classes(page, serve_root, scale_results):
             valid.reverse()
         return [c for _, c in valid] + [r["class_id"] for r in t if not _fin(r[col][6])]
 
-    got = page.eval_on_selector_all("#atlas-class-table tbody tr", "trs => trs.map(t => [Number(t.dataset.class), Number(t.dataset.original), Number(t.dataset.target)])")
+    got = page.eval_on_selector_all(
+        "#atlas-class-table tbody tr",
+        "trs => trs.map(t => [Number(t.dataset.class), Number(t.dataset.original), Number(t.dataset.target)])",
+    )
     assert [g[0] for g in got] == order("success_as_original", True)[:50]
     for c, so, st in got:
-        assert so == pytest.approx(t[c]["success_as_original"][6], rel=1e-6) and st == pytest.approx(t[c]["success_as_target"][6], rel=1e-6)
+        assert so == pytest.approx(t[c]["success_as_original"][6], rel=1e-6) and st == pytest.approx(
+            t[c]["success_as_target"][6], rel=1e-6
+        )
     page.click("#atlas-class-table th[data-key=target]")
     atlas_wait(page, "classes")
     got = page.eval_on_selector_all("#atlas-class-table tbody tr", "trs => trs.map(t => Number(t.dataset.class))")
@@ -1188,8 +1294,10 @@ def test_atlas_at_1000_classes(page, serve_root, scale_results):
     got = page.eval_on_selector_all("#atlas-class-table tbody tr", "trs => trs.map(t => Number(t.dataset.class))")
     assert got == order("success_as_original", False)[950:]
     assert got[-1] == 7  # the class the model never classifies correctly: no rate, last
-    print(f"atlas at 1000 classes: atlas/neurons.parquet {atlas_bytes} bytes ({n} neurons), "
-          f"class statistics {class_bytes} bytes, load {page.get_attribute('#atlas', 'data-load-ms')} ms")
+    print(
+        f"atlas at 1000 classes: atlas/neurons.parquet {atlas_bytes} bytes ({n} neurons), "
+        f"class statistics {class_bytes} bytes, load {page.get_attribute('#atlas', 'data-load-ms')} ms"
+    )
     assert class_bytes < 150 * 1024
     # the class view links the explorer: pairs into the first class (by success)
     page.click("#atlas-class-table th[data-key=target]")
@@ -1211,8 +1319,10 @@ def test_atlas_search_detail_and_links(page, serve_root, synth_results):
     page.click("#open-atlas")
     atlas_wait(page)
     con = duckdb.connect()
-    atlas = con.execute(f"select layer || '-' || channel as id, top_originals, top_targets, n_exploited_any "
-                        f"from read_parquet('{synth_results}/atlas/neurons.parquet')").fetchall()
+    atlas = con.execute(
+        f"select layer || '-' || channel as id, top_originals, top_targets, n_exploited_any "
+        f"from read_parquet('{synth_results}/atlas/neurons.parquet')"
+    ).fetchall()
     # search by neuron id: that neuron first (an exact id), by a prefix: every match
     nid = next(a[0] for a in atlas if a[3] > 0 and a[0].endswith("-1"))
     page.fill("#atlas-search", nid)
@@ -1236,10 +1346,22 @@ def test_atlas_search_detail_and_links(page, serve_root, synth_results):
     page.focus(f"#atlas-table tr[data-id='{top['id']}']")
     page.keyboard.press("Enter")
     page.wait_for_selector(f"#atlas-detail[data-id='{top['id']}']")
-    page.wait_for_function("() => { const i = document.querySelector('#atlas-detail img.atlas-fv'); return i && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#atlas-detail img.atlas-fv'); return i && i.complete && i.naturalWidth > 0; }"
+    )
     a = next(x for x in atlas if x[0] == top["id"])
-    assert page.eval_on_selector_all("#atlas-detail .atlas-links.original .class-link", "bs => bs.map(b => Number(b.dataset.class))") == a[1]
-    assert page.eval_on_selector_all("#atlas-detail .atlas-links.target .class-link", "bs => bs.map(b => Number(b.dataset.class))") == a[2]
+    assert (
+        page.eval_on_selector_all(
+            "#atlas-detail .atlas-links.original .class-link", "bs => bs.map(b => Number(b.dataset.class))"
+        )
+        == a[1]
+    )
+    assert (
+        page.eval_on_selector_all(
+            "#atlas-detail .atlas-links.target .class-link", "bs => bs.map(b => Number(b.dataset.class))"
+        )
+        == a[2]
+    )
     assert page.locator("#atlas-table tbody tr img.thumb").count() > 0  # thumbnails, lazily
     shot(page, "atlas-detail")
     # the top pair (when computed) opens in the graph
@@ -1276,9 +1398,12 @@ def test_atlas_counts_equal_the_nodes_files(page, serve_root, demo_results):
     con = duckdb.connect()
     S = len(manifest(demo_results)["strengths"])
     i = S // 2
-    counts = dict(con.execute(
-        f"select layer || '-' || channel, count(*) from read_parquet('{demo_results}/nodes/*/*.parquet', hive_partitioning = true) "
-        f"where (exploited_mask >> {i}) & 1 = 1 group by all").fetchall())
+    counts = dict(
+        con.execute(
+            f"select layer || '-' || channel, count(*) from read_parquet('{demo_results}/nodes/*/*.parquet', hive_partitioning = true) "
+            f"where (exploited_mask >> {i}) & 1 = 1 group by all"
+        ).fetchall()
+    )
     assert counts
     url = serve_root(demo_results)
     page.goto(url)
