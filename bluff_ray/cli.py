@@ -42,6 +42,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="if the output root holds results of a different configuration, delete them first "
         "(without it such a run is refused)",
     )
+    p.add_argument(
+        "--verify",
+        choices=("size", "checksum", "none"),
+        default="size",
+        help="how a resume checks finished units' files against their markers: 'size' (default: one listing "
+        "per table folder), 'checksum' (every file read and its SHA-256 compared) or 'none'; units that do not "
+        "match are recomputed and listed",
+    )
     options.add_arguments(p)
     options.add_set_argument(p)
 
@@ -64,13 +72,13 @@ def _setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _run_and_report(cfg, overwrite: bool, ray_address: str | None) -> int:
+def _run_and_report(cfg, overwrite: bool, ray_address: str | None, verify: str = "size") -> int:
     from bluff_ray.results.store import StorageError
     from bluff_ray.run.config import ConfigError
     from bluff_ray.run.driver import RunError, run
 
     try:
-        summary = run(cfg, overwrite=overwrite, ray_address=ray_address)
+        summary = run(cfg, overwrite=overwrite, ray_address=ray_address, verify=None if verify == "none" else verify)
     except (ConfigError, StorageError, RunError, FileNotFoundError) as e:
         print(f"bluff: error: {e}", file=sys.stderr)
         return 2
@@ -89,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"bluff: error: {e}", file=sys.stderr)
         return 2
-    return _run_and_report(cfg, args.overwrite, args.ray_address)
+    return _run_and_report(cfg, args.overwrite, args.ray_address, args.verify)
 
 
 #: The demo run: digits, all 90 ordered pairs, default strengths, assets; batch sizes for a CPU.

@@ -407,3 +407,29 @@ def test_resolve_is_linear_in_classes_and_originals():
     explicit = resolve(RunConfig(pairs=[f"{o}:{(o + 1) % n}" for o in range(n)]), a)
     assert len(explicit.pairs) == n and explicit.target_chunk == 1
     assert _Counting.scans <= 8, _Counting.scans
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], "size"), (["--verify", "checksum"], "checksum"), (["--verify", "none"], None)]
+)
+def test_bluff_run_verify_option_reaches_the_driver(monkeypatch, tmp_path, flag, expected):
+    from bluff_ray.run import driver
+
+    seen = {}
+
+    class Summary:
+        failed = stopped = False
+
+        def report(self) -> str:
+            return "ok"
+
+    def fake_run(cfg, overwrite=False, ray_address=None, verify="size"):
+        seen.update(verify=verify, out=cfg.out)
+        return Summary()
+
+    monkeypatch.setattr(driver, "run", fake_run)
+    assert cli.main(["run", "--out", str(tmp_path), *flag]) == 0
+    assert seen == {"verify": expected, "out": str(tmp_path)}
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--out", str(tmp_path), "--verify", "sometimes"])
+    assert e.value.code == 2
