@@ -40,6 +40,7 @@ from PIL import Image
 from bluff_ray.results import layout
 from bluff_ray.results.reduce import Aggregate, LayerSpec, landing_view, unit_atlas, write_global
 from bluff_ray.results.store import Store
+from bluff_ray.run.assets import INDEX_SCHEMA
 
 LAYERS = ["mixed3a", "mixed3b", "mixed4a", "mixed4b"]
 CHANNELS = 64
@@ -58,18 +59,6 @@ CLASS_NAMES = [
 SCALE_PAIRS = {(500, 250), (999, 0), (3, 998)}
 #: the small root's pair without any exploited neuron
 NO_EXPLOITED = (1, 4)
-ASSET_INDEX_SCHEMA = pa.schema(
-    [
-        ("layer", pa.string()),
-        ("channel", pa.int32()),
-        ("kind", pa.string()),
-        ("rank", pa.int32()),
-        ("path", pa.string()),
-        ("class_id", pa.int32()),
-        ("image_index", pa.int32()),
-        ("activation", pa.float32()),
-    ]
-)
 _WORDS = [
     "red",
     "blue",
@@ -592,9 +581,7 @@ def _write_assets(rng, store: Store, shown: set[tuple[str, int]], classes: int) 
                     activation=float(4 - r),
                 )
             )
-    store.write_bytes(
-        layout.ASSET_INDEX_PATH, layout.table_to_parquet(pa.Table.from_pylist(rows, schema=ASSET_INDEX_SCHEMA))
-    )
+    store.write_bytes(layout.ASSET_INDEX_PATH, layout.table_to_parquet(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)))
 
 
 def make_v1_root(root: str | Path) -> Path:
