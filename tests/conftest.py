@@ -197,3 +197,27 @@ def demo_results(ray_session, tmp_path_factory):
     summary = run(demo_config(out))
     assert not summary.failed, summary.failed
     return out
+
+
+@pytest.fixture(scope="module")
+def fixture_unit():
+    """The checked-in v1 unit (tests/fixtures/v1_unit): its metadata, the digits net in float64 and
+    the original's and targets' class data (test_engine, test_fast_step)."""
+    import json
+
+    from bluff_ray.engine.compute import benign_stats, class_data
+    from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
+    from bluff_ray.run.data import DigitsSource
+
+    fixture = Path(__file__).parent / "fixtures" / "v1_unit"
+    meta = json.loads((fixture / "unit.json").read_text())
+    net = DigitsNet.empty()
+    net.load_state_dict(torch.load(fixture / "digits_weights.pt", weights_only=True))
+    adapter = digits_adapter(net.double().eval())
+    src = DigitsSource()
+
+    def data(c):
+        x = src.class_images(c, meta["images_per_class"])[0].double()
+        return class_data(adapter, c, x, benign_stats(adapter, x, c))
+
+    return meta, adapter, data(meta["original"]), [data(t) for t in meta["targets"]]

@@ -7,7 +7,6 @@ do not depend on the machine's float32 kernels.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,10 @@ import pytest
 import torch
 
 from bluff_ray.engine.attack import START_BLOCK, AttackConfig, Batching, StartNoise, random_start
-from bluff_ray.engine.compute import benign_stats, class_data, compute_unit
-from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
+from bluff_ray.engine.compute import compute_unit
 from bluff_ray.engine.pathways import PathwayConfig
 from bluff_ray.results import layout
 from bluff_ray.results.rows import unit_tables
-from bluff_ray.run.data import DigitsSource
 from bluff_ray.run.plan import unit_seed
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v1_unit"
@@ -33,21 +30,6 @@ BENIGN_RTOL = 1e-6
 # Edge influences are stored with 8 significant bits (docs/FORMAT.md, Precision): the documented
 # bound on their rounding, added deliberately to the margins above for the edges table only.
 INFLUENCE_RTOL = 2.0 ** -(layout.INFLUENCE_MANTISSA_BITS + 1)
-
-
-@pytest.fixture(scope="module")
-def fixture_unit():
-    meta = json.loads((FIXTURE / "unit.json").read_text())
-    net = DigitsNet.empty()
-    net.load_state_dict(torch.load(FIXTURE / "digits_weights.pt", weights_only=True))
-    adapter = digits_adapter(net.double().eval())
-    src = DigitsSource()
-
-    def data(c):
-        x = src.class_images(c, meta["images_per_class"])[0].double()
-        return class_data(adapter, c, x, benign_stats(adapter, x, c))
-
-    return meta, adapter, data(meta["original"]), [data(t) for t in meta["targets"]]
 
 
 def _cfg(meta) -> AttackConfig:

@@ -166,37 +166,13 @@ def test_triton_kernels_on_cuda_exact_in_float64():
 
 # ----------------------------------------------------------------------------- the fast attack step
 
-FIXTURE = Path(__file__).parent / "fixtures" / "v1_unit"
 
-
-@pytest.fixture(scope="module")
-def digits64():
-    """The checked-in digits unit's net in float64 (test_engine's fixture), and its class data."""
-    import json
-
-    from bluff_ray.engine.compute import benign_stats, class_data
-    from bluff_ray.engine.models.digits import DigitsNet, digits_adapter
-    from bluff_ray.run.data import DigitsSource
-
-    meta = json.loads((FIXTURE / "unit.json").read_text())
-    net = DigitsNet.empty()
-    net.load_state_dict(torch.load(FIXTURE / "digits_weights.pt", weights_only=True))
-    adapter = digits_adapter(net.double().eval())
-    src = DigitsSource()
-
-    def data(c):
-        x = src.class_images(c, meta["images_per_class"])[0].double()
-        return class_data(adapter, c, x, benign_stats(adapter, x, c))
-
-    return meta, adapter, data(meta["original"]), [data(t) for t in meta["targets"]]
-
-
-def test_fast_model_swaps_every_pool_and_computes_the_same_function(digits64):
+def test_fast_model_swaps_every_pool_and_computes_the_same_function(fixture_unit):
     from torch import nn
 
     from bluff_ray.engine.maxpool import MaxPool2dNoIndices
 
-    _, adapter, original, _ = digits64
+    _, adapter, original, _ = fixture_unit
     ref, fast = adapter.attack_model(), adapter.attack_model(step="fast")
     assert fast is adapter.attack_model(step="fast", bf16=True)  # bf16 weights only on CUDA
     pools = [m for m in fast.modules() if isinstance(m, nn.MaxPool2d)]
@@ -208,11 +184,11 @@ def test_fast_model_swaps_every_pool_and_computes_the_same_function(digits64):
 
 
 @pytest.mark.parametrize("method", ["pgd_l2", "pgd_linf", "fgsm"])
-def test_fast_step_gives_the_reference_attack_bitwise_in_float64(digits64, method):
+def test_fast_step_gives_the_reference_attack_bitwise_in_float64(fixture_unit, method):
     """Same adversarial images and success counts per strength, every method, float64 on the CPU."""
     from bluff_ray.engine.attack import AttackConfig, attack_grid
 
-    meta, adapter, original, _ = digits64
+    meta, adapter, original, _ = fixture_unit
     x = original.images
     grids = {}
     for step in ("reference", "fast"):
@@ -224,7 +200,7 @@ def test_fast_step_gives_the_reference_attack_bitwise_in_float64(digits64, metho
     assert (ref.adv - x).abs().amax() > 0.01  # the attack moved the images
 
 
-def test_fast_step_gives_the_reference_pair_results(digits64):
+def test_fast_step_gives_the_reference_pair_results(fixture_unit):
     """compute_unit with step="fast": the same pair rows (success, importance, roles), nodes and
     edges as the reference step, in float64."""
     from bluff_ray.engine.attack import AttackConfig
@@ -232,7 +208,7 @@ def test_fast_step_gives_the_reference_pair_results(digits64):
     from bluff_ray.engine.pathways import PathwayConfig
     from bluff_ray.results.rows import unit_tables
 
-    meta, adapter, original, targets = digits64
+    meta, adapter, original, targets = fixture_unit
     out = {}
     for step in ("reference", "fast"):
         cfg = AttackConfig(strengths=tuple(meta["strengths"]), steps=3, seed=meta["seed"], step=step)
@@ -275,7 +251,7 @@ def test_fast_pool_keeps_fewer_bytes_per_sample():
     assert fast < 0.75 * ref
 
 
-def test_bf16_weights_get_their_input_cast_once(digits64):
+def test_bf16_weights_get_their_input_cast_once(fixture_unit):
     """A model with bf16 weights (the fast step's on CUDA; here built by hand on the CPU): the step
     casts the fp32 input inside the graph and returns the fp32 input gradient, equal to autograd's
     through ``model(x.to(bf16))``; the loop keeps fp32 images and decides success with ``verify``."""
@@ -285,7 +261,7 @@ def test_bf16_weights_get_their_input_cast_once(digits64):
 
     from bluff_ray.engine.attack import AttackConfig, attack_stream, make_step
 
-    _, adapter, original, _ = digits64
+    _, adapter, original, _ = fixture_unit
     half = copy.deepcopy(adapter.attack_model(step="fast")).to(torch.bfloat16)
     x = original.images.float().contiguous(memory_format=torch.channels_last)
     t = torch.full((x.shape[0],), 5)
@@ -302,14 +278,14 @@ def test_bf16_weights_get_their_input_cast_once(digits64):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graphs_replay_the_eager_step(digits64):
+def test_cuda_graphs_replay_the_eager_step(fixture_unit):
     """On a GPU, float64 digits net: the captured step replays the eager step's numbers, for the
     reference and the fast (Triton pool) model, and across two batch shapes."""
     import copy
 
     from bluff_ray.engine.attack import AttackConfig, attack_grid
 
-    _, adapter, original, _ = digits64
+    _, adapter, original, _ = fixture_unit
     gpu = copy.deepcopy(adapter).to("cuda")
     x = original.images.cuda()
     for step in ("reference", "fast"):
