@@ -7,6 +7,22 @@ with ``pathways.causal``, side by side in one process, and reports the extra tim
 experiments as a fraction of the unit's attack time (the target is at most 15 %). The attacked
 images are the real ones: the fraction depends on how many attacks succeed (only successful
 images are patched), so the number of successes is printed too.
+
+    .venv/bin/python bench/causal.py --only googlenet   # GoogLeNet size (slow: ~10 min on one thread)
+
+GoogLeNet (torchvision, 224 px) has random weights here (no weights are downloaded), so no targeted
+attack succeeds and ``compute_unit`` would have nothing to patch. The cost of patching depends on
+counts (held-out images, exploited neurons per layer), not on success, so this case calls
+``causal.Patching`` directly, as ``compute.patch_pair`` does, on images attacked by a short PGD run
+(eps 0.5, a few steps) and TREATED AS SUCCESSFUL although they are not: one strength with
+2 x ``--held`` "successful" images (half select, half are patched). By default (``--importance
+worst``) the two classes' importances are set so that every layer has the most exploited neurons
+the design allows (k//2), the cost's upper bound; ``natural`` uses the random net's importance of
+random images. It measures side by side, after a warm-up of each, the attack time per image-step
+and the patching time per held-out image without and with a dose-response curve, the
+experiments run and the FLOPs of both (``torch.utils.flop_counter``), and extrapolates to a full
+pair (50 images x 10 strengths x 50 steps; 10 strengths x 8 held-out images, with 25 selection
+images per strength, i.e. every attack successful) for ``curves`` none, one and every.
 """
 
 from __future__ import annotations
@@ -83,14 +99,227 @@ def measure(
     return out
 
 
+GOOGLENET_PAIR = dict(images=50, strengths=10, steps=50, held=8, selection=25)  # a full pair, all successful
+
+
+class _Counted:
+    """Counts the experiments ``Patching.logits`` receives and times the selection pass, by wrapping
+    the two methods on the class for the duration (``run`` builds a new Patching per strength)."""
+
+    def __init__(self) -> None:
+        self.denoising = self.noising = 0
+        self.selection_s = 0.0
+
+    def __enter__(self):
+        from unittest import mock
+
+        from bluff_ray.engine.causal import Patching
+
+        logits, stats = Patching.logits, Patching._selection_stats
+
+        def counted(p, experiments, noising=False):
+            exps = list(experiments)
+            if noising:
+                self.noising += len(exps)
+            else:
+                self.denoising += len(exps)
+            return logits(p, exps, noising)
+
+        def timed(p, rows):
+            t0 = time.perf_counter()
+            try:
+                return stats(p, rows)
+            finally:
+                self.selection_s += time.perf_counter() - t0
+
+        self._patches = [
+            mock.patch.object(Patching, "logits", counted),
+            mock.patch.object(Patching, "_selection_stats", timed),
+        ]
+        for m in self._patches:
+            m.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m in self._patches:
+            m.stop()
+
+
+def measure_googlenet(held: int = 4, attack_steps: int = 4, importance: str = "worst") -> dict:
+    """Patching vs attack cost at GoogLeNet size (module docstring: random weights, images treated
+    as successful)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bluff_ray.engine.attack import attack
+    from bluff_ray.engine.causal import Patching, block_modules
+    from bluff_ray.engine.pathways import importance_of
+
+    adapter = load_model("googlenet", weights="random")
+    pcfg = PathwayConfig()
+    model = adapter.attack_model()
+    blocks = block_modules(model, adapter.model, adapter.blocks)
+    names, channels = adapter.layer_names, [info.channels for info in adapter.layers]
+    n = 2 * held  # "successful" images: even rows select, odd rows are patched
+    batch = max(16, n)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, *adapter.input_shape, generator=g)
+    x_t = torch.rand(8, *adapter.input_shape, generator=g)
+    targets = torch.full((batch,), 1, dtype=torch.long)
+    eps = max(adapter.metadata["default_strengths"])
+
+    def attack_per_image_step() -> tuple[float, torch.Tensor]:
+        cfg = AttackConfig(steps=attack_steps, seed=0)
+        t0 = time.perf_counter()
+        adv = attack(model, x, targets, eps, cfg)
+        return (time.perf_counter() - t0) / (batch * attack_steps), adv
+
+    attack(model, x[:2], targets[:2], eps, AttackConfig(steps=1, seed=0))  # warm-up
+    step_before, adv = attack_per_image_step()
+
+    if importance == "natural":
+        imp_o, imp_t = importance_of(adapter, x, pcfg.batch_size), importance_of(adapter, x_t, pcfg.batch_size)
+    else:  # the selection images' most active channels are fresh (not top original/target): k//2 exploited per layer
+        worst = {k: -v for k, v in importance_of(adapter, adv[0:n:2], pcfg.batch_size).items()}
+        imp_o = imp_t = worst
+
+    def patch(curves: str, patch_images: int):
+        p = Patching(
+            model,
+            blocks,
+            names,
+            channels,
+            adv[:n],
+            x[:n],
+            seed=1,
+            batch_size=pcfg.batch_size,
+            patch_images=patch_images,
+            draws=pcfg.null_draws,
+            curves=curves,
+        )
+        return p.run(0, 1, [imp_o[k] for k in names], [imp_t[k] for k in names], [n], pcfg.k)
+
+    patch("none", 1)  # warm-up (same selection images, one held-out image)
+    timed: dict[str, dict] = {}
+    for curves in ("none", "one"):
+        with _Counted() as c:
+            t0 = time.perf_counter()
+            res = patch(curves, held)
+            total = time.perf_counter() - t0
+        exploited = {layer: 0 for layer in names}
+        for layer, _ch in res.effect:
+            exploited[layer] += 1
+        timed[curves] = dict(
+            per_held_s=(total - c.selection_s) / held,
+            selection_per_image_s=c.selection_s / held,
+            denoising=c.denoising,
+            noising=c.noising,
+            exploited=exploited,
+        )
+    step_after, _ = attack_per_image_step()
+    step_s = min(step_before, step_after)
+
+    # FLOPs: one forward, one attack step (per image), and one held-out image per curve setting
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x[:2].contiguous(memory_format=torch.channels_last))
+    fwd_flops = fc.get_total_flops() / 2
+    # the attack step's computation (attack._loss_grad) through backward(inputs=...): FlopCounterMode's
+    # module hooks refuse autograd.grad on a leaf; only the input gradient is computed either way
+    xs = x[:2].contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with FlopCounterMode(display=False) as fc:
+        torch.nn.functional.cross_entropy(model(xs), targets[:2], reduction="sum").backward(inputs=[xs])
+    step_flops = fc.get_total_flops() / 2
+    flops = {}
+    for curves in ("none", "one"):
+        with FlopCounterMode(display=False) as fc:
+            patch(curves, 1)
+        flops[curves] = fc.get_total_flops() - 2 * held * fwd_flops  # selection: 2 forwards per image
+
+    fp = GOOGLENET_PAIR
+    steps_per_pair = fp["images"] * fp["strengths"] * fp["steps"]
+    per_s = {k: fp["held"] * v["per_held_s"] for k, v in timed.items()}  # one strength's held-out images
+    sel_s = fp["strengths"] * fp["selection"] * timed["none"]["selection_per_image_s"]
+    per_f = {k: fp["held"] * v for k, v in flops.items()}
+    sel_f = fp["strengths"] * fp["selection"] * 2 * fwd_flops
+    mix = {"none": (0, fp["strengths"]), "one": (1, fp["strengths"] - 1), "every": (fp["strengths"], 0)}
+    attack_s, attack_f = steps_per_pair * step_s, steps_per_pair * step_flops
+    shares = {}
+    for name, (with_curve, without) in mix.items():
+        ps = with_curve * per_s["one"] + without * per_s["none"] + sel_s
+        pf = with_curve * per_f["one"] + without * per_f["none"] + sel_f
+        shares[name] = dict(patching_s=ps, patching_flops=pf, time=ps / attack_s, flops=pf / attack_f)
+    out = dict(
+        held=held,
+        attack_steps=attack_steps,
+        attack_batch=batch,
+        importance=importance,
+        step_s=step_s,
+        step_s_before_after=(step_before, step_after),
+        fwd_flops=fwd_flops,
+        step_flops=step_flops,
+        timed=timed,
+        patch_flops_per_held=flops,
+        attack_pair_s=attack_s,
+        attack_pair_flops=attack_f,
+        selection_pair_s=sel_s,
+        selection_pair_flops=sel_f,
+        shares=shares,
+    )
+    print(f"# {out}", file=sys.stderr, flush=True)
+    return out
+
+
+def print_googlenet(r: dict) -> None:
+    t, f = r["timed"], r["patch_flops_per_held"]
+    print(
+        f"GoogLeNet (random weights, 224 px), attacked images TREATED AS SUCCESSFUL; importance={r['importance']}; "
+        f"{r['held']} held-out + {r['held']} selection images, one strength"
+    )
+    print(
+        f"attack: {1e3 * r['step_s']:.1f} ms per image-step (batch {r['attack_batch']}, {r['attack_steps']} steps; "
+        f"before/after the patching: {1e3 * r['step_s_before_after'][0]:.1f} / {1e3 * r['step_s_before_after'][1]:.1f} ms); "
+        f"{r['step_flops'] / 1e9:.2f} GFLOP per image-step, {r['fwd_flops'] / 1e9:.2f} GFLOP per forward"
+    )
+    for curves, label in (("none", "without curve"), ("one", "with curve")):
+        x = t[curves]
+        per_layer = ", ".join(str(v) for v in x["exploited"].values())
+        print(
+            f"patching {label}: {x['per_held_s']:.2f} s per held-out image "
+            f"({x['per_held_s'] / r['step_s']:.0f} attack image-steps), {f[curves] / 1e9:.0f} GFLOP per held-out image "
+            f"({f[curves] / r['step_flops']:.0f} image-steps); experiments: {x['denoising']} denoising + "
+            f"{x['noising']} noising rows per image; exploited per layer: {per_layer}; "
+            f"selection {x['selection_per_image_s']:.3f} s per image"
+        )
+    print(
+        f"full pair: attack {GOOGLENET_PAIR['images']} x {GOOGLENET_PAIR['strengths']} x {GOOGLENET_PAIR['steps']} "
+        f"image-steps = {r['attack_pair_s']:.0f} s, {r['attack_pair_flops'] / 1e12:.1f} TFLOP; selection "
+        f"({GOOGLENET_PAIR['strengths']} x {GOOGLENET_PAIR['selection']} images) {r['selection_pair_s']:.0f} s"
+    )
+    print("| curves | patching per pair | patching / attack (time) | patching / attack (FLOPs) |")
+    print("|---|---|---|---|")
+    for name, sh in r["shares"].items():
+        print(
+            f"| {name} | {sh['patching_s']:.0f} s, {sh['patching_flops'] / 1e12:.2f} TFLOP | {100 * sh['time']:.1f} % | "
+            f"{100 * sh['flops']:.1f} % |",
+            flush=True,
+        )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--only",
-        choices=["digits", "rehearsal"],
+        choices=["digits", "rehearsal", "googlenet"],
         action="append",
-        help="measure only these models (repeatable; default: digits and rehearsal)",
+        help="measure only these models (repeatable; default: digits and rehearsal; googlenet is slow)",
+    )
+    ap.add_argument("--held", type=int, default=4, help="googlenet: held-out images timed (scaled per image)")
+    ap.add_argument("--attack-steps", type=int, default=4, help="googlenet: PGD steps timed (batch of 16)")
+    ap.add_argument(
+        "--importance",
+        choices=["worst", "natural"],
+        default="worst",
+        help="googlenet: k//2 exploited neurons per layer (worst) or the random net's own",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -103,6 +332,10 @@ def main(argv=None) -> int:
             measure("rehearsal", "synthetic", 8, [1, 2, 3, 4, 5], 50),
             measure("rehearsal", "synthetic", 50, [1, 2], 50, repeats=1),
         ]  # ImageNet val's 50 images
+    if "googlenet" in only:
+        print_googlenet(measure_googlenet(args.held, args.attack_steps, args.importance))
+    if not rows:
+        return 0
     print("| model | unit | successful attacks | exploited neurons per pair | attack | patching | patching / attack |")
     print("|---|---|---|---|---|---|---|", flush=True)
     for r in rows:
