@@ -326,3 +326,102 @@ def test_atlas_ranks_neurons_by_their_measured_effect_and_null_percentile():
     assert a0["n_tested"] == 1 and a0["mean_recovery"] == pytest.approx(-0.1) and a0["null_percentile"] == 0.0
     assert b2["mean_effect"][0] == pytest.approx(0.4) and np.isnan(b2["mean_effect"][1])  # any node with an effect
     assert rows[("mixed3a", 1)]["n_tested"] == 0 and np.isnan(rows[("mixed3a", 1)]["mean_recovery"])
+
+
+def _with(patching: Patching, **kw) -> Patching:
+    args = dict(seed=patching.seed, batch_size=patching.batch_size, draws=patching.draws, curves=patching.curves)
+    args.update(kw)
+    return Patching(
+        patching.model,
+        patching.blocks,
+        patching.names,
+        patching.channels,
+        patching.adversarial,
+        patching.benign,
+        **args,
+    )
+
+
+def _tables(res):
+    return causal_table(res.table).to_pylist(), causal_curve_table(res.table).to_pylist()
+
+
+def _key(r):
+    return (r["strength"], r["layer"], r.get("set", r.get("order")))
+
+
+def _assert_same_rows(a: list[dict], b: list[dict]) -> None:
+    """Rows equal key for key; floats to 1e-9 (float64: another experiment count chunks the batch
+    differently), NaN where NaN."""
+    assert sorted(map(_key, a)) == sorted(map(_key, b))
+    other = {_key(r): r for r in b}
+    for ra in a:
+        rb = other[_key(ra)]
+        for col, va in ra.items():
+            if isinstance(va, list) and any(isinstance(v, float) for v in va):
+                np.testing.assert_allclose(va, rb[col], rtol=1e-9, atol=1e-12, err_msg=f"{_key(ra)} {col}")
+            elif isinstance(va, float):
+                np.testing.assert_allclose(va, rb[col], rtol=1e-9, atol=1e-12, err_msg=f"{_key(ra)} {col}")
+            else:
+                assert va == rb[col], (_key(ra), col)
+
+
+def test_curves_at_every_strength_equal_the_one_strength_curves_and_leave_the_sets_alone(attacked):
+    """``curves``: "every" adds the curves (and single-neuron rows) of the other strengths without
+    changing any number of "one"; "none" keeps exactly the set rows."""
+    adapter, patching, n_success = attacked
+    imp = [torch.linspace(1, 0, l.channels, dtype=torch.float64) for l in adapter.layers]
+    rows = {}
+    for mode in ("none", "one", "every"):
+        rows[mode] = _tables(_with(patching, curves=mode).run(3, 8, imp, imp, n_success, k=10))
+    held = [s for s, n in enumerate(n_success) if n >= 2]
+    assert len(held) >= 2  # the test is not vacuous: several strengths have held-out images
+    one_s = {r["strength"] for r in rows["one"][1]}
+    assert len(one_s) == 1
+    assert {r["strength"] for r in rows["every"][1]} == set(held)
+    assert rows["none"][1] == []
+    sets = {m: [r for r in rows[m][0] if not r["set"].startswith("neuron:")] for m in rows}
+    _assert_same_rows(sets["none"], sets["one"])
+    _assert_same_rows(sets["one"], sets["every"])
+    # the same draws (seeded per strength) and the same images
+    _assert_same_rows(rows["one"][1], [r for r in rows["every"][1] if r["strength"] in one_s])
+    neurons = {m: {r["strength"] for r in rows[m][0] if r["set"].startswith("neuron:")} for m in rows}
+    assert neurons["none"] == set() and neurons["one"] == one_s and len(neurons["every"]) > 1
+    with pytest.raises(ValueError, match="unknown curves 'all'"):
+        _with(patching, curves="all")
+
+
+def test_identical_experiments_run_once_and_give_the_numbers_of_separate_runs(attacked, monkeypatch):
+    """A null draw and the random order's point of the same size are one experiment: the plan runs
+    it once, and every row equals the rows of a plan that runs each label separately."""
+    adapter, patching, n_success = attacked
+    imp = [torch.linspace(1, 0, l.channels, dtype=torch.float64) for l in adapter.layers]
+    seen = []
+    logits = Patching.logits
+
+    def counting(self, experiments, noising=False):
+        seen.append(len(experiments))
+        return logits(self, experiments, noising)
+
+    monkeypatch.setattr(Patching, "logits", counting)
+    merged = _tables(patching.run(3, 8, imp, imp, n_success, k=4))  # exploited sets of <= 2: k = 1, 2 of the curves
+    ran_merged = sum(seen)
+    seen.clear()
+
+    from bluff_ray.engine import causal
+
+    def add_each(self, label, chans, noise=False):  # the plan without merging
+        masks = {}
+        for li, ch in chans.items():
+            m = torch.zeros(self.channels[li], dtype=torch.bool)
+            m[torch.as_tensor(np.asarray(ch, np.int64))] = True
+            masks[li] = m
+        self.index[label] = len(self.exps)
+        self.exps.append((Experiment(masks), noise))
+
+    monkeypatch.setattr(causal._Plan, "add", add_each)
+    separate = _tables(patching.run(3, 8, imp, imp, n_success, k=4))
+    assert ran_merged < sum(seen)  # some experiments were shared
+    for a, b in zip(merged, separate):
+        assert [_key(r) for r in a] == [_key(r) for r in b]
+        _assert_same_rows(a, b)

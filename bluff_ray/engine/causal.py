@@ -14,8 +14,8 @@ the set (seeded by :func:`bluff_ray.engine.seeds.derive_seed`, so they do not de
 or the worker), and with a control matched on how much the attack moved each channel (median
 ||a_adv - a_clean||, nearest-neighbour draws). Dose-response curves patch the first k channels
 of an order (exploited rank, |Δa| rank, random permutations) at k = 1, 2, 4, ... 32 and the whole
-layer, at the curve strength (the one with the most held-out images: the curves are the costly
-part). The "top original/target" set is a competing hypothesis, not a control.
+layer, at the strengths ``curves`` names (by default the one with the most held-out images: the
+curves are the costly part). The "top original/target" set is a competing hypothesis, not a control.
 
 Cost: all experiments that start at the same layer share one forward pass up to that layer; the
 batch is expanded there (one copy per experiment) by a forward hook (:meth:`Patching.logits`).
@@ -47,6 +47,9 @@ CURVE_K = (1, 2, 4, 8, 16, 32)
 MATCH_POOL = 4
 SETS = ("exploited", "exploited_union", "top_original_target", "top_delta")
 ORDERS = ("exploited", "delta", "random")
+#: Strengths with dose-response curves (``PathwayConfig.curves``): none, the one with the most
+#: held-out images, or every strength with held-out images (about 3.6x the patching of "one").
+CURVES = ("none", "one", "every")
 
 
 # --- the records the engine returns -------------------------------------------------------------
@@ -249,7 +252,10 @@ class Patching:
         batch_size: int = 64,
         patch_images: int | None = PATCH_IMAGES,
         draws: int = NULL_DRAWS,
+        curves: str = "one",
     ):
+        if curves not in CURVES:
+            raise ValueError(f"unknown curves {curves!r}; valid: {', '.join(CURVES)}")
         if adversarial.shape != benign.shape:
             raise ValueError(f"adversarial {tuple(adversarial.shape)} and benign {tuple(benign.shape)} images differ")
         if draws < 2:
@@ -258,7 +264,7 @@ class Patching:
         self.channels = list(channels)
         self.adversarial, self.benign = adversarial, benign
         self.seed, self.batch_size = int(seed), int(batch_size)
-        self.patch_images, self.draws = patch_images, int(draws)
+        self.patch_images, self.draws, self.curves = patch_images, int(draws), curves
         #: draws of the secondary controls (matched, noising null): half as many, at least 8 (cost)
         self.control_draws = max(8, self.draws // 2)
 
@@ -275,6 +281,7 @@ class Patching:
             self.batch_size,
             None,
             self.draws,
+            self.curves,
         )
 
     def run(
@@ -302,7 +309,8 @@ class Patching:
                 continue
             part = self._subset(held[s])
             base = part._baseline(original, target)
-            defused[s] = part._strength(out, effect, s, picks, base, original, target, curve=s == curve_s)
+            curve = self.curves == "every" or (self.curves == "one" and s == curve_s)
+            defused[s] = part._strength(out, effect, s, picks, base, original, target, curve=curve)
         return PatchResult(effect, out, tuple(defused))
 
     def _selection(self, sel, imp_o, imp_t, k) -> list[LayerSelection]:
@@ -490,18 +498,19 @@ class Patching:
         p_all = torch.cat(parts_p).cpu().numpy()
         flags = [noise for _, noise in plan.exps]
         order = [i for i, nz in enumerate(flags) if not nz] + [i for i, nz in enumerate(flags) if nz]
+        row_of = {i: row for row, i in enumerate(order)}  # experiment -> row of r_all / p_all
         with warnings.catch_warnings():  # an experiment whose images all have a zero gap: NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             means, medians = np.nanmean(r_all, axis=1), np.nanmedian(r_all, axis=1)
         restored, defused = (p_all == original).mean(axis=1), (p_all != target).mean(axis=1)
         return {
-            plan.labels[i]: {
-                "mean": float(means[row]),
-                "median": float(medians[row]),
-                "restored": float(restored[row]),
-                "defused": float(defused[row]),
+            label: {
+                "mean": float(means[row_of[i]]),
+                "median": float(medians[row_of[i]]),
+                "restored": float(restored[row_of[i]]),
+                "defused": float(defused[row_of[i]]),
             }
-            for row, i in enumerate(order)
+            for label, i in plan.index.items()
         }
 
     def _record_sets(self, out: CausalRows, stats, plan: _Plan, s: int, g, ld: dict) -> float:
@@ -594,7 +603,7 @@ class Patching:
     def _record_neurons(
         self, out: CausalRows, stats, s: int, li: int, exploited: np.ndarray, n_img: int, ld_clean: float, ld_adv: float
     ) -> None:
-        """At the curve strength: each exploited neuron alone against single random channels of the
+        """At a curve strength: each exploited neuron alone against single random channels of the
         layer minus the set (the random order's k = 1 draws), one row ``set = "neuron:<channel>"``."""
         null = np.array(
             [
@@ -641,7 +650,7 @@ class Patching:
 
     @staticmethod
     def _set_size(plan: _Plan, label) -> int:
-        e = plan.exps[plan.labels.index(label)][0]
+        e = plan.exps[plan.index[label]][0]
         return int(sum(int(m.sum()) for m in e.masks.values()))
 
     # --- forward passes ---------------------------------------------------------------------------
@@ -721,21 +730,33 @@ class Patching:
 
 
 class _Plan:
-    """Experiments of one strength, with labels and direction (denoising/noising)."""
+    """Experiments of one strength, with labels and direction (denoising/noising).
+
+    Identical experiments under different labels run once (e.g. a null draw and the random order's
+    point at the same k, or the exploited set and its order's prefix): ``index`` maps each label
+    to its experiment."""
 
     def __init__(self, channels: Sequence[int]) -> None:
         self.channels = list(channels)
-        self.labels: list[tuple] = []
+        self.index: dict[tuple, int] = {}
         self.exps: list[tuple[Experiment, bool]] = []
+        self._seen: dict[tuple, int] = {}
+
+    @property
+    def labels(self) -> list[tuple]:
+        return list(self.index)
 
     def add(self, label: tuple, chans: dict[int, np.ndarray], noise: bool = False) -> None:
         masks = {}
-        for li, ch in chans.items():
+        for li, ch in sorted(chans.items()):
             m = torch.zeros(self.channels[li], dtype=torch.bool)
             m[torch.as_tensor(np.asarray(ch, np.int64))] = True
             masks[li] = m
-        self.labels.append(label)
-        self.exps.append((Experiment(masks), noise))
+        key = (noise, tuple((li, m.numpy().tobytes()) for li, m in masks.items()))
+        if key not in self._seen:
+            self._seen[key] = len(self.exps)
+            self.exps.append((Experiment(masks), noise))
+        self.index[label] = self._seen[key]
 
 
 def _rows_mask(m: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:

@@ -231,6 +231,7 @@ def patch_pair(
         batch_size=cfg.batch_size,
         patch_images=cfg.patch_images,
         draws=cfg.null_draws,
+        curves=cfg.curves,
     )
     return patching.run(
         original.class_id, target.class_id, [imp_o[n] for n in names], [imp_t[n] for n in names], counts, cfg.k

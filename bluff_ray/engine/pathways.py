@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from bluff_ray.engine.causal import CURVES
 from bluff_ray.engine.importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max_activations
 from bluff_ray.engine.influence import layer_influence
 from bluff_ray.engine.models.base import ModelAdapter
@@ -39,6 +40,7 @@ class PathwayConfig:
     patch_images: patch at most this many held-out successful images per strength (the first ones;
         the other half selects the neurons). Bounds the patching cost (bench/causal.py).
     null_draws: seeded random sets per null control (and random orders per dose-response curve).
+    curves: at which strengths the dose-response curves run (``causal.CURVES``; they cost most).
     """
 
     # Bounds: generous limits no real run needs (GoogLeNet's widest layer has 1,024 channels).
@@ -62,8 +64,15 @@ class PathwayConfig:
     null_draws: int = setting(
         16, "random sets per null control and random dose-response order (patching)", ge=16, le=1024
     )
+    curves: str = setting(
+        "one",
+        "strengths with dose-response curves (patching): 'one' (the one with the most held-out "
+        "images), 'every' (each with held-out images; about 3.6x the patching cost) or 'none'",
+    )
 
     def __post_init__(self) -> None:
+        if self.curves not in CURVES:
+            raise ValueError(f"unknown pathways.curves {self.curves!r}; valid: {', '.join(CURVES)}")
         check(self)  # types and bounds declared on the fields
 
 

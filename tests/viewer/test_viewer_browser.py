@@ -975,10 +975,16 @@ def check_causal_table(page, rows: list[dict], s: int) -> None:
             assert (value == pytest.approx(stored, rel=1e-6)) if _fin(stored) else math.isnan(value)
 
 
-def check_causal_curve(page, curves: list[dict]) -> None:
-    """The drawn dose-response points of the selected layer are the stored causal_curve values."""
+def check_causal_curve(page, curves: list[dict], eps: list[float], s: int) -> None:
+    """The drawn dose-response points of the selected layer are the stored causal_curve values at the
+    shown strength s, or, where none is stored there, at the nearest stored strength (said so)."""
     layer = page.input_value("#causal-curve-layer")
-    want = {c["order"]: c for c in curves if c["layer"] == layer}
+    stored = sorted({c["strength"] for c in curves})
+    at = s - 1 if s - 1 in stored else min(stored, key=lambda x: (abs(x - (s - 1)), x))
+    cap = page.text_content(".causal-curve-caption")
+    assert page.get_attribute(".causal-curve-caption", "data-strength") == str(at)
+    assert f"at eps {eps[at]:.2f}" in cap and (("only at" in cap) == (at != s - 1)), cap
+    want = {c["order"]: c for c in curves if c["layer"] == layer and c["strength"] == at}
     assert set(want) == {"exploited", "delta", "random"}
     for order, c in want.items():
         pts = page.eval_on_selector_all(
@@ -1024,11 +1030,11 @@ def test_causal_panel_matches_the_stored_rows(page, serve_root, synth_results):
         if _row(rows, "all", s - 1):
             check_causal_table(page, rows, s)
     assert "NaN" not in page.text_content("#causal-panel")
-    check_causal_curve(page, curves)
+    check_causal_curve(page, curves, eps, 9)
     other = [c["layer"] for c in curves if c["layer"] != page.input_value("#causal-curve-layer")]
     if other:
         page.select_option("#causal-curve-layer", other[0])
-        check_causal_curve(page, curves)
+        check_causal_curve(page, curves, eps, 9)
     shot(page, "causal-panel")
     # no successful attack at the strength: said, no table
     page.eval_on_selector("#strength", "el => { el.value = '1'; el.dispatchEvent(new Event('input')); }")
@@ -1037,6 +1043,20 @@ def test_causal_panel_matches_the_stored_rows(page, serve_root, synth_results):
     page.keyboard.press("ArrowLeft")
     assert page.input_value("#strength") == "0"
     assert sentences(page) == [expected_causal_sentence(rows, pair, eps, 0)]
+    # a pair with curves at several strengths (pathways.curves "every"): the shown strength's curve
+    o2, t2 = next(
+        (o, t)
+        for o, t in all_pairs(synth_results)
+        if len({c["strength"] for c in read_curves(synth_results, o, t)}) >= 2
+    )
+    curves2 = read_curves(synth_results, o2, t2)
+    have = sorted({c["strength"] for c in curves2})
+    page.goto(f"{url}?original={o2}&target={t2}&eps={eps[have[0]]}")
+    wait_ready(page, f"{o2}-{t2}")
+    page.wait_for_selector("#causal-panel[data-state='ready']")
+    for i in (have[0], have[-1]):
+        page.eval_on_selector("#strength", f"el => {{ el.value = '{i + 1}'; el.dispatchEvent(new Event('input')); }}")
+        check_causal_curve(page, curves2, eps, i + 1)
 
 
 def test_causal_panel_hidden_without_patching(page, serve_root, synth_results, tmp_path):
@@ -1439,7 +1459,7 @@ def test_causal_panel_on_pipeline_results(page, serve_root, demo_results):
         assert sentences(page) == [expected_causal_sentence(rows, pair, eps, s)]
         if _row(rows, "all", s - 1):
             check_causal_table(page, rows, s)
-    check_causal_curve(page, read_curves(demo_results, o, t))
+    check_causal_curve(page, read_curves(demo_results, o, t), eps, len(eps) // 2)
     shot(page, "causal-pipeline")
 
 

@@ -296,7 +296,9 @@ def _causal_rows(
         if ok[s]:
             best = s
             break
-    if best >= 0:
+    # pathways.curves: "every" strength with a success for even targets, "one" for odd ones
+    curve_strengths = [s for s in range(S) if ok[s]] if t % 2 == 0 else ([best] if best >= 0 else [])
+    for cs in curve_strengths:
         for layer in LAYERS:
             if not counts[layer]:
                 continue
@@ -309,7 +311,7 @@ def _causal_rows(
                 curves.append(
                     dict(
                         target=t,
-                        strength=best,
+                        strength=cs,
                         layer=layer,
                         order=order,
                         k=ks,
@@ -319,6 +321,7 @@ def _causal_rows(
                         summary=[float(np.mean(r)), 2.0],
                     )
                 )
+    if best >= 0:
         for nd in nodes:  # each exploited neuron alone against single random channels
             if nd["role"] == "exploited":
                 r, pctl = float(rng.uniform(-0.02, 0.3)), float(rng.integers(0, 17) * 100 / 16)

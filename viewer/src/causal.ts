@@ -138,7 +138,7 @@ export class CausalPanel {
       this.text.append(p);
     });
     this.renderTable(rows, shown[shown.length - 1]);
-    this.renderCurve(strengths);
+    this.renderCurve(strengths, shown[shown.length - 1]);
   }
 
   /** Per layer at strength s: exploited R, the random sets' mean and band, the percentile, the matched control. */
@@ -173,13 +173,18 @@ export class CausalPanel {
     }
   }
 
-  /** The dose-response curve of one layer (a select chooses it), at the pair's curve strength. */
-  private renderCurve(strengths: number[]): void {
-    const curves = this.data ? this.data.curves : [];
+  /** The dose-response curve of one layer (a select chooses it) at the shown strength s (1-based;
+   * 0: benign), or, where the run stored none there (pathways.curves "one"), at the strength it has. */
+  private renderCurve(strengths: number[], s: number): void {
+    const all = this.data ? this.data.curves : [];
     this.curveBox.textContent = "";
+    const stored = [...new Set(all.map((c) => c.strength))].sort((a, b) => a - b);
+    this.curveBox.hidden = stored.length === 0;
+    if (!stored.length) return;
+    const here = stored.includes(s - 1);
+    const at = here ? s - 1 : stored.reduce((best, x) => (Math.abs(x - (s - 1)) < Math.abs(best - (s - 1)) ? x : best));
+    const curves = all.filter((c) => c.strength === at);
     const layers = [...new Set(curves.map((c) => c.layer))];
-    this.curveBox.hidden = layers.length === 0;
-    if (!layers.length) return;
     if (this.layer === null || !layers.includes(this.layer)) this.layer = layers[0];
     const label = document.createElement("label");
     label.textContent = "Dose–response, layer ";
@@ -194,15 +199,20 @@ export class CausalPanel {
     select.value = this.layer;
     select.addEventListener("change", () => {
       this.layer = select.value;
-      this.renderCurve(strengths);
+      this.renderCurve(strengths, s);
     });
     label.append(select);
     this.curveBox.append(label);
     const mine = curves.filter((c) => c.layer === this.layer);
-    const eps = strengths[mine[0].strength];
     const cap = document.createElement("div");
     cap.className = "hint causal-curve-caption";
-    cap.textContent = `R after patching the first k channels, at eps ${eps.toFixed(2)} (the pair's curve strength).`;
+    cap.dataset.strength = String(at);
+    const where = `at eps ${strengths[at].toFixed(2)}`;
+    cap.textContent = here
+      ? `R after patching the first k channels, ${where}.`
+      : `R after patching the first k channels, ${where} (this pair has curves only at ${stored
+          .map((x) => `eps ${strengths[x].toFixed(2)}`)
+          .join(", ")}).`;
     this.curveBox.append(cap);
     this.curveBox.append(this.plot(mine));
   }
