@@ -8,7 +8,7 @@ experiments as a fraction of the unit's attack time (the target is at most 15 %)
 images are the real ones: the fraction depends on how many attacks succeed (only successful
 images are patched), so the number of successes is printed too.
 
-    .venv/bin/python bench/causal.py --only googlenet   # GoogLeNet size (slow: ~10 min on one thread)
+    .venv/bin/python bench/causal.py --only googlenet   # GoogLeNet size (slow: ~9 min on one thread)
 
 GoogLeNet (torchvision, 224 px) has random weights here (no weights are downloaded), so no targeted
 attack succeeds and ``compute_unit`` would have nothing to patch. The cost of patching depends on
@@ -145,7 +145,7 @@ class _Counted:
             m.stop()
 
 
-def measure_googlenet(held: int = 4, attack_steps: int = 4, importance: str = "worst") -> dict:
+def measure_googlenet(held: int = 8, attack_steps: int = 4, importance: str = "worst") -> dict:
     """Patching vs attack cost at GoogLeNet size (module docstring: random weights, images treated
     as successful)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -313,7 +313,9 @@ def main(argv=None) -> int:
         action="append",
         help="measure only these models (repeatable; default: digits and rehearsal; googlenet is slow)",
     )
-    ap.add_argument("--held", type=int, default=4, help="googlenet: held-out images timed (scaled per image)")
+    ap.add_argument(
+        "--held", type=int, default=8, help="googlenet: held-out images timed (8: a full strength; scaled per image)"
+    )
     ap.add_argument("--attack-steps", type=int, default=4, help="googlenet: PGD steps timed (batch of 16)")
     ap.add_argument(
         "--importance",
