@@ -18,7 +18,7 @@ counts (held-out images, exploited neurons per layer), not on success, so this c
 2 x ``--held`` "successful" images (half select, half are patched). By default (``--importance
 worst``) the two classes' importances are set so that every layer has the most exploited neurons
 the design allows (k//2), the cost's upper bound; ``natural`` uses the random net's importance of
-random images. It measures side by side, after a warm-up of each, the attack time per image-step
+random images (measured: no exploited neuron in any layer, so only the baselines run). It measures side by side, after a warm-up of each, the attack time per image-step
 and the patching time per held-out image without and with a dose-response curve, the
 experiments run and the FLOPs of both (``torch.utils.flop_counter``), and extrapolates to a full
 pair (50 images x 10 strengths x 50 steps; 10 strengths x 8 held-out images, with 25 selection
