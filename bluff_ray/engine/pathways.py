@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bluff_ray.engine.causal import CURVES
+from bluff_ray.engine.causal import CURVES, NULL_DRAWS, PATCH_IMAGES
 from bluff_ray.engine.importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max_activations
 from bluff_ray.engine.influence import layer_influence
 from bluff_ray.engine.models.base import ModelAdapter
@@ -55,14 +55,14 @@ class PathwayConfig:
     )
     causal: bool = setting(True, "run the activation-patching experiments (causal/ files, node effect, pair defused)")
     patch_images: int = setting(
-        8,
+        PATCH_IMAGES,
         "patch at most this many held-out successful images per strength (the other "
         "half selects the neurons); bounds the patching cost",
         ge=1,
         le=10_000,
     )
     null_draws: int = setting(
-        16, "random sets per null control and random dose-response order (patching)", ge=16, le=1024
+        NULL_DRAWS, "random sets per null control and random dose-response order (patching)", ge=16, le=1024
     )
     curves: str = setting(
         "one",
