@@ -145,16 +145,21 @@ class _Counted:
             m.stop()
 
 
-def measure_googlenet(held: int = 8, attack_steps: int = 4, importance: str = "worst") -> dict:
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure_googlenet(held: int = 8, attack_steps: int = 4, importance: str = "worst", device: str = "cpu") -> dict:
     """Patching vs attack cost at GoogLeNet size (module docstring: random weights, images treated
     as successful)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from bluff_ray.engine.attack import attack
-    from bluff_ray.engine.causal import Patching, block_modules
+    from bluff_ray.engine.causal import Patching, allocate_images, block_modules
     from bluff_ray.engine.pathways import importance_of
 
-    adapter = load_model("googlenet", weights="random")
+    adapter = load_model("googlenet", weights="random", device=device)
     pcfg = PathwayConfig()
     model = adapter.attack_model()
     blocks = block_modules(model, adapter.model, adapter.blocks)
@@ -162,15 +167,17 @@ def measure_googlenet(held: int = 8, attack_steps: int = 4, importance: str = "w
     n = 2 * held  # "successful" images: even rows select, odd rows are patched
     batch = max(16, n)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, *adapter.input_shape, generator=g)
-    x_t = torch.rand(8, *adapter.input_shape, generator=g)
-    targets = torch.full((batch,), 1, dtype=torch.long)
+    x = torch.rand(batch, *adapter.input_shape, generator=g).to(device)
+    x_t = torch.rand(8, *adapter.input_shape, generator=g).to(device)
+    targets = torch.full((batch,), 1, dtype=torch.long, device=device)
     eps = max(adapter.metadata["default_strengths"])
 
     def attack_per_image_step() -> tuple[float, torch.Tensor]:
         cfg = AttackConfig(steps=attack_steps, seed=0)
+        _sync(device)
         t0 = time.perf_counter()
         adv = attack(model, x, targets, eps, cfg)
+        _sync(device)
         return (time.perf_counter() - t0) / (batch * attack_steps), adv
 
     attack(model, x[:2], targets[:2], eps, AttackConfig(steps=1, seed=0))  # warm-up
@@ -202,8 +209,10 @@ def measure_googlenet(held: int = 8, attack_steps: int = 4, importance: str = "w
     timed: dict[str, dict] = {}
     for curves in ("none", "one"):
         with _Counted() as c:
+            _sync(device)
             t0 = time.perf_counter()
             res = patch(curves, held)
+            _sync(device)
             total = time.perf_counter() - t0
         exploited = {layer: 0 for layer in names}
         for layer, _ch in res.effect:
@@ -247,6 +256,16 @@ def measure_googlenet(held: int = 8, attack_steps: int = 4, importance: str = "w
         ps = with_curve * per_s["one"] + without * per_s["none"] + sel_s
         pf = with_curve * per_f["one"] + without * per_f["none"] + sel_f
         shares[name] = dict(patching_s=ps, patching_flops=pf, time=ps / attack_s, flops=pf / attack_f)
+    # the engine's budget (pathways.patch_budget): held-out images per strength as many as fit, from
+    # the measured FLOPs per held-out image; the half of 50 successful images is 25 per strength
+    budget = PathwayConfig().patch_budget * attack_f / fwd_flops - fp["strengths"] * fp["selection"] * 2
+    budgeted = {}
+    for name, (with_curve, without) in mix.items():
+        units = [flops["one"] / fwd_flops] * with_curve + [flops["none"] / fwd_flops] * without
+        n = allocate_images(units, [fp["selection"]] * fp["strengths"], budget)[0]
+        ps = n * (with_curve * timed["one"]["per_held_s"] + without * timed["none"]["per_held_s"]) + sel_s
+        pf = n * (with_curve * flops["one"] + without * flops["none"]) + sel_f
+        budgeted[name] = dict(images=n, patching_s=ps, patching_flops=pf, time=ps / attack_s, flops=pf / attack_f)
     out = dict(
         held=held,
         attack_steps=attack_steps,
@@ -263,6 +282,7 @@ def measure_googlenet(held: int = 8, attack_steps: int = 4, importance: str = "w
         selection_pair_s=sel_s,
         selection_pair_flops=sel_f,
         shares=shares,
+        budgeted=budgeted,
     )
     print(f"# {out}", file=sys.stderr, flush=True)
     return out
@@ -302,6 +322,11 @@ def print_googlenet(r: dict) -> None:
             f"{100 * sh['flops']:.1f} % |",
             flush=True,
         )
+    print(f"with the engine's budget (pathways.patch_budget {PathwayConfig().patch_budget}):")
+    print("| curves | held-out images per strength | patching / attack (time) | patching / attack (FLOPs) |")
+    print("|---|---|---|---|")
+    for name, b in r["budgeted"].items():
+        print(f"| {name} | {b['images']} | {100 * b['time']:.1f} % | {100 * b['flops']:.1f} % |", flush=True)
 
 
 def main(argv=None) -> int:

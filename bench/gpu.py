@@ -23,7 +23,10 @@ autotuning, torch.compile, CUDA-graph capture, Triton builds). Stages, each time
    variant: max-pool forward/backward, convolution forward/backward, elementwise add, casts, ReLU,
    cat, other;
 5. ``layer_influence`` images/s; ``engine.compute_unit`` pairs/s at full size per pair (50 images
-   x 10 strengths x 50 steps) with the fastest variant, with and without activation patching;
+   x 10 strengths x 50 steps) with the fastest variant, with and without activation patching
+   (random weights: no attack succeeds, so nothing is patched there); then the patching's own
+   cost at GoogLeNet size on images treated as successful (bench/causal.py), as a share of the
+   attack at the fastest rate;
 6. the Ray pipeline for a few units, if Ray imports (see bench/ray_bundle.sh);
 7. the projected hours for 999,000 pairs on 16 such GPUs.
 
@@ -363,6 +366,27 @@ def unit_rate(
     return out
 
 
+def patching_share(device, held: int, image_steps_per_s: float) -> dict:
+    """The activation patching's cost at GoogLeNet size against the attack at the fastest PGD rate
+    (bench/causal.py ``measure_googlenet``: random weights, so the attacked images are TREATED AS
+    successful, with the most exploited neurons per layer; ``compute_unit`` above patches nothing
+    because no random-weight attack succeeds). Shares for the engine's budgeted image counts."""
+    import causal as causal_bench  # bench/causal.py
+
+    r = causal_bench.measure_googlenet(held=held, attack_steps=2, device=str(device))
+    attack_s = IMAGE_STEPS_PER_PAIR / image_steps_per_s
+    return {
+        "held_timed": held,
+        "per_held_s": {k: v["per_held_s"] for k, v in r["timed"].items()},
+        "experiments": {k: v["denoising"] + v["noising"] for k, v in r["timed"].items()},
+        "attack_pair_s_at_best_rate": attack_s,
+        "budgeted": {
+            name: {**b, "share_at_best_rate": b["patching_s"] / attack_s} for name, b in r["budgeted"].items()
+        },
+        "note": "patching runs the eager fp32 attack model; the attack rate is the fastest variant's",
+    }
+
+
 class GpuBusy:
     """Samples the device's utilisation (NVML through torch) every 0.2 s while running."""
 
@@ -572,6 +596,13 @@ def main(argv=None) -> int:
                 flush=True,
             )
 
+    if not args.no_unit and budget.allows(40 if not quick else 20, "patching share", report):
+        best_rate = max((r["image_steps_per_s"] for r in ok), default=float("nan"))
+        try:
+            report["patching"] = patching_share(device, 1 if tiny else 2 if quick else 8, best_rate)
+        except Exception as e:
+            report["patching"] = {"error": f"{type(e).__name__}: {e}"}
+
     if args.no_pipeline:
         report["pipeline"] = {"skipped": "--no-pipeline"}
     else:
@@ -653,6 +684,17 @@ def print_report(r: dict) -> None:
                 f"compute_unit {k} ({u['variant']}, {u['pairs']} pairs, batch {u['batch']}): "
                 f"{u[k]['pairs_per_s']:.3f} pairs/s"
             )
+    pt = r.get("patching", {})
+    if "budgeted" in pt:
+        print(
+            "patching at GoogLeNet size (images treated as successful), share of the attack at the fastest PGD rate: "
+            + ", ".join(
+                f"curves {k}: {b['images']} images/strength, {pct(b['share_at_best_rate'])} (FLOPs {pct(b['flops'])})"
+                for k, b in pt["budgeted"].items()
+            )
+        )
+    elif pt:
+        print(f"patching: {pt}")
     p = r.get("pipeline", {})
     if "pairs_per_s" in p:
         busy = f", GPU busy {pct(p['gpu_busy_share'])}" if p.get("gpu_busy_share") is not None else ""

@@ -16,8 +16,10 @@ from bluff_ray.engine.attack import AttackConfig, attack_grid
 from bluff_ray.engine.causal import (
     Experiment,
     Patching,
+    allocate_images,
     block_modules,
     curve_summary,
+    measure_costs,
     null_draw,
     null_summary,
     recovery,
@@ -425,3 +427,59 @@ def test_identical_experiments_run_once_and_give_the_numbers_of_separate_runs(at
     for a, b in zip(merged, separate):
         assert [_key(r) for r in a] == [_key(r) for r in b]
         _assert_same_rows(a, b)
+
+
+def test_allocate_images_by_hand():
+    # n = 4: 4 * 10 + 2 * 30 = 100 fits; n = 5: 110 does not
+    assert allocate_images([10, 30, 0], [5, 2, 0], 100) == [4, 2, 0]
+    assert allocate_images([10, 30, 0], [5, 2, 0], 99.9) == [3, 2, 0]
+    assert allocate_images([10, 30, 0], [5, 2, 0], 5) == [1, 1, 0]  # at least one image per strength
+    assert allocate_images([10, 30, 0], [5, 2, 0], None) == [5, 2, 0]
+    assert allocate_images([10, 30], [5, 2], 1e9) == [5, 2]
+
+
+def test_the_budget_bounds_the_counted_flops_and_changes_no_number(attacked, monkeypatch):
+    """With a budget the run patches as many held-out images per strength as fit; its FLOPs, counted
+    by torch's FlopCounterMode over the whole run, are what the cost model predicts and within the
+    budget; and its rows are those of a run without budget capped at the same number of images."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    adapter, patching, n_success = attacked
+    imp = [torch.linspace(1, 0, l.channels, dtype=torch.float64) for l in adapter.layers]
+    costs = measure_costs(patching.model, patching.blocks, patching.benign[:1])
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        patching.model(patching.benign[:1].contiguous(memory_format=torch.channels_last))
+    forward = fc.get_total_flops()
+    n_sel = sum((n + 1) // 2 for n in n_success)
+    held = [n // 2 for n in n_success]
+    assert max(held) >= 3  # the budget below can cut a strength's held-out images
+    plan_costs = []
+    cost_of = Patching._plan_cost
+
+    def recording(self, plan):
+        plan_costs.append(cost_of(self, plan))
+        return plan_costs[-1]
+
+    monkeypatch.setattr(Patching, "_plan_cost", recording)
+    per_image = None
+    for n_target in (1, 2):
+        full = _with(patching, costs=costs, budget=1e12)  # every held-out image: read the plans' costs
+        plan_costs.clear()
+        full.run(3, 8, imp, imp, n_success, k=10)
+        per_image = list(plan_costs)
+        budget = 2.0 * n_sel + sum(min(h, n_target) * c for h, c in zip([h for h in held if h], per_image)) + 0.5
+        limited = _with(patching, costs=costs, budget=budget)
+        with FlopCounterMode(display=False) as fc:
+            res = limited.run(3, 8, imp, imp, n_success, k=10)
+        rows, curves = _tables(res)
+        got = {r["strength"]: int(r["recovery"][0]) for r in rows}
+        assert got == {s: min(h, n_target) for s, h in enumerate(held) if h and s in got} and got
+        predicted = 2.0 * n_sel + sum(min(h, n_target) * c for h, c in zip([h for h in held if h], per_image))
+        assert fc.get_total_flops() / forward == pytest.approx(predicted, rel=1e-9)
+        assert fc.get_total_flops() / forward <= budget
+        capped = _with(patching, patch_images=n_target)  # no budget: the first n_target held-out images
+        monkeypatch.setattr(Patching, "_plan_cost", cost_of)
+        c_rows, c_curves = _tables(capped.run(3, 8, imp, imp, n_success, k=10))
+        monkeypatch.setattr(Patching, "_plan_cost", recording)
+        _assert_same_rows(rows, c_rows)
+        _assert_same_rows(curves, c_curves)

@@ -17,9 +17,24 @@ from bluff_ray.results.rows import ROW_GROUP_UNSET, pair_tables, unit_tables
 
 def test_pathway_config_validation():
     assert PathwayConfig() == PathwayConfig(
-        k=10, batch_size=64, min_edge_influence=0.0, causal=True, patch_images=8, null_draws=16
+        k=10,
+        batch_size=64,
+        min_edge_influence=0.0,
+        causal=True,
+        patch_images=32,
+        patch_budget=0.15,
+        null_draws=16,
+        curves="one",
     )
-    for bad in (dict(k=1), dict(k=0), dict(batch_size=0), dict(min_edge_influence=float("nan"))):
+    for bad in (
+        dict(k=1),
+        dict(k=0),
+        dict(batch_size=0),
+        dict(min_edge_influence=float("nan")),
+        dict(patch_budget=0),
+        dict(patch_budget=float("inf")),
+        dict(curves="all"),
+    ):
         with pytest.raises(ValueError):
             PathwayConfig(**bad)
 

@@ -40,7 +40,9 @@ ALL = "all"
 #: Null draws per set (and random orders per curve): the review standard is at least 16.
 NULL_DRAWS = 16
 #: Held-out images patched per strength at most (the first ones, in image order).
-PATCH_IMAGES = 8
+PATCH_IMAGES = 32
+#: The patching of a pair may cost this share of its attack, in FLOPs (:func:`allocate_images`).
+PATCH_BUDGET = 0.15
 #: Dose-response points below the whole layer.
 CURVE_K = (1, 2, 4, 8, 16, 32)
 #: Candidates per channel of a matched draw: the channels nearest in |Δa| rank outside the set.
@@ -149,6 +151,62 @@ def split_images(n_success: Sequence[int], cap: int | None) -> tuple[list[np.nda
     return sel, held
 
 
+@dataclass(frozen=True)
+class Costs:
+    """What a model's passes cost, in forward passes of one image (FLOPs, ``torch.utils.flop_counter``).
+
+    ``rest[li]``: the network after mixed block ``li`` (what an experiment patching first at ``li``
+    runs); ``step``: one attack step (forward + input gradient), about 2."""
+
+    rest: tuple[float, ...]
+    step: float
+
+
+def measure_costs(model: nn.Module, blocks: Sequence[nn.Module], example: torch.Tensor) -> Costs:
+    """:class:`Costs` of ``model`` counted on one image like ``example`` (a forward and an input
+    gradient at batch 1: negligible next to a pair)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = _layout(example[:1].detach())
+    seen: dict[int, int] = {}
+
+    def at(li: int):
+        def hook(_m, _i, _o) -> None:
+            seen.setdefault(li, fc.get_total_flops())
+
+        return hook
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        hooks = [b.register_forward_hook(at(li)) for li, b in enumerate(blocks)]
+        try:
+            model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+    total = fc.get_total_flops()
+    if total <= 0 or len(seen) != len(blocks):
+        raise ValueError("cannot count the model's FLOPs per mixed block (no convolutions or blocks not run)")
+    xg = x.clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as fc, torch.enable_grad():
+        model(xg).float().sum().backward(inputs=[xg])
+    return Costs(tuple(1.0 - seen[li] / total for li in range(len(blocks))), fc.get_total_flops() / total)
+
+
+def allocate_images(costs: Sequence[float], available: Sequence[int], budget: float | None) -> list[int]:
+    """Held-out images to patch per strength: the same number n at every strength (all it has where
+    a strength has fewer), the largest n whose total ``sum(n_s * costs[s])`` fits ``budget``; at
+    least one image per strength with held-out images even when that exceeds it. ``budget`` None:
+    every available image."""
+    if budget is None:
+        return list(available)
+    best = 1
+    for n in range(2, max(available, default=0) + 1):
+        if sum(min(a, n) * c for a, c in zip(available, costs)) > budget:
+            break
+        best = n
+    return [min(a, best) for a in available]
+
+
 def null_draw(seed: int, target: int, layer: int, strength: int, draw: int, outside: np.ndarray) -> np.ndarray:
     """A random order of the channels ``outside`` the set (its first n is a null set, its first
     k a point of the random dose-response curve); a function of the seed path only."""
@@ -253,6 +311,8 @@ class Patching:
         patch_images: int | None = PATCH_IMAGES,
         draws: int = NULL_DRAWS,
         curves: str = "one",
+        costs: Costs | None = None,
+        budget: float | None = None,
     ):
         if curves not in CURVES:
             raise ValueError(f"unknown curves {curves!r}; valid: {', '.join(CURVES)}")
@@ -265,6 +325,10 @@ class Patching:
         self.adversarial, self.benign = adversarial, benign
         self.seed, self.batch_size = int(seed), int(batch_size)
         self.patch_images, self.draws, self.curves = patch_images, int(draws), curves
+        if budget is not None and costs is None:
+            raise ValueError("a patching budget needs the model's costs (measure_costs)")
+        #: the pair's patching budget in forward passes of one image (None: no budget) and the costs
+        self.costs, self.budget = costs, budget
         #: draws of the secondary controls (matched, noising null): half as many, at least 8 (cost)
         self.control_draws = max(8, self.draws // 2)
 
@@ -304,14 +368,34 @@ class Patching:
         picks = self._selection(sel, imp_o, imp_t, k)
         counts = [len(h) for h in held]
         curve_s = max(range(s_count), key=lambda s: (counts[s], s))
-        for s in range(s_count):
-            if not counts[s]:
+        plans = {
+            s: self._plan_strength(s, picks, target, self.curves == "every" or (self.curves == "one" and s == curve_s))
+            for s in range(s_count)
+            if counts[s]
+        }
+        n_images = counts
+        if self.budget is not None:
+            per_image = [self._plan_cost(plans[s]) if s in plans else 0.0 for s in range(s_count)]
+            left = self.budget - 2.0 * sum(len(r) for r in sel)  # the selection: 2 forward passes per image
+            n_images = allocate_images(per_image, counts, left)
+        for s, plan in plans.items():
+            if not plan.exps:
                 continue
-            part = self._subset(held[s])
+            part = self._subset(held[s][: n_images[s]])
             base = part._baseline(original, target)
-            curve = self.curves == "every" or (self.curves == "one" and s == curve_s)
-            defused[s] = part._strength(out, effect, s, picks, base, original, target, curve=curve)
+            defused[s] = part._execute(out, effect, s, plan, picks, base, original, target)
         return PatchResult(effect, out, tuple(defused))
+
+    def _plan_cost(self, plan: _Plan) -> float:
+        """Forward passes per held-out image of ``plan``: the baseline (clean, attacked), and per
+        direction the source activations, the carrier rows and each experiment's rest of the network."""
+        assert self.costs is not None
+        cost = 2.0
+        for noise in (False, True):
+            firsts = [min(e.masks) for e, nz in plan.exps if nz == noise]
+            if firsts:
+                cost += 2.0 + sum(self.costs.rest[li] for li in firsts)
+        return cost
 
     def _selection(self, sel, imp_o, imp_t, k) -> list[LayerSelection]:
         rows = np.concatenate(sel) if sel else np.zeros(0, np.int64)
@@ -348,18 +432,8 @@ class Patching:
             "adv": (adv[:, original] - adv[:, target]).double(),
         }
 
-    def _strength(
-        self,
-        out: CausalRows,
-        effect,
-        s: int,
-        picks: list[LayerSelection],
-        base,
-        original: int,
-        target: int,
-        curve: bool,
-    ) -> float:
-        """All experiments of strength ``s`` on its held-out images; returns the all-layer defused share."""
+    def _plan_strength(self, s: int, picks: list[LayerSelection], target: int, curve: bool) -> _Plan:
+        """Every experiment of strength ``s``: per layer with exploited neurons, then all layers."""
         plan = _Plan(self.channels)
         all_sets: dict[str, dict[int, np.ndarray]] = {}
         for li, pk in enumerate(picks):
@@ -373,8 +447,10 @@ class Patching:
                 self._plan_curve(plan, li, s, pk, ex, target)
         if all_sets:
             self._plan_all(plan, s, all_sets, picks, target)
-        if not plan.exps:
-            return math.nan
+        return plan
+
+    def _execute(self, out: CausalRows, effect, s: int, plan: _Plan, picks, base, original: int, target: int) -> float:
+        """Runs ``plan`` on this Patching's (held-out) images; returns the all-layer defused share."""
         den = self.logits([e for e, noise in plan.exps if not noise])
         noi = (
             self.logits([e for e, noise in plan.exps if noise], noising=True) if any(n for _, n in plan.exps) else None
@@ -708,7 +784,7 @@ class Patching:
         active: list[int] = []  # experiments whose rows are in the batch, before the carrier rows
 
         def masks_of(js, li, out):  # [len(js), c, C, 1, 1] bool
-            m = torch.stack([_rows_mask(exps[j].masks[li], lo, hi) for j in js]).to(out.device)
+            m = torch.stack([_rows_of(exps[j].masks[li], lo, hi) for j in js]).to(out.device)
             return m.view(*m.shape, *([1] * (out.dim() - 2)))
 
         def branch(li):
@@ -773,10 +849,8 @@ class _Plan:
         self.index[label] = self._seen[key]
 
 
-def _rows_mask(m: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:
+def _rows_of(m: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """The rows lo..hi of a [n, C] mask; a [C] mask holds for every image."""
-    if m is None:
-        return None
     return m.expand(hi - lo, -1) if m.dim() == 1 else m[lo:hi]
 
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 
 from bluff_ray.engine.attack import AttackConfig, Batching, attack_stream
-from bluff_ray.engine.causal import Patching, PatchResult, block_modules
+from bluff_ray.engine.causal import Costs, Patching, PatchResult, block_modules, measure_costs
 from bluff_ray.engine.importance import segment_median
 from bluff_ray.engine.models.base import ModelAdapter
 from bluff_ray.engine.pathways import PairSummary, PathwayConfig, importance_of, summarize_pair
@@ -139,6 +139,7 @@ def compute_unit(
     )
     eager = adapter.attack_model()
     blocks = block_modules(eager, adapter.model, adapter.blocks) if pathway_cfg.causal else None
+    costs = measure_costs(eager, blocks, x_att) if blocks is not None and x_att.shape[0] else None
     imp_o = original.importance
     timings = {"attack": 0.0, "summary": 0.0}
     records: list[PairRecords] = []
@@ -190,6 +191,8 @@ def compute_unit(
                 counts,
                 pathway_cfg,
                 seed[ti] if isinstance(seed, Sequence) else seed,
+                costs,
+                1 if attack_cfg.method == "fgsm" else attack_cfg.steps,
             )
             timings["patching"] = timings.get("patching", 0.0) + time.perf_counter() - t_p
         records.append(PairRecords(summary, patch))
@@ -212,8 +215,11 @@ def patch_pair(
     counts: Sequence[int],
     cfg: PathwayConfig,
     seed: int,
+    costs: Costs | None,
+    steps: int,
 ) -> PatchResult:
-    """The pair's activation-patching experiments (:mod:`causal`) on its successful attacks."""
+    """The pair's activation-patching experiments (:mod:`causal`) on its successful attacks, within
+    ``cfg.patch_budget`` of the pair's attack (``steps`` per image and strength) in FLOPs."""
     device = adapter.device
     n_att, s_count = x_att.shape[0], ok.shape[0]
     rows = torch.arange(n_att, device=device).expand(s_count, n_att)[ok]
@@ -232,6 +238,8 @@ def patch_pair(
         patch_images=cfg.patch_images,
         draws=cfg.null_draws,
         curves=cfg.curves,
+        costs=costs,
+        budget=cfg.patch_budget * costs.step * n_att * s_count * steps if costs is not None else None,
     )
     return patching.run(
         original.class_id, target.class_id, [imp_o[n] for n in names], [imp_t[n] for n in names], counts, cfg.k

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bluff_ray.engine.causal import CURVES, NULL_DRAWS, PATCH_IMAGES
+from bluff_ray.engine.causal import CURVES, NULL_DRAWS, PATCH_BUDGET, PATCH_IMAGES
 from bluff_ray.engine.importance import NOT_SHOWN, ROLES, role_codes, segment_median, spatial_max_activations
 from bluff_ray.engine.influence import layer_influence
 from bluff_ray.engine.models.base import ModelAdapter
@@ -38,7 +38,9 @@ class PathwayConfig:
         (FORMAT.md: 0.0, i.e. it transmits something through the ReLU somewhere).
     causal: run the activation-patching experiments (causal/ files, ``effect``, ``defused``).
     patch_images: patch at most this many held-out successful images per strength (the first ones;
-        the other half selects the neurons). Bounds the patching cost (bench/causal.py).
+        the other half selects the neurons).
+    patch_budget: the patching FLOPs of a pair at most this share of its attack's FLOPs (the
+        issue's bound, 15 %): it sets how many held-out images each strength patches.
     null_draws: seeded random sets per null control (and random orders per dose-response curve).
     curves: at which strengths the dose-response curves run (``causal.CURVES``; they cost most).
     """
@@ -56,10 +58,17 @@ class PathwayConfig:
     causal: bool = setting(True, "run the activation-patching experiments (causal/ files, node effect, pair defused)")
     patch_images: int = setting(
         PATCH_IMAGES,
-        "patch at most this many held-out successful images per strength (the other "
-        "half selects the neurons); bounds the patching cost",
+        "patch at most this many held-out successful images per strength (the other half selects the neurons)",
         ge=1,
         le=10_000,
+    )
+    patch_budget: float = setting(
+        PATCH_BUDGET,
+        "the patching of a pair costs at most this share of its attack, in FLOPs: each strength patches "
+        "the same number of held-out images, as many as fit (at least one)",
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
     )
     null_draws: int = setting(
         NULL_DRAWS, "random sets per null control and random dose-response order (patching)", ge=16, le=1024
