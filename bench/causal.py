@@ -329,14 +329,55 @@ def print_googlenet(r: dict) -> None:
         print(f"| {name} | {b['images']} | {100 * b['time']:.1f} % | {100 * b['flops']:.1f} % |", flush=True)
 
 
+def count_merged(model: str, data: str, n_images: int, steps: int = 20) -> list[dict]:
+    """Experiments planned (labels) and run (identical ones merged) over one unit of 2 targets, for
+    ``curves`` one and every: what running identical experiments once saves."""
+    from bluff_ray.engine.causal import Patching
+    from bluff_ray.run.data import make_source
+
+    adapter = load_model(model)
+    src = make_source(data, adapter, max_images=n_images)
+
+    def cd(c):
+        x, _ = src.class_images(c, n_images)
+        return class_data(adapter, c, x, benign_stats(adapter, x, c))
+
+    original, targets = cd(0), [cd(1), cd(2)]
+    cfg = AttackConfig(strengths=tuple(adapter.metadata["default_strengths"]), steps=steps)
+    counts = {"labels": 0, "experiments": 0}
+    execute = Patching._execute
+
+    def counted(self, out, effect, s, plan, *rest):
+        counts["labels"] += len(plan.index)
+        counts["experiments"] += len(plan.exps)
+        return execute(self, out, effect, s, plan, *rest)
+
+    rows = []
+    Patching._execute = counted  # type: ignore[method-assign]
+    try:
+        for curves in ("one", "every"):
+            counts.update(labels=0, experiments=0)
+            compute_unit(adapter, original, targets, cfg, PathwayConfig(curves=curves), seed=1, batching=Batching(4096))
+            rows.append(dict(model=model, curves=curves, **counts))
+            print(
+                f"| {model} | {curves} | {counts['labels']} | {counts['experiments']} | "
+                f"{100 * (1 - counts['experiments'] / counts['labels']):.1f} % |",
+                flush=True,
+            )
+    finally:
+        Patching._execute = execute  # type: ignore[method-assign]
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--only",
-        choices=["digits", "rehearsal", "googlenet"],
+        choices=["digits", "rehearsal", "googlenet", "merged"],
         action="append",
-        help="measure only these models (repeatable; default: digits and rehearsal; googlenet is slow)",
+        help="measure only these (repeatable; default: digits and rehearsal; googlenet is slow; merged counts "
+        "the experiments that run once instead of several times)",
     )
     ap.add_argument(
         "--held", type=int, default=8, help="googlenet: held-out images timed (8: a full strength; scaled per image)"
@@ -359,6 +400,11 @@ def main(argv=None) -> int:
             measure("rehearsal", "synthetic", 8, [1, 2, 3, 4, 5], 50),
             measure("rehearsal", "synthetic", 50, [1, 2], 50, repeats=1),
         ]  # ImageNet val's 50 images
+    if "merged" in only:
+        print("| model | curves | experiments planned | run (identical ones once) | saved |")
+        print("|---|---|---|---|---|", flush=True)
+        count_merged("digits", "digits", 32)
+        count_merged("rehearsal", "synthetic", 16)
     if "googlenet" in only:
         print_googlenet(measure_googlenet(args.held, args.attack_steps, args.importance))
     if not rows:
