@@ -50,7 +50,8 @@ MATCH_POOL = 4
 SETS = ("exploited", "exploited_union", "top_original_target", "top_delta")
 ORDERS = ("exploited", "delta", "random")
 #: Strengths with dose-response curves (``PathwayConfig.curves``): none, the one with the most
-#: held-out images, or every strength with held-out images (about 3.6x the patching of "one").
+#: held-out images, or every strength with held-out images (a curve strength costs about 3x one
+#: without: under the budget, fewer images per strength).
 CURVES = ("none", "one", "every")
 
 

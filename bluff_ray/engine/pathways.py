@@ -76,7 +76,8 @@ class PathwayConfig:
     curves: str = setting(
         "one",
         "strengths with dose-response curves (patching): 'one' (the one with the most held-out "
-        "images), 'every' (each with held-out images; about 3.6x the patching cost) or 'none'",
+        "images), 'every' (each with held-out images; a curve strength costs about 3x one without, so "
+        "the budget patches fewer images) or 'none'",
     )
 
     def __post_init__(self) -> None:
