@@ -58,7 +58,9 @@ class AttackConfig:
     ``torch.compile`` with one static batch shape (ignored on the CPU, where it was slower).
     """
 
-    method: str = setting("pgd_l2", "attack: pgd_l2 (the paper's), pgd_linf or fgsm")
+    method: str = setting(
+        "pgd_l2", "attack: pgd_l2 (the paper's), pgd_linf or fgsm", choices=METHODS, what="attack method"
+    )
     strengths: tuple[float, ...] = setting(
         DEFAULT_STRENGTHS, "eps values, ascending (a run sets them at the top level)"
     )
@@ -81,6 +83,8 @@ class AttackConfig:
         "reference",
         "how the attack model runs the step: 'reference' (autocast per step) or "
         "'fast' (max-pools without saved indices, bf16 weights cast once on CUDA)",
+        choices=STEPS,
+        what="attack step",
     )
     cuda_graphs: bool = setting(
         False,
@@ -90,12 +94,8 @@ class AttackConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.step not in STEPS:
-            raise ValueError(f"unknown attack step {self.step!r}; valid: {', '.join(STEPS)}")
         if self.cuda_graphs and self.compile:
             raise ValueError("attack.cuda_graphs and attack.compile exclude each other (choose one)")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown attack method {self.method!r}; valid: {', '.join(METHODS)}")
         try:
             strengths = tuple(float(s) for s in self.strengths)
         except (TypeError, ValueError):
@@ -107,7 +107,7 @@ class AttackConfig:
         if any(b <= a for a, b in zip(strengths, strengths[1:])):
             raise ValueError(f"strengths must be strictly ascending, got {strengths}")
         object.__setattr__(self, "strengths", strengths)
-        check(self)  # types and bounds declared on the fields
+        check(self)  # types, bounds and choices declared on the fields
 
 
 def random_start(

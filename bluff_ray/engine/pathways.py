@@ -78,12 +78,12 @@ class PathwayConfig:
         "strengths with dose-response curves (patching): 'one' (the one with the most held-out "
         "images), 'every' (each with held-out images; a curve strength costs about 3x one without, so "
         "the budget patches fewer images) or 'none'",
+        choices=CURVES,
+        what="pathways.curves",
     )
 
     def __post_init__(self) -> None:
-        if self.curves not in CURVES:
-            raise ValueError(f"unknown pathways.curves {self.curves!r}; valid: {', '.join(CURVES)}")
-        check(self)  # types and bounds declared on the fields
+        check(self)  # types, bounds and choices declared on the fields
 
 
 @dataclass(frozen=True)

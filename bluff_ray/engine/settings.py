@@ -2,7 +2,8 @@
 
 ``setting(50, "PGD iterations", ge=1, le=10_000)`` is a plain ``dataclasses.field`` whose metadata
 holds ``description`` and pydantic ``Field`` constraints (``ge``, ``gt``, ``le``, ``lt``,
-``allow_inf_nan``) and, for a speed-only knob, ``identity=False`` (it never changes the numbers,
+``allow_inf_nan``), ``choices`` (the values a text field may take; ``what`` names it in the error)
+and, for a speed-only knob, ``identity=False`` (it never changes the numbers,
 so it is not part of a run's results identity). The engine stays free of pydantic: ``bluff_ray.run.config`` validates user
 input against these declarations with pydantic (which reads them from the field metadata) and
 generates the ``bluff run`` options and their help from them; :func:`check` enforces the same
@@ -52,13 +53,17 @@ def _base(hint: Any) -> Any:
 
 def check(obj: Any) -> None:
     """Raise ValueError naming the first field of dataclass ``obj`` that breaks its declaration:
-    an ``int`` field holding a non-integer (or a bool), a number outside its bounds or not finite."""
+    an ``int`` field holding a non-integer (or a bool), a number outside its bounds or not finite,
+    a value not among its ``choices``."""
     cls: Any = type(obj)
     hints = _hints(cls)
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         if v is None:
             continue
+        choices = f.metadata.get("choices")
+        if choices is not None and v not in choices:
+            raise ValueError(f"unknown {f.metadata.get('what', f.name)} {v!r}; valid: {', '.join(map(str, choices))}")
         base = _base(hints.get(f.name))
         if base is int and (isinstance(v, bool) or not isinstance(v, int)):
             raise ValueError(f"{f.name} must be an integer, got {v!r}")
