@@ -230,19 +230,25 @@ def test_target_logit_spread_evenly_puts_the_exploited_curve_inside_the_null_ban
     assert 5 <= row["null_stats"][4] <= 95  # percentile: no more than chance
 
 
-def test_run_is_seeded_and_does_not_depend_on_the_batch_size(attacked):
-    adapter, patching, n_success = attacked
-    imp = [torch.linspace(1, 0, l.channels, dtype=torch.float64) for l in adapter.layers]
-    other = Patching(
+def _with(patching: Patching, **kw) -> Patching:
+    """The same experiments' Patching (images, model, seed, draws, curves) with ``kw`` replaced."""
+    args = dict(seed=patching.seed, batch_size=patching.batch_size, draws=patching.draws, curves=patching.curves)
+    args.update(kw)
+    return Patching(
         patching.model,
         patching.blocks,
         patching.names,
         patching.channels,
         patching.adversarial,
         patching.benign,
-        seed=0,
-        batch_size=3,
+        **args,
     )
+
+
+def test_run_is_seeded_and_does_not_depend_on_the_batch_size(attacked):
+    adapter, patching, n_success = attacked
+    imp = [torch.linspace(1, 0, l.channels, dtype=torch.float64) for l in adapter.layers]
+    other = _with(patching, batch_size=3)
     a = patching.run(3, 8, imp, imp, n_success, k=10)
     b = other.run(3, 8, imp, imp, n_success, k=10)
     ta, tb = causal_table(a.table), causal_table(b.table)
@@ -328,20 +334,6 @@ def test_atlas_ranks_neurons_by_their_measured_effect_and_null_percentile():
     assert a0["n_tested"] == 1 and a0["mean_recovery"] == pytest.approx(-0.1) and a0["null_percentile"] == 0.0
     assert b2["mean_effect"][0] == pytest.approx(0.4) and np.isnan(b2["mean_effect"][1])  # any node with an effect
     assert rows[("mixed3a", 1)]["n_tested"] == 0 and np.isnan(rows[("mixed3a", 1)]["mean_recovery"])
-
-
-def _with(patching: Patching, **kw) -> Patching:
-    args = dict(seed=patching.seed, batch_size=patching.batch_size, draws=patching.draws, curves=patching.curves)
-    args.update(kw)
-    return Patching(
-        patching.model,
-        patching.blocks,
-        patching.names,
-        patching.channels,
-        patching.adversarial,
-        patching.benign,
-        **args,
-    )
 
 
 def _tables(res):
