@@ -369,15 +369,44 @@ def count_merged(model: str, data: str, n_images: int, steps: int = 20) -> list[
     return rows
 
 
+def bytes_per_pair(n_images: int = 16, steps: int = 20) -> None:
+    """Bytes per pair of the causal and causal_curve files as the pipeline writes them (zstd, one
+    row group per target), for ``curves`` one and every: a unit of 2 targets on the rehearsal model."""
+    from bluff_ray.results import layout
+    from bluff_ray.run.data import make_source
+
+    adapter = load_model("rehearsal")
+    src = make_source("synthetic", adapter, max_images=n_images)
+
+    def cd(c):
+        x, _ = src.class_images(c, n_images)
+        return class_data(adapter, c, x, benign_stats(adapter, x, c))
+
+    original, targets = cd(0), [cd(1), cd(2)]
+    cfg = AttackConfig(strengths=tuple(adapter.metadata["default_strengths"]), steps=steps)
+    print("| curves | causal rows / bytes per pair | causal_curve rows / bytes per pair |")
+    print("|---|---|---|", flush=True)
+    for curves in ("one", "every"):
+        u = unit_tables(
+            compute_unit(adapter, original, targets, cfg, PathwayConfig(curves=curves), seed=1, batching=Batching(4096))
+        )
+        cells = []
+        for name in ("causal", "causal_curve"):
+            table = getattr(u, name)
+            size = len(layout.table_to_parquet(table, group_by="target", groups=list(u.targets)))
+            cells.append(f"{table.num_rows / len(u.targets):.0f} / {size / len(u.targets) / 1e3:.1f} KB")
+        print(f"| {curves} | {cells[0]} | {cells[1]} |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--only",
-        choices=["digits", "rehearsal", "googlenet", "merged"],
+        choices=["digits", "rehearsal", "googlenet", "merged", "bytes"],
         action="append",
         help="measure only these (repeatable; default: digits and rehearsal; googlenet is slow; merged counts "
-        "the experiments that run once instead of several times)",
+        "the experiments that run once instead of several times; bytes: causal file bytes per pair)",
     )
     ap.add_argument(
         "--held", type=int, default=8, help="googlenet: held-out images timed (8: a full strength; scaled per image)"
@@ -405,6 +434,8 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---|", flush=True)
         count_merged("digits", "digits", 32)
         count_merged("rehearsal", "synthetic", 16)
+    if "bytes" in only:
+        bytes_per_pair()
     if "googlenet" in only:
         print_googlenet(measure_googlenet(args.held, args.attack_steps, args.importance))
     if not rows:
