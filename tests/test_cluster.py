@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import sys as _sys
+import time
 
 import pytest
 
@@ -111,3 +112,57 @@ def test_autoscaler_limits_read_what_the_autoscaler_published_in_the_gcs(ray_ses
     finally:
         client.internal_kv_del(CLUSTER_CONFIG_KEY, False, CLUSTER_CONFIG_NAMESPACE)
     assert autoscaler_limits(ray) is None
+
+
+@pytest.mark.ray
+def test_nothing_is_written_after_the_pool_has_shut_down(ray_session, tmp_path):
+    """``ray.kill`` alone returns before the actor's process stops writing; the pool first stops the
+    actors' writes (their own concurrency group, so busy actors answer at once), then kills them."""
+    from bluff_ray.run.cluster import PoolPlan, WorkerPool
+
+    class _Churner:
+        """A worker whose unit never ends: it writes one object every millisecond until stopped."""
+
+        def __init__(self, out: str):
+            from bluff_ray.results.store import Store
+
+            self.store = Store(out)
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def churn(self) -> None:
+            i = 0
+            while True:
+                self.store.write_bytes(f"w/{os.getpid()}-{i}", b"x")
+                i += 1
+                time.sleep(0.001)
+
+        def stop(self, timeout_s: float) -> bool:
+            return self.store.seal(timeout_s)
+
+    ray = ray_session
+    cls = ray.remote(concurrency_groups={"control": 1}, max_concurrency=2)(_Churner).options(num_cpus=0)
+    pool = WorkerPool(
+        ray,
+        lambda i: cls.remote(str(tmp_path)),
+        PoolPlan(use_gpu=False, size=2, ceiling=2, grow=False),
+        60,
+        stop=lambda a, timeout_s: a.stop.options(concurrency_group="control").remote(timeout_s),
+    )
+    pool.start()
+    for w in pool.workers:
+        ray.get(w.ready_ref, timeout=60)
+        w.ready = True
+    busy = [w.handle.churn.remote() for w in pool.workers]
+    deadline = time.monotonic() + 30
+    while len(os.listdir(tmp_path / "w") if (tmp_path / "w").exists() else []) < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pool.shutdown()
+    written = sorted(os.listdir(tmp_path / "w"))
+    assert len({n.split("-")[0] for n in written}) == 2  # both were writing when the pool shut down
+    time.sleep(1.0)
+    assert sorted(os.listdir(tmp_path / "w")) == written
+    for ref in busy:
+        with pytest.raises(ray.exceptions.RayError):  # the unit ended with the worker (stopped or killed)
+            ray.get(ref, timeout=30)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 
 import pyarrow as pa
 import pytest
 
-from bluff_ray.results.store import StorageError, Store, table_to_parquet
+from bluff_ray.results.store import SealedError, StorageError, Store, table_to_parquet
 
 
 def test_one_row_group_per_target_including_empty_ones(tmp_path):
@@ -55,6 +56,42 @@ def test_failed_local_write_keeps_the_old_object(tmp_path, monkeypatch):
         s.write_bytes("f.bin", b"new")
     assert s.read_bytes("f.bin") == b"old"
     assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_seal_waits_for_the_write_in_progress_and_refuses_every_later_one(tmp_path, monkeypatch):
+    """What a stopped worker relies on: once seal() returns True, no write is running and none starts."""
+    import bluff_ray.results.store as store_mod
+
+    s = Store(str(tmp_path))
+    s.write_bytes("gone.bin", b"x")
+    entered, release = threading.Event(), threading.Event()
+    real = store_mod.atomic_write
+
+    def slow(path, data):
+        entered.set()
+        assert release.wait(10)
+        real(path, data)
+
+    monkeypatch.setattr(store_mod, "atomic_write", slow)
+    writer = threading.Thread(target=s.write_bytes, args=("marker.bin", b"done"))
+    writer.start()
+    assert entered.wait(10)
+    assert s.seal(timeout_s=0.2) is False  # the write in progress is not cut off ...
+    assert not (tmp_path / "marker.bin").exists()
+    release.set()
+    assert s.seal(timeout_s=10) is True  # ... and seal returns once it is whole
+    writer.join(10)
+    assert (tmp_path / "marker.bin").read_bytes() == b"done"
+    for write in (
+        lambda: s.write_bytes("late.bin", b"x"),
+        lambda: s.write_json("late.json", {}),
+        lambda: s.create("late.lock", b"x"),
+        lambda: s.delete("gone.bin"),
+    ):
+        with pytest.raises(SealedError, match="this worker was stopped"):
+            write()
+    assert sorted(os.listdir(tmp_path)) == ["gone.bin", "marker.bin"]
+    assert Store(str(tmp_path)).create("late.lock", b"x")  # another Store on the same root still writes
 
 
 def test_preflight_ok_and_leaves_nothing(tmp_path):

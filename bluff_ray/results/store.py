@@ -11,6 +11,7 @@ only. Error messages name the URL (with any ``user:secret@`` removed), never the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,7 +19,7 @@ import posixpath
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, overload
 
@@ -60,6 +61,10 @@ PROBE_S3_CONFIG = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_att
 
 class StorageError(RuntimeError):
     """The results root cannot be used (unreachable, read-only, missing bucket, ...)."""
+
+
+class SealedError(StorageError):
+    """A write to a store that ``seal()`` closed (a worker its driver stopped)."""
 
 
 class CorruptFile(StorageError):
@@ -113,6 +118,9 @@ class Store:
             raise StorageError(f"cannot open results root {redact_url(self.url)}: {e}") from None
         self.root = self.root.rstrip("/")
         self.local = isinstance(self.fs, LocalFileSystem)
+        self._writes = threading.Condition()  # guards _active and _sealed (seal())
+        self._active = 0
+        self._sealed = False
 
     # Stores travel to Ray actors by URL + options; each process opens its own filesystem
     # (s3fs instances must not be shared across fork).
@@ -131,12 +139,36 @@ class Store:
         return redact_url(f"{self.url}/{rel.strip('/')}" if rel else self.url)
 
     # --- writes ---------------------------------------------------------------------------------
+    def seal(self, timeout_s: float | None = None) -> bool:
+        """Refuse every later write and wait for those in progress; True once none is left.
+
+        Why: a stopped worker's process outlives the driver's ``ray.kill`` by milliseconds, long
+        enough to write a unit's marker after the driver has returned and released the run lock.
+        """
+        with self._writes:
+            self._sealed = True
+            return self._writes.wait_for(lambda: self._active == 0, timeout_s)
+
+    @contextlib.contextmanager
+    def _writing(self, rel: str) -> Iterator[None]:
+        with self._writes:
+            if self._sealed:
+                raise SealedError(f"{self.uri(rel)}: not written, this worker was stopped")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._writes:
+                self._active -= 1
+                self._writes.notify_all()
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         path = self.path(rel)
-        if self.local:
-            atomic_write(path, data)
-        else:
-            self.fs.pipe_file(path, bytes(data))
+        with self._writing(rel):
+            if self.local:
+                atomic_write(path, data)
+            else:
+                self.fs.pipe_file(path, bytes(data))
 
     def write_table(
         self,
@@ -160,7 +192,10 @@ class Store:
         Local disks: a temporary file hard-linked into place (``link`` fails if the name exists).
         S3: one PUT with ``If-None-Match: *``. Other filesystems: an ``xb`` open where supported.
         """
-        path = self.path(rel)
+        with self._writing(rel):
+            return self._create(self.path(rel), data)
+
+    def _create(self, path: str, data: bytes) -> bool:
         if self.local:
             with temp_beside(path, data) as tmp:
                 try:
@@ -263,8 +298,9 @@ class Store:
     def delete(self, rel: str) -> None:
         """Remove ``rel`` (a file or a folder, recursively) if it exists."""
         path = self.path(rel)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        with self._writing(rel):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
 
     # --- preflight ------------------------------------------------------------------------------
     def preflight(self, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:

@@ -110,6 +110,9 @@ def importance_table(adapter, importance: dict[str, np.ndarray], meta: dict[byte
     )
 
 
+CONTROL = "control"  # the actor's concurrency group for stop(): one thread beside the two work calls
+
+
 class BluffWorker:
     """Holds one model (loaded once) and one image source; computes and writes work units."""
 
@@ -141,6 +144,11 @@ class BluffWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def stop(self, timeout_s: float) -> bool:
+        """Write nothing more; True once no write is in progress. The driver calls this (in the
+        ``CONTROL`` concurrency group, so it is not queued behind a unit) before it kills the actor."""
+        return self.store.seal(timeout_s)
 
     # --- benign stage -----------------------------------------------------------------------------
     def benign(self, classes: Sequence[int], n_examples: int) -> list[BenignResult]:

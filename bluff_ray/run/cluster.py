@@ -25,6 +25,7 @@ IN_FLIGHT = 2  # calls queued per actor: the next unit's data loads while the cu
 MAX_REQUEUE = 3  # a unit whose worker died this many times fails (it may be what kills them)
 WAIT_LOG_S = 10.0
 GROW_CHECK_S = 2.0  # how often a pool sized from the resources present looks for new ones
+STOP_TIMEOUT_S = 60.0  # shutdown waits this long for writes in progress (one unit's objects) to end
 
 
 class PoolError(RuntimeError):
@@ -182,6 +183,7 @@ class WorkerPool:
     plan: PoolPlan
     timeout_s: float
     resources_now: Callable[[], dict] | None = None
+    stop: Callable[[Any, float], Any] | None = None  # (actor, timeout_s) -> ref: the actor writes nothing more
     workers: list[_Worker] = field(default_factory=list)
     died: list[str] = field(default_factory=list)
 
@@ -317,7 +319,23 @@ class WorkerPool:
             f"{self.plan.unit}{self._resource_note()}{dead}"
         )
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop the ready workers' writes (``stop``), then kill every actor.
+
+        Why both: ``ray.kill`` is asynchronous, and a killed worker's process can still write a unit's
+        marker a few milliseconds after the driver has returned; a stopped one writes nothing more.
+        """
+        if self.stop is not None:
+            refs = []
+            for w in self.ready:
+                try:
+                    refs.append(self.stop(w.handle, timeout_s))
+                except Exception:  # a dead handle: nothing to stop
+                    pass
+            if refs:
+                _, late = self.ray.wait(refs, num_returns=len(refs), timeout=timeout_s + 5)
+                if late:
+                    log.warning("%d worker(s) did not stop within %.0f s; killing them", len(late), timeout_s)
         for w in self.workers:
             try:
                 self.ray.kill(w.handle, no_restart=True)

@@ -31,7 +31,7 @@ from bluff_ray.results.lock import LockedError, RunLock
 from bluff_ray.results.markers import VERIFY_LEVELS, checksum_mismatches, files_from_metadata, listed_sizes, mismatches
 from bluff_ray.results.reduce import Aggregate, LayerSpec, UnitAtlas, write_global
 from bluff_ray.results.store import CorruptFile, StorageError, Store, redact_url
-from bluff_ray.run.actor import BenignResult, BluffWorker, UnitResult, WorkerSpec
+from bluff_ray.run.actor import CONTROL, BenignResult, BluffWorker, UnitResult, WorkerSpec
 from bluff_ray.run.cluster import PoolError, Task, WorkerPool, autoscaler_limits, error_reason, plan_pool
 from bluff_ray.run.config import ConfigError, ResolvedRun, RunConfig, mismatch_message, model_identity, resolve
 from bluff_ray.run.plan import BenignTable, Unit, class_chunks, marker_unit, plan_units, rounds
@@ -650,12 +650,18 @@ class _Execution:
         opts = dict(num_gpus=1, num_cpus=0) if plan.use_gpu else dict(num_cpus=1)
         # num_cpus=0 on GPU actors: the GPU is the scheduling limit, and GPU actors holding CPUs can
         # starve everything else (ray#44687). max_concurrency=2: the next call's images load while
-        # this one computes (the actor's own lock serialises the device work).
-        actor_cls = ray.remote(BluffWorker).options(
-            max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, max_concurrency=2, **opts
-        )
+        # this one computes (the actor's own lock serialises the device work); stop() has a thread
+        # of its own (CONTROL) so a busy actor answers it at once.
+        # (concurrency groups can only be declared in ray.remote(...), whose stubs lack the keyword form)
+        remote = ray.remote(concurrency_groups={CONTROL: 1}, max_concurrency=2)  # type: ignore[call-overload]
+        actor_cls = remote(BluffWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, **opts)
         self.pool = pool = WorkerPool(
-            ray, lambda i: actor_cls.remote(spec), plan, cfg.worker_timeout_s, resources_now=ray.cluster_resources
+            ray,
+            lambda i: actor_cls.remote(spec),
+            plan,
+            cfg.worker_timeout_s,
+            resources_now=ray.cluster_resources,
+            stop=lambda a, timeout_s: a.stop.options(concurrency_group=CONTROL).remote(timeout_s),
         )
         pool.start()
         self.summary.workers = len(pool.workers)
