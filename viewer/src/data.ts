@@ -272,79 +272,167 @@ async function checkedRange(url: string, rel: string, range: string, known = 0):
  * and a slice reaching into them fetches only the bytes before them. Other slices go through
  * `asyncBufferFromUrl` (a 200, from a server that ignores Range, is the whole file, reused) with
  * `checkedRange` as its fetch, cached by `cachedAsyncBuffer` (a failed read is forgotten, so it can
- * be retried).
+ * be retried). `held` is the bytes these caches keep (reported through `onHold` as they change);
+ * `drop()` forgets them all, after which the file still reads, fetching every slice and keeping none.
  */
-export async function openRangeFile(url: string, rel: string, tail = TAIL): Promise<AsyncBuffer> {
+export interface RangeFile extends AsyncBuffer {
+  readonly held: number;
+  drop(): void;
+}
+
+export async function openRangeFile(url: string, rel: string, tail = TAIL, onHold: (delta: number) => void = () => undefined): Promise<RangeFile> {
   const first = await checkedRange(url, rel, `bytes=-${tail}`);
   const size = first.size;
-  const tailBuf = first.body;
-  const tailStart = size - tailBuf.byteLength;
-  if (tailStart === 0) return { byteLength: size, slice: (start, end) => tailBuf.slice(start, end) };
+  let tailBuf: ArrayBuffer | null = first.body;
+  const tailStart = size - first.body.byteLength;
+  let held = 0;
+  const hold = (n: number) => {
+    held += n;
+    onHold(n);
+  };
+  let wholeHeld = false;
+  let dropped = false;
   const fetchChecked = async (_input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
     const r = await checkedRange(url, rel, new Headers(init?.headers).get("Range") ?? "", size);
+    // a 200 is the whole file, which asyncBufferFromUrl then keeps (and slices) for every later read
+    if (r.status === 200 && !dropped && !wholeHeld) {
+      wholeHeld = true;
+      hold(size);
+    }
     return new Response(r.body, { status: r.status, headers: r.headers });
   };
-  const fresh = async () => cachedAsyncBuffer(await asyncBufferFromUrl({ url, byteLength: size, fetch: fetchChecked }), { minSize: 0 });
-  let remote = await fresh();
+  const uncached = () => asyncBufferFromUrl({ url, byteLength: size, fetch: fetchChecked });
+  const fresh = async () => cachedAsyncBuffer(await uncached(), { minSize: 0 });
+  let remote: AsyncBuffer | null = await fresh();
   // Ranges already fetched: hyparquet coalesces neighbouring column chunks into one read, and its
   // cache only answers the same range again, so a later read of a chunk inside one is served here.
-  const held: { start: number; buf: ArrayBuffer }[] = [];
+  // They are the same ArrayBuffers cachedAsyncBuffer keeps, so each is counted once.
+  let ranges: { start: number; buf: ArrayBuffer }[] = [];
+  const forgetWhole = () => {
+    if (wholeHeld) hold(-size);
+    wholeHeld = false;
+  };
   const read = async (start: number, end: number): Promise<ArrayBuffer> => {
-    const hit = held.find((h) => h.start <= start && end <= h.start + h.buf.byteLength);
+    if (dropped) return (await uncached()).slice(start, end);
+    const hit = ranges.find((h) => h.start <= start && end <= h.start + h.buf.byteLength);
     if (hit) return hit.buf.slice(start - hit.start, end - hit.start);
     try {
-      const buf = await remote.slice(start, end);
-      held.push({ start, buf });
+      const buf = await remote!.slice(start, end);
+      if (!dropped && !ranges.some((h) => h.buf === buf)) {
+        ranges.push({ start, buf });
+        hold(buf.byteLength);
+      }
       return buf;
     } catch (e) {
-      remote = await fresh();
+      if (!dropped) {
+        forgetWhole();
+        const r = await fresh();
+        if (!dropped) remote = r;
+      }
       throw e;
     }
   };
+  hold(first.body.byteLength);
   return {
     byteLength: size,
+    get held() {
+      return held;
+    },
+    drop() {
+      if (dropped) return;
+      dropped = true;
+      tailBuf = null;
+      remote = null;
+      ranges = [];
+      wholeHeld = false;
+      hold(-held);
+    },
     async slice(start: number, end?: number): Promise<ArrayBuffer> {
       const stop = Math.min(end ?? size, size);
       if (stop <= start) return new ArrayBuffer(0);
+      if (!tailBuf) return read(start, stop);
       if (start >= tailStart) return tailBuf.slice(start - tailStart, stop - tailStart);
       if (stop <= tailStart) return read(start, stop);
+      const tb = tailBuf;
       const head = await read(start, tailStart);
       const out = new Uint8Array(stop - start);
       out.set(new Uint8Array(head), 0);
-      out.set(new Uint8Array(tailBuf, 0, stop - tailStart), head.byteLength);
+      out.set(new Uint8Array(tb, 0, stop - tailStart), head.byteLength);
       return out.buffer;
     },
   };
 }
 
 interface OpenFile {
-  file: AsyncBuffer;
+  file: RangeFile;
   meta: FileMetaData;
 }
 
-/** Parquet files opened so far (footers are read once per file and reused). */
-const files = new Map<string, Promise<OpenFile>>();
+/**
+ * The bytes that open Parquet files keep (their footer suffixes and the ranges read, `RangeFile.held`)
+ * and the most they may keep: past `budget`, the least recently used files are closed (`evictions`
+ * counts them), to be opened again (footer and all) when next read. `peak`: the most held after a
+ * trim. Browsing pairs opens a few files per pair (nodes, edges, causal, causal_curve), so without a
+ * bound a long session would keep every byte it ever read. Tests lower `budget` (window.__bluff.fileCache).
+ */
+export const fileCache = { budget: 64 * 1024 * 1024, held: 0, peak: 0, evictions: 0 };
+
+interface FileEntry {
+  p: Promise<OpenFile>;
+  /** set once the footer is read: from then on the file can be evicted */
+  buf?: RangeFile;
+}
+/** Parquet files opened, least recently used first (footers are read once per opening and reused). */
+const files = new Map<string, FileEntry>();
+
+function holdBytes(delta: number): void {
+  fileCache.held += delta;
+  if (delta > 0) trimFiles();
+}
+
+/** Close least recently used files until the bytes held fit the budget (files still opening are skipped). */
+function trimFiles(): void {
+  for (const [key, e] of files) {
+    if (fileCache.held <= fileCache.budget) break;
+    if (!e.buf) continue;
+    files.delete(key);
+    e.buf.drop(); // a read in progress on it still completes, fetching what it needs
+    fileCache.evictions += 1;
+  }
+  fileCache.peak = Math.max(fileCache.peak, fileCache.held);
+}
 
 function openParquet(root: string, rel: string): Promise<OpenFile> {
   const key = joinUrl(root, rel);
-  let p = files.get(key);
-  if (!p) {
-    p = (async () => {
-      const tail = tailFor(rel);
-      const file = await openRangeFile(key, rel, tail);
-      let meta: FileMetaData;
-      try {
-        meta = await parquetMetadataAsync(file, { initialFetchSize: tail });
-      } catch (e) {
-        if (e instanceof DataError) throw e;
-        throw new DataError(rel, `not a readable Parquet file (${(e as Error).message})`);
-      }
-      return { file, meta };
-    })();
-    p.catch(() => files.delete(key)); // allow a retry after a failure
-    files.set(key, p);
+  const e = files.get(key);
+  if (e) {
+    files.delete(key); // most recently used last
+    files.set(key, e);
+    return e.p;
   }
-  return p;
+  const entry = {} as FileEntry;
+  entry.p = (async () => {
+    const tail = tailFor(rel);
+    const file = await openRangeFile(key, rel, tail, holdBytes);
+    let meta: FileMetaData;
+    try {
+      meta = await parquetMetadataAsync(file, { initialFetchSize: tail });
+    } catch (err) {
+      file.drop();
+      if (err instanceof DataError) throw err;
+      throw new DataError(rel, `not a readable Parquet file (${(err as Error).message})`);
+    }
+    if (files.get(key) === entry) {
+      entry.buf = file;
+      trimFiles();
+    } else file.drop(); // evicted or replaced while opening: keep nothing
+    return { file, meta };
+  })();
+  entry.p.catch(() => {
+    if (files.get(key) === entry) files.delete(key); // allow a retry after a failure
+  });
+  files.set(key, entry);
+  return entry.p;
 }
 
 function checkColumns(rel: string, meta: FileMetaData, needed: string[]): void {

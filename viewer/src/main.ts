@@ -15,6 +15,7 @@ import {
   loadPartition,
   loadedPartition,
   paths,
+  fileCache,
   resolveRoot,
   traffic,
 } from "./data";
@@ -33,6 +34,8 @@ const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as 
 
 interface Debug {
   traffic: typeof traffic;
+  /** bytes the open Parquet files keep, and their budget (tests lower it) */
+  fileCache: typeof fileCache;
   state: string;
   root?: string;
   summary?: GraphSummary;
@@ -44,7 +47,7 @@ interface Debug {
   /** for tests: the data layer's causal reader */
   loadCausal?: (o: number, t: number) => Promise<unknown>;
 }
-const debug: Debug = { traffic, state: "loading" };
+const debug: Debug = { traffic, fileCache, state: "loading" };
 (window as unknown as { __bluff: Debug }).__bluff = debug;
 
 const store = new AppStore(new URLSearchParams(window.location.search).get("root"));
