@@ -60,6 +60,11 @@ def test_file_bytes_stay_within_budget_and_evicted_pairs_reopen(page, serve_root
     _, nodes, _ = read_pair(synth_results, 0, 1)
     assert {n[0] for n in first["nodes"]} == {node_id(n) for n in nodes}
     assert first["edges"] and first["causal"]
+    # under the default budget every Parquet byte received so far is held, each once
+    log = page.evaluate("window.__bluff.traffic.log")
+    assert page.evaluate("window.__bluff.fileCache.held") == sum(
+        e["bytes"] for e in log if e["file"].endswith(".parquet")
+    )
     page.evaluate(f"window.__bluff.fileCache.budget = {BUDGET}")
 
     parquet_bytes = 0
@@ -75,11 +80,11 @@ def test_file_bytes_stay_within_budget_and_evicted_pairs_reopen(page, serve_root
     n0 = page.evaluate("window.__bluff.traffic.log.length")
     open_pair(page, names, 0, 1)
     again = page.evaluate("window.__bluff.traffic.log")[n0:]
-    for kind, tail in (("nodes", 16384), ("edges", 32768), ("causal", 16384), ("causal_curve", 16384)):
+    for kind in ("nodes", "edges", "causal", "causal_curve"):
         rel = f"{kind}/original=0/part-0.parquet"
         got = [e for e in again if e["file"] == rel]
-        # opened again: the footer suffix, then the pair's row group (a range before it)
-        assert got and got[0]["range"] == f"bytes=-{tail}" and got[0]["status"] == 206, (rel, got)
+        # opened again: the footer suffix first (a small file is whole in it)
+        assert got and got[0]["range"].startswith("bytes=-") and got[0]["status"] == 206, (rel, got)
     assert graph_dom(page) == first
     c = page.evaluate("window.__bluff.fileCache")
     assert 0 < c["held"] <= BUDGET and c["peak"] <= BUDGET, c
