@@ -12,7 +12,7 @@ autotuning, torch.compile, CUDA-graph capture, Triton builds). Stages, each time
 ``--budget-s`` (default 480 s):
 
 1. FLOPs per PGD image-step (forward + input gradient, ``torch.utils.flop_counter``);
-2. per attack-step variant (``AttackConfig.step`` reference/fast x eager/compile/CUDA graphs):
+2. per attack-step variant (``AttackConfig.step`` reference/fast/lean x eager/compile/CUDA graphs):
    image-steps/s at one batch, achieved TFLOP/s and share of the device's peak (``--peak-tflops``
    or a table of known devices), memory per sample (saved tensors, and on CUDA the peak allocation
    of one step divided by the batch);
@@ -75,13 +75,17 @@ PEAK_BF16_TFLOPS = [
 ]
 
 #: Attack-step variants: name -> AttackConfig fields. On a CPU only the eager ones run.
+#: Measured in this order (the budget may skip the last ones): the eager steps, CUDA graphs, compile.
 VARIANTS = {
     "reference": {},
     "fast": {"step": "fast"},
+    "lean": {"step": "lean"},
+    "lean+graphs": {"step": "lean", "cuda_graphs": True},
     "fast+graphs": {"step": "fast", "cuda_graphs": True},
     "reference+graphs": {"cuda_graphs": True},
-    "reference+compile": {"compile": True},
+    "lean+compile": {"step": "lean", "compile": True},
     "fast+compile": {"step": "fast", "compile": True},
+    "reference+compile": {"compile": True},
 }
 
 

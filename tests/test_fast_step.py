@@ -6,9 +6,12 @@
    layouts; the recomputed winners equal PyTorch's own indices (NaN and all -inf windows too); the
    Triton kernels, run by Triton's interpreter on the CPU (``TRITON_INTERPRET=1``, a subprocess),
    do the same.
-2. ``AttackConfig(step="fast")``: the same adversarial images, success counts and (through
-   ``compute_unit``) pair results as the reference step, in float64 on the digits net.
-3. The fast pool keeps fewer bytes per attacked sample (no int64 indices).
+2. ``engine.conv_relu``: a conv unit keeping only a ReLU mask gives ``BasicConv2d``'s values and
+   input gradients exactly in float64 (its backward never reads the input it did not keep).
+3. ``AttackConfig(step="fast")`` and ``step="lean"``: the same adversarial images, success counts
+   and (through ``compute_unit``) pair results as the reference step, in float64 on the digits net.
+4. The fast pool keeps fewer bytes per attacked sample (no int64 indices); the lean step about one
+   byte per activation.
 
 Gradients are compared with integer-valued output gradients (sums at positions that win several
 overlapping windows exact in any order: which input wins) and with random float64 ones (the sums
@@ -58,8 +61,9 @@ def _to_offsets(ind: torch.Tensor, w: int, k: int, s: int, p: int) -> torch.Tens
     return ((ih - r0) * k + (iw - c0)).to(torch.uint8)
 
 
-def check_exact(impl: str, geometries=GEOMETRIES, sizes=SIZES) -> int:
-    """Values, winners and gradients of ``max_pool2d(impl=...)`` against F.max_pool2d; returns cases."""
+def check_exact(impl: str, geometries=GEOMETRIES, sizes=SIZES, save: str = "input") -> int:
+    """Values, winners and gradients of ``max_pool2d(impl=..., save=...)`` against F.max_pool2d;
+    returns cases."""
     cases = 0
     for gi, (k, s, p, ceil) in enumerate(geometries):
         for si, (h, w) in enumerate(sizes):
@@ -75,7 +79,7 @@ def check_exact(impl: str, geometries=GEOMETRIES, sizes=SIZES) -> int:
                 ), (k, s, p, ceil, h, w, cl)
                 xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
                 ya = F.max_pool2d(xa, k, s, p, 1, ceil)
-                yb = max_pool2d(xb, k, s, p, 1, ceil, impl=impl)
+                yb = max_pool2d(xb, k, s, p, 1, ceil, impl=impl, save=save)
                 assert torch.equal(ya, yb), (k, s, p, ceil, h, w, cl)
                 gen = torch.Generator().manual_seed(si)
                 go = torch.randint(-3, 4, ya.shape, generator=gen).double()
@@ -93,8 +97,19 @@ def check_exact(impl: str, geometries=GEOMETRIES, sizes=SIZES) -> int:
     return cases
 
 
-def test_pool_gradients_equal_torch_exactly_with_ties():
-    assert check_exact("torch") == 2 * len(GEOMETRIES) * len(SIZES)
+@pytest.mark.parametrize("save", ["input", "winners"])
+def test_pool_gradients_equal_torch_exactly_with_ties(save):
+    assert check_exact("torch", save=save) == 2 * len(GEOMETRIES) * len(SIZES)
+
+
+def test_a_pool_saving_winners_keeps_one_byte_per_output_and_nothing_of_its_input():
+    x = _tied_input(14, 13, seed=0).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = max_pool2d(x, 3, 2, 0, 1, True, save="winners")
+    assert [(t.dtype, tuple(t.shape)) for t in saved] == [(torch.uint8, tuple(y.shape))]
+    with pytest.raises(ValueError, match="save mode"):
+        max_pool2d(x, 3, save="everything")
 
 
 def test_pool_tie_rule_for_nan_and_minus_inf_windows():
@@ -144,7 +159,7 @@ def test_triton_kernels_under_the_interpreter():
         cwd=Path(__file__).resolve().parents[1],
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "exact cases: 8" in r.stdout, r.stdout
+    assert "exact cases: 8 input, 8 winners" in r.stdout, r.stdout
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -155,13 +170,94 @@ def test_triton_kernels_on_cuda_exact_in_float64():
             x = _tied_input(29, 31, seed=gi, n=3, c=5).cuda()
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
+            for save in ("input", "winners"):
+                xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+                ya, yb = F.max_pool2d(xa, k, s, p, 1, ceil), max_pool2d(xb, k, s, p, 1, ceil, impl="triton", save=save)
+                assert torch.equal(ya, yb)
+                go = torch.randint(-3, 4, ya.shape, device="cuda").double()
+                ya.backward(go)
+                yb.backward(go)
+                assert torch.equal(xa.grad, xb.grad), (k, s, p, ceil, cl, save)
+
+
+# ----------------------------------------------------------------------------- lean conv units
+
+# (kernel, stride, padding, dilation, groups, in, out): GoogLeNet's stem (7, 2, 3), its 1x1 and
+# 3x3 units (torchvision's "5x5" branch is 3x3), the digits net's 5x5, a dilated grouped conv.
+CONV_UNITS = [
+    (7, 2, 3, 1, 1, 3, 8),
+    (1, 1, 0, 1, 1, 8, 6),
+    (3, 1, 1, 1, 1, 6, 4),
+    (5, 1, 2, 1, 1, 4, 4),
+    (3, 2, 1, 2, 2, 4, 6),
+]
+
+
+def _folded_unit(k, s, p, d, g, cin, cout, seed):
+    from torchvision.models.googlenet import BasicConv2d
+
+    from bluff_ray.engine.models.base import fold_batchnorm
+
+    torch.manual_seed(seed)
+    unit = BasicConv2d(cin, cout, kernel_size=k, stride=s, padding=p, dilation=d, groups=g)
+    unit.bn.running_mean.normal_()
+    unit.bn.running_var.uniform_(0.5, 2.0)
+    unit.bn.weight.data.normal_()
+    unit.bn.bias.data.normal_()
+    return fold_batchnorm(unit).double()
+
+
+def test_conv_relu_unit_gives_basic_conv2d_values_and_input_gradients_bitwise(monkeypatch):
+    """Float64, both layouts: the same outputs and input gradients as the folded ``BasicConv2d``,
+    with the backward's stand-in input filled with NaN (so a kernel that read it would show), and
+    inputs that make exact zeros and NaN outputs (ReLU's backward passes a NaN's gradient)."""
+    import copy
+
+    import bluff_ray.engine.conv_relu as conv_relu
+
+    def nan_placeholder(shape, strides, dtype, device):
+        return torch.empty_strided(shape, strides, dtype=dtype, device=device).fill_(float("nan"))
+
+    monkeypatch.setattr(conv_relu, "placeholder", nan_placeholder)
+    for i, spec in enumerate(CONV_UNITS):
+        ref = _folded_unit(*spec, seed=i)
+        lean = conv_relu.ConvReLU(copy.deepcopy(ref.conv))
+        for cl in (False, True):
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            ref, lean = ref.to(memory_format=fmt), lean.to(memory_format=fmt)
+            x = torch.randn(3, spec[5], 13, 11, dtype=torch.float64)
+            x[0, :, :5] = 0.0  # zero windows: outputs equal to the bias, many exactly 0 after ReLU
+            x[1, 0, 5, 5] = float("nan")  # a position every geometry here reads
+            x = x.contiguous(memory_format=fmt)
             xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-            ya, yb = F.max_pool2d(xa, k, s, p, 1, ceil), max_pool2d(xb, k, s, p, 1, ceil, impl="triton")
-            assert torch.equal(ya, yb)
-            go = torch.randint(-3, 4, ya.shape, device="cuda").double()
+            ya, yb = ref(xa), lean(xb)
+            torch.testing.assert_close(ya, yb, rtol=0, atol=0, equal_nan=True)
+            assert ya.isnan().any()  # the NaN reached the output
+            go = torch.randn(ya.shape, dtype=torch.float64)
             ya.backward(go)
             yb.backward(go)
-            assert torch.equal(xa.grad, xb.grad), (k, s, p, ceil, cl)
+            torch.testing.assert_close(xa.grad, xb.grad, rtol=0, atol=0, equal_nan=True, msg=f"{spec} cl={cl}")
+            assert xb.grad.is_contiguous(memory_format=fmt)
+
+
+def test_conv_relu_unit_keeps_only_a_bool_mask_and_refuses_autocast_and_unfolded_units():
+    from torchvision.models.googlenet import BasicConv2d
+
+    from bluff_ray.engine.conv_relu import ConvReLU, swap_conv_units
+
+    ref = _folded_unit(3, 1, 1, 1, 1, 6, 4, seed=0)
+    lean = ConvReLU(ref.conv)
+    x = torch.randn(2, 6, 9, 9, dtype=torch.float64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = lean(x)
+    assert sorted((str(t.dtype), tuple(t.shape)) for t in saved if t is not ref.conv.weight) == [
+        ("torch.bool", tuple(y.shape))
+    ]
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="autocast"):
+        lean(x.float())
+    with pytest.raises(ValueError, match="fold the BatchNorm"):
+        swap_conv_units(torch.nn.Sequential(BasicConv2d(3, 4, kernel_size=1)))
 
 
 # ----------------------------------------------------------------------------- the fast attack step
@@ -173,14 +269,23 @@ def test_fast_model_swaps_every_pool_and_computes_the_same_function(fixture_unit
     from bluff_ray.engine.maxpool import MaxPool2dNoIndices
 
     _, adapter, original, _ = fixture_unit
-    ref, fast = adapter.attack_model(), adapter.attack_model(step="fast")
+    from torchvision.models.googlenet import BasicConv2d
+
+    from bluff_ray.engine.conv_relu import ConvReLU
+
+    ref, fast, lean = (adapter.attack_model(step=s) for s in ("reference", "fast", "lean"))
     assert fast is adapter.attack_model(step="fast", bf16=True)  # bf16 weights only on CUDA
-    pools = [m for m in fast.modules() if isinstance(m, nn.MaxPool2d)]
-    assert len(pools) == 5 and all(isinstance(m, MaxPool2dNoIndices) for m in pools)  # 4 branch pools + stage pool
-    assert not any(isinstance(m, MaxPool2dNoIndices) for m in ref.modules())  # the reference model is untouched
+    for model, save in ((fast, "input"), (lean, "winners")):
+        pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+        assert len(pools) == 5  # 4 branch pools + stage pool
+        assert all(isinstance(m, MaxPool2dNoIndices) and m.save == save for m in pools)
+    units = sum(isinstance(m, BasicConv2d) for m in ref.modules())
+    assert units == 1 + 4 * 6 and sum(isinstance(m, ConvReLU) for m in lean.modules()) == units
+    assert not any(isinstance(m, BasicConv2d) for m in lean.modules())
+    assert not any(isinstance(m, (MaxPool2dNoIndices, ConvReLU)) for m in ref.modules())  # the reference is untouched
     x = original.images.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert torch.equal(ref(x), fast(x))
+        assert torch.equal(ref(x), fast(x)) and torch.equal(ref(x), lean(x))
 
 
 @pytest.mark.parametrize("method", ["pgd_l2", "pgd_linf", "fgsm"])
@@ -191,18 +296,19 @@ def test_fast_step_gives_the_reference_attack_bitwise_in_float64(fixture_unit, m
     meta, adapter, original, _ = fixture_unit
     x = original.images
     grids = {}
-    for step in ("reference", "fast"):
+    for step in ("reference", "fast", "lean"):
         cfg = AttackConfig(method=method, strengths=(0.3, 0.6, 1.0), steps=4, step=step)
         grids[step] = attack_grid(adapter.attack_model(step=step), x, [5, 8], cfg, batch_size=16, seed=3)
-    ref, fast = grids["reference"], grids["fast"]
-    assert torch.equal(ref.adv, fast.adv)
-    assert torch.equal(ref.n_success, fast.n_success)
+    ref = grids["reference"]
+    for step in ("fast", "lean"):
+        assert torch.equal(ref.adv, grids[step].adv), step
+        assert torch.equal(ref.n_success, grids[step].n_success), step
     assert (ref.adv - x).abs().amax() > 0.01  # the attack moved the images
 
 
 def test_fast_step_gives_the_reference_pair_results(fixture_unit):
-    """compute_unit with step="fast": the same pair rows (success, importance, roles), nodes and
-    edges as the reference step, in float64."""
+    """compute_unit with step="fast" and "lean": the same pair rows (success, importance, roles),
+    nodes and edges as the reference step, in float64."""
     from bluff_ray.engine.attack import AttackConfig
     from bluff_ray.engine.compute import compute_unit
     from bluff_ray.engine.pathways import PathwayConfig
@@ -210,16 +316,17 @@ def test_fast_step_gives_the_reference_pair_results(fixture_unit):
 
     meta, adapter, original, targets = fixture_unit
     out = {}
-    for step in ("reference", "fast"):
+    for step in ("reference", "fast", "lean"):
         cfg = AttackConfig(strengths=tuple(meta["strengths"]), steps=3, seed=meta["seed"], step=step)
         out[step] = unit_tables(
             compute_unit(adapter, original, targets[:1], cfg, PathwayConfig(causal=False), seed=11, batching=32)
         )
-    for kind in ("pairs", "nodes", "edges"):
-        a, b = getattr(out["reference"], kind), getattr(out["fast"], kind)
-        assert a.num_rows > 0, kind
-        assert a.schema == b.schema, kind
-        assert repr(a.to_pylist()) == repr(b.to_pylist()), kind  # exact floats (repr round-trips), NaN == NaN
+    for step in ("fast", "lean"):
+        for kind in ("pairs", "nodes", "edges"):
+            a, b = getattr(out["reference"], kind), getattr(out[step], kind)
+            assert a.num_rows > 0, kind
+            assert a.schema == b.schema, kind
+            assert repr(a.to_pylist()) == repr(b.to_pylist()), (step, kind)  # exact floats (repr), NaN == NaN
     assert sum(out["fast"].pairs.column("n_success").to_pylist()[0]) > 0  # some attacks succeeded
 
 
@@ -251,7 +358,44 @@ def test_fast_pool_keeps_fewer_bytes_per_sample():
     assert fast < 0.75 * ref
 
 
-def test_bf16_weights_get_their_input_cast_once(fixture_unit):
+def test_lean_step_keeps_about_one_byte_per_activation():
+    """Saved-tensor bytes per attacked sample on GoogLeNet (random weights, 224x224, fp32, CPU):
+    the lean step keeps a bool per conv-unit output and a uint8 winner per pool output, plus the
+    head's small inputs; nothing of the convolutions' inputs. Measured here: 4.6 MB, against
+    35.3 MB for the reference and 23.9 MB for the fast step (the issue's target: at most 8 MB)."""
+    from torchvision.models.googlenet import BasicConv2d
+
+    from bluff_ray.engine.compute import per_sample_bytes
+    from bluff_ray.engine.models import load_model
+
+    adapter = load_model("googlenet", weights="random")
+    lean, fast = per_sample_bytes(adapter, step="lean"), per_sample_bytes(adapter, step="fast")
+    sizes: dict[str, int] = {"unit": 0, "pool": 0}
+    model = adapter.attack_model()
+
+    def count(kind):
+        def hook(_m, _i, o):
+            sizes[kind] += o.numel()
+
+        return hook
+
+    hooks = [
+        m.register_forward_hook(count("unit" if isinstance(m, BasicConv2d) else "pool"))
+        for m in model.modules()
+        if isinstance(m, (BasicConv2d, torch.nn.MaxPool2d))
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, *adapter.input_shape))
+    for h in hooks:
+        h.remove()
+    masks = sizes["unit"] + sizes["pool"]  # one byte each
+    head = 4 * 1024 * 7 * 7 + 4 * 1024  # the global average pool's input and the classifier's, fp32
+    assert masks <= lean <= masks + head + 64 * 1024, (lean, masks)
+    assert lean <= 8 * 2**20 and lean < 0.25 * fast
+
+
+@pytest.mark.parametrize("step", ["fast", "lean"])
+def test_bf16_weights_get_their_input_cast_once(fixture_unit, step):
     """A model with bf16 weights (the fast step's on CUDA; here built by hand on the CPU): the step
     casts the fp32 input inside the graph and returns the fp32 input gradient, equal to autograd's
     through ``model(x.to(bf16))``; the loop keeps fp32 images and decides success with ``verify``."""
@@ -262,7 +406,7 @@ def test_bf16_weights_get_their_input_cast_once(fixture_unit):
     from bluff_ray.engine.attack import AttackConfig, attack_stream, make_step
 
     _, adapter, original, _ = fixture_unit
-    half = copy.deepcopy(adapter.attack_model(step="fast")).to(torch.bfloat16)
+    half = copy.deepcopy(adapter.attack_model(step=step)).to(torch.bfloat16)
     x = original.images.float().contiguous(memory_format=torch.channels_last)
     t = torch.full((x.shape[0],), 5)
     g = make_step(half, AttackConfig(bf16=True), torch.device("cpu"), torch.float32)(x, t)
@@ -270,7 +414,7 @@ def test_bf16_weights_get_their_input_cast_once(fixture_unit):
     F.cross_entropy(half(xx.to(torch.bfloat16)).float(), t, reduction="sum").backward()
     assert g.dtype == torch.float32 and torch.equal(g, xx.grad) and g.abs().sum() > 0
     verify = copy.deepcopy(adapter.attack_model()).float()
-    cfg = AttackConfig(strengths=(0.5, 1.0), steps=2, bf16=True, step="fast")
+    cfg = AttackConfig(strengths=(0.5, 1.0), steps=2, bf16=True, step=step)
     ((_, adv, ok),) = attack_stream(half, x, [5], cfg, 64, seed=0, verify=verify)
     assert adv.dtype == torch.float32 and adv.min() >= 0 and adv.max() <= 1
     with torch.no_grad():
@@ -280,7 +424,7 @@ def test_bf16_weights_get_their_input_cast_once(fixture_unit):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graphs_replay_the_eager_step(fixture_unit):
     """On a GPU, float64 digits net: the captured step replays the eager step's numbers, for the
-    reference and the fast (Triton pool) model, and across two batch shapes."""
+    reference, the fast and the lean (Triton pool) models, and across two batch shapes."""
     import copy
 
     from bluff_ray.engine.attack import AttackConfig, attack_grid
@@ -288,7 +432,7 @@ def test_cuda_graphs_replay_the_eager_step(fixture_unit):
     _, adapter, original, _ = fixture_unit
     gpu = copy.deepcopy(adapter).to("cuda")
     x = original.images.cuda()
-    for step in ("reference", "fast"):
+    for step in ("reference", "fast", "lean"):
         grids = [
             attack_grid(
                 gpu.attack_model(step=step),
@@ -316,5 +460,5 @@ def test_step_option_is_checked():
 if __name__ == "__main__":  # the subprocess of test_triton_kernels_under_the_interpreter
     impl = sys.argv[1]
     geoms = [(3, 2, 0, True), (3, 1, 1, True), (2, 2, 0, True), (3, 2, 1, False)]
-    n = check_exact(impl, geoms, [(7, 9)])
-    print(f"exact cases: {n}")
+    counts = [f"{check_exact(impl, geoms, [(7, 9)], save=save)} {save}" for save in ("input", "winners")]
+    print(f"exact cases: {', '.join(counts)}")

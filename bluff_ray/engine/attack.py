@@ -38,13 +38,15 @@ from bluff_ray.engine.settings import check, setting
 log = logging.getLogger("bluff_ray.engine.attack")
 
 METHODS = ("pgd_l2", "pgd_linf", "fgsm")
-#: Attack-step variants (``AttackConfig.step``); both run the same loop, only the model differs
+#: Attack-step variants (``AttackConfig.step``); all run the same loop, only the model differs
 #: (``ModelAdapter.attack_model(step=...)``): "reference" is the BatchNorm-folded channels_last
 #: model under bf16 autocast on CUDA; "fast" swaps its max-pools for
 #: :class:`~bluff_ray.engine.maxpool.MaxPool2dNoIndices` and, with ``bf16`` on CUDA, holds bf16
-#: weights so a step casts only its input. Which one is the default is decided on a GPU
-#: (``bench/gpu.py``; see BENCHMARKS.md).
-STEPS = ("reference", "fast")
+#: weights so a step casts only its input; "lean" is "fast" whose conv units keep a 1-byte ReLU
+#: mask instead of their input (:mod:`~bluff_ray.engine.conv_relu`) and whose pools keep their
+#: winners: about 1 byte per activation, so larger batches. Which one is the default is decided
+#: on a GPU (``bench/gpu.py``; see BENCHMARKS.md).
+STEPS = ("reference", "fast", "lean")
 DEFAULT_STRENGTHS = tuple(round(0.05 * i, 2) for i in range(1, 11))
 
 
@@ -81,8 +83,9 @@ class AttackConfig:
     )
     step: str = setting(
         "reference",
-        "how the attack model runs the step: 'reference' (autocast per step) or "
-        "'fast' (max-pools without saved indices, bf16 weights cast once on CUDA)",
+        "how the attack model runs the step: 'reference' (autocast per step), "
+        "'fast' (max-pools without saved indices, bf16 weights cast once on CUDA) or "
+        "'lean' (fast, and about 1 byte kept per activation for the input gradient)",
         choices=STEPS,
         what="attack step",
     )

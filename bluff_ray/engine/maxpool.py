@@ -4,7 +4,9 @@ Why: ``max_pool2d_with_indices`` saves an int64 index for every output element a
 kernels were 42 % of a GoogLeNet PGD step on an H200 (13 pools per forward); the indices were also a
 large share of the ~25 MB autograd keeps per attacked sample. Here the forward keeps only the input
 and the output (tensors the neighbouring convolutions keep anyway), and the backward finds, per
-output, the input position that won, with PyTorch's rule, then routes the gradient there.
+output, the input position that won, with PyTorch's rule, then routes the gradient there. Or, with
+``save="winners"`` (the "lean" step, whose convolutions keep nothing of their inputs), the forward
+finds the winners in the same scan and keeps only them: one byte per output.
 
 PyTorch's rule (CPU and CUDA kernels alike): scan the window clipped to the input (padding never
 wins) row by row, take a value when it is ``>`` the best so far or NaN; the first valid position
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 IMPLS = ("auto", "torch", "triton")
+SAVES = ("input", "winners")
 
 
 def _pair(v) -> tuple[int, int]:
@@ -88,13 +91,13 @@ def winners_torch(x: torch.Tensor, y: torch.Tensor, k, s, p, d) -> torch.Tensor:
     return win
 
 
-def _backward_torch(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p, d) -> torch.Tensor:
-    win = winners_torch(x, y, k, s, p, d)
+def _scatter_torch(g: torch.Tensor, win: torch.Tensor, shape, fmt, k, s, p, d) -> torch.Tensor:
+    """The input gradient (``shape``, memory format ``fmt``): each output's gradient routed to its winner."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k, s, p, d
-    h, w = x.shape[-2:]
-    oh, ow = y.shape[-2:]
+    h, w = shape[-2:]
+    oh, ow = g.shape[-2:]
     need_h, need_w = (oh - 1) * sh + dh * (kh - 1) + 1, (ow - 1) * sw + dw * (kw - 1) + 1
-    gp = torch.zeros((*x.shape[:-2], max(need_h, h + ph), max(need_w, w + pw)), dtype=g.dtype, device=g.device)
+    gp = torch.zeros((*shape[:-2], max(need_h, h + ph), max(need_w, w + pw)), dtype=g.dtype, device=g.device)
     zero = torch.zeros((), dtype=g.dtype, device=g.device)
     # Offsets in reverse scan order = the outputs a position won in row-major order, the order in
     # which PyTorch's kernels sum them: float64 results are then bitwise PyTorch's.
@@ -102,7 +105,7 @@ def _backward_torch(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p, 
         for j in reversed(range(kw)):
             view = gp[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
             view += torch.where(win == i * kw + j, g, zero)
-    return gp[..., ph : ph + h, pw : pw + w].contiguous(memory_format=_memory_format(x))
+    return gp[..., ph : ph + h, pw : pw + w].contiguous(memory_format=fmt)
 
 
 # ----------------------------------------------------------------------------- triton (CUDA)
@@ -113,39 +116,36 @@ def _triton_kernels():
     """The Triton kernels (module imported lazily: the CPU path must not need Triton)."""
     from bluff_ray.engine import maxpool_triton as k
 
-    return k.maxpool_fwd, k.maxpool_winners, k.maxpool_bwd_gather
+    return k.maxpool_fwd, k.maxpool_fwd_winners, k.maxpool_winners, k.maxpool_bwd_gather
 
 
 BLOCK = 256
 
 
-def _scan_triton(x: torch.Tensor, oh: int, ow: int, k, s, p, d, write_y: bool):
-    fwd, winners, _ = _triton_kernels()
+def _scan_triton(x: torch.Tensor, oh: int, ow: int, k, s, p, d, want_y: bool, want_win: bool):
+    """(y or None, winners or None) in one scan of ``x``; winners are uint8 in (N, OH, OW, C) order."""
+    fwd, fwd_win, winners, _ = _triton_kernels()
     n, c, h, w = x.shape
-    y = (
-        torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-        if write_y
-        else None
-    )
-    win = None if write_y else torch.empty((n, oh, ow, c), dtype=torch.uint8, device=x.device)
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=_memory_format(x)) if want_y else None
+    win = torch.empty((n, oh, ow, c), dtype=torch.uint8, device=x.device) if want_win else None
     total = n * c * oh * ow
     if total:
         geometry = (k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1])
         grid = (math.ceil(total / BLOCK),)
-        if write_y:
-            assert y is not None
+        if y is not None and win is not None:
+            fwd_win[grid](x, y, win, total, c, h, w, oh, ow, *x.stride(), *y.stride(), *geometry, BLOCK=BLOCK)
+        elif y is not None:
             fwd[grid](x, y, total, c, h, w, oh, ow, *x.stride(), *y.stride(), *geometry, BLOCK=BLOCK)
         else:
             winners[grid](x, win, total, c, h, w, oh, ow, *x.stride(), *geometry, BLOCK=BLOCK)
-    return y if write_y else win
+    return y, win
 
 
-def _backward_triton(g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, k, s, p, d) -> torch.Tensor:
-    _, _, gather = _triton_kernels()
-    n, c, h, w = x.shape
-    oh, ow = y.shape[-2:]
-    win = _scan_triton(x, oh, ow, k, s, p, d, write_y=False)
-    gx = torch.empty(x.shape, dtype=g.dtype, device=x.device, memory_format=_memory_format(x))
+def _gather_triton(g: torch.Tensor, win: torch.Tensor, shape, fmt, k, s, p, d) -> torch.Tensor:
+    *_, gather = _triton_kernels()
+    n, c, h, w = shape
+    oh, ow = g.shape[-2:]
+    gx = torch.empty(shape, dtype=g.dtype, device=g.device, memory_format=fmt)
     total = n * c * h * w
     if total:
         gather[(math.ceil(total / BLOCK),)](
@@ -191,41 +191,64 @@ def _use_triton(x: torch.Tensor, impl: str) -> bool:
     return impl == "auto" and x.is_cuda and triton_available()
 
 
-class _MaxPool2dRecompute(torch.autograd.Function):
+class _MaxPool2dNoIndices(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, k, s, p, d, ceil_mode, impl):
+    def forward(ctx, x, k, s, p, d, ceil_mode, impl, save):
         oh = output_size(x.shape[-2], k[0], s[0], p[0], d[0], ceil_mode)
         ow = output_size(x.shape[-1], k[1], s[1], p[1], d[1], ceil_mode)
-        if _use_triton(x, impl) and x.dim() == 4:
-            y = _scan_triton(x, oh, ow, k, s, p, d, write_y=True)
+        ctx.triton = _use_triton(x, impl) and x.dim() == 4
+        keep = save == "winners"
+        if ctx.triton:
+            y, win = _scan_triton(x, oh, ow, k, s, p, d, want_y=True, want_win=keep)
         else:
             y = F.max_pool2d(x, k, s, p, d, ceil_mode)
-        ctx.save_for_backward(x, y)
+            win = winners_torch(x, y, k, s, p, d) if keep else None
+        if keep:
+            ctx.save_for_backward(win)
+            ctx.input = (x.shape, _memory_format(x))
+        else:
+            ctx.save_for_backward(x, y)
         ctx.geometry = (k, s, p, d)
-        ctx.impl = impl
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, y = ctx.saved_tensors
         k, s, p, d = ctx.geometry
-        if _use_triton(x, ctx.impl) and x.dim() == 4:
-            gx = _backward_triton(g, x, y, k, s, p, d)
+        if len(ctx.saved_tensors) == 1:  # save="winners"
+            (win,) = ctx.saved_tensors
+            shape, fmt = ctx.input
         else:
-            gx = _backward_torch(g, x, y, k, s, p, d)
-        return gx, None, None, None, None, None, None
+            x, y = ctx.saved_tensors
+            shape, fmt = x.shape, _memory_format(x)
+            oh, ow = y.shape[-2:]
+            win = _scan_triton(x, oh, ow, k, s, p, d, False, True)[1] if ctx.triton else winners_torch(x, y, k, s, p, d)
+        gx = (_gather_triton if ctx.triton else _scatter_torch)(g, win, shape, fmt, k, s, p, d)
+        return gx, None, None, None, None, None, None, None
 
 
 def max_pool2d(
-    x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False, impl: str = "auto"
+    x: torch.Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    impl: str = "auto",
+    save: str = "input",
 ) -> torch.Tensor:
     """``F.max_pool2d`` (same values, same gradients) that saves no indices for its backward.
 
     ``impl``: "auto" (Triton for CUDA tensors when available, else torch), "torch" or "triton"
     (forces the Triton kernels, e.g. on CPU tensors under ``TRITON_INTERPRET=1``).
+    ``save``: what the backward gets: "input" (the input and output, which the neighbouring
+    convolutions keep anyway; the backward finds the winners again) or "winners" (each output's
+    winner offset, 1 byte per output, found in the forward: for a model whose other layers keep
+    nothing of this size, the ``"lean"`` attack step).
     """
     if impl not in IMPLS:
         raise ValueError(f"unknown max-pool implementation {impl!r}; valid: {', '.join(IMPLS)}")
+    if save not in SAVES:
+        raise ValueError(f"unknown max-pool save mode {save!r}; valid: {', '.join(SAVES)}")
     k = _pair(kernel_size)
     s = _pair(stride if stride is not None and stride != () else kernel_size)
     p, d = _pair(padding), _pair(dilation)
@@ -236,25 +259,27 @@ def max_pool2d(
     if x.dim() not in (3, 4):
         raise ValueError(f"max_pool2d wants (C, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
     if x.dim() == 3:
-        return _MaxPool2dRecompute.apply(x.unsqueeze(0), k, s, p, d, bool(ceil_mode), impl).squeeze(0)
-    return _MaxPool2dRecompute.apply(x, k, s, p, d, bool(ceil_mode), impl)
+        return _MaxPool2dNoIndices.apply(x.unsqueeze(0), k, s, p, d, bool(ceil_mode), impl, save).squeeze(0)
+    return _MaxPool2dNoIndices.apply(x, k, s, p, d, bool(ceil_mode), impl, save)
 
 
 class MaxPool2dNoIndices(nn.MaxPool2d):
     """``nn.MaxPool2d`` through :func:`max_pool2d`: still a MaxPool2d (code reading kernel_size,
     stride, padding keeps working); the output keeps the input's memory format."""
 
-    def __init__(self, *args, impl: str = "auto", **kwargs):
+    def __init__(self, *args, impl: str = "auto", save: str = "input", **kwargs):
         super().__init__(*args, **kwargs)
         if self.return_indices:
             raise ValueError("MaxPool2dNoIndices cannot return indices")
-        self.impl = impl
+        self.impl, self.save = impl, save
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.impl)
+        return max_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.impl, self.save
+        )
 
 
-def swap_max_pools(module: nn.Module, impl: str = "auto") -> int:
+def swap_max_pools(module: nn.Module, impl: str = "auto", save: str = "input") -> int:
     """Replace, in place, every ``nn.MaxPool2d`` (subclasses included) under ``module`` by a
     :class:`MaxPool2dNoIndices` with the same geometry; returns how many were replaced."""
     count = 0
@@ -266,10 +291,16 @@ def swap_max_pools(module: nn.Module, impl: str = "auto") -> int:
                 module,
                 name,
                 MaxPool2dNoIndices(
-                    child.kernel_size, child.stride, child.padding, child.dilation, ceil_mode=child.ceil_mode, impl=impl
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    ceil_mode=child.ceil_mode,
+                    impl=impl,
+                    save=save,
                 ),
             )
             count += 1
         else:
-            count += swap_max_pools(child, impl)
+            count += swap_max_pools(child, impl, save)
     return count

@@ -138,14 +138,18 @@ class ModelAdapter:
         ``step="fast"`` (``attack.step``): a copy whose max-pools keep no int64 indices for the
         backward (:mod:`bluff_ray.engine.maxpool`; same values and gradients), and with ``bf16``
         on CUDA, bf16 weights (cast once here, instead of autocast casting them every step; the
-        attack casts its input). ``bf16`` is ignored for the reference step (autocast does it) and
-        on the CPU. Each variant is built once.
+        attack casts its input). ``step="lean"``: the same, and each conv unit keeps a 1-byte ReLU
+        mask instead of its input (:mod:`bluff_ray.engine.conv_relu`), each pool its winners
+        (1 byte per output): about 1 byte per activation in all. ``bf16`` is ignored for the
+        reference step (autocast does it) and on the CPU. Each variant is built once.
         """
         if self._attack_model is None:
             self._attack_model = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
-        if step not in ("reference", "fast"):
-            raise ValueError(f"unknown attack step {step!r}; valid: reference, fast")
-        half = step == "fast" and bf16 and self.device.type == "cuda"
+        from bluff_ray.engine.attack import STEPS
+
+        if step not in STEPS:
+            raise ValueError(f"unknown attack step {step!r}; valid: {', '.join(STEPS)}")
+        half = step != "reference" and bf16 and self.device.type == "cuda"
         key = (step, half)
         if key not in self._variants:
             if step == "reference":
@@ -153,10 +157,15 @@ class ModelAdapter:
             else:
                 import copy
 
+                from bluff_ray.engine.conv_relu import swap_conv_units
                 from bluff_ray.engine.maxpool import swap_max_pools
 
                 fast = copy.deepcopy(self._attack_model)
-                swap_max_pools(fast)
+                if step == "lean":
+                    swap_max_pools(fast, save="winners")
+                    swap_conv_units(fast)
+                else:
+                    swap_max_pools(fast)
                 self._variants[key] = fast.to(torch.bfloat16) if half else fast
         model = self._variants[key]
         if not compiled:
