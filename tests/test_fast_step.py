@@ -394,6 +394,25 @@ def test_lean_step_keeps_about_one_byte_per_activation():
     assert lean <= 8 * 2**20 and lean < 0.25 * fast
 
 
+def test_the_automatic_batch_reserves_the_backward_working_set():
+    """``auto_batch_size`` divides its budget by ``Footprint.reserve``: 1.5x the saved bytes where
+    those dominate (reference), the saved bytes plus two largest activations where they do not
+    (lean: its batch must not grow past what the backward's gradients need)."""
+    from bluff_ray.engine.compute import CPU_BUDGET_BYTES, auto_batch_size, sample_footprint
+    from bluff_ray.engine.models import load_model
+
+    adapter = load_model("googlenet", weights="random")
+    stem = 4 * 64 * 112 * 112  # the largest activation: the 7x7 stem conv's fp32 output per sample
+    for step in ("reference", "lean"):
+        f = sample_footprint(adapter, step=step)
+        assert f.largest == stem, step
+        assert f.reserve == max(int(1.5 * f.saved), f.saved + 2 * stem)
+        n = auto_batch_size(adapter, step=step)
+        assert n == CPU_BUDGET_BYTES // f.reserve // 64 * 64, (step, n)
+    assert sample_footprint(adapter).reserve == int(1.5 * sample_footprint(adapter).saved)
+    assert sample_footprint(adapter, step="lean").reserve == sample_footprint(adapter, step="lean").saved + 2 * stem
+
+
 @pytest.mark.parametrize("step", ["fast", "lean"])
 def test_bf16_weights_get_their_input_cast_once(fixture_unit, step):
     """A model with bf16 weights (the fast step's on CUDA; here built by hand on the CPU): the step

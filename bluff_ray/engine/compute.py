@@ -269,16 +269,33 @@ MEMORY_FRACTION = 0.6
 CPU_BUDGET_BYTES = 4 * 2**30
 
 
-def per_sample_bytes(adapter: ModelAdapter, bf16: bool = False, step: str = "reference") -> int:
-    """Bytes autograd keeps per attacked sample (the tensors saved for the input gradient), measured
-    by a saved-tensors hook on one small forward pass of the attack model (``step``'s variant) on
-    the adapter's device."""
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes per attacked sample: what autograd keeps for the input gradient (``saved``) and the
+    largest single activation (``largest``), in the attack model's dtype."""
+
+    saved: int
+    largest: int
+
+    @property
+    def reserve(self) -> int:
+        """What an attack batch reserves per sample: the saved tensors plus the backward's working set
+        (a layer's output and input gradients: about 1.75 largest activations on top of what the
+        reference step saves, measured on an H200), and at least 1.5x what is saved. The second
+        term decides for the "lean" step, which saves little next to its largest activation."""
+        return max(int(1.5 * self.saved), self.saved + 2 * self.largest)
+
+
+def sample_footprint(adapter: ModelAdapter, bf16: bool = False, step: str = "reference") -> Footprint:
+    """Measured on one small forward pass of the attack model (``step``'s variant) on the adapter's
+    device: a saved-tensors hook for what autograd keeps, forward hooks for the activations."""
     model = adapter.attack_model(step=step, bf16=bf16)
     device = adapter.device
     dtype = next(model.parameters()).dtype
     x = torch.rand(2, *adapter.input_shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     seen: dict[int, int] = {}
+    largest = [0]
 
     def pack(t: torch.Tensor):
         try:
@@ -288,20 +305,35 @@ def per_sample_bytes(adapter: ModelAdapter, bf16: bool = False, step: str = "ref
             pass
         return t
 
+    def output(_m, _i, o) -> None:
+        if isinstance(o, torch.Tensor):
+            largest[0] = max(largest[0], o.nbytes)
+
+    hooks = [m.register_forward_hook(output) for m in model.modules()]  # containers too: ConvReLU calls no child
     amp = bf16 and device.type == "cuda"
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cpu", enabled=False)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), ctx:
-        model(x).float().sum()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad(), ctx:
+            model(x).float().sum()
+    finally:
+        for h in hooks:
+            h.remove()
     param_bytes = {p.untyped_storage().data_ptr() for p in model.parameters()}
     total = sum(v for k, v in seen.items() if k not in param_bytes)
-    return max(1, total // 2)
+    return Footprint(max(1, total // 2), max(1, largest[0] // 2))
+
+
+def per_sample_bytes(adapter: ModelAdapter, bf16: bool = False, step: str = "reference") -> int:
+    """Bytes autograd keeps per attacked sample (the tensors saved for the input gradient)."""
+    return sample_footprint(adapter, bf16, step).saved
 
 
 def auto_batch_size(adapter: ModelAdapter, bf16: bool = False, step: str = "reference") -> int:
     """An attack batch that fits the device: free memory (CUDA) or a fixed budget (CPU) divided by
-    the measured per-sample footprint, with room for the pair summaries; halved on OOM later."""
+    the measured per-sample footprint (``Footprint.reserve``), with room for the pair summaries;
+    halved on OOM later."""
     device = adapter.device
-    per = per_sample_bytes(adapter, bf16, step)
+    per = sample_footprint(adapter, bf16, step).reserve
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = free * MEMORY_FRACTION
@@ -309,7 +341,7 @@ def auto_batch_size(adapter: ModelAdapter, bf16: bool = False, step: str = "refe
     else:
         budget = CPU_BUDGET_BYTES
         cap = MAX_AUTO_BATCH["cpu"]
-    n = int(budget // (per * 1.5))  # autograd's workspace on top of what it saves
+    n = int(budget // per)
     if n >= 64:
         n -= n % 64
     return max(1, min(cap, n))
