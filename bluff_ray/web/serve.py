@@ -23,7 +23,8 @@ only what it does not do (each marked where it is done):
   or ``localhost`` (``--allow-host`` adds names): a page that points its own DNS name at 127.0.0.1
   (DNS rebinding) gets 421. A malformed request gets a 4xx and one log line, never a traceback; a
   connection silent for ``idle_timeout`` seconds is closed (aiohttp's keep-alive timer, which also
-  covers a request that never ends).
+  covers a request that never ends), and so is one whose client stops reading a file for as long
+  (``_StallWatch``: aiohttp has no write timeout).
 
 URL layout: ``/`` the viewer (``bluff_ray/_viewer/``, built by ``make viewer``); ``/config.json``
 ``{"root": "results/"}`` (tells the viewer where the results are); ``/results/...`` the results root.
@@ -41,6 +42,7 @@ import mimetypes
 import os
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -180,13 +182,65 @@ class _AccessLog(AbstractAccessLogger):
             self.logger.info("%s - client disconnected (%s)", request.remote, gone)
 
 
+def _unsent(fd: int) -> int | None:
+    """Bytes the kernel still holds for the peer of socket ``fd`` (``SIOCOUTQ``); None where the
+    platform cannot say."""
+    try:
+        import fcntl
+        import termios
+
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except (ImportError, AttributeError, OSError):
+        return None
+
+
+class _StallWatch:
+    """Closes a connection whose client stopped reading: the kernel's send queue for it holds the same
+    non-zero byte count for ``idle`` seconds. Hand-written because aiohttp has no write timeout (its
+    keep-alive timer runs only between requests): such a client would hold its connection and its
+    open file for good. A timer callback, not a task: a small file is sent before its first check."""
+
+    def __init__(self, transport: asyncio.BaseTransport, idle: float) -> None:
+        self.fired = False
+        self._sender = asyncio.current_task()  # the task sending the file: cancelled on a stall
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
+        self._idle, self._step = idle, idle / 4
+        self._loop = asyncio.get_running_loop()
+        self._last: int | None = None
+        self._since = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(self._step, self._check)
+
+    def _check(self) -> None:
+        queued, now = _unsent(self._fd), self._loop.time()
+        if queued is None:  # the platform cannot say: no watch
+            self._timer = None
+            return
+        if not queued or queued != self._last:
+            self._last, self._since = queued, now
+        elif now - self._since >= self._idle:
+            # Cancel the send (asyncio's sendfile then gives the socket back to the transport), not
+            # the transport: aborting it under a running sendfile leaves the send waiting.
+            self.fired = True
+            self._timer = None
+            if self._sender is not None:
+                self._sender.cancel()
+            return
+        self._timer = self._loop.call_later(self._step, self._check)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class _File(web.FileResponse):
     """A ``FileResponse`` prepared against the request with the headers the handler rewrote (aiohttp
-    would prepare it against the original request)."""
+    would prepare it against the original request), sent under a :class:`_StallWatch`."""
 
-    def __init__(self, path: Path, view: web.BaseRequest) -> None:
+    def __init__(self, path: Path, view: web.BaseRequest, idle_timeout: float) -> None:
         super().__init__(path, headers={"Content-Type": content_type(path.name), "Cache-Control": "no-cache"})
         self._view = view
+        self._idle = idle_timeout
         self.disconnected: str | None = None
 
     @property
@@ -199,11 +253,29 @@ class _File(web.FileResponse):
         web.StreamResponse.last_modified.fset(self, int(value) if isinstance(value, float) else value)  # type: ignore[attr-defined]
 
     async def prepare(self, request):
+        transport = self._view.transport
+        watch = _StallWatch(transport, self._idle) if transport is not None else None
         try:
             return await super().prepare(self._view)
+        except asyncio.CancelledError:
+            if watch is None or not watch.fired:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            assert transport is not None
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # a reset: the kernel need not keep the queued bytes for a client that reads none
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+            self.disconnected = f"it read nothing for {self._idle:g} s"
+            raise ConnectionResetError(self.disconnected) from None
         except ConnectionError as e:  # aiohttp ends the connection; the access log says so in one line
             self.disconnected = type(e).__name__
             raise
+        finally:
+            if watch is not None:
+                watch.cancel()
 
 
 def _http_date(ts: int) -> str:
@@ -245,7 +317,9 @@ def _text(status: int, message: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", headers=headers)
 
 
-def make_handler(viewer_dir: Path, results_dir: Path, allowed_hosts: frozenset[str], check_host: bool):
+def make_handler(
+    viewer_dir: Path, results_dir: Path, allowed_hosts: frozenset[str], check_host: bool, idle_timeout: float
+):
     """The request handler: Host check, then ``/config.json``, a results file or a viewer file."""
     config_etag = '"' + hashlib.sha256(CONFIG).hexdigest()[:32] + '"'
 
@@ -290,7 +364,7 @@ def make_handler(viewer_dir: Path, results_dir: Path, allowed_hosts: frozenset[s
             st = None
         if target is None or st is None:
             return _text(404, "Not Found")
-        return _File(target, request.clone(headers=_rewrite_headers(request, st)))
+        return _File(target, request.clone(headers=_rewrite_headers(request, st)), idle_timeout)
 
     return handle
 
@@ -387,6 +461,7 @@ def make_server(
         results.resolve(),
         frozenset(n for n in map(host_name, allow_hosts) if n),
         check_host=is_loopback(str(sock.getsockname()[0])),
+        idle_timeout=float(idle_timeout),
     )
     loop = asyncio.new_event_loop()
     web_server = web.Server(

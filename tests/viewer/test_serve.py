@@ -500,6 +500,59 @@ def test_client_disconnect_mid_response_logs_one_line(tmp_path, capfd):
         server.server_close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stall watch reads Linux's SIOCOUTQ")
+def test_a_client_that_stops_reading_is_cut_off_and_a_slow_one_is_not(tmp_path, capfd):
+    """aiohttp has no write timeout: a client that stops reading a large file held its connection
+    (and the open file) for good. Now it is reset after ``idle_timeout`` seconds without progress,
+    with one log line, while a slow client that keeps reading gets the whole file."""
+    root = tmp_path / "r"
+    root.mkdir()
+    data = os.urandom(24 * 2**20)  # far more than the socket buffers hold
+    (root / "big.parquet").write_bytes(data)
+    server, _ = start_server(root, viewer_dir=_fake_viewer(tmp_path), quiet=False, idle_timeout=1.0)
+    host, port = server.server_address[:2]
+    get = f"GET /results/big.parquet HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    try:
+        capfd.readouterr()
+        stalled = socket.create_connection((host, port), timeout=10)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(get)
+        t0 = time.monotonic()
+        assert wait_for(lambda: server.connections() == 1, 5)
+        assert wait_for(lambda: server.connections() == 0, 10), "the stalled connection is still open"
+        assert 0.9 <= time.monotonic() - t0 < 8
+        received = 0
+        with pytest.raises(ConnectionResetError):
+            while chunk := stalled.recv(2**20):  # what was in flight, then the reset
+                received += len(chunk)
+        assert received < len(data)
+        stalled.close()
+        # a slow reader: 64 KiB every 0.2 s (a 1 s idle timeout sees it progress), then all at once
+        slow = socket.create_connection((host, port), timeout=10)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.sendall(get)
+        body = b""
+        for _ in range(20):
+            body += slow.recv(65536)
+            time.sleep(0.2)
+        while len(body) < len(data) + 100:
+            chunk = slow.recv(2**20)
+            if not chunk:
+                break
+            body += chunk
+            if body.endswith(data[-64:]):
+                break
+        slow.close()
+        assert body.split(b"\r\n\r\n", 1)[1] == data
+        err = capfd.readouterr().err
+        assert "Traceback" not in err, err
+        assert err.count("client disconnected (it read nothing for 1 s)") == 1, err
+        assert request(host, port, "GET", "/config.json")[0].status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_cli_serve_refuses_foreign_host(tmp_path, viewer_dist):
     """The real `bluff serve` process: a free port, the Host check, --allow-host, Ctrl-C."""
     (tmp_path / "r").mkdir()
