@@ -578,7 +578,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         type=float,
         default=IDLE_TIMEOUT,
         metavar="SECONDS",
-        help="close a connection that sends nothing for this long",
+        help="close a connection that sends nothing for this long (or stops reading a file for this long)",
     )
     p.add_argument("--open", action="store_true", help="open the viewer in the default web browser")
     p.set_defaults(func=_run)
