@@ -116,7 +116,7 @@ def _triton_kernels():
     """The Triton kernels (module imported lazily: the CPU path must not need Triton)."""
     from bluff_ray.engine import maxpool_triton as k
 
-    return k.maxpool_fwd, k.maxpool_fwd_winners, k.maxpool_winners, k.maxpool_bwd_gather
+    return k.maxpool_fwd, k.maxpool_winners, k.maxpool_bwd_gather
 
 
 BLOCK = 256
@@ -124,7 +124,7 @@ BLOCK = 256
 
 def _scan_triton(x: torch.Tensor, oh: int, ow: int, k, s, p, d, want_y: bool, want_win: bool):
     """(y or None, winners or None) in one scan of ``x``; winners are uint8 in (N, OH, OW, C) order."""
-    fwd, fwd_win, winners, _ = _triton_kernels()
+    fwd, winners, _ = _triton_kernels()
     n, c, h, w = x.shape
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=_memory_format(x)) if want_y else None
     win = torch.empty((n, oh, ow, c), dtype=torch.uint8, device=x.device) if want_win else None
@@ -132,10 +132,24 @@ def _scan_triton(x: torch.Tensor, oh: int, ow: int, k, s, p, d, want_y: bool, wa
     if total:
         geometry = (k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1])
         grid = (math.ceil(total / BLOCK),)
-        if y is not None and win is not None:
-            fwd_win[grid](x, y, win, total, c, h, w, oh, ow, *x.stride(), *y.stride(), *geometry, BLOCK=BLOCK)
-        elif y is not None:
-            fwd[grid](x, y, total, c, h, w, oh, ow, *x.stride(), *y.stride(), *geometry, BLOCK=BLOCK)
+        if y is not None:
+            keep = win is not None
+            fwd[grid](
+                x,
+                y,
+                win if keep else y,
+                total,
+                c,
+                h,
+                w,
+                oh,
+                ow,
+                *x.stride(),
+                *y.stride(),
+                *geometry,
+                WRITE_WIN=keep,
+                BLOCK=BLOCK,
+            )
         else:
             winners[grid](x, win, total, c, h, w, oh, ow, *x.stride(), *geometry, BLOCK=BLOCK)
     return y, win

@@ -1,9 +1,8 @@
 """Triton kernels of :mod:`bluff_ray.engine.maxpool` (imported only when they run: CUDA, or a CPU
-under ``TRITON_INTERPRET=1``). Four kernels with distinct names, so a profile tells them apart:
+under ``TRITON_INTERPRET=1``). Three kernels with distinct names, so a profile tells them apart:
 
-- ``maxpool_fwd``: one lane per output, scans its window (PyTorch's rule), writes the max;
-- ``maxpool_fwd_winners``: the same scan, writes the max and the winner's window offset (uint8);
-  the forward of a pool that saves winners instead of its input (``save="winners"``);
+- ``maxpool_fwd``: one lane per output, scans its window (PyTorch's rule), writes the max (and,
+  for a pool that saves winners instead of its input, ``save="winners"``, the winner's offset);
 - ``maxpool_winners`` (backward): the same scan, writes the winner's window offset as uint8;
 - ``maxpool_bwd_gather`` (backward): one lane per input, sums the gradients of the outputs it won,
   outputs in row-major order (PyTorch's order), in fp32 (fp64 for fp64 tensors); no atomics.
@@ -70,42 +69,6 @@ def _window_max(
 def maxpool_fwd(
     x_ptr,
     y_ptr,
-    total,
-    C,
-    H,
-    W,
-    OH,
-    OW,
-    sxn,
-    sxc,
-    sxh,
-    sxw,
-    syn,
-    syc,
-    syh,
-    syw,
-    KH: tl.constexpr,
-    KW: tl.constexpr,
-    SH: tl.constexpr,
-    SW: tl.constexpr,
-    PH: tl.constexpr,
-    PW: tl.constexpr,
-    DH: tl.constexpr,
-    DW: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offs < total
-    best, idx, n, c, oh, ow = _window_max(
-        x_ptr, offs, live, C, H, W, OH, OW, sxn, sxc, sxh, sxw, KH, KW, SH, SW, PH, PW, DH, DW, BLOCK
-    )
-    tl.store(y_ptr + n * syn + c * syc + oh * syh + ow * syw, best, mask=live)
-
-
-@triton.jit
-def maxpool_fwd_winners(
-    x_ptr,
-    y_ptr,
     w_ptr,
     total,
     C,
@@ -129,6 +92,7 @@ def maxpool_fwd_winners(
     PW: tl.constexpr,
     DH: tl.constexpr,
     DW: tl.constexpr,
+    WRITE_WIN: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -137,7 +101,8 @@ def maxpool_fwd_winners(
         x_ptr, offs, live, C, H, W, OH, OW, sxn, sxc, sxh, sxw, KH, KW, SH, SW, PH, PW, DH, DW, BLOCK
     )
     tl.store(y_ptr + n * syn + c * syc + oh * syh + ow * syw, best, mask=live)
-    tl.store(w_ptr + offs, idx.to(tl.uint8), mask=live)  # (N, OH, OW, C) order
+    if WRITE_WIN:  # save="winners": the backward's winners from this same scan
+        tl.store(w_ptr + offs, idx.to(tl.uint8), mask=live)  # (N, OH, OW, C) order
 
 
 @triton.jit
