@@ -543,7 +543,7 @@ class Patching:
             "ld_clean": float(base["clean"].mean()),
             "ld_adv": float(base["adv"].mean()),
         }
-        groups = sorted({lab[0] for lab in plan.labels}, key=lambda g: (g == ALL, g if g != ALL else 0))
+        groups = sorted({lab[0] for lab in plan.index}, key=lambda g: (g == ALL, g if g != ALL else 0))
         all_defused = math.nan
         for g in groups:
             defused = self._record_sets(out, stats, plan, s, g, ld)
@@ -832,10 +832,6 @@ class _Plan:
         self.index: dict[tuple, int] = {}
         self.exps: list[tuple[Experiment, bool]] = []
         self._seen: dict[tuple, int] = {}
-
-    @property
-    def labels(self) -> list[tuple]:
-        return list(self.index)
 
     def add(self, label: tuple, chans: dict[int, np.ndarray], noise: bool = False) -> None:
         masks = {}

@@ -280,10 +280,10 @@ class Footprint:
     @property
     def reserve(self) -> int:
         """What an attack batch reserves per sample: the saved tensors plus the backward's working set
-        (a layer's output and input gradients: the ~25 MB per sample measured for the reference
-        step on an H200 is its ~22 MB saved plus ~1.75 largest activations), and at least 1.5x what
-        is saved. The second
-        term decides for the "lean" step, which saves little next to its largest activation."""
+        of two largest activations (a layer's output and input gradients: the ~25 MB per sample
+        measured for the reference step on an H200 is its ~22 MB saved plus ~1.75 of them), and at
+        least 1.5x what is saved. The working set decides for the "lean" step, which saves little
+        next to its largest activation; 1.5x for the others."""
         return max(int(1.5 * self.saved), self.saved + 2 * self.largest)
 
 

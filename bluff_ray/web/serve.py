@@ -200,11 +200,12 @@ class _StallWatch:
     keep-alive timer runs only between requests): such a client would hold its connection and its
     open file for good. A timer callback, not a task: a small file is sent before its first check."""
 
-    def __init__(self, transport: asyncio.BaseTransport, idle: float) -> None:
+    def __init__(self, transport: asyncio.Transport, idle: float) -> None:
         self.fired = False
         self._sender = asyncio.current_task()  # the task sending the file: cancelled on a stall
-        sock = transport.get_extra_info("socket")
-        self._fd = sock.fileno() if sock is not None else -1
+        self._transport = transport
+        self._sock = transport.get_extra_info("socket")
+        self._fd = self._sock.fileno() if self._sock is not None else -1
         self._idle, self._step = idle, idle / 4
         self._loop = asyncio.get_running_loop()
         self._last: int | None = None
@@ -231,6 +232,13 @@ class _StallWatch:
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+
+    def reset(self) -> None:
+        """After the cancelled send: close with a reset (the kernel need not keep the queued bytes
+        for a client that reads none)."""
+        if self._sock is not None:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._transport.abort()
 
 
 class _File(web.FileResponse):
@@ -263,11 +271,7 @@ class _File(web.FileResponse):
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            assert transport is not None
-            sock = transport.get_extra_info("socket")
-            if sock is not None:  # a reset: the kernel need not keep the queued bytes for a client that reads none
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+            watch.reset()
             self.disconnected = f"it read nothing for {self._idle:g} s"
             raise ConnectionResetError(self.disconnected) from None
         except ConnectionError as e:  # aiohttp ends the connection; the access log says so in one line

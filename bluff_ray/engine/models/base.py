@@ -161,11 +161,9 @@ class ModelAdapter:
                 from bluff_ray.engine.maxpool import swap_max_pools
 
                 fast = copy.deepcopy(self._attack_model)
+                swap_max_pools(fast, save="winners" if step == "lean" else "input")
                 if step == "lean":
-                    swap_max_pools(fast, save="winners")
                     swap_conv_units(fast)
-                else:
-                    swap_max_pools(fast)
                 self._variants[key] = fast.to(torch.bfloat16) if half else fast
         model = self._variants[key]
         if not compiled:
